@@ -1,0 +1,19 @@
+//! memsync's sans-IO protocol core.
+//!
+//! Bytes and events go in, bytes and actions come out; time, sockets and memory stay with the
+//! caller. The crate holds the wire codec ([`wire`]), region geometry ([`geometry`]), dirty-chunk
+//! sets ([`dirty`]), chunk hashing ([`hash`]) and the two role state machines ([`owner`],
+//! [`replica`]). `spec/PROTOCOL.md` is the normative description of everything here.
+
+pub mod dirty;
+pub mod geometry;
+pub mod hash;
+pub mod owner;
+pub mod replica;
+pub mod wire;
+
+pub use dirty::DirtySet;
+pub use geometry::Geometry;
+pub use owner::{Owner, OwnerEvent, OwnerState, Transmit};
+pub use replica::{Local, Replica, ReplicaEvent, ReplicaState};
+pub use wire::{ErrorCode, Frame, Hello, WireError};

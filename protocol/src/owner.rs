@@ -1,0 +1,418 @@
+//! The owner role's state machine for one region stream (spec/PROTOCOL.md §8.1).
+//!
+//! The owner opens the stream, reconciles with the replica's hashes, then streams generations:
+//! each round sends the chunks marked dirty since the previous round and closes with a COMMIT that
+//! the replica acknowledges. Chunk bytes never pass through here: [`Owner::poll_transmit`] names
+//! the chunk to send, and the caller reads it from memory and calls [`Owner::encode_chunk`], which
+//! hashes exactly the bytes that will travel.
+
+use crate::dirty::DirtySet;
+use crate::geometry::Geometry;
+use crate::hash::{chunk_hash, is_zero, Summary, ZeroHashes};
+use crate::wire::{chunk_header, ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN};
+use std::collections::VecDeque;
+
+/// Where the owner's side of the stream stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerState {
+    /// OPEN sent; waiting for the replica's STATE.
+    Opening,
+    /// Receiving the replica's HASHES; `next` is the next chunk expected.
+    Reconciling { next: u64 },
+    /// Sending generations.
+    Streaming,
+    /// A handoff was asked for: finishing and acknowledging the last generation first.
+    Draining,
+    /// HANDOFF sent for `generation`; this peer no longer writes the region.
+    HandingOff { generation: u64 },
+    /// The replica accepted ownership; this stream now carries the reverse direction.
+    HandedOff,
+}
+
+/// What the caller must send next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// An encoded control frame.
+    Frame(Vec<u8>),
+    /// Chunk `index`: read its bytes and pass them to [`Owner::encode_chunk`].
+    Chunk { index: u64, fetched: bool },
+}
+
+/// What a received frame meant to the owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerEvent {
+    /// Nothing the caller needs to act on.
+    None,
+    /// Reconciliation finished; `differing` chunks will be sent.
+    Reconciled { differing: u64, replica_generation: u64 },
+    /// The replica holds generation `generation`, verified.
+    Acked { generation: u64 },
+    /// The replica accepted ownership at `generation`.
+    HandedOff { generation: u64 },
+    /// The replica reported an error and will close the stream.
+    PeerError { code: u32, reason: String },
+}
+
+/// One region's owner side. Lives across reconnects: call [`Owner::restart`] for a new stream.
+pub struct Owner {
+    geom: Geometry,
+    name: String,
+    zero: ZeroHashes,
+    /// Hash of each chunk as last sent to (or confirmed held by) the replica.
+    known: Vec<u64>,
+    /// Chunks changed since they were last sent, not yet in a round.
+    pending: DirtySet,
+    /// Chunks of the round in progress not yet sent.
+    round: DirtySet,
+    in_round: bool,
+    cursor: u64,
+    summary: Summary,
+    generation: u64,
+    acked: u64,
+    state: OwnerState,
+    queued: VecDeque<Vec<u8>>,
+    urgent: VecDeque<u64>,
+    background: VecDeque<u64>,
+    bytes_sent: u64,
+}
+
+impl Owner {
+    /// An owner of a region whose chunk hashes are `known` (the owner's current content as last
+    /// hashed), whose last generation was `generation`. Queues OPEN.
+    pub fn new(
+        geom: Geometry,
+        name: &str,
+        known: Vec<u64>,
+        generation: u64,
+    ) -> Result<Self, WireError> {
+        crate::wire::check_name(name)?;
+        if known.len() as u64 != geom.chunk_count() {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "known hashes do not match the geometry",
+            ));
+        }
+        let n = geom.chunk_count();
+        let mut o = Owner {
+            zero: ZeroHashes::new(&geom),
+            geom,
+            name: name.to_owned(),
+            known,
+            pending: DirtySet::new(n),
+            round: DirtySet::new(n),
+            in_round: false,
+            cursor: 0,
+            summary: Summary::new(),
+            generation,
+            acked: generation,
+            state: OwnerState::Opening,
+            queued: VecDeque::new(),
+            urgent: VecDeque::new(),
+            background: VecDeque::new(),
+            bytes_sent: 0,
+        };
+        o.queue_open();
+        Ok(o)
+    }
+
+    fn queue_open(&mut self) {
+        self.queued.push_back(
+            Frame::Open {
+                size: self.geom.size(),
+                generation: self.generation,
+                chunk_shift: self.geom.shift(),
+                name: &self.name,
+            }
+            .to_vec(),
+        );
+    }
+
+    /// Starts over on a new stream after the old one broke: chunks of the unfinished round go
+    /// back to pending, reconciliation will find whatever the replica missed. Queues OPEN.
+    pub fn restart(&mut self) {
+        let rest = self.round.take();
+        self.pending.union_with(&rest);
+        self.in_round = false;
+        self.cursor = 0;
+        self.summary.reset();
+        self.acked = self.generation;
+        self.queued.clear();
+        self.urgent.clear();
+        self.background.clear();
+        self.state = OwnerState::Opening;
+        self.queue_open();
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn state(&self) -> OwnerState {
+        self.state
+    }
+
+    /// Hash of each chunk as last sent; the hash detector compares the region against these.
+    pub fn known_hashes(&self) -> &[u64] {
+        &self.known
+    }
+
+    /// The newest generation started.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The newest generation the replica acknowledged on this stream.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Chunks waiting to be sent (pending plus the rest of the round).
+    pub fn backlog(&self) -> u64 {
+        self.pending.count() + self.round.count()
+    }
+
+    /// Bytes of CHUNK frames encoded so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// True when the replica acknowledged everything and nothing is waiting: the replica matches
+    /// the owner as of the last detector report.
+    pub fn is_synced(&self) -> bool {
+        self.state == OwnerState::Streaming
+            && !self.in_round
+            && self.pending.is_empty()
+            && self.acked == self.generation
+            && self.urgent.is_empty()
+            && self.background.is_empty()
+    }
+
+    /// Adds the detector's report of changed chunks.
+    pub fn on_dirty(&mut self, dirty: &DirtySet) {
+        self.pending.union_with(dirty);
+    }
+
+    /// Marks chunks dirty by index range (for precise detectors).
+    pub fn mark_dirty(&mut self, chunks: std::ops::Range<u64>) {
+        self.pending.insert_range(chunks);
+    }
+
+    /// Asks for a handoff: the owner finishes sending and waits for the last acknowledgement,
+    /// then offers ownership. The caller must have stopped writers and reported their last
+    /// changes with [`Owner::on_dirty`] first.
+    pub fn begin_handoff(&mut self) -> Result<(), WireError> {
+        match self.state {
+            OwnerState::Streaming => {
+                self.state = OwnerState::Draining;
+                Ok(())
+            }
+            s => Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!("cannot hand off in state {s:?}"),
+            )),
+        }
+    }
+
+    /// Handles one frame from the replica.
+    pub fn handle(&mut self, frame: &Frame<'_>) -> Result<OwnerEvent, WireError> {
+        frame.check_geometry(&self.geom)?;
+        match (*frame, self.state) {
+            (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
+                code,
+                reason: reason.to_owned(),
+            }),
+            (
+                Frame::State {
+                    empty,
+                    generation,
+                    chunk_count,
+                    ..
+                },
+                OwnerState::Opening,
+            ) => {
+                if empty {
+                    let before = self.pending.count();
+                    self.pending.insert_range(0..self.geom.chunk_count());
+                    self.state = OwnerState::Streaming;
+                    return Ok(OwnerEvent::Reconciled {
+                        differing: self.pending.count() - before,
+                        replica_generation: generation,
+                    });
+                }
+                if chunk_count != self.geom.chunk_count() {
+                    return Err(WireError::new(
+                        ErrorCode::BadGeometry,
+                        format!(
+                            "replica announces {chunk_count} chunks, region has {}",
+                            self.geom.chunk_count()
+                        ),
+                    ));
+                }
+                self.state = OwnerState::Reconciling { next: 0 };
+                Ok(OwnerEvent::None)
+            }
+            (Frame::Hashes { first, hashes }, OwnerState::Reconciling { next }) => {
+                if first != next {
+                    return Err(WireError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!("HASHES from chunk {first}, expected {next}"),
+                    ));
+                }
+                for (i, h) in (first..).zip(hashes.iter()) {
+                    if self.known[i as usize] != h {
+                        self.pending.insert(i);
+                    }
+                }
+                let next = first + hashes.len() as u64;
+                if next == self.geom.chunk_count() {
+                    self.state = OwnerState::Streaming;
+                    return Ok(OwnerEvent::Reconciled {
+                        differing: self.pending.count(),
+                        replica_generation: 0,
+                    });
+                }
+                self.state = OwnerState::Reconciling { next };
+                Ok(OwnerEvent::None)
+            }
+            (
+                Frame::Ack { generation },
+                OwnerState::Streaming | OwnerState::Draining | OwnerState::HandingOff { .. },
+            ) => {
+                let committed = if self.in_round {
+                    self.generation - 1
+                } else {
+                    self.generation
+                };
+                if generation <= self.acked || generation > committed {
+                    return Err(WireError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "ACK of generation {generation}; acknowledged {}, committed {committed}",
+                            self.acked
+                        ),
+                    ));
+                }
+                self.acked = generation;
+                Ok(OwnerEvent::Acked { generation })
+            }
+            (
+                Frame::Fetch {
+                    first,
+                    count,
+                    urgent,
+                },
+                OwnerState::Streaming | OwnerState::Draining,
+            ) => {
+                let q = if urgent {
+                    &mut self.urgent
+                } else {
+                    &mut self.background
+                };
+                // Bounded: at most one queued entry per chunk per queue is useful, so cap the
+                // queue at the chunk count and drop what would overflow (the replica re-asks).
+                let room = (self.geom.chunk_count() as usize).saturating_sub(q.len());
+                q.extend((first..first + count as u64).take(room));
+                Ok(OwnerEvent::None)
+            }
+            (Frame::HandoffAck { generation }, OwnerState::HandingOff { generation: g })
+                if generation == g =>
+            {
+                self.state = OwnerState::HandedOff;
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            (f, s) => Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!("frame type {:#04x} unexpected in owner state {s:?}", f.kind()),
+            )),
+        }
+    }
+
+    /// The next thing to send, if any. Fetched chunks overtake the round in progress; a new round
+    /// starts when the previous one is committed and changes are pending.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(f) = self.queued.pop_front() {
+            return Some(Transmit::Frame(f));
+        }
+        if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
+            return None;
+        }
+        if let Some(index) = self.urgent.pop_front().or_else(|| self.background.pop_front()) {
+            return Some(Transmit::Chunk {
+                index,
+                fetched: true,
+            });
+        }
+        if !self.in_round && !self.pending.is_empty() {
+            self.round = self.pending.take();
+            self.in_round = true;
+            self.cursor = 0;
+            self.generation += 1;
+            self.summary.reset();
+        }
+        if self.in_round {
+            if let Some(index) = self.round.next_set(self.cursor) {
+                self.cursor = index + 1;
+                return Some(Transmit::Chunk {
+                    index,
+                    fetched: false,
+                });
+            }
+            self.in_round = false;
+            return Some(Transmit::Frame(
+                Frame::Commit {
+                    generation: self.generation,
+                    count: self.summary.count(),
+                    summary: self.summary.digest(),
+                }
+                .to_vec(),
+            ));
+        }
+        if self.state == OwnerState::Draining && self.acked == self.generation {
+            self.state = OwnerState::HandingOff {
+                generation: self.generation,
+            };
+            return Some(Transmit::Frame(
+                Frame::Handoff {
+                    generation: self.generation,
+                }
+                .to_vec(),
+            ));
+        }
+        None
+    }
+
+    /// Records that chunk `index` is sent with bytes `data` (read by the caller just now) and
+    /// returns its CHUNK frame header and whether `data` must follow it (false for a zero chunk).
+    pub fn encode_chunk(
+        &mut self,
+        index: u64,
+        fetched: bool,
+        data: &[u8],
+    ) -> ([u8; HEADER_LEN + CHUNK_HEADER_LEN], bool) {
+        debug_assert_eq!(data.len(), self.geom.chunk_len(index));
+        let h = chunk_hash(data);
+        let zero = h == self.zero.of(index) && is_zero(data);
+        let wire_hash = if zero { 0 } else { h };
+        self.known[index as usize] = h;
+        if fetched {
+            // Fresh bytes now supersede any pending resend of this chunk.
+            self.pending.remove(index);
+            if self.in_round && index >= self.cursor {
+                self.round.remove(index);
+            }
+        } else {
+            self.round.remove(index);
+            self.summary.add(index, wire_hash);
+        }
+        let payload = if zero { 0 } else { data.len() };
+        self.bytes_sent += (HEADER_LEN + CHUNK_HEADER_LEN + payload) as u64;
+        (
+            chunk_header(index, wire_hash, zero, fetched, payload),
+            !zero,
+        )
+    }
+}

@@ -1,0 +1,334 @@
+//! The replica role's state machine for one region stream, eager or lazy (spec/PROTOCOL.md §8.2,
+//! §8.3).
+//!
+//! The replica answers OPEN with what it holds (its chunk hashes, or nothing), verifies every chunk
+//! against its hash and every generation against its summary, and acknowledges a generation only
+//! after the caller applied all of its chunks: writes are handed out as events in stream order,
+//! and the ACK is queued only when COMMIT is handled, after every earlier write event.
+
+use crate::dirty::DirtySet;
+use crate::geometry::Geometry;
+use crate::hash::{chunk_hash, Summary};
+use crate::wire::{ErrorCode, Frame, HashList, WireError, MAX_BODY};
+use std::collections::VecDeque;
+
+/// Where the replica's side of the stream stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// Waiting for OPEN (after sending MOUNT, for a lazy mount).
+    AwaitOpen,
+    /// OPEN handled; waiting for the caller to describe the local copy ([`Replica::local_state`]).
+    AwaitLocal,
+    /// Receiving generations.
+    Receiving,
+    /// Ownership accepted: the caller now runs an owner on this stream.
+    BecameOwner,
+}
+
+/// What the replica holds locally when the region opens.
+pub enum Local<'a> {
+    /// The hash of every chunk held, indexed by chunk.
+    Hashes(&'a [u64]),
+    /// Nothing usable (a new replica); the owner will send everything.
+    Empty,
+    /// Nothing yet, and reads will FETCH chunks on demand while the owner pushes the rest.
+    Lazy,
+}
+
+/// What a received frame asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplicaEvent<'a> {
+    None,
+    /// The owner opened region `name` with this geometry; create or check the local copy, then call
+    /// [`Replica::local_state`].
+    Opened {
+        name: &'a str,
+        geometry: Geometry,
+        generation: u64,
+    },
+    /// Write chunk `index`: `data`, or zeros when `None`. Verified against its hash already.
+    Write { index: u64, data: Option<&'a [u8]> },
+    /// Generation `generation` is complete and verified; its ACK is queued.
+    Committed { generation: u64 },
+    /// Ownership passed to this peer at `generation`; HANDOFF_ACK is queued.
+    BecameOwner { generation: u64 },
+    /// The owner reported an error and will close the stream.
+    PeerError { code: u32, reason: &'a str },
+}
+
+/// One region's replica side.
+pub struct Replica {
+    state: ReplicaState,
+    geom: Option<Geometry>,
+    /// Chunks held, for a lazy replica (`None` when eager: it holds every chunk).
+    present: Option<DirtySet>,
+    requested: Option<DirtySet>,
+    summary: Summary,
+    committed: u64,
+    queued: VecDeque<Vec<u8>>,
+    max_body: u32,
+}
+
+impl Replica {
+    /// A replica that waits for the owner's OPEN. `committed` is the last generation it
+    /// acknowledged before (0 when new).
+    pub fn new(committed: u64) -> Self {
+        Replica {
+            state: ReplicaState::AwaitOpen,
+            geom: None,
+            present: None,
+            requested: None,
+            summary: Summary::new(),
+            committed,
+            queued: VecDeque::new(),
+            max_body: MAX_BODY,
+        }
+    }
+
+    /// A lazy replica that asks the owner for region `name` (queues MOUNT).
+    pub fn mount(name: &str) -> Result<Self, WireError> {
+        crate::wire::check_name(name)?;
+        let mut r = Replica::new(0);
+        r.queued.push_back(Frame::Mount { name }.to_vec());
+        Ok(r)
+    }
+
+    /// Limits HASHES frames to the peer's negotiated body size.
+    pub fn set_max_body(&mut self, max_body: u32) {
+        self.max_body = max_body;
+    }
+
+    pub fn state(&self) -> ReplicaState {
+        self.state
+    }
+
+    pub fn geometry(&self) -> Option<&Geometry> {
+        self.geom.as_ref()
+    }
+
+    /// The last generation acknowledged.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Whether chunk `index` is held (always true for an eager replica).
+    pub fn is_present(&self, index: u64) -> bool {
+        self.present.as_ref().is_none_or(|p| p.contains(index))
+    }
+
+    /// For a lazy replica: chunks still missing.
+    pub fn missing(&self) -> u64 {
+        match (&self.present, &self.geom) {
+            (Some(p), Some(g)) => g.chunk_count() - p.count(),
+            _ => 0,
+        }
+    }
+
+    /// Describes the local copy after [`ReplicaEvent::Opened`]; queues STATE and HASHES.
+    pub fn local_state(&mut self, local: Local<'_>) -> Result<(), WireError> {
+        let geom = match (self.state, self.geom) {
+            (ReplicaState::AwaitLocal, Some(g)) => g,
+            _ => {
+                return Err(WireError::new(
+                    ErrorCode::Internal,
+                    "local_state called before OPEN",
+                ))
+            }
+        };
+        let n = geom.chunk_count();
+        match local {
+            Local::Hashes(hashes) => {
+                if hashes.len() as u64 != n {
+                    return Err(WireError::new(
+                        ErrorCode::Internal,
+                        "local hashes do not match the geometry",
+                    ));
+                }
+                self.queued.push_back(
+                    Frame::State {
+                        empty: false,
+                        lazy: false,
+                        generation: self.committed,
+                        chunk_count: n,
+                    }
+                    .to_vec(),
+                );
+                let per_frame = ((self.max_body as usize - 8) / 8).max(1);
+                let mut wire = Vec::new();
+                for (k, part) in hashes.chunks(per_frame).enumerate() {
+                    HashList::encode_into(part, &mut wire);
+                    self.queued.push_back(
+                        Frame::Hashes {
+                            first: (k * per_frame) as u64,
+                            hashes: HashList::from_wire(&wire).expect("whole hashes"),
+                        }
+                        .to_vec(),
+                    );
+                }
+            }
+            Local::Empty | Local::Lazy => {
+                let lazy = matches!(local, Local::Lazy);
+                if lazy {
+                    self.present = Some(DirtySet::new(n));
+                    self.requested = Some(DirtySet::new(n));
+                }
+                self.queued.push_back(
+                    Frame::State {
+                        empty: true,
+                        lazy,
+                        generation: self.committed,
+                        chunk_count: 0,
+                    }
+                    .to_vec(),
+                );
+            }
+        }
+        self.state = ReplicaState::Receiving;
+        Ok(())
+    }
+
+    /// For a lazy replica: asks for chunks `first..first+count` not yet held or requested. Urgent
+    /// requests are for blocked readers and overtake everything the owner has queued.
+    pub fn fetch(&mut self, first: u64, count: u32, urgent: bool) {
+        let (Some(present), Some(requested), Some(geom)) =
+            (&self.present, &mut self.requested, &self.geom)
+        else {
+            return;
+        };
+        let end = (first + count as u64).min(geom.chunk_count());
+        let mut i = first;
+        while i < end {
+            if present.contains(i) || (requested.contains(i) && !urgent) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < end && !present.contains(i) {
+                requested.insert(i);
+                i += 1;
+            }
+            self.queued.push_back(
+                Frame::Fetch {
+                    first: start,
+                    count: (i - start) as u32,
+                    urgent,
+                }
+                .to_vec(),
+            );
+        }
+    }
+
+    /// Handles one frame from the owner.
+    pub fn handle<'a>(&mut self, frame: &Frame<'a>) -> Result<ReplicaEvent<'a>, WireError> {
+        if let Some(g) = &self.geom {
+            frame.check_geometry(g)?;
+        }
+        match (*frame, self.state) {
+            (Frame::Error { code, reason }, _) => Ok(ReplicaEvent::PeerError { code, reason }),
+            (
+                Frame::Open {
+                    size,
+                    generation,
+                    chunk_shift,
+                    name,
+                },
+                ReplicaState::AwaitOpen,
+            ) => {
+                let geometry = Geometry::new(size, chunk_shift)?;
+                self.geom = Some(geometry);
+                self.state = ReplicaState::AwaitLocal;
+                Ok(ReplicaEvent::Opened {
+                    name,
+                    geometry,
+                    generation,
+                })
+            }
+            (
+                Frame::Chunk {
+                    index,
+                    hash,
+                    zero,
+                    fetched,
+                    payload,
+                },
+                ReplicaState::Receiving,
+            ) => {
+                if !zero && chunk_hash(payload) != hash {
+                    return Err(WireError::new(
+                        ErrorCode::HashMismatch,
+                        format!("chunk {index} does not match its hash"),
+                    ));
+                }
+                if !fetched {
+                    self.summary.add(index, hash);
+                }
+                if let Some(p) = &mut self.present {
+                    p.insert(index);
+                }
+                Ok(ReplicaEvent::Write {
+                    index,
+                    data: (!zero).then_some(payload),
+                })
+            }
+            (
+                Frame::Commit {
+                    generation,
+                    count,
+                    summary,
+                },
+                ReplicaState::Receiving,
+            ) => {
+                if generation <= self.committed {
+                    return Err(WireError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "COMMIT of generation {generation}, already at {}",
+                            self.committed
+                        ),
+                    ));
+                }
+                if count != self.summary.count() || summary != self.summary.digest() {
+                    return Err(WireError::new(
+                        ErrorCode::SummaryMismatch,
+                        format!(
+                            "generation {generation}: {count} chunks announced, {} received, or summary differs",
+                            self.summary.count()
+                        ),
+                    ));
+                }
+                self.summary.reset();
+                self.committed = generation;
+                self.queued.push_back(Frame::Ack { generation }.to_vec());
+                Ok(ReplicaEvent::Committed { generation })
+            }
+            (Frame::Handoff { generation }, ReplicaState::Receiving) => {
+                if generation != self.committed || self.missing() != 0 {
+                    return Err(WireError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "HANDOFF at generation {generation}, but this replica holds {} with {} chunks missing",
+                            self.committed,
+                            self.missing()
+                        ),
+                    ));
+                }
+                self.state = ReplicaState::BecameOwner;
+                self.queued
+                    .push_back(Frame::HandoffAck { generation }.to_vec());
+                Ok(ReplicaEvent::BecameOwner { generation })
+            }
+            (f, s) => Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "frame type {:#04x} unexpected in replica state {s:?}",
+                    f.kind()
+                ),
+            )),
+        }
+    }
+
+    /// The next encoded frame to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.queued.pop_front()
+    }
+}

@@ -1,0 +1,985 @@
+//! The wire codec: frame header, every message body, error codes and limits, exactly as
+//! spec/PROTOCOL.md §4–§5 lays them out. Decoding borrows from the input (chunk payloads are never
+//! copied), checks every length before using it and allocates nothing.
+
+use crate::geometry::{Geometry, MAX_CHUNK_SHIFT};
+use std::fmt;
+
+/// ALPN protocol name; the digit is the major version.
+pub const ALPN: &[u8] = b"memsync/1";
+pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 0;
+/// First byte of every frame.
+pub const FRAME_MAGIC: u8 = 0xD5;
+pub const HEADER_LEN: usize = 8;
+/// Bytes of a CHUNK body before its payload.
+pub const CHUNK_HEADER_LEN: usize = 16;
+/// Largest body this implementation accepts: one largest chunk with its CHUNK header.
+pub const MAX_BODY: u32 = (1 << MAX_CHUNK_SHIFT) + CHUNK_HEADER_LEN as u32;
+/// Smallest `max_body` a peer may advertise in HELLO.
+pub const MIN_MAX_BODY: u32 = (1 << 16) + CHUNK_HEADER_LEN as u32;
+pub const MAX_NAME_LEN: usize = 255;
+pub const MAX_REASON_LEN: usize = 1024;
+/// Most regions (streams) a peer accepts on one connection unless HELLO says fewer.
+pub const DEFAULT_MAX_REGIONS: u32 = 1024;
+
+/// Frame type codes (spec §5).
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const ERROR: u8 = 0x02;
+    pub const OPEN: u8 = 0x10;
+    pub const MOUNT: u8 = 0x11;
+    pub const STATE: u8 = 0x12;
+    pub const HASHES: u8 = 0x13;
+    pub const CHUNK: u8 = 0x20;
+    pub const COMMIT: u8 = 0x21;
+    pub const ACK: u8 = 0x22;
+    pub const FETCH: u8 = 0x30;
+    pub const HANDOFF: u8 = 0x40;
+    pub const HANDOFF_ACK: u8 = 0x41;
+}
+
+/// Frame flag bits (spec §5); bits not defined for a type must be zero.
+pub mod flag {
+    /// STATE: the replica holds no data; no HASHES follow.
+    pub const STATE_EMPTY: u16 = 1;
+    /// STATE: the replica is lazy and will FETCH what it lacks.
+    pub const STATE_LAZY: u16 = 2;
+    /// CHUNK: the chunk is all zeros; no payload.
+    pub const CHUNK_ZERO: u16 = 1;
+    /// CHUNK: an answer to FETCH, outside any generation.
+    pub const CHUNK_FETCHED: u16 = 2;
+    /// FETCH: a reader is blocked on this chunk; send it before everything else.
+    pub const FETCH_URGENT: u16 = 1;
+}
+
+/// Error codes carried by ERROR frames and by QUIC stream resets and connection closes (spec §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    ProtocolViolation = 1,
+    Malformed = 2,
+    BadMagic = 3,
+    UnknownType = 4,
+    FrameTooLarge = 5,
+    OutOfRange = 6,
+    HashMismatch = 7,
+    SummaryMismatch = 8,
+    BadGeometry = 9,
+    BadName = 10,
+    RegionBusy = 11,
+    VersionMismatch = 12,
+    TooManyRegions = 13,
+    NotFound = 14,
+    Resized = 15,
+    LocalIo = 16,
+    Shutdown = 17,
+    Internal = 18,
+    PeerGone = 19,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::ProtocolViolation,
+        ErrorCode::Malformed,
+        ErrorCode::BadMagic,
+        ErrorCode::UnknownType,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::OutOfRange,
+        ErrorCode::HashMismatch,
+        ErrorCode::SummaryMismatch,
+        ErrorCode::BadGeometry,
+        ErrorCode::BadName,
+        ErrorCode::RegionBusy,
+        ErrorCode::VersionMismatch,
+        ErrorCode::TooManyRegions,
+        ErrorCode::NotFound,
+        ErrorCode::Resized,
+        ErrorCode::LocalIo,
+        ErrorCode::Shutdown,
+        ErrorCode::Internal,
+        ErrorCode::PeerGone,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<ErrorCode> {
+        Self::ALL.iter().copied().find(|c| *c as u32 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::ProtocolViolation => "PROTOCOL_VIOLATION",
+            ErrorCode::Malformed => "MALFORMED",
+            ErrorCode::BadMagic => "BAD_MAGIC",
+            ErrorCode::UnknownType => "UNKNOWN_TYPE",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::OutOfRange => "OUT_OF_RANGE",
+            ErrorCode::HashMismatch => "HASH_MISMATCH",
+            ErrorCode::SummaryMismatch => "SUMMARY_MISMATCH",
+            ErrorCode::BadGeometry => "BAD_GEOMETRY",
+            ErrorCode::BadName => "BAD_NAME",
+            ErrorCode::RegionBusy => "REGION_BUSY",
+            ErrorCode::VersionMismatch => "VERSION_MISMATCH",
+            ErrorCode::TooManyRegions => "TOO_MANY_REGIONS",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::Resized => "RESIZED",
+            ErrorCode::LocalIo => "LOCAL_IO",
+            ErrorCode::Shutdown => "SHUTDOWN",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::PeerGone => "PEER_GONE",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A protocol error: the code to send to the peer and a human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        WireError {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn err(code: ErrorCode, reason: impl Into<String>) -> WireError {
+    WireError::new(code, reason)
+}
+
+/// The fixed 8-byte frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u8,
+    pub flags: u16,
+    pub len: u32,
+}
+
+impl Header {
+    /// Parses and validates a header: magic, known type, flags defined for the type, reserved
+    /// bits, and `len <= max_body`.
+    pub fn parse(b: &[u8; HEADER_LEN], max_body: u32) -> Result<Header, WireError> {
+        if b[0] != FRAME_MAGIC {
+            return Err(err(
+                ErrorCode::BadMagic,
+                format!("frame magic {:#04x}, expected {FRAME_MAGIC:#04x}", b[0]),
+            ));
+        }
+        let kind = b[1];
+        let flags = u16::from_le_bytes([b[2], b[3]]);
+        let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let allowed = match kind {
+            kind::STATE => flag::STATE_EMPTY | flag::STATE_LAZY,
+            kind::CHUNK => flag::CHUNK_ZERO | flag::CHUNK_FETCHED,
+            kind::FETCH => flag::FETCH_URGENT,
+            kind::HELLO
+            | kind::ERROR
+            | kind::OPEN
+            | kind::MOUNT
+            | kind::HASHES
+            | kind::COMMIT
+            | kind::ACK
+            | kind::HANDOFF
+            | kind::HANDOFF_ACK => 0,
+            other => {
+                return Err(err(
+                    ErrorCode::UnknownType,
+                    format!("unknown frame type {other:#04x}"),
+                ))
+            }
+        };
+        if flags & !allowed != 0 {
+            return Err(err(
+                ErrorCode::Malformed,
+                format!("undefined flag bits {:#06x} for type {kind:#04x}", flags & !allowed),
+            ));
+        }
+        if len > max_body {
+            return Err(err(
+                ErrorCode::FrameTooLarge,
+                format!("body of {len} bytes exceeds the limit of {max_body}"),
+            ));
+        }
+        Ok(Header { kind, flags, len })
+    }
+
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = FRAME_MAGIC;
+        b[1] = self.kind;
+        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[4..8].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+}
+
+/// HELLO body: version, limits and features (spec §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub major: u16,
+    pub minor: u16,
+    /// Largest frame body this peer accepts.
+    pub max_body: u32,
+    /// Most region streams this peer accepts on the connection.
+    pub max_regions: u32,
+    /// Feature bits; none are defined in version 1.0, so both sides send 0 and ignore unknown bits.
+    pub features: u64,
+}
+
+impl Default for Hello {
+    fn default() -> Self {
+        Hello {
+            major: VERSION_MAJOR,
+            minor: VERSION_MINOR,
+            max_body: MAX_BODY,
+            max_regions: DEFAULT_MAX_REGIONS,
+            features: 0,
+        }
+    }
+}
+
+/// Limits agreed by a HELLO exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub max_body: u32,
+    pub max_regions: u32,
+    pub features: u64,
+}
+
+impl Hello {
+    /// Combines our HELLO with the peer's: same major version required, then the smaller limits
+    /// and the common features.
+    pub fn negotiate(&self, peer: &Hello) -> Result<Negotiated, WireError> {
+        if peer.major != self.major {
+            return Err(err(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "peer speaks major version {}, we speak {}",
+                    peer.major, self.major
+                ),
+            ));
+        }
+        if peer.max_body < MIN_MAX_BODY {
+            return Err(err(
+                ErrorCode::Malformed,
+                format!("peer max_body {} below {MIN_MAX_BODY}", peer.max_body),
+            ));
+        }
+        Ok(Negotiated {
+            max_body: self.max_body.min(peer.max_body),
+            max_regions: self.max_regions.min(peer.max_regions),
+            features: self.features & peer.features,
+        })
+    }
+}
+
+/// A list of u64 hashes as they lie on the wire (little-endian), borrowed from the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashList<'a>(&'a [u8]);
+
+impl<'a> HashList<'a> {
+    /// Wraps wire bytes; `bytes.len()` must be a multiple of 8.
+    pub fn from_wire(bytes: &'a [u8]) -> Option<Self> {
+        (bytes.len() % 8 == 0).then_some(HashList(bytes))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() / 8
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + 'a {
+        self.0
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte slice")))
+    }
+
+    pub fn as_wire(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// Encodes `hashes` in wire order into `out` (cleared first), for building a HASHES frame.
+    pub fn encode_into(hashes: &[u64], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend(hashes.iter().flat_map(|h| h.to_le_bytes()));
+    }
+}
+
+/// One decoded frame. Borrowed fields point into the decoded buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Hello(Hello),
+    /// `code` is kept raw so codes from newer peers still decode; see [`ErrorCode::from_u32`].
+    Error {
+        code: u32,
+        reason: &'a str,
+    },
+    Open {
+        size: u64,
+        generation: u64,
+        chunk_shift: u8,
+        name: &'a str,
+    },
+    Mount {
+        name: &'a str,
+    },
+    State {
+        empty: bool,
+        lazy: bool,
+        generation: u64,
+        chunk_count: u64,
+    },
+    Hashes {
+        first: u64,
+        hashes: HashList<'a>,
+    },
+    Chunk {
+        index: u64,
+        hash: u64,
+        zero: bool,
+        fetched: bool,
+        payload: &'a [u8],
+    },
+    Commit {
+        generation: u64,
+        count: u32,
+        summary: u64,
+    },
+    Ack {
+        generation: u64,
+    },
+    Fetch {
+        first: u64,
+        count: u32,
+        urgent: bool,
+    },
+    Handoff {
+        generation: u64,
+    },
+    HandoffAck {
+        generation: u64,
+    },
+}
+
+/// Checks a region name: 1..=255 bytes of `[A-Za-z0-9._-]`, not starting with `.` (so never `.`,
+/// `..` or a hidden file), usable as a file name on any peer (spec §5.3).
+pub fn check_name(name: &str) -> Result<(), WireError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(err(
+            ErrorCode::BadName,
+            format!("region name must be 1..={MAX_NAME_LEN} bytes"),
+        ));
+    }
+    if name.starts_with('.') || !name.chars().all(ok_char) {
+        return Err(err(
+            ErrorCode::BadName,
+            format!("region name {name:?} must use only A-Z a-z 0-9 . _ - and not start with '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds-checked little-endian reader over a frame body.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.b.len() < n {
+            return Err(err(ErrorCode::Malformed, "body shorter than its fields"));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+    fn end(self) -> Result<(), WireError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(err(
+                ErrorCode::Malformed,
+                format!("{} trailing bytes after the body's fields", self.b.len()),
+            ))
+        }
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<&str, WireError> {
+    std::str::from_utf8(b).map_err(|_| err(ErrorCode::Malformed, "string is not UTF-8"))
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes one frame from the front of `buf`. Returns `Ok(None)` when `buf` does not yet hold
+    /// a whole frame, else the frame and the number of bytes it used.
+    pub fn decode(buf: &'a [u8], max_body: u32) -> Result<Option<(Frame<'a>, usize)>, WireError> {
+        let Some(hb) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let header = Header::parse(hb, max_body)?;
+        let total = HEADER_LEN + header.len as usize;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let frame = Frame::decode_body(header, &buf[HEADER_LEN..total])?;
+        Ok(Some((frame, total)))
+    }
+
+    /// Decodes a body whose header was parsed by [`Header::parse`]; `body.len()` must equal
+    /// `header.len`.
+    pub fn decode_body(header: Header, body: &'a [u8]) -> Result<Frame<'a>, WireError> {
+        if body.len() != header.len as usize {
+            return Err(err(ErrorCode::Malformed, "body length differs from header"));
+        }
+        let f = header.flags;
+        let mut r = Reader { b: body };
+        let frame = match header.kind {
+            kind::HELLO => Frame::Hello(Hello {
+                major: r.u16()?,
+                minor: r.u16()?,
+                max_body: r.u32()?,
+                max_regions: r.u32()?,
+                features: r.u64()?,
+            }),
+            kind::ERROR => {
+                let code = r.u32()?;
+                let reason = r.rest();
+                if reason.len() > MAX_REASON_LEN {
+                    return Err(err(ErrorCode::Malformed, "error reason too long"));
+                }
+                Frame::Error {
+                    code,
+                    reason: utf8(reason)?,
+                }
+            }
+            kind::OPEN => {
+                let size = r.u64()?;
+                let generation = r.u64()?;
+                let chunk_shift = r.u8()?;
+                let name_len = r.u8()? as usize;
+                if r.u16()? != 0 {
+                    return Err(err(ErrorCode::Malformed, "reserved field is not zero"));
+                }
+                let name = utf8(r.take(name_len)?)?;
+                check_name(name)?;
+                Geometry::new(size, chunk_shift)?;
+                Frame::Open {
+                    size,
+                    generation,
+                    chunk_shift,
+                    name,
+                }
+            }
+            kind::MOUNT => {
+                let name = utf8(r.rest())?;
+                check_name(name)?;
+                Frame::Mount { name }
+            }
+            kind::STATE => {
+                let empty = f & flag::STATE_EMPTY != 0;
+                let generation = r.u64()?;
+                let chunk_count = r.u64()?;
+                if empty && chunk_count != 0 {
+                    return Err(err(ErrorCode::Malformed, "EMPTY state with a chunk count"));
+                }
+                Frame::State {
+                    empty,
+                    lazy: f & flag::STATE_LAZY != 0,
+                    generation,
+                    chunk_count,
+                }
+            }
+            kind::HASHES => {
+                let first = r.u64()?;
+                let hashes = HashList::from_wire(r.rest())
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| {
+                        err(ErrorCode::Malformed, "HASHES needs a whole, non-empty list")
+                    })?;
+                Frame::Hashes { first, hashes }
+            }
+            kind::CHUNK => {
+                let index = r.u64()?;
+                let hash = r.u64()?;
+                let zero = f & flag::CHUNK_ZERO != 0;
+                let payload = r.rest();
+                if zero && (!payload.is_empty() || hash != 0) {
+                    return Err(err(
+                        ErrorCode::Malformed,
+                        "ZERO chunk with a payload or a hash",
+                    ));
+                }
+                if !zero && payload.is_empty() {
+                    return Err(err(ErrorCode::Malformed, "chunk without payload"));
+                }
+                Frame::Chunk {
+                    index,
+                    hash,
+                    zero,
+                    fetched: f & flag::CHUNK_FETCHED != 0,
+                    payload,
+                }
+            }
+            kind::COMMIT => Frame::Commit {
+                generation: r.u64()?,
+                count: r.u32()?,
+                summary: r.u64()?,
+            },
+            kind::ACK => Frame::Ack {
+                generation: r.u64()?,
+            },
+            kind::FETCH => {
+                let first = r.u64()?;
+                let count = r.u32()?;
+                if count == 0 {
+                    return Err(err(ErrorCode::Malformed, "FETCH of zero chunks"));
+                }
+                Frame::Fetch {
+                    first,
+                    count,
+                    urgent: f & flag::FETCH_URGENT != 0,
+                }
+            }
+            kind::HANDOFF => Frame::Handoff {
+                generation: r.u64()?,
+            },
+            kind::HANDOFF_ACK => Frame::HandoffAck {
+                generation: r.u64()?,
+            },
+            other => {
+                return Err(err(
+                    ErrorCode::UnknownType,
+                    format!("unknown frame type {other:#04x}"),
+                ))
+            }
+        };
+        r.end()?;
+        Ok(frame)
+    }
+
+    /// The frame's type code.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => kind::HELLO,
+            Frame::Error { .. } => kind::ERROR,
+            Frame::Open { .. } => kind::OPEN,
+            Frame::Mount { .. } => kind::MOUNT,
+            Frame::State { .. } => kind::STATE,
+            Frame::Hashes { .. } => kind::HASHES,
+            Frame::Chunk { .. } => kind::CHUNK,
+            Frame::Commit { .. } => kind::COMMIT,
+            Frame::Ack { .. } => kind::ACK,
+            Frame::Fetch { .. } => kind::FETCH,
+            Frame::Handoff { .. } => kind::HANDOFF,
+            Frame::HandoffAck { .. } => kind::HANDOFF_ACK,
+        }
+    }
+
+    fn flags(&self) -> u16 {
+        let bit = |b: bool, v: u16| if b { v } else { 0 };
+        match *self {
+            Frame::State { empty, lazy, .. } => {
+                bit(empty, flag::STATE_EMPTY) | bit(lazy, flag::STATE_LAZY)
+            }
+            Frame::Chunk { zero, fetched, .. } => {
+                bit(zero, flag::CHUNK_ZERO) | bit(fetched, flag::CHUNK_FETCHED)
+            }
+            Frame::Fetch { urgent, .. } => bit(urgent, flag::FETCH_URGENT),
+            _ => 0,
+        }
+    }
+
+    /// Appends the encoded frame (header and body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        match *self {
+            Frame::Hello(h) => {
+                out.extend_from_slice(&h.major.to_le_bytes());
+                out.extend_from_slice(&h.minor.to_le_bytes());
+                out.extend_from_slice(&h.max_body.to_le_bytes());
+                out.extend_from_slice(&h.max_regions.to_le_bytes());
+                out.extend_from_slice(&h.features.to_le_bytes());
+            }
+            Frame::Error { code, reason } => {
+                out.extend_from_slice(&code.to_le_bytes());
+                out.extend_from_slice(truncate_utf8(reason, MAX_REASON_LEN).as_bytes());
+            }
+            Frame::Open {
+                size,
+                generation,
+                chunk_shift,
+                name,
+            } => {
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(&generation.to_le_bytes());
+                out.push(chunk_shift);
+                out.push(name.len() as u8);
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(name.as_bytes());
+            }
+            Frame::Mount { name } => out.extend_from_slice(name.as_bytes()),
+            Frame::State {
+                generation,
+                chunk_count,
+                ..
+            } => {
+                out.extend_from_slice(&generation.to_le_bytes());
+                out.extend_from_slice(&chunk_count.to_le_bytes());
+            }
+            Frame::Hashes { first, hashes } => {
+                out.extend_from_slice(&first.to_le_bytes());
+                out.extend_from_slice(hashes.as_wire());
+            }
+            Frame::Chunk {
+                index,
+                hash,
+                payload,
+                ..
+            } => {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&hash.to_le_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::Commit {
+                generation,
+                count,
+                summary,
+            } => {
+                out.extend_from_slice(&generation.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&summary.to_le_bytes());
+            }
+            Frame::Ack { generation }
+            | Frame::Handoff { generation }
+            | Frame::HandoffAck { generation } => {
+                out.extend_from_slice(&generation.to_le_bytes());
+            }
+            Frame::Fetch { first, count, .. } => {
+                out.extend_from_slice(&first.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+        }
+        let len = (out.len() - start - HEADER_LEN) as u32;
+        let header = Header {
+            kind: self.kind(),
+            flags: self.flags(),
+            len,
+        };
+        out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+    }
+
+    /// The encoded frame as a new buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Checks the frame's chunk indices and payload length against a region's geometry (spec
+    /// §5: OUT_OF_RANGE, MALFORMED).
+    pub fn check_geometry(&self, geom: &Geometry) -> Result<(), WireError> {
+        match *self {
+            Frame::Chunk {
+                index,
+                zero,
+                payload,
+                ..
+            } => {
+                geom.check_index(index)?;
+                if !zero && payload.len() != geom.chunk_len(index) {
+                    return Err(err(
+                        ErrorCode::Malformed,
+                        format!(
+                            "chunk {index} payload of {} bytes, expected {}",
+                            payload.len(),
+                            geom.chunk_len(index)
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Frame::Hashes { first, hashes } => {
+                let end = first.checked_add(hashes.len() as u64);
+                if end.is_none_or(|e| e > geom.chunk_count()) {
+                    return Err(err(ErrorCode::OutOfRange, "HASHES past the region's end"));
+                }
+                Ok(())
+            }
+            Frame::Fetch { first, count, .. } => {
+                let end = first.checked_add(count as u64);
+                if end.is_none_or(|e| e > geom.chunk_count()) {
+                    return Err(err(ErrorCode::OutOfRange, "FETCH past the region's end"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Encodes a CHUNK header (frame header and the 16 body bytes before the payload) for a payload of
+/// `payload_len` bytes, so a sender can write the payload straight from memory after it.
+pub fn chunk_header(
+    index: u64,
+    hash: u64,
+    zero: bool,
+    fetched: bool,
+    payload_len: usize,
+) -> [u8; HEADER_LEN + CHUNK_HEADER_LEN] {
+    let mut flags = 0;
+    if zero {
+        flags |= flag::CHUNK_ZERO;
+    }
+    if fetched {
+        flags |= flag::CHUNK_FETCHED;
+    }
+    let h = Header {
+        kind: kind::CHUNK,
+        flags,
+        len: (CHUNK_HEADER_LEN + payload_len) as u32,
+    };
+    let mut b = [0u8; HEADER_LEN + CHUNK_HEADER_LEN];
+    b[..HEADER_LEN].copy_from_slice(&h.to_bytes());
+    b[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&index.to_le_bytes());
+    b[HEADER_LEN + 8..].copy_from_slice(&hash.to_le_bytes());
+    b
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_name() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_-][A-Za-z0-9._-]{0,40}"
+    }
+
+    /// Frames with owned data, so proptest can build them.
+    #[derive(Debug, Clone)]
+    enum Owned {
+        Hello(Hello),
+        Error(u32, String),
+        Open(u64, u64, u8, String),
+        Mount(String),
+        State(bool, bool, u64),
+        Hashes(u64, Vec<u8>),
+        Chunk(u64, u64, bool, Vec<u8>),
+        ZeroChunk(u64, bool),
+        Commit(u64, u32, u64),
+        Ack(u64),
+        Fetch(u64, u32, bool),
+        Handoff(u64),
+        HandoffAck(u64),
+    }
+
+    fn arb_owned() -> impl Strategy<Value = Owned> {
+        prop_oneof![
+            (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                |(a, b, c, d, e)| Owned::Hello(Hello {
+                    major: a,
+                    minor: b,
+                    max_body: c,
+                    max_regions: d,
+                    features: e
+                })
+            ),
+            (any::<u32>(), ".{0,50}").prop_map(|(c, r)| Owned::Error(c, r)),
+            (1u64..1 << 40, any::<u64>(), 22u8..=22, arb_name())
+                .prop_map(|(s, g, sh, n)| Owned::Open(s, g, sh, n)),
+            arb_name().prop_map(Owned::Mount),
+            (any::<bool>(), any::<bool>(), any::<u64>()).prop_map(|(e, l, g)| Owned::State(e, l, g)),
+            (any::<u64>(), prop::collection::vec(any::<u64>(), 1..20))
+                .prop_map(|(f, h)| Owned::Hashes(f, h.iter().flat_map(|x| x.to_le_bytes()).collect())),
+            (any::<u64>(), any::<u64>(), any::<bool>(), prop::collection::vec(any::<u8>(), 1..300))
+                .prop_map(|(i, h, f, p)| Owned::Chunk(i, h, f, p)),
+            (any::<u64>(), any::<bool>()).prop_map(|(i, f)| Owned::ZeroChunk(i, f)),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Commit(a, b, c)),
+            any::<u64>().prop_map(Owned::Ack),
+            (any::<u64>(), 1u32.., any::<bool>()).prop_map(|(a, b, c)| Owned::Fetch(a, b, c)),
+            any::<u64>().prop_map(Owned::Handoff),
+            any::<u64>().prop_map(Owned::HandoffAck),
+        ]
+    }
+
+    fn frame(o: &Owned) -> Frame<'_> {
+        match o {
+            Owned::Hello(h) => Frame::Hello(*h),
+            Owned::Error(c, r) => Frame::Error { code: *c, reason: r },
+            Owned::Open(s, g, sh, n) => Frame::Open {
+                size: *s,
+                generation: *g,
+                chunk_shift: *sh,
+                name: n,
+            },
+            Owned::Mount(n) => Frame::Mount { name: n },
+            Owned::State(e, l, g) => Frame::State {
+                empty: *e,
+                lazy: *l,
+                generation: *g,
+                chunk_count: if *e { 0 } else { 77 },
+            },
+            Owned::Hashes(f, h) => Frame::Hashes {
+                first: *f,
+                hashes: HashList::from_wire(h).unwrap(),
+            },
+            Owned::Chunk(i, h, f, p) => Frame::Chunk {
+                index: *i,
+                hash: *h,
+                zero: false,
+                fetched: *f,
+                payload: p,
+            },
+            Owned::ZeroChunk(i, f) => Frame::Chunk {
+                index: *i,
+                hash: 0,
+                zero: true,
+                fetched: *f,
+                payload: &[],
+            },
+            Owned::Commit(a, b, c) => Frame::Commit {
+                generation: *a,
+                count: *b,
+                summary: *c,
+            },
+            Owned::Ack(g) => Frame::Ack { generation: *g },
+            Owned::Fetch(a, b, c) => Frame::Fetch {
+                first: *a,
+                count: *b,
+                urgent: *c,
+            },
+            Owned::Handoff(g) => Frame::Handoff { generation: *g },
+            Owned::HandoffAck(g) => Frame::HandoffAck { generation: *g },
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_identity(o in arb_owned()) {
+            let f = frame(&o);
+            let bytes = f.to_vec();
+            let (d, used) = Frame::decode(&bytes, MAX_BODY).unwrap().unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(d, f);
+            // every strict prefix is "incomplete", never an error or a different frame
+            for cut in 0..bytes.len() {
+                prop_assert_eq!(Frame::decode(&bytes[..cut], MAX_BODY), Ok(None));
+            }
+        }
+
+        #[test]
+        fn decode_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(Some((f, used))) = Frame::decode(&bytes, MAX_BODY) {
+                // whatever decodes re-encodes to the same bytes
+                prop_assert_eq!(f.to_vec(), bytes[..used].to_vec());
+            }
+        }
+
+        #[test]
+        fn decode_mutated_frames(o in arb_owned(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = frame(&o).to_vec();
+            let i = pos.index(bytes.len());
+            bytes[i] = byte;
+            if let Ok(Some((f, used))) = Frame::decode(&bytes, MAX_BODY) {
+                prop_assert_eq!(f.to_vec(), bytes[..used].to_vec());
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_header_matches_encode() {
+        let payload = [9u8; 100];
+        let f = Frame::Chunk {
+            index: 3,
+            hash: 0xabc,
+            zero: false,
+            fetched: true,
+            payload: &payload,
+        };
+        let v = f.to_vec();
+        assert_eq!(&v[..24], &chunk_header(3, 0xabc, false, true, 100));
+    }
+
+    #[test]
+    fn huge_length_is_refused_before_reading() {
+        let mut b = Header {
+            kind: kind::CHUNK,
+            flags: 0,
+            len: u32::MAX,
+        }
+        .to_bytes()
+        .to_vec();
+        b.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            Frame::decode(&b, MAX_BODY).unwrap_err().code,
+            ErrorCode::FrameTooLarge
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("vm-1.ram").is_ok());
+        for bad in ["", ".", "..", "../x", "a/b", ".hidden", "a b", "é"] {
+            assert_eq!(check_name(bad).unwrap_err().code, ErrorCode::BadName, "{bad}");
+        }
+        assert!(check_name(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn negotiation() {
+        let ours = Hello::default();
+        let mut theirs = Hello {
+            max_body: MIN_MAX_BODY,
+            max_regions: 3,
+            features: 5,
+            ..Hello::default()
+        };
+        let n = ours.negotiate(&theirs).unwrap();
+        assert_eq!((n.max_body, n.max_regions, n.features), (MIN_MAX_BODY, 3, 0));
+        theirs.major = 2;
+        assert_eq!(
+            ours.negotiate(&theirs).unwrap_err().code,
+            ErrorCode::VersionMismatch
+        );
+    }
+}
