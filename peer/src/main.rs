@@ -1,1 +1,250 @@
-fn main(){}
+//! The `peer` command: identities, serving replicas, syncing regions, and the demo.
+
+mod demo;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
+use memsync_peer::sync::{SyncOptions, SyncRegion, SyncStats};
+use memsync_peer::transport::PeerEndpoint;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "peer", version, about = "Keep memory regions identical across machines")]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// Directory holding this peer's key and certificate [default: $XDG_CONFIG_HOME/memsync/identity]
+    #[arg(long, value_name = "DIR")]
+    identity: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TrustArgs {
+    /// Trust the peer with this fingerprint (as printed by `peer id`); repeatable.
+    #[arg(long = "trust", value_name = "FP")]
+    trust: Vec<String>,
+    /// Trust every fingerprint listed in this file (one per line, # comments).
+    #[arg(long = "trust-file", value_name = "FILE")]
+    trust_file: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print this peer's fingerprint, creating the identity if absent.
+    Id {
+        #[command(flatten)]
+        id: IdentityArgs,
+    },
+    /// Accept regions from trusted peers; replicas live in DIR/NAME.
+    Serve {
+        /// Address to listen on (UDP).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// Directory for replicas.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        id: IdentityArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Own FILE(s) and keep their replicas on the peer at ADDR identical.
+    Sync {
+        /// File to replicate; repeatable (all regions share one connection).
+        #[arg(long = "region", value_name = "FILE", required = true)]
+        regions: Vec<PathBuf>,
+        /// Address of the peer running `peer serve`.
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+        /// Region name on the peer [default: the file's name]; only with a single --region.
+        #[arg(long)]
+        name: Option<String>,
+        /// Change detector.
+        #[arg(long, value_enum, default_value = "hash")]
+        detector: Detector,
+        /// Chunk size in bytes: a power of two from 4096 to 4194304.
+        #[arg(long, default_value_t = 65536, value_name = "N")]
+        chunk_size: u64,
+        /// Milliseconds between detector runs.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        interval: u64,
+        /// Seconds to keep reconnecting after the connection is lost.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        reconnect_for: u64,
+        /// Exit 0 once the replica matches the file as it was when the last round began.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        id: IdentityArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Two peers in one process on loopback: a generated region, a writer mutating it, live
+    /// throughput and lag, and a final byte-for-byte check.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Detector {
+    /// xxh3 scan of every chunk (portable).
+    Hash,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let default = match (cli.verbose, &cli.cmd) {
+        (0, Cmd::Demo(_)) => "warn,peer::demo=info",
+        (0, _) => "info",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEMSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(cli.verbose > 0)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli.cmd)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Id { id } => {
+            let dir = identity_dir(&id)?;
+            let ident = Identity::load_or_create(&dir)?;
+            println!("{}", ident.fingerprint());
+            Ok(())
+        }
+        Cmd::Serve {
+            listen,
+            dir,
+            id,
+            trust,
+        } => {
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let trust = trust_set(&trust)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating replica directory {}", dir.display()))?;
+            let addr = resolve(&listen)?;
+            let ep = PeerEndpoint::bind(addr, &ident, trust, true)?;
+            tracing::info!(
+                "serving replicas into {} on {} as {}",
+                dir.display(),
+                ep.local_addr(),
+                ident.fingerprint()
+            );
+            tokio::select! {
+                _ = memsync_peer::serve::serve(&ep, dir) => Ok(()),
+                _ = tokio::signal::ctrl_c() => {
+                    ep.endpoint.close(0u32.into(), b"shutdown");
+                    Ok(())
+                }
+            }
+        }
+        Cmd::Sync {
+            regions,
+            peer,
+            name,
+            detector: Detector::Hash,
+            chunk_size,
+            interval,
+            reconnect_for,
+            once,
+            id,
+            trust,
+        } => {
+            if !chunk_size.is_power_of_two() || !(4096..=4 << 20).contains(&chunk_size) {
+                bail!("--chunk-size {chunk_size} must be a power of two from 4096 to 4194304");
+            }
+            if name.is_some() && regions.len() > 1 {
+                bail!("--name applies to a single --region; with several, each is named after its file");
+            }
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let trust = trust_set(&trust)?;
+            let addr = resolve(&peer)?;
+            let shift = chunk_size.trailing_zeros() as u8;
+            let mut opened = Vec::new();
+            for path in &regions {
+                let name = match &name {
+                    Some(n) => n.clone(),
+                    None => file_name(path)?,
+                };
+                memsync_protocol::wire::check_name(&name)
+                    .map_err(|e| anyhow::anyhow!("{}", e.reason))
+                    .with_context(|| format!("region name {name:?}"))?;
+                opened.push(
+                    SyncRegion::open(path, &name, shift)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                );
+            }
+            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
+            let opts = SyncOptions {
+                interval: Duration::from_millis(interval.max(1)),
+                once,
+                reconnect_for: Duration::from_secs(reconnect_for),
+                progress: true,
+            };
+            let stats = Arc::new(SyncStats::default());
+            tokio::select! {
+                r = memsync_peer::sync::run(&ep, addr, opened, &opts, stats) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        Cmd::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn identity_dir(a: &IdentityArgs) -> Result<PathBuf> {
+    match &a.identity {
+        Some(d) => Ok(d.clone()),
+        None => Ok(Identity::default_dir()?),
+    }
+}
+
+fn trust_set(a: &TrustArgs) -> Result<TrustSet> {
+    let mut t = TrustSet::default();
+    for fp in &a.trust {
+        t.insert(Fingerprint::parse(fp)?);
+    }
+    for f in &a.trust_file {
+        t.add_file(f)?;
+    }
+    if t.is_empty() {
+        bail!("no trusted peers: pass --trust FP (the other peer's `peer id`) or --trust-file FILE");
+    }
+    Ok(t)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("resolving {addr:?} (expected HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no usable file name; pass --name", path.display()))
+}

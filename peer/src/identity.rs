@@ -1,0 +1,193 @@
+//! Peer identities: a key and a self-signed certificate kept in a directory, named by the SHA-256
+//! fingerprint of the certificate (spec/PROTOCOL.md §2), and the set of fingerprints a peer trusts.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("identity directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("generating a key: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0:?} is not a fingerprint: expected 64 hex digits (as printed by `peer id`)")]
+    BadFingerprint(String),
+    #[error("no identity directory given and neither XDG_CONFIG_HOME nor HOME is set")]
+    NoHome,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The SHA-256 of a certificate's DER: a peer's name on the network.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert: &[u8]) -> Self {
+        Fingerprint(Sha256::digest(cert).into())
+    }
+
+    /// Parses 64 hex digits; `:` separators and case are ignored.
+    pub fn parse(s: &str) -> Result<Self, IdentityError> {
+        let clean: String = s.trim().chars().filter(|c| *c != ':').collect();
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(clean.to_ascii_lowercase(), &mut b)
+            .map_err(|_| IdentityError::BadFingerprint(s.to_owned()))?;
+        Ok(Fingerprint(b))
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// This peer's certificate and key.
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+const CERT_FILE: &str = "cert.der";
+const KEY_FILE: &str = "key.der";
+
+impl Identity {
+    /// A new identity that lives only in memory (the demo and tests use these).
+    pub fn generate() -> Result<Self, IdentityError> {
+        let ck = rcgen::generate_simple_self_signed(vec!["memsync".to_owned()])?;
+        Ok(Identity {
+            cert: ck.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()),
+        })
+    }
+
+    /// Loads the identity in `dir`, creating it (key file mode 0600) when absent.
+    pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
+        let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+        if cert_path.exists() {
+            return Ok(Identity {
+                cert: CertificateDer::from(fs::read(&cert_path).map_err(io(&cert_path))?),
+                key: PrivatePkcs8KeyDer::from(fs::read(&key_path).map_err(io(&key_path))?),
+            });
+        }
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let id = Self::generate()?;
+        write_private(&key_path, id.key.secret_pkcs8_der())?;
+        fs::write(&cert_path, id.cert.as_ref()).map_err(io(&cert_path))?;
+        Ok(id)
+    }
+
+    /// The default directory: `$XDG_CONFIG_HOME/memsync/identity`, else
+    /// `$HOME/.config/memsync/identity`.
+    pub fn default_dir() -> Result<PathBuf, IdentityError> {
+        let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+            Some(x) => PathBuf::from(x),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or(IdentityError::NoHome)?)
+                .join(".config"),
+        };
+        Ok(base.join("memsync").join("identity"))
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert)
+    }
+
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))
+}
+
+/// Fingerprints this peer accepts connections from and to.
+#[derive(Clone, Debug, Default)]
+pub struct TrustSet(BTreeSet<Fingerprint>);
+
+impl TrustSet {
+    pub fn new(fps: impl IntoIterator<Item = Fingerprint>) -> Self {
+        TrustSet(fps.into_iter().collect())
+    }
+
+    /// Adds the fingerprints of a trust file: one per line, `#` comments and blank lines ignored;
+    /// text after the fingerprint on a line is a free-form label.
+    pub fn add_file(&mut self, path: &Path) -> Result<(), IdentityError> {
+        let text = fs::read_to_string(path).map_err(io(path))?;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if let Some(fp) = line.split_whitespace().next() {
+                self.0.insert(Fingerprint::parse(fp)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn insert(&mut self, fp: Fingerprint) {
+        self.0.insert(fp);
+    }
+
+    pub fn contains(&self, fp: &Fingerprint) -> bool {
+        self.0.contains(fp)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_persists_and_fingerprints_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let s = a.fingerprint().to_string();
+        assert_eq!(Fingerprint::parse(&s.to_uppercase()).unwrap(), a.fingerprint());
+        assert!(Fingerprint::parse("abc").is_err());
+        let trust = dir.path().join("trust");
+        fs::write(&trust, format!("# peers\n{s} laptop\n\n")).unwrap();
+        let mut t = TrustSet::default();
+        t.add_file(&trust).unwrap();
+        assert!(t.contains(&a.fingerprint()));
+    }
+}

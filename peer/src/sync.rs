@@ -1,0 +1,463 @@
+//! The owner side of `peer sync`: one QUIC connection to the replica's peer, one stream per region.
+//! Each region's task runs detector → owner state machine → stream, reads ACKs and FETCHes back,
+//! and reports a status line per acknowledged round. A lost connection is re-established and every
+//! region reconciles again, so only differing chunks move.
+
+use crate::detector::{ChangeDetector, DetectorError, HashDetector};
+use crate::region::{hash_all, RegionError, SourceFile};
+use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
+use bytes::BytesMut;
+use indicatif::{ProgressBar, ProgressStyle};
+use memsync_protocol::wire::{ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN, MAX_BODY};
+use memsync_protocol::{DirtySet, Owner, OwnerEvent, OwnerState, Transmit};
+use quinn::{Connection, VarInt};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("region {region}: {source}")]
+    Stream { region: String, source: StreamError },
+    #[error("region {region}: {source}")]
+    Detector {
+        region: String,
+        source: DetectorError,
+    },
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error("{0}")]
+    Protocol(#[from] WireError),
+    #[error("the peer accepts at most {max} regions on one connection; {asked} were given")]
+    TooManyRegions { max: u32, asked: usize },
+}
+
+/// How a sync runs.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Time between detector runs.
+    pub interval: Duration,
+    /// Stop once the replica matches the file as of the last round's start.
+    pub once: bool,
+    /// How long to keep trying to reconnect after a connection is lost.
+    pub reconnect_for: Duration,
+    /// Show a progress bar for initial transfers.
+    pub progress: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            interval: Duration::from_millis(1000),
+            once: false,
+            reconnect_for: Duration::from_secs(60),
+            progress: false,
+        }
+    }
+}
+
+/// Counters shared with whoever watches a sync (the demo's live display, tests, benches).
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Bytes of CHUNK frames written to streams.
+    pub bytes_sent: AtomicU64,
+    pub chunks_sent: AtomicU64,
+    /// Rounds acknowledged by the replica.
+    pub rounds_acked: AtomicU64,
+    /// Time from the detector run that found a round's changes to the round's ACK, last round.
+    pub last_lag_us: AtomicU64,
+    /// Chunks found differing at the last reconciliation.
+    pub reconciled_differing: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// A region this peer owns and replicates.
+pub struct SyncRegion {
+    pub source: Arc<SourceFile>,
+    pub owner: Owner,
+    pub detector: Box<dyn ChangeDetector>,
+}
+
+impl SyncRegion {
+    /// Maps `path` and hashes it once; the hashes are what reconciliation compares against.
+    pub fn open(path: &Path, name: &str, chunk_shift: u8) -> Result<Self, SyncError> {
+        let source = Arc::new(SourceFile::open(path, chunk_shift)?);
+        let geom = source.geometry();
+        let known = tokio::task::block_in_place(|| hash_all(&geom, source.bytes()));
+        let owner = Owner::new(geom, name, known, 0)?;
+        let detector = Box::new(HashDetector::new(source.clone()));
+        Ok(SyncRegion {
+            source,
+            owner,
+            detector,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.owner.name()
+    }
+}
+
+/// Replicates `regions` to the peer at `addr` until done (`once`) or a fatal error.
+pub async fn run(
+    ep: &PeerEndpoint,
+    addr: SocketAddr,
+    mut regions: Vec<SyncRegion>,
+    opts: &SyncOptions,
+    stats: Arc<SyncStats>,
+) -> Result<(), SyncError> {
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let session = match ep.connect(addr).await {
+            Ok(s) => s,
+            Err(e @ (TransportError::Untrusted { .. } | TransportError::RefusedByPeer { .. })) => {
+                return Err(e.into())
+            }
+            Err(e) => match lost_at {
+                Some(t) if t.elapsed() < opts.reconnect_for => {
+                    debug!("reconnect failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                _ => return Err(e.into()),
+            },
+        };
+        if lost_at.take().is_some() {
+            info!("reconnected to {addr}");
+        }
+        stats.connections.fetch_add(1, Relaxed);
+        if regions.len() > session.negotiated.max_regions as usize {
+            return Err(SyncError::TooManyRegions {
+                max: session.negotiated.max_regions,
+                asked: regions.len(),
+            });
+        }
+        match run_session(&session, &mut regions, opts, &stats).await {
+            Ok(()) => {
+                session
+                    .conn
+                    .close(VarInt::from_u32(ErrorCode::Shutdown as u32), b"done");
+                ep.endpoint.wait_idle().await;
+                return Ok(());
+            }
+            Err(e) if is_connection_lost(&e) => {
+                warn!("connection to {addr} lost ({e}); reconnecting");
+                lost_at = Some(Instant::now());
+            }
+            Err(e) => {
+                let code = match &e {
+                    SyncError::Stream {
+                        source: StreamError::Wire(w),
+                        ..
+                    } => w.code,
+                    _ => ErrorCode::Internal,
+                };
+                session
+                    .conn
+                    .close(VarInt::from_u32(code as u32), e.to_string().as_bytes());
+                ep.endpoint.wait_idle().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn is_connection_lost(e: &SyncError) -> bool {
+    match e {
+        SyncError::Stream { source, .. } => source.is_connection_lost(),
+        SyncError::Transport(TransportError::Lost(_)) => true,
+        _ => false,
+    }
+}
+
+/// Runs every region on one connection; returns when all are done or the first fails.
+async fn run_session(
+    session: &Session,
+    regions: &mut Vec<SyncRegion>,
+    opts: &SyncOptions,
+    stats: &Arc<SyncStats>,
+) -> Result<(), SyncError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut r in regions.drain(..) {
+        let conn = session.conn.clone();
+        let opts = opts.clone();
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            let res = drive(&conn, &mut r, &opts, &stats).await;
+            (r, res)
+        });
+    }
+    let mut first_err: Option<SyncError> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (r, res) = joined.expect("region task panicked");
+        regions.push(r);
+        if let Err(e) = res {
+            if !is_connection_lost(&e) && first_err.as_ref().is_none_or(is_connection_lost) {
+                // A region failed for good: close the connection so the others stop too.
+                session.conn.close(
+                    VarInt::from_u32(ErrorCode::Internal as u32),
+                    e.to_string().as_bytes(),
+                );
+                first_err = Some(e);
+            } else if first_err.is_none() {
+                first_err = Some(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A round in flight: when its changes were found, and what it sent so far.
+struct Round {
+    detected: Instant,
+    chunks: u64,
+    bytes: u64,
+}
+
+/// One region's stream, from OPEN until done or failed.
+async fn drive(
+    conn: &Connection,
+    r: &mut SyncRegion,
+    opts: &SyncOptions,
+    stats: &SyncStats,
+) -> Result<(), SyncError> {
+    let name = r.name().to_owned();
+    let serr = |source: StreamError| SyncError::Stream {
+        region: name.clone(),
+        source,
+    };
+    r.owner.restart();
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| serr(StreamError::Connection(e)))?;
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, StreamError>>(64);
+    let reader = tokio::spawn(async move {
+        let mut reader = crate::transport::FrameReader::new(recv, MAX_BODY);
+        loop {
+            let item = match reader.next().await {
+                Ok(Some(f)) => Ok(f.to_vec()),
+                Ok(None) => Err(StreamError::Truncated),
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let result = pump(r, &mut send, &mut rx, opts, stats).await;
+    reader.abort();
+    match result {
+        Ok(()) => {
+            let _ = send.finish();
+            Ok(())
+        }
+        Err(StreamError::Wire(w)) => {
+            let frame = Frame::Error {
+                code: w.code as u32,
+                reason: &w.reason,
+            };
+            let _ = send.write_all(&frame.to_vec()).await;
+            let _ = send.finish();
+            Err(serr(StreamError::Wire(w)))
+        }
+        Err(e) => Err(serr(e)),
+    }
+}
+
+/// The region's send loop: drains incoming frames, sends what the owner wants sent, and runs the
+/// detector every interval while idle.
+async fn pump(
+    r: &mut SyncRegion,
+    send: &mut quinn::SendStream,
+    rx: &mut mpsc::Receiver<Result<Vec<u8>, StreamError>>,
+    opts: &SyncOptions,
+    stats: &SyncStats,
+) -> Result<(), StreamError> {
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    let mut last_detect = Instant::now();
+    let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
+    let mut final_scan_done = false;
+    let mut progress: Option<ProgressBar> = None;
+    let mut dirty = DirtySet::new(r.owner.geometry().chunk_count());
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err(StreamError::Truncated),
+            }
+        }
+        let gen_before = r.owner.generation();
+        let t = r.owner.poll_transmit();
+        if r.owner.generation() != gen_before {
+            rounds.insert(
+                r.owner.generation(),
+                Round {
+                    detected: last_detect,
+                    chunks: 0,
+                    bytes: 0,
+                },
+            );
+        }
+        match t {
+            Some(Transmit::Frame(f)) => send.write_all(&f).await?,
+            Some(Transmit::Chunk { index, fetched }) => {
+                let data = r.source.chunk(index);
+                let mut buf = BytesMut::with_capacity(HEADER_LEN + CHUNK_HEADER_LEN + data.len());
+                buf.extend_from_slice(&[0; HEADER_LEN + CHUNK_HEADER_LEN]);
+                buf.extend_from_slice(data);
+                let (hdr, with_payload) =
+                    r.owner
+                        .encode_chunk(index, fetched, &buf[HEADER_LEN + CHUNK_HEADER_LEN..]);
+                buf[..hdr.len()].copy_from_slice(&hdr);
+                if !with_payload {
+                    buf.truncate(hdr.len());
+                }
+                let n = buf.len() as u64;
+                send.write_chunk(buf.freeze()).await?;
+                stats.bytes_sent.fetch_add(n, Relaxed);
+                stats.chunks_sent.fetch_add(1, Relaxed);
+                if let Some(round) = rounds.get_mut(&r.owner.generation()) {
+                    round.chunks += 1;
+                    round.bytes += n;
+                }
+                if let Some(pb) = &progress {
+                    pb.inc(data.len() as u64);
+                }
+            }
+            None => {
+                let streaming = r.owner.state() == OwnerState::Streaming;
+                if opts.once && r.owner.is_synced() {
+                    if final_scan_done {
+                        return Ok(());
+                    }
+                    // One last look: changes made while we synced form the final round.
+                    final_scan_done = true;
+                    detect(r, &mut dirty, &mut last_detect)?;
+                    continue;
+                }
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Some(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
+                        None => return Err(StreamError::Truncated),
+                    },
+                    _ = tick.tick(), if streaming && !opts.once => detect(r, &mut dirty, &mut last_detect)?,
+                }
+            }
+        }
+    }
+}
+
+fn detect(
+    r: &mut SyncRegion,
+    dirty: &mut DirtySet,
+    last_detect: &mut Instant,
+) -> Result<(), StreamError> {
+    *last_detect = Instant::now();
+    dirty.clear();
+    let SyncRegion {
+        owner, detector, ..
+    } = r;
+    tokio::task::block_in_place(|| detector.collect(owner.known_hashes(), dirty)).map_err(
+        |e| match e {
+            DetectorError::Region(RegionError::Resized { .. }) => {
+                WireError::new(ErrorCode::Resized, e.to_string())
+            }
+            e => WireError::new(ErrorCode::LocalIo, e.to_string()),
+        },
+    )?;
+    owner.on_dirty(dirty);
+    Ok(())
+}
+
+fn on_frame(
+    r: &mut SyncRegion,
+    bytes: &[u8],
+    rounds: &mut BTreeMap<u64, Round>,
+    progress: &mut Option<ProgressBar>,
+    opts: &SyncOptions,
+    stats: &SyncStats,
+) -> Result<(), StreamError> {
+    let (frame, _) = Frame::decode(bytes, MAX_BODY)?.ok_or(StreamError::Truncated)?;
+    match r.owner.handle(&frame)? {
+        OwnerEvent::None => {}
+        OwnerEvent::Reconciled { differing, .. } => {
+            let total = r.owner.geometry().chunk_count();
+            stats.reconciled_differing.store(differing, Relaxed);
+            info!(
+                "{}: replica reconciled, {differing} of {total} chunks differ",
+                r.name()
+            );
+            if opts.progress && differing > 0 {
+                let pb = ProgressBar::new(differing * r.owner.geometry().chunk_size());
+                pb.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    )
+                    .expect("template"),
+                );
+                pb.set_message(r.name().to_owned());
+                *progress = Some(pb);
+            }
+        }
+        OwnerEvent::Acked { generation } => {
+            let mut chunks = 0;
+            let mut bytes = 0;
+            let mut detected = None;
+            while let Some(e) = rounds.first_entry() {
+                if *e.key() > generation {
+                    break;
+                }
+                let round = e.remove();
+                chunks += round.chunks;
+                bytes += round.bytes;
+                detected.get_or_insert(round.detected);
+            }
+            let lag = detected.map_or(Duration::ZERO, |d| d.elapsed());
+            stats.rounds_acked.fetch_add(1, Relaxed);
+            stats.last_lag_us.store(lag.as_micros() as u64, Relaxed);
+            if let Some(pb) = progress.take() {
+                pb.finish_and_clear();
+            }
+            info!(
+                "{}: generation {generation} acknowledged: {chunks} chunks changed, {} sent, lag {:.1} ms",
+                r.name(),
+                human_bytes(bytes),
+                lag.as_secs_f64() * 1e3
+            );
+        }
+        OwnerEvent::PeerError { code, reason } => return Err(StreamError::Peer { code, reason }),
+        OwnerEvent::HandedOff { .. } => {}
+    }
+    Ok(())
+}
+
+/// Formats a byte count with a binary unit.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,301 @@
+//! QUIC transport (quinn): endpoints with pinned mutual TLS, the HELLO exchange on the control
+//! stream, and framed reading and writing of protocol frames on a stream (spec/PROTOCOL.md §2).
+
+use crate::identity::{Fingerprint, Identity, TrustSet};
+use crate::tls::{client_config, server_config, PinnedVerifier};
+use memsync_protocol::wire::{ErrorCode, Frame, Header, Negotiated, WireError, HEADER_LEN};
+use memsync_protocol::Hello;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("QUIC setup: {0}")]
+    Quic(String),
+    #[error("cannot use {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {addr} presented identity {fingerprint}, which is not trusted; if it is the peer you mean, pass --trust {fingerprint}")]
+    Untrusted {
+        addr: SocketAddr,
+        fingerprint: Fingerprint,
+    },
+    #[error("peer {addr} refused our identity {ours}; its operator must trust it (`peer serve --trust {ours}`)")]
+    RefusedByPeer { addr: SocketAddr, ours: Fingerprint },
+    #[error("cannot reach peer {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("connection lost: {0}")]
+    Lost(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+/// Failures of one region stream.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    #[error("peer closed the stream with {}: {reason}", ErrorCode::from_u32(*.code).map_or("an unknown error".to_owned(), |c| c.to_string()))]
+    Peer { code: u32, reason: String },
+    #[error("reading: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("writing: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    #[error("stream: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+impl StreamError {
+    /// True when the connection (not just this stream) is gone, so reconnecting is the remedy.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            StreamError::Connection(_) => true,
+            StreamError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(_))) => true,
+            StreamError::Write(quinn::WriteError::ConnectionLost(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Windows sized for bulk transfer on fast links: a 4 MiB chunk fits several times over.
+    t.stream_receive_window(VarInt::from_u32(32 << 20));
+    t.receive_window(VarInt::from_u32(128 << 20));
+    t.send_window(128 << 20);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(
+        memsync_protocol::wire::DEFAULT_MAX_REGIONS + 1,
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(
+        VarInt::from_u32(5_000).into(), // a dead peer is noticed within 5 s
+    ));
+    t
+}
+
+/// A bound QUIC endpoint with this peer's identity, able to connect and (if listening) accept.
+pub struct PeerEndpoint {
+    pub endpoint: Endpoint,
+    verifier: Arc<PinnedVerifier>,
+    ours: Fingerprint,
+}
+
+impl PeerEndpoint {
+    /// Binds `addr`; accepts incoming connections from trusted peers when `listen` is true.
+    pub fn bind(
+        addr: SocketAddr,
+        id: &Identity,
+        trust: TrustSet,
+        listen: bool,
+    ) -> Result<Self, TransportError> {
+        let verifier = PinnedVerifier::new(trust);
+        let client = QuicClientConfig::try_from(client_config(id, verifier.clone())?)
+            .map_err(|e| TransportError::Quic(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(Arc::new(transport_config()));
+        let server = if listen {
+            let s = QuicServerConfig::try_from(server_config(id, verifier.clone())?)
+                .map_err(|e| TransportError::Quic(e.to_string()))?;
+            let mut s = quinn::ServerConfig::with_crypto(Arc::new(s));
+            s.transport_config(Arc::new(transport_config()));
+            Some(s)
+        } else {
+            None
+        };
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        let mut endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| TransportError::Bind { addr, source })?;
+        endpoint.set_default_client_config(client);
+        Ok(PeerEndpoint {
+            endpoint,
+            verifier,
+            ours: id.fingerprint(),
+        })
+    }
+
+    /// A client-only endpoint on an ephemeral port of the family of `peer`.
+    pub fn client_for(
+        peer: SocketAddr,
+        id: &Identity,
+        trust: TrustSet,
+    ) -> Result<Self, TransportError> {
+        let any: SocketAddr = if peer.is_ipv4() {
+            "0.0.0.0:0".parse().expect("addr")
+        } else {
+            "[::]:0".parse().expect("addr")
+        };
+        Self::bind(any, id, trust, false)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound socket")
+    }
+
+    /// Connects to `addr` and runs the HELLO exchange, turning TLS refusals into messages that
+    /// say which fingerprint to trust.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Session, TransportError> {
+        let connecting = self
+            .endpoint
+            .connect(addr, "memsync")
+            .map_err(|e| TransportError::Quic(e.to_string()))?;
+        let conn = match connecting.await {
+            Ok(c) => c,
+            Err(source) => return Err(self.explain(addr, source)),
+        };
+        let (mut send, recv) = conn.open_bi().await?;
+        write_frame(&mut send, &Frame::Hello(Hello::default())).await?;
+        let negotiated = read_hello(recv).await?;
+        Ok(Session {
+            conn,
+            negotiated,
+            _control: send,
+        })
+    }
+
+    /// Completes an incoming connection (TLS, then HELLO). Run one per connection so a slow
+    /// handshake never holds up the accept loop.
+    pub async fn accept(incoming: quinn::Incoming) -> Result<Session, TransportError> {
+        let conn = incoming.await?;
+        let (mut send, recv) = conn.accept_bi().await?;
+        let negotiated = read_hello(recv).await?;
+        write_frame(&mut send, &Frame::Hello(Hello::default())).await?;
+        Ok(Session {
+            conn,
+            negotiated,
+            _control: send,
+        })
+    }
+
+    fn explain(&self, addr: SocketAddr, source: quinn::ConnectionError) -> TransportError {
+        if let Some(fingerprint) = self.verifier.refused.lock().expect("lock").take() {
+            return TransportError::Untrusted { addr, fingerprint };
+        }
+        if let quinn::ConnectionError::TransportError(t) = &source {
+            // TLS alerts travel as CRYPTO_ERROR codes 0x100 + alert; the server's refusal of our
+            // certificate shows up as bad_certificate (42) or similar (RFC 9001 §4.8).
+            let code = u64::from(t.code);
+            if (0x100..0x200).contains(&code) {
+                return TransportError::RefusedByPeer {
+                    addr,
+                    ours: self.ours,
+                };
+            }
+        }
+        TransportError::Connect { addr, source }
+    }
+}
+
+async fn read_hello(recv: RecvStream) -> Result<Negotiated, StreamError> {
+    let mut reader = FrameReader::new(recv, memsync_protocol::wire::MIN_MAX_BODY);
+    match reader.next().await? {
+        Some(Frame::Hello(theirs)) => Ok(Hello::default().negotiate(&theirs)?),
+        Some(Frame::Error { code, reason }) => Err(StreamError::Peer {
+            code,
+            reason: reason.to_owned(),
+        }),
+        _ => Err(WireError::new(
+            ErrorCode::ProtocolViolation,
+            "the control stream must start with HELLO",
+        )
+        .into()),
+    }
+}
+
+/// An established, authenticated connection with its negotiated limits. Dropping it finishes the
+/// control stream.
+pub struct Session {
+    pub conn: Connection,
+    pub negotiated: Negotiated,
+    _control: SendStream,
+}
+
+impl Session {
+    /// The peer's fingerprint as verified during the handshake.
+    pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        let certs = self
+            .conn
+            .peer_identity()?
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()?;
+        certs.first().map(|c| Fingerprint::of(c))
+    }
+}
+
+/// Reads whole frames from a stream into a buffer it reuses; a body is never read before its
+/// header's length passed the limit check.
+pub struct FrameReader {
+    recv: RecvStream,
+    buf: Vec<u8>,
+    max_body: u32,
+}
+
+impl FrameReader {
+    pub fn new(recv: RecvStream, max_body: u32) -> Self {
+        FrameReader {
+            recv,
+            buf: Vec::new(),
+            max_body,
+        }
+    }
+
+    /// The next frame, or `None` when the peer finished the stream between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame<'_>>, StreamError> {
+        let mut hb = [0u8; HEADER_LEN];
+        match self.recv.read_exact(&mut hb).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
+            Err(e) => return Err(e.into()),
+        }
+        let header = Header::parse(&hb, self.max_body)?;
+        self.buf.resize(header.len as usize, 0);
+        match self.recv.read_exact(&mut self.buf).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(Frame::decode_body(header, &self.buf)?))
+    }
+
+    /// Tells the peer to stop sending on this stream.
+    pub fn stop(&mut self, code: ErrorCode) {
+        let _ = self.recv.stop(VarInt::from_u32(code as u32));
+    }
+}
+
+pub async fn write_frame(send: &mut SendStream, frame: &Frame<'_>) -> Result<(), StreamError> {
+    send.write_all(&frame.to_vec()).await?;
+    Ok(())
+}
+
+/// Reports `err` to the peer on this stream (ERROR frame, then a reset with its code) and stops
+/// reading. Best effort: the stream may already be gone.
+pub async fn fail_stream(send: &mut SendStream, reader: &mut FrameReader, err: &WireError) {
+    let frame = Frame::Error {
+        code: err.code as u32,
+        reason: &err.reason,
+    };
+    let _ = send.write_all(&frame.to_vec()).await;
+    let _ = send.finish();
+    reader.stop(err.code);
+}
