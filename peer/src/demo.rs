@@ -36,7 +36,11 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let region = tmp.join("demo.ram");
     let size = a.size_mib << 20;
     generate(&region, size)?;
-    info!("generated a {} region at {}", human_bytes(size), region.display());
+    info!(
+        "generated a {} region at {}",
+        human_bytes(size),
+        region.display()
+    );
 
     let (owner_id, replica_id) = (Identity::generate()?, Identity::generate()?);
     let server = PeerEndpoint::bind(
@@ -60,7 +64,8 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         std::thread::spawn(move || write_randomly(&region, rate, &stop, &writes))
     };
 
-    let client = PeerEndpoint::client_for(addr, &owner_id, TrustSet::new([replica_id.fingerprint()]))?;
+    let client =
+        PeerEndpoint::client_for(addr, &owner_id, TrustSet::new([replica_id.fingerprint()]))?;
     let opened = SyncRegion::open(&region, "demo.ram", 16)?;
     let stats = Arc::new(SyncStats::default());
     let opts = SyncOptions {
@@ -101,7 +106,10 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         syncing.await??;
         bail!("the sync stopped early");
     }
-    info!("writer stopped after {} writes; waiting for the replica to catch up", writes.load(Relaxed));
+    info!(
+        "writer stopped after {} writes; waiting for the replica to catch up",
+        writes.load(Relaxed)
+    );
 
     let replica = tmp.join("replicas").join("demo.ram");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -158,7 +166,10 @@ fn write_randomly(
     stop: &AtomicBool,
     writes: &AtomicU64,
 ) -> Result<()> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     // SAFETY: the demo's writer is the only writer; the owner maps the same file read-only and
     // only copies and hashes it.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };

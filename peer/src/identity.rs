@@ -182,7 +182,10 @@ mod tests {
         let b = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         let s = a.fingerprint().to_string();
-        assert_eq!(Fingerprint::parse(&s.to_uppercase()).unwrap(), a.fingerprint());
+        assert_eq!(
+            Fingerprint::parse(&s.to_uppercase()).unwrap(),
+            a.fingerprint()
+        );
         assert!(Fingerprint::parse("abc").is_err());
         let trust = dir.path().join("trust");
         fs::write(&trust, format!("# peers\n{s} laptop\n\n")).unwrap();

@@ -13,7 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "peer", version, about = "Keep memory regions identical across machines")]
+#[command(
+    name = "peer",
+    version,
+    about = "Keep memory regions identical across machines"
+)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -230,7 +234,9 @@ fn trust_set(a: &TrustArgs) -> Result<TrustSet> {
         t.add_file(f)?;
     }
     if t.is_empty() {
-        bail!("no trusted peers: pass --trust FP (the other peer's `peer id`) or --trust-file FILE");
+        bail!(
+            "no trusted peers: pass --trust FP (the other peer's `peer id`) or --trust-file FILE"
+        );
     }
     Ok(t)
 }

@@ -2,9 +2,9 @@
 //! by any process through the page cache are visible) and the replica's copy (a shared, writable
 //! mapping of DIR/NAME, so local readers see each update as it lands).
 
+use memmap2::{Mmap, MmapMut, MmapOptions};
 use memsync_protocol::hash::{hash_chunks, is_zero};
 use memsync_protocol::Geometry;
-use memmap2::{Mmap, MmapMut, MmapOptions};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -47,11 +47,12 @@ impl SourceFile {
                 path: path.to_owned(),
             });
         }
-        let geom =
-            Geometry::with_preferred_shift(size, chunk_shift).map_err(|e| RegionError::Geometry {
+        let geom = Geometry::with_preferred_shift(size, chunk_shift).map_err(|e| {
+            RegionError::Geometry {
                 path: path.to_owned(),
                 reason: e.reason,
-            })?;
+            }
+        })?;
         // SAFETY: the mapping is shared with writers in other processes, which is the point: we
         // only ever copy and hash its bytes, never form references that assume they are frozen
         // beyond that. Truncation by another process could raise SIGBUS on access; `check_size`

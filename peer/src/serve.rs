@@ -1,21 +1,84 @@
 //! The replica side of `peer serve`: accepts connections from trusted peers and, for every region
 //! stream they open, keeps DIR/NAME identical to the owner's region.
 
+use crate::identity::Fingerprint;
 use crate::region::{hash_all, ReplicaFile};
 use crate::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use memsync_protocol::wire::{ErrorCode, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-/// Region names being received right now; one stream per name at a time.
-type Active = Arc<Mutex<HashSet<String>>>;
+/// Which stream holds each region name. One stream per name at a time: a newer stream from the
+/// same peer (a reconnect after a crash) takes the region over once the older one has stopped; a
+/// stream from another peer is refused with REGION_BUSY.
+#[derive(Default)]
+struct Regions {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Held by the stream that writes the replica, for as long as it lives.
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// Who holds it, and how to ask them to stop.
+    holder: Mutex<Option<(Fingerprint, Arc<Notify>)>>,
+}
+
+/// A stream's hold on a region name.
+struct Claim {
+    slot: Arc<Slot>,
+    cancel: Arc<Notify>,
+    _writer: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Regions {
+    async fn claim(&self, name: &str, who: Fingerprint) -> Result<Claim, WireError> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("regions lock")
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        if let Some((holder, cancel)) = &*slot.holder.lock().expect("slot lock") {
+            if *holder != who {
+                return Err(WireError::new(
+                    ErrorCode::RegionBusy,
+                    format!("region {name} is being replicated here by peer {holder}"),
+                ));
+            }
+            cancel.notify_one();
+        }
+        let writer = slot.writer.clone().lock_owned().await;
+        let cancel = Arc::new(Notify::new());
+        *slot.holder.lock().expect("slot lock") = Some((who, cancel.clone()));
+        Ok(Claim {
+            slot,
+            cancel,
+            _writer: writer,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut holder = self.slot.holder.lock().expect("slot lock");
+        if holder
+            .as_ref()
+            .is_some_and(|(_, c)| Arc::ptr_eq(c, &self.cancel))
+        {
+            *holder = None;
+        }
+    }
+}
 
 /// Serves replicas into `dir` until the endpoint closes.
 pub async fn serve(ep: &PeerEndpoint, dir: PathBuf) {
-    let active: Active = Arc::default();
+    let active: Arc<Regions> = Arc::default();
     let dir: Arc<Path> = dir.into();
     while let Some(incoming) = ep.endpoint.accept().await {
         let (dir, active) = (dir.clone(), active.clone());
@@ -29,17 +92,18 @@ pub async fn serve(ep: &PeerEndpoint, dir: PathBuf) {
     }
 }
 
-async fn serve_session(session: Session, dir: Arc<Path>, active: Active) {
+async fn serve_session(session: Session, dir: Arc<Path>, active: Arc<Regions>) {
     let addr = session.conn.remote_address();
-    let who = session
-        .peer_fingerprint()
-        .map_or_else(|| "?".to_owned(), |f| f.to_string());
+    let Some(who) = session.peer_fingerprint() else {
+        warn!("connection from {addr} without a certificate");
+        return;
+    };
     info!("peer {who} connected from {addr}");
     loop {
         match session.conn.accept_bi().await {
             Ok((send, recv)) => {
                 let (dir, active) = (dir.clone(), active.clone());
-                tokio::spawn(replica_stream(send, recv, dir, active));
+                tokio::spawn(replica_stream(send, recv, dir, active, who));
             }
             Err(e) => {
                 info!("peer {who} at {addr} disconnected: {e}");
@@ -49,42 +113,16 @@ async fn serve_session(session: Session, dir: Arc<Path>, active: Active) {
     }
 }
 
-/// Holds a region name in the active set for as long as it lives.
-struct Claim {
-    active: Active,
-    name: String,
-}
-
-impl Claim {
-    fn take(active: &Active, name: &str) -> Result<Claim, WireError> {
-        if !active.lock().expect("active lock").insert(name.to_owned()) {
-            return Err(WireError::new(
-                ErrorCode::RegionBusy,
-                format!("region {name} is already being replicated here by another stream"),
-            ));
-        }
-        Ok(Claim {
-            active: active.clone(),
-            name: name.to_owned(),
-        })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.active.lock().expect("active lock").remove(&self.name);
-    }
-}
-
 async fn replica_stream(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     dir: Arc<Path>,
-    active: Active,
+    active: Arc<Regions>,
+    who: Fingerprint,
 ) {
     let mut reader = FrameReader::new(recv, MAX_BODY);
     let mut claim = None;
-    match receive(&mut send, &mut reader, &dir, &active, &mut claim).await {
+    match receive(&mut send, &mut reader, &dir, &active, who, &mut claim).await {
         Ok(()) => {
             let _ = send.finish();
         }
@@ -100,19 +138,30 @@ async fn receive(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
     dir: &Path,
-    active: &Active,
+    active: &Regions,
+    who: Fingerprint,
     claim: &mut Option<Claim>,
 ) -> Result<(), StreamError> {
     let mut replica = Replica::new(0);
     let mut file: Option<ReplicaFile> = None;
     loop {
-        let Some(frame) = reader.next().await? else {
+        let next = match claim.as_ref().map(|c| c.cancel.clone()) {
+            Some(cancel) => tokio::select! {
+                next = reader.next() => next?,
+                _ = cancel.notified() => return Err(WireError::new(
+                    ErrorCode::RegionBusy,
+                    "a newer stream from the same peer took this region over",
+                ).into()),
+            },
+            None => reader.next().await?,
+        };
+        let Some(frame) = next else {
             return Ok(());
         };
         match replica.handle(&frame)? {
             ReplicaEvent::None => {}
             ReplicaEvent::Opened { name, geometry, .. } => {
-                *claim = Some(Claim::take(active, name)?);
+                *claim = Some(active.claim(name, who).await?);
                 // `name` passed check_name in the decoder: no separators, no leading dot.
                 let path = dir.join(name);
                 let f = tokio::task::block_in_place(|| ReplicaFile::open(&path, geometry))

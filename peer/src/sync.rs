@@ -372,14 +372,14 @@ fn detect(
     let SyncRegion {
         owner, detector, ..
     } = r;
-    tokio::task::block_in_place(|| detector.collect(owner.known_hashes(), dirty)).map_err(
-        |e| match e {
+    tokio::task::block_in_place(|| detector.collect(owner.known_hashes(), dirty)).map_err(|e| {
+        match e {
             DetectorError::Region(RegionError::Resized { .. }) => {
                 WireError::new(ErrorCode::Resized, e.to_string())
             }
             e => WireError::new(ErrorCode::LocalIo, e.to_string()),
-        },
-    )?;
+        }
+    })?;
     owner.on_dirty(dirty);
     Ok(())
 }

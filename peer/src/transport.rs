@@ -62,12 +62,14 @@ pub enum StreamError {
 impl StreamError {
     /// True when the connection (not just this stream) is gone, so reconnecting is the remedy.
     pub fn is_connection_lost(&self) -> bool {
-        match self {
-            StreamError::Connection(_) => true,
-            StreamError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(_))) => true,
-            StreamError::Write(quinn::WriteError::ConnectionLost(_)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            StreamError::Connection(_)
+                | StreamError::Read(quinn::ReadExactError::ReadError(
+                    quinn::ReadError::ConnectionLost(_)
+                ))
+                | StreamError::Write(quinn::WriteError::ConnectionLost(_))
+        )
     }
 }
 
@@ -162,14 +164,25 @@ impl PeerEndpoint {
             Ok(c) => c,
             Err(source) => return Err(self.explain(addr, source)),
         };
-        let (mut send, recv) = conn.open_bi().await?;
-        write_frame(&mut send, &Frame::Hello(Hello::default())).await?;
-        let negotiated = read_hello(recv).await?;
-        Ok(Session {
-            conn,
-            negotiated,
-            _control: send,
-        })
+        // A server refuses a client certificate only after the client finished its side of the
+        // handshake, so the refusal surfaces here, on the first use of the connection.
+        let hello = async {
+            let (mut send, recv) = conn.open_bi().await?;
+            write_frame(&mut send, &Frame::Hello(Hello::default())).await?;
+            let negotiated = read_hello(recv).await?;
+            Ok::<_, StreamError>((send, negotiated))
+        };
+        match hello.await {
+            Ok((send, negotiated)) => Ok(Session {
+                conn,
+                negotiated,
+                _control: send,
+            }),
+            Err(e) => match conn.close_reason() {
+                Some(reason) => Err(self.explain(addr, reason)),
+                None => Err(e.into()),
+            },
+        }
     }
 
     /// Completes an incoming connection (TLS, then HELLO). Run one per connection so a slow
@@ -190,16 +203,19 @@ impl PeerEndpoint {
         if let Some(fingerprint) = self.verifier.refused.lock().expect("lock").take() {
             return TransportError::Untrusted { addr, fingerprint };
         }
-        if let quinn::ConnectionError::TransportError(t) = &source {
-            // TLS alerts travel as CRYPTO_ERROR codes 0x100 + alert; the server's refusal of our
-            // certificate shows up as bad_certificate (42) or similar (RFC 9001 §4.8).
-            let code = u64::from(t.code);
-            if (0x100..0x200).contains(&code) {
-                return TransportError::RefusedByPeer {
-                    addr,
-                    ours: self.ours,
-                };
-            }
+        // TLS alerts travel as CRYPTO_ERROR codes 0x100 + alert (RFC 9001 §4.8); a refusal of
+        // our certificate arrives as one of them, closing the connection from the peer's side.
+        let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+        let refused = match &source {
+            quinn::ConnectionError::TransportError(t) => crypto(t.code),
+            quinn::ConnectionError::ConnectionClosed(c) => crypto(c.error_code),
+            _ => false,
+        };
+        if refused {
+            return TransportError::RefusedByPeer {
+                addr,
+                ours: self.ours,
+            };
         }
         TransportError::Connect { addr, source }
     }

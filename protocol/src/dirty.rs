@@ -43,7 +43,11 @@ impl DirtySet {
         while i < end {
             let bit = i % 64;
             let n = (64 - bit).min(end - i);
-            let mask = if n == 64 { !0 } else { ((1u64 << n) - 1) << bit };
+            let mask = if n == 64 {
+                !0
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
             self.words[(i / 64) as usize] |= mask;
             i += n;
         }
@@ -147,7 +151,7 @@ impl DirtySet {
     }
 
     fn trim(&mut self) {
-        if self.len % 64 != 0 {
+        if !self.len.is_multiple_of(64) {
             if let Some(last) = self.words.last_mut() {
                 *last &= (1u64 << (self.len % 64)) - 1;
             }

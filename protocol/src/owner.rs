@@ -44,7 +44,10 @@ pub enum OwnerEvent {
     /// Nothing the caller needs to act on.
     None,
     /// Reconciliation finished; `differing` chunks will be sent.
-    Reconciled { differing: u64, replica_generation: u64 },
+    Reconciled {
+        differing: u64,
+        replica_generation: u64,
+    },
     /// The replica holds generation `generation`, verified.
     Acked { generation: u64 },
     /// The replica accepted ownership at `generation`.
@@ -326,7 +329,10 @@ impl Owner {
             }
             (f, s) => Err(WireError::new(
                 ErrorCode::ProtocolViolation,
-                format!("frame type {:#04x} unexpected in owner state {s:?}", f.kind()),
+                format!(
+                    "frame type {:#04x} unexpected in owner state {s:?}",
+                    f.kind()
+                ),
             )),
         }
     }
@@ -340,7 +346,11 @@ impl Owner {
         if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
             return None;
         }
-        if let Some(index) = self.urgent.pop_front().or_else(|| self.background.pop_front()) {
+        if let Some(index) = self
+            .urgent
+            .pop_front()
+            .or_else(|| self.background.pop_front())
+        {
             return Some(Transmit::Chunk {
                 index,
                 fetched: true,

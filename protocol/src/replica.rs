@@ -47,13 +47,23 @@ pub enum ReplicaEvent<'a> {
         generation: u64,
     },
     /// Write chunk `index`: `data`, or zeros when `None`. Verified against its hash already.
-    Write { index: u64, data: Option<&'a [u8]> },
+    Write {
+        index: u64,
+        data: Option<&'a [u8]>,
+    },
     /// Generation `generation` is complete and verified; its ACK is queued.
-    Committed { generation: u64 },
+    Committed {
+        generation: u64,
+    },
     /// Ownership passed to this peer at `generation`; HANDOFF_ACK is queued.
-    BecameOwner { generation: u64 },
+    BecameOwner {
+        generation: u64,
+    },
     /// The owner reported an error and will close the stream.
-    PeerError { code: u32, reason: &'a str },
+    PeerError {
+        code: u32,
+        reason: &'a str,
+    },
 }
 
 /// One region's replica side.

@@ -201,7 +201,10 @@ impl Header {
         if flags & !allowed != 0 {
             return Err(err(
                 ErrorCode::Malformed,
-                format!("undefined flag bits {:#06x} for type {kind:#04x}", flags & !allowed),
+                format!(
+                    "undefined flag bits {:#06x} for type {kind:#04x}",
+                    flags & !allowed
+                ),
             ));
         }
         if len > max_body {
@@ -290,7 +293,7 @@ pub struct HashList<'a>(&'a [u8]);
 impl<'a> HashList<'a> {
     /// Wraps wire bytes; `bytes.len()` must be a multiple of 8.
     pub fn from_wire(bytes: &'a [u8]) -> Option<Self> {
-        (bytes.len() % 8 == 0).then_some(HashList(bytes))
+        bytes.len().is_multiple_of(8).then_some(HashList(bytes))
     }
 
     pub fn len(&self) -> usize {
@@ -815,23 +818,35 @@ mod tests {
 
     fn arb_owned() -> impl Strategy<Value = Owned> {
         prop_oneof![
-            (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
-                |(a, b, c, d, e)| Owned::Hello(Hello {
+            (
+                any::<u16>(),
+                any::<u16>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>()
+            )
+                .prop_map(|(a, b, c, d, e)| Owned::Hello(Hello {
                     major: a,
                     minor: b,
                     max_body: c,
                     max_regions: d,
                     features: e
-                })
-            ),
+                })),
             (any::<u32>(), ".{0,50}").prop_map(|(c, r)| Owned::Error(c, r)),
             (1u64..1 << 40, any::<u64>(), 22u8..=22, arb_name())
                 .prop_map(|(s, g, sh, n)| Owned::Open(s, g, sh, n)),
             arb_name().prop_map(Owned::Mount),
-            (any::<bool>(), any::<bool>(), any::<u64>()).prop_map(|(e, l, g)| Owned::State(e, l, g)),
-            (any::<u64>(), prop::collection::vec(any::<u64>(), 1..20))
-                .prop_map(|(f, h)| Owned::Hashes(f, h.iter().flat_map(|x| x.to_le_bytes()).collect())),
-            (any::<u64>(), any::<u64>(), any::<bool>(), prop::collection::vec(any::<u8>(), 1..300))
+            (any::<bool>(), any::<bool>(), any::<u64>())
+                .prop_map(|(e, l, g)| Owned::State(e, l, g)),
+            (any::<u64>(), prop::collection::vec(any::<u64>(), 1..20)).prop_map(|(f, h)| {
+                Owned::Hashes(f, h.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                prop::collection::vec(any::<u8>(), 1..300)
+            )
                 .prop_map(|(i, h, f, p)| Owned::Chunk(i, h, f, p)),
             (any::<u64>(), any::<bool>()).prop_map(|(i, f)| Owned::ZeroChunk(i, f)),
             (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Commit(a, b, c)),
@@ -845,7 +860,10 @@ mod tests {
     fn frame(o: &Owned) -> Frame<'_> {
         match o {
             Owned::Hello(h) => Frame::Hello(*h),
-            Owned::Error(c, r) => Frame::Error { code: *c, reason: r },
+            Owned::Error(c, r) => Frame::Error {
+                code: *c,
+                reason: r,
+            },
             Owned::Open(s, g, sh, n) => Frame::Open {
                 size: *s,
                 generation: *g,
@@ -960,7 +978,11 @@ mod tests {
     fn names() {
         assert!(check_name("vm-1.ram").is_ok());
         for bad in ["", ".", "..", "../x", "a/b", ".hidden", "a b", "é"] {
-            assert_eq!(check_name(bad).unwrap_err().code, ErrorCode::BadName, "{bad}");
+            assert_eq!(
+                check_name(bad).unwrap_err().code,
+                ErrorCode::BadName,
+                "{bad}"
+            );
         }
         assert!(check_name(&"a".repeat(256)).is_err());
     }
@@ -975,7 +997,10 @@ mod tests {
             ..Hello::default()
         };
         let n = ours.negotiate(&theirs).unwrap();
-        assert_eq!((n.max_body, n.max_regions, n.features), (MIN_MAX_BODY, 3, 0));
+        assert_eq!(
+            (n.max_body, n.max_regions, n.features),
+            (MIN_MAX_BODY, 3, 0)
+        );
         theirs.major = 2;
         assert_eq!(
             ours.negotiate(&theirs).unwrap_err().code,
