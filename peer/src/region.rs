@@ -30,6 +30,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
     }
 }
 
+/// The bytes of a region an owner replicates: a mapped file, an application's tracked memory, an
+/// NBD export's backing store. Readers copy and hash these bytes while writers may be changing
+/// them; a racing write is caught by the next detector run.
+pub trait Source: Send + Sync {
+    fn geometry(&self) -> Geometry;
+    /// The whole region, `geometry().size()` bytes.
+    fn bytes(&self) -> &[u8];
+    /// Fails when the region can no longer be read as it was opened (a file that changed size).
+    fn check(&self) -> Result<(), RegionError> {
+        Ok(())
+    }
+    /// The bytes of chunk `index`.
+    fn chunk(&self, index: u64) -> &[u8] {
+        &self.bytes()[self.geometry().range(index)]
+    }
+}
+
 /// A file the owner replicates, mapped shared and read-only.
 pub struct SourceFile {
     path: PathBuf,
@@ -55,7 +72,7 @@ impl SourceFile {
         })?;
         // SAFETY: the mapping is shared with writers in other processes, which is the point: we
         // only ever copy and hash its bytes, never form references that assume they are frozen
-        // beyond that. Truncation by another process could raise SIGBUS on access; `check_size`
+        // beyond that. Truncation by another process could raise SIGBUS on access; `Source::check`
         // runs before every scan and round to catch it, leaving only a narrow race.
         let map = unsafe { MmapOptions::new().len(size as usize).map(&file) }.map_err(io(path))?;
         Ok(SourceFile {
@@ -66,24 +83,22 @@ impl SourceFile {
         })
     }
 
-    pub fn geometry(&self) -> Geometry {
-        self.geom
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    pub fn bytes(&self) -> &[u8] {
+impl Source for SourceFile {
+    fn geometry(&self) -> Geometry {
+        self.geom
+    }
+
+    fn bytes(&self) -> &[u8] {
         &self.map
     }
 
-    pub fn chunk(&self, index: u64) -> &[u8] {
-        &self.map[self.geom.range(index)]
-    }
-
     /// Fails if the file no longer has the size it had when the sync started.
-    pub fn check_size(&self) -> Result<(), RegionError> {
+    fn check(&self) -> Result<(), RegionError> {
         let now = self.file.metadata().map_err(io(&self.path))?.len();
         if now != self.geom.size() {
             return Err(RegionError::Resized {

@@ -4,7 +4,7 @@
 //! region reconciles again, so only differing chunks move.
 
 use crate::detector::{ChangeDetector, DetectorError, HashDetector};
-use crate::region::{hash_all, RegionError, SourceFile};
+use crate::region::{hash_all, RegionError, Source, SourceFile};
 use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use bytes::BytesMut;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -80,19 +80,29 @@ pub struct SyncStats {
 
 /// A region this peer owns and replicates.
 pub struct SyncRegion {
-    pub source: Arc<SourceFile>,
+    pub source: Arc<dyn Source>,
     pub owner: Owner,
     pub detector: Box<dyn ChangeDetector>,
 }
 
 impl SyncRegion {
-    /// Maps `path` and hashes it once; the hashes are what reconciliation compares against.
+    /// Maps the file at `path` for the `hash` detector.
     pub fn open(path: &Path, name: &str, chunk_shift: u8) -> Result<Self, SyncError> {
-        let source = Arc::new(SourceFile::open(path, chunk_shift)?);
+        let source: Arc<dyn Source> = Arc::new(SourceFile::open(path, chunk_shift)?);
+        let detector = Box::new(HashDetector::new(source.clone()));
+        Self::new(source, name, detector)
+    }
+
+    /// A region read from `source` whose changes `detector` reports. Hashes the region once: the
+    /// hashes are what reconciliation compares against.
+    pub fn new(
+        source: Arc<dyn Source>,
+        name: &str,
+        detector: Box<dyn ChangeDetector>,
+    ) -> Result<Self, SyncError> {
         let geom = source.geometry();
         let known = tokio::task::block_in_place(|| hash_all(&geom, source.bytes()));
         let owner = Owner::new(geom, name, known, 0)?;
-        let detector = Box::new(HashDetector::new(source.clone()));
         Ok(SyncRegion {
             source,
             owner,

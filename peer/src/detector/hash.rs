@@ -3,16 +3,16 @@
 //! region's size.
 
 use super::{ChangeDetector, DetectorError};
-use crate::region::{hash_all, SourceFile};
+use crate::region::{hash_all, Source};
 use memsync_protocol::DirtySet;
 use std::sync::Arc;
 
 pub struct HashDetector {
-    source: Arc<SourceFile>,
+    source: Arc<dyn Source>,
 }
 
 impl HashDetector {
-    pub fn new(source: Arc<SourceFile>) -> Self {
+    pub fn new(source: Arc<dyn Source>) -> Self {
         HashDetector { source }
     }
 }
@@ -23,7 +23,7 @@ impl ChangeDetector for HashDetector {
     }
 
     fn collect(&mut self, known: &[u64], out: &mut DirtySet) -> Result<(), DetectorError> {
-        self.source.check_size()?;
+        self.source.check()?;
         let now = hash_all(&self.source.geometry(), self.source.bytes());
         for (i, (a, b)) in now.iter().zip(known).enumerate() {
             if a != b {
