@@ -3,6 +3,7 @@
 
 pub mod detector;
 pub mod identity;
+pub mod mount;
 pub mod region;
 pub mod serve;
 pub mod sync;

@@ -3,9 +3,10 @@
 
 use crate::identity::Fingerprint;
 use crate::region::{hash_all, ReplicaFile};
+use crate::sync::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use crate::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
-use memsync_protocol::wire::{ErrorCode, WireError, MAX_BODY};
-use memsync_protocol::{Local, Replica, ReplicaEvent};
+use memsync_protocol::wire::{ErrorCode, Frame, WireError, MAX_BODY};
+use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -123,7 +124,8 @@ async fn replica_stream(
     let mut reader = FrameReader::new(recv, MAX_BODY);
     let mut claim = None;
     match receive(&mut send, &mut reader, &dir, &active, who, &mut claim).await {
-        Ok(()) => {
+        Ok(Some(mount)) => serve_mount(send, reader, &dir, &mount).await,
+        Ok(None) => {
             let _ = send.finish();
         }
         Err(StreamError::Wire(w)) => {
@@ -134,6 +136,36 @@ async fn replica_stream(
     }
 }
 
+/// Serves a lazy mount of the replica DIR/NAME: this peer takes the owner role on the stream,
+/// reading the replica file, and keeps pushing what changes in it (as it receives updates from
+/// the region's owner) with the hash detector.
+async fn serve_mount(mut send: quinn::SendStream, mut reader: FrameReader, dir: &Path, name: &str) {
+    let path = dir.join(name);
+    if !path.is_file() {
+        let e = WireError::new(ErrorCode::NotFound, format!("no region named {name} here"));
+        fail_stream(&mut send, &mut reader, &e).await;
+        return;
+    }
+    let mut region = match SyncRegion::for_mount(&path, name, MOUNT_CHUNK_SHIFT) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = WireError::new(ErrorCode::LocalIo, e.to_string());
+            fail_stream(&mut send, &mut reader, &e).await;
+            return;
+        }
+    };
+    info!("region {name}: serving a lazy mount");
+    let opts = SyncOptions::default();
+    let stats = SyncStats::default();
+    match drive_stream(send, reader.into_inner(), &mut region, &opts, &stats).await {
+        Ok(()) => {}
+        Err(e) => info!("mount of {name} ended: {e}"),
+    }
+}
+
+/// Chunk size of mounts served from replicas: 64 KiB.
+const MOUNT_CHUNK_SHIFT: u8 = 16;
+
 async fn receive(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
@@ -141,7 +173,7 @@ async fn receive(
     active: &Regions,
     who: Fingerprint,
     claim: &mut Option<Claim>,
-) -> Result<(), StreamError> {
+) -> Result<Option<String>, StreamError> {
     let mut replica = Replica::new(0);
     let mut file: Option<ReplicaFile> = None;
     loop {
@@ -156,8 +188,11 @@ async fn receive(
             None => reader.next().await?,
         };
         let Some(frame) = next else {
-            return Ok(());
+            return Ok(None);
         };
+        if let (Frame::Mount { name }, ReplicaState::AwaitOpen) = (&frame, replica.state()) {
+            return Ok(Some((*name).to_owned()));
+        }
         match replica.handle(&frame)? {
             ReplicaEvent::None => {}
             ReplicaEvent::Opened { name, geometry, .. } => {

@@ -93,6 +93,21 @@ impl SyncRegion {
         Self::new(source, name, detector)
     }
 
+    /// Maps the file at `path` to serve a lazy mount. The replica holds nothing, so every chunk is
+    /// sent and reconciliation never compares hashes: the initial hash pass is skipped (zeros
+    /// stand in until each chunk is sent), which keeps a mount's first read fast.
+    pub fn for_mount(path: &Path, name: &str, chunk_shift: u8) -> Result<Self, SyncError> {
+        let source: Arc<dyn Source> = Arc::new(SourceFile::open(path, chunk_shift)?);
+        let detector = Box::new(HashDetector::new(source.clone()));
+        let known = vec![0; source.geometry().chunk_count() as usize];
+        let owner = Owner::new(source.geometry(), name, known, 0)?;
+        Ok(SyncRegion {
+            source,
+            owner,
+            detector,
+        })
+    }
+
     /// A region read from `source` whose changes `detector` reports. Hashes the region once: the
     /// hashes are what reconciliation compares against.
     pub fn new(
@@ -241,16 +256,33 @@ async fn drive(
     opts: &SyncOptions,
     stats: &SyncStats,
 ) -> Result<(), SyncError> {
-    let name = r.name().to_owned();
-    let serr = |source: StreamError| SyncError::Stream {
-        region: name.clone(),
-        source,
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(SyncError::Stream {
+                region: r.name().to_owned(),
+                source: StreamError::Connection(e),
+            })
+        }
     };
-    r.owner.restart();
-    let (mut send, recv) = conn
-        .open_bi()
+    drive_stream(send, recv, r, opts, stats)
         .await
-        .map_err(|e| serr(StreamError::Connection(e)))?;
+        .map_err(|source| SyncError::Stream {
+            region: r.name().to_owned(),
+            source,
+        })
+}
+
+/// Runs the owner side of one region on an open stream (sync opens it; serve accepts it for a
+/// MOUNT) until done or failed. Protocol errors are reported to the peer before returning.
+pub async fn drive_stream(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    r: &mut SyncRegion,
+    opts: &SyncOptions,
+    stats: &SyncStats,
+) -> Result<(), StreamError> {
+    r.owner.restart()?;
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, StreamError>>(64);
     let reader = tokio::spawn(async move {
         let mut reader = crate::transport::FrameReader::new(recv, MAX_BODY);
@@ -280,9 +312,9 @@ async fn drive(
             };
             let _ = send.write_all(&frame.to_vec()).await;
             let _ = send.finish();
-            Err(serr(StreamError::Wire(w)))
+            Err(StreamError::Wire(w))
         }
-        Err(e) => Err(serr(e)),
+        Err(e) => Err(e),
     }
 }
 

@@ -293,6 +293,12 @@ impl FrameReader {
         Ok(Some(Frame::decode_body(header, &self.buf)?))
     }
 
+    /// The stream, for handing it to a driver that reads frames its own way. Nothing is buffered
+    /// past the last frame returned, so no bytes are lost.
+    pub fn into_inner(self) -> RecvStream {
+        self.recv
+    }
+
     /// Tells the peer to stop sending on this stream.
     pub fn stop(&mut self, code: ErrorCode) {
         let _ = self.recv.stop(VarInt::from_u32(code as u32));

@@ -18,7 +18,7 @@ pub enum OwnerState {
     /// OPEN sent; waiting for the replica's STATE.
     Opening,
     /// Receiving the replica's HASHES; `next` is the next chunk expected.
-    Reconciling { next: u64 },
+    Reconciling { next: u64, replica_generation: u64 },
     /// Sending generations.
     Streaming,
     /// A handoff was asked for: finishing and acknowledging the last generation first.
@@ -68,6 +68,9 @@ pub struct Owner {
     /// Chunks of the round in progress not yet sent.
     round: DirtySet,
     in_round: bool,
+    /// The replica's last generation is older than ours (a COMMIT or ACK was lost with a
+    /// connection): close a round, even an empty one, so both agree on a generation again.
+    needs_commit: bool,
     cursor: u64,
     summary: Summary,
     generation: u64,
@@ -104,6 +107,7 @@ impl Owner {
             pending: DirtySet::new(n),
             round: DirtySet::new(n),
             in_round: false,
+            needs_commit: false,
             cursor: 0,
             summary: Summary::new(),
             generation,
@@ -131,11 +135,24 @@ impl Owner {
     }
 
     /// Starts over on a new stream after the old one broke: chunks of the unfinished round go
-    /// back to pending, reconciliation will find whatever the replica missed. Queues OPEN.
-    pub fn restart(&mut self) {
+    /// back to pending, reconciliation will find whatever the replica missed, and the replica's
+    /// STATE says which generation it holds. Queues OPEN. Refused once a handoff was offered:
+    /// whether the other side took ownership is then unknown, and assuming it did not could make
+    /// two owners (spec/PROTOCOL.md §8.6).
+    pub fn restart(&mut self) -> Result<(), WireError> {
+        if matches!(
+            self.state,
+            OwnerState::HandingOff { .. } | OwnerState::HandedOff
+        ) {
+            return Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                "ownership was offered to the replica; this peer must not resume as owner",
+            ));
+        }
         let rest = self.round.take();
         self.pending.union_with(&rest);
         self.in_round = false;
+        self.needs_commit = false;
         self.cursor = 0;
         self.summary.reset();
         self.acked = self.generation;
@@ -144,6 +161,7 @@ impl Owner {
         self.background.clear();
         self.state = OwnerState::Opening;
         self.queue_open();
+        Ok(())
     }
 
     pub fn geometry(&self) -> &Geometry {
@@ -237,6 +255,7 @@ impl Owner {
                 },
                 OwnerState::Opening,
             ) => {
+                self.adopt_replica_generation(generation);
                 if empty {
                     let before = self.pending.count();
                     self.pending.insert_range(0..self.geom.chunk_count());
@@ -255,10 +274,19 @@ impl Owner {
                         ),
                     ));
                 }
-                self.state = OwnerState::Reconciling { next: 0 };
+                self.state = OwnerState::Reconciling {
+                    next: 0,
+                    replica_generation: generation,
+                };
                 Ok(OwnerEvent::None)
             }
-            (Frame::Hashes { first, hashes }, OwnerState::Reconciling { next }) => {
+            (
+                Frame::Hashes { first, hashes },
+                OwnerState::Reconciling {
+                    next,
+                    replica_generation,
+                },
+            ) => {
                 if first != next {
                     return Err(WireError::new(
                         ErrorCode::ProtocolViolation,
@@ -275,10 +303,13 @@ impl Owner {
                     self.state = OwnerState::Streaming;
                     return Ok(OwnerEvent::Reconciled {
                         differing: self.pending.count(),
-                        replica_generation: 0,
+                        replica_generation,
                     });
                 }
-                self.state = OwnerState::Reconciling { next };
+                self.state = OwnerState::Reconciling {
+                    next,
+                    replica_generation,
+                };
                 Ok(OwnerEvent::None)
             }
             (
@@ -337,6 +368,16 @@ impl Owner {
         }
     }
 
+    /// Takes the generation the replica reports holding: numbering continues above it, and if it
+    /// is behind ours the next round is committed even when empty.
+    fn adopt_replica_generation(&mut self, replica: u64) {
+        if replica > self.generation {
+            self.generation = replica;
+        }
+        self.acked = replica;
+        self.needs_commit = replica < self.generation;
+    }
+
     /// The next thing to send, if any. Fetched chunks overtake the round in progress; a new round
     /// starts when the previous one is committed and changes are pending.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -356,9 +397,10 @@ impl Owner {
                 fetched: true,
             });
         }
-        if !self.in_round && !self.pending.is_empty() {
+        if !self.in_round && (!self.pending.is_empty() || self.needs_commit) {
             self.round = self.pending.take();
             self.in_round = true;
+            self.needs_commit = false;
             self.cursor = 0;
             self.generation += 1;
             self.summary.reset();

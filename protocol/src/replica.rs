@@ -163,7 +163,7 @@ impl Replica {
                     }
                     .to_vec(),
                 );
-                let per_frame = ((self.max_body as usize - 8) / 8).max(1);
+                let per_frame = (self.max_body.saturating_sub(8) as usize / 8).max(1);
                 let mut wire = Vec::new();
                 for (k, part) in hashes.chunks(per_frame).enumerate() {
                     HashList::encode_into(part, &mut wire);
@@ -205,7 +205,7 @@ impl Replica {
         else {
             return;
         };
-        let end = (first + count as u64).min(geom.chunk_count());
+        let end = first.saturating_add(count as u64).min(geom.chunk_count());
         let mut i = first;
         while i < end {
             if present.contains(i) || (requested.contains(i) && !urgent) {

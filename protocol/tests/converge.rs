@@ -115,7 +115,9 @@ impl Pair {
         let end = (offset + len).min(self.a.len());
         self.a[offset..end].fill(byte);
         if self.precise {
-            let chunks = self.geom.chunks_of_range(offset as u64, (end - offset) as u64);
+            let chunks = self
+                .geom
+                .chunks_of_range(offset as u64, (end - offset) as u64);
             self.owner.mark_dirty(chunks);
         }
     }
@@ -132,7 +134,7 @@ impl Pair {
     fn disconnect(&mut self) {
         self.to_replica.clear();
         self.to_owner.clear();
-        self.owner.restart();
+        self.owner.restart().unwrap();
         // A lazy replica keeps what it fetched but restarts as an eager one holding it all only
         // once complete; the simplest honest model is: reconnect eagerly with its bytes.
         self.lazy = false;
@@ -147,7 +149,11 @@ impl Pair {
                 break;
             }
         }
-        assert!(self.owner.is_synced(), "owner not synced: {:?}", self.owner.state());
+        assert!(
+            self.owner.is_synced(),
+            "owner not synced: {:?}",
+            self.owner.state()
+        );
     }
 }
 
@@ -290,7 +296,10 @@ fn handoff_moves_ownership_and_back() {
     }
     assert_eq!(p.owner.state(), OwnerState::HandedOff);
     assert_eq!(p.replica.state(), ReplicaState::BecameOwner);
-    assert_eq!(p.a, p.b, "new owner holds every byte of the final generation");
+    assert_eq!(
+        p.a, p.b,
+        "new owner holds every byte of the final generation"
+    );
     // Reverse the roles on the same stream: the new owner continues the generation numbering.
     let g = became.unwrap();
     std::mem::swap(&mut p.a, &mut p.b);
@@ -312,7 +321,10 @@ fn corrupt_chunk_is_refused() {
     let last = f.len() - 1;
     f[last] ^= 1;
     let (frame, _) = Frame::decode(&f, MAX_BODY).unwrap().unwrap();
-    assert_eq!(p.replica.handle(&frame).unwrap_err().code, ErrorCode::HashMismatch);
+    assert_eq!(
+        p.replica.handle(&frame).unwrap_err().code,
+        ErrorCode::HashMismatch
+    );
 }
 
 #[test]
@@ -326,4 +338,62 @@ fn reconnect_keeps_unsent_chunks_of_a_round() {
     p.disconnect();
     p.settle();
     assert!(p.a == p.b, "a chunk of the interrupted round was lost");
+}
+
+#[test]
+fn owner_restarted_with_an_older_generation_continues_above_the_replica() {
+    let mut p = Pair::new(8 * 4096, 12, 5, false);
+    p.settle();
+    for k in 0..3u8 {
+        p.a[k as usize * 4096] = k + 1;
+        p.settle();
+    }
+    let held = p.replica.committed();
+    assert!(held >= 3);
+    // The owner process restarts and forgets its generation counter.
+    p.owner = Owner::new(p.geom, "r", hashes(&p.geom, &p.a), 0).unwrap();
+    p.replica = Replica::new(held);
+    p.to_replica.clear();
+    p.to_owner.clear();
+    p.a[100] = 77;
+    p.settle();
+    assert_eq!(p.a, p.b);
+    assert!(p.replica.committed() > held);
+}
+
+#[test]
+fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
+    let mut p = Pair::new(8 * 4096, 12, 5, false);
+    p.settle();
+    p.a[0] = 9;
+    p.scan();
+    // Deliver the round's chunk but lose its COMMIT with the connection.
+    while !matches!(p.owner.poll_transmit(), None) {}
+    p.to_replica.clear();
+    let behind = p.replica.committed();
+    assert!(p.owner.generation() > behind);
+    p.disconnect();
+    p.settle();
+    assert_eq!(
+        p.replica.committed(),
+        p.owner.generation(),
+        "replica caught up"
+    );
+    // A handoff now succeeds: the replica holds the owner's last generation.
+    p.owner.begin_handoff().unwrap();
+    let mut became = false;
+    for _ in 0..100 {
+        p.owner_send();
+        if let Some(bytes) = p.to_replica.pop_front() {
+            let (frame, _) = Frame::decode(&bytes, MAX_BODY).unwrap().unwrap();
+            if let ReplicaEvent::BecameOwner { .. } = p.replica.handle(&frame).unwrap() {
+                became = true;
+            }
+        }
+    }
+    assert!(became);
+    assert!(
+        p.owner.restart().is_err(),
+        "no resuming as owner mid-handoff"
+    );
 }

@@ -1,1 +1,3 @@
+//! Golden vectors and (later) the protocol model for memsync.
 
+pub mod vectors;

@@ -1,0 +1,309 @@
+//! Lazy mounts: a replica of a remote region that can be read before it holds the data. The
+//! driver speaks the lazy-replica role (MOUNT, then STATE with the LAZY flag) on one stream; the
+//! remote peer pushes every chunk in the background while reads that miss send urgent FETCHes that
+//! overtake it. Chunks land in a [`ChunkSink`] (a memory buffer for NBD, UFFDIO_COPY for uffd).
+
+use crate::transport::{FrameReader, PeerEndpoint, StreamError, TransportError};
+use memsync_protocol::wire::{ErrorCode, MAX_BODY};
+use memsync_protocol::{DirtySet, Geometry, Local, Replica, ReplicaEvent, WireError};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, warn};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MountError {
+    #[error("mounting {name} from {addr}: {reason}")]
+    Connect {
+        name: String,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("mount of {name} failed: {reason}")]
+    Failed { name: String, reason: String },
+}
+
+/// Where a mounted region's chunks land as they arrive.
+pub trait ChunkSink: Send + Sync + 'static {
+    /// Stores chunk `index`: `data`, or zeros when `None`. Called in stream order, once per
+    /// arrival (a chunk may arrive again when the owner changes it).
+    fn write_chunk(&self, index: u64, data: Option<&[u8]>);
+}
+
+/// A chunk sink that is plain memory: a `Vec` behind a lock, readable by chunk.
+pub struct MemorySink {
+    geom: Geometry,
+    bytes: Mutex<Vec<u8>>,
+}
+
+impl MemorySink {
+    pub fn new(geom: Geometry) -> Self {
+        MemorySink {
+            geom,
+            bytes: Mutex::new(vec![0; geom.size() as usize]),
+        }
+    }
+
+    /// Copies `out.len()` bytes at `offset` into `out`.
+    pub fn read(&self, offset: u64, out: &mut [u8]) {
+        let b = self.bytes.lock().expect("sink lock");
+        out.copy_from_slice(&b[offset as usize..offset as usize + out.len()]);
+    }
+}
+
+impl ChunkSink for MemorySink {
+    fn write_chunk(&self, index: u64, data: Option<&[u8]>) {
+        let mut b = self.bytes.lock().expect("sink lock");
+        let dst = &mut b[self.geom.range(index)];
+        match data {
+            Some(d) => dst.copy_from_slice(d),
+            None => dst.fill(0),
+        }
+    }
+}
+
+/// State shared by a mount's handle and its driver task.
+struct Shared {
+    present: Mutex<DirtySet>,
+    arrived: Notify,
+    failure: Mutex<Option<String>>,
+}
+
+/// A lazy replica of region `name` held by the peer at `addr`.
+pub struct RemoteRegion {
+    name: String,
+    geom: Geometry,
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedSender<(Range<u64>, bool)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RemoteRegion {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RemoteRegion {
+    /// Connects, asks for `name` and returns once the owner described the region; chunks then
+    /// flow into `sink` in the background.
+    pub async fn mount(
+        ep: &PeerEndpoint,
+        addr: SocketAddr,
+        name: &str,
+        sink: Arc<dyn ChunkSink>,
+    ) -> Result<RemoteRegion, MountError> {
+        let connect_err = |reason: String| MountError::Connect {
+            name: name.to_owned(),
+            addr,
+            reason,
+        };
+        let replica = Replica::mount(name).map_err(|e| connect_err(e.to_string()))?;
+        let session = ep
+            .connect(addr)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let (send, recv) = session
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| connect_err(TransportError::Lost(e).to_string()))?;
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            present: Mutex::new(DirtySet::new(0)),
+            arrived: Notify::new(),
+            failure: Mutex::new(None),
+        });
+        let task = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let reader = FrameReader::new(recv, MAX_BODY);
+                let mut d = Driver {
+                    replica,
+                    send,
+                    reader,
+                    shared: shared.clone(),
+                    sink,
+                    opened: Some(opened_tx),
+                };
+                let res = d.run(req_rx).await;
+                let reason = match res {
+                    Ok(()) => "the owner closed the mount".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                warn!("mount ended: {reason}");
+                *shared.failure.lock().expect("lock") = Some(reason);
+                shared.arrived.notify_waiters();
+                drop(session);
+            })
+        };
+        let geom = opened_rx.await.map_err(|_| {
+            connect_err(
+                shared
+                    .failure
+                    .lock()
+                    .expect("lock")
+                    .clone()
+                    .unwrap_or_else(|| "the stream closed".into()),
+            )
+        })?;
+        Ok(RemoteRegion {
+            name: name.to_owned(),
+            geom,
+            shared,
+            requests: req_tx,
+            task,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geom
+    }
+
+    pub fn is_present(&self, index: u64) -> bool {
+        self.shared.present.lock().expect("lock").contains(index)
+    }
+
+    /// Chunks not yet arrived.
+    pub fn missing(&self) -> u64 {
+        self.geom.chunk_count() - self.shared.present.lock().expect("lock").count()
+    }
+
+    fn failed(&self) -> Option<MountError> {
+        self.shared
+            .failure
+            .lock()
+            .expect("lock")
+            .clone()
+            .map(|reason| MountError::Failed {
+                name: self.name.clone(),
+                reason,
+            })
+    }
+
+    /// Fetches the chunks in `range` urgently; returns once all are in the sink, or an error if
+    /// the mount failed (the owner went away) first.
+    pub async fn ensure(&self, range: Range<u64>) -> Result<(), MountError> {
+        let range = range.start..range.end.min(self.geom.chunk_count());
+        let mut asked = false;
+        loop {
+            let arrived = self.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let present = self.shared.present.lock().expect("lock");
+                if range.clone().all(|i| present.contains(i)) {
+                    return Ok(());
+                }
+            }
+            if let Some(e) = self.failed() {
+                return Err(e);
+            }
+            if !asked {
+                asked = true;
+                let _ = self.requests.send((range.clone(), true));
+            }
+            arrived.await;
+        }
+    }
+
+    /// Asks for `range` ahead of the background order (read-ahead, user priorities).
+    pub fn prefetch(&self, range: Range<u64>) {
+        let _ = self.requests.send((range, false));
+    }
+
+    /// Resolves once every chunk is present.
+    pub async fn complete(&self) -> Result<(), MountError> {
+        self.ensure(0..self.geom.chunk_count()).await
+    }
+}
+
+/// The mount's stream: frames in, sink writes and FETCHes out.
+struct Driver {
+    replica: Replica,
+    send: quinn::SendStream,
+    reader: FrameReader,
+    shared: Arc<Shared>,
+    sink: Arc<dyn ChunkSink>,
+    opened: Option<oneshot::Sender<Geometry>>,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        mut requests: mpsc::UnboundedReceiver<(Range<u64>, bool)>,
+    ) -> Result<(), StreamError> {
+        self.flush().await?;
+        loop {
+            tokio::select! {
+                biased;
+                req = requests.recv() => {
+                    let Some((range, urgent)) = req else { return Ok(()) };
+                    self.fetch(range, urgent);
+                    while let Ok((range, urgent)) = requests.try_recv() {
+                        self.fetch(range, urgent);
+                    }
+                }
+                frame = self.reader.next() => {
+                    let Some(frame) = frame? else { return Ok(()) };
+                    match self.replica.handle(&frame)? {
+                        ReplicaEvent::Opened { geometry, .. } => {
+                            *self.shared.present.lock().expect("lock") =
+                                DirtySet::new(geometry.chunk_count());
+                            self.replica.local_state(Local::Lazy)?;
+                            if let Some(tx) = self.opened.take() {
+                                let _ = tx.send(geometry);
+                            }
+                        }
+                        ReplicaEvent::Write { index, data } => {
+                            self.sink.write_chunk(index, data);
+                            self.shared.present.lock().expect("lock").insert(index);
+                            self.shared.arrived.notify_waiters();
+                        }
+                        ReplicaEvent::Committed { generation } => {
+                            debug!("mount: generation {generation} complete");
+                        }
+                        ReplicaEvent::PeerError { code, reason } => {
+                            return Err(StreamError::Peer { code, reason: reason.to_owned() });
+                        }
+                        ReplicaEvent::BecameOwner { .. } => {
+                            return Err(WireError::new(
+                                ErrorCode::ProtocolViolation,
+                                "a mount does not take ownership",
+                            )
+                            .into());
+                        }
+                        ReplicaEvent::None => {}
+                    }
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    fn fetch(&mut self, range: Range<u64>, urgent: bool) {
+        let Some(n) = self.replica.geometry().map(|g| g.chunk_count()) else {
+            return;
+        };
+        let end = range.end.min(n);
+        let mut first = range.start;
+        while first < end {
+            let count = (end - first).min(u32::MAX as u64) as u32;
+            self.replica.fetch(first, count, urgent);
+            first += count as u64;
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        while let Some(f) = self.replica.poll_transmit() {
+            self.send.write_all(&f).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Reference encoder for memsync golden frames (spec/PROTOCOL.md §4-§6).
+
+Independent of the Rust code: it builds every frame with `struct` from the byte layouts in
+PROTOCOL.md and writes one `<case>.vec` file per case into the directory holding this script,
+deleting stale `.vec` files. Hash values are literals (XXH3-64, seed 0); the Rust tests check them
+against a real XXH3 implementation.
+
+Usage: python3 spec/vectors/make_vectors.py
+"""
+
+import os
+import struct
+import sys
+
+MAGIC = 0xD5
+HELLO, ERROR, OPEN, MOUNT, STATE, HASHES = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13
+CHUNK, COMMIT, ACK, FETCH, HANDOFF, HANDOFF_ACK = 0x20, 0x21, 0x22, 0x30, 0x40, 0x41
+
+STATE_EMPTY, STATE_LAZY = 1, 2
+CHUNK_ZERO, CHUNK_FETCHED = 1, 2
+FETCH_URGENT = 1
+
+MAX_BODY = (1 << 22) + 16  # 4194320
+MIN_MAX_BODY = (1 << 16) + 16  # 65552
+U64_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+
+# The example region used by the CHUNK/HASHES/FETCH/COMMIT vectors: 8193 bytes in 4 KiB chunks,
+# so chunks 0 and 1 are 4096 bytes and chunk 2 (the last) is 1 byte.
+GEOM = (8193, 12)
+PAYLOAD_4096 = bytes((i * 7 + 3) & 0xFF for i in range(4096))
+H_4096 = 0xD7428746842BE37E  # XXH3-64(PAYLOAD_4096)
+H_2A = 0x79D03016B7AEED0D  # XXH3-64(b"\x2a")
+H_ZERO_4096 = 0x93D76FE148C689BA  # XXH3-64(4096 zero bytes)
+# XXH3-64 over (0 ‖ H_4096)(1 ‖ 0)(2 ‖ H_2A), each index and hash a u64 LE: the summary of the
+# generation formed by chunk_full, chunk_zero and chunk_last_one_byte, in that order.
+SUMMARY_3 = 0x133A05CFA48551D8
+SUMMARY_EMPTY = 0x2D06800538D394C2  # XXH3-64 of no bytes
+
+NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+NAME_255 = "".join(NAME_CHARS[i % len(NAME_CHARS)] for i in range(255))
+assert len(NAME_255) == 255 and NAME_255[0] != "."
+
+
+def header(kind, flags, length):
+    return struct.pack("<BBHI", MAGIC, kind, flags, length)
+
+
+def frame(kind, body, flags=0):
+    return header(kind, flags, len(body)) + body
+
+
+def hello(major=1, minor=0, max_body=MAX_BODY, max_regions=1024, features=0):
+    return struct.pack("<HHIIQ", major, minor, max_body, max_regions, features)
+
+
+def error(code, reason):
+    return struct.pack("<I", code) + reason
+
+
+def open_(size, generation, shift, name, reserved=0, name_len=None):
+    if name_len is None:
+        name_len = len(name)
+    return struct.pack("<QQBBH", size, generation, shift, name_len, reserved) + name
+
+
+def state(generation, chunk_count):
+    return struct.pack("<QQ", generation, chunk_count)
+
+
+def hashes(first, hs):
+    return struct.pack("<Q", first) + b"".join(struct.pack("<Q", h) for h in hs)
+
+
+def chunk(index, hash_, payload=b""):
+    return struct.pack("<QQ", index, hash_) + payload
+
+
+def commit(generation, count, summary):
+    return struct.pack("<QIQ", generation, count, summary)
+
+
+def gen(generation):
+    return struct.pack("<Q", generation)
+
+
+def fetch(first, count):
+    return struct.pack("<QI", first, count)
+
+
+CASES = []
+
+
+def case(name, desc, data, expect="ok", geometry=None):
+    CASES.append((name, desc, data, expect, geometry))
+
+
+# --- valid frames -------------------------------------------------------------------------------
+
+case("hello_default", "HELLO as the reference peer sends it: version 1.0, max_body 4194320, "
+     "1024 regions, no features.", frame(HELLO, hello()))
+case("hello_min_limits", "HELLO with the smallest legal max_body (65552), one region and every "
+     "feature bit set (unknown bits are ignored by negotiation, not by the decoder).",
+     frame(HELLO, hello(max_body=MIN_MAX_BODY, max_regions=1, features=U64_MAX)))
+case("hello_major_2", "HELLO of a future major version 2.7: decodes; Hello::negotiate then fails "
+     "with VERSION_MISMATCH.", frame(HELLO, hello(major=2, minor=7)))
+
+case("error_empty_reason", "ERROR PROTOCOL_VIOLATION (1) with a zero-length reason.",
+     frame(ERROR, error(1, b"")))
+case("error_reason", "ERROR HASH_MISMATCH (7) with an ASCII reason.",
+     frame(ERROR, error(7, b"chunk 3 does not match its hash")))
+case("error_unknown_code", "ERROR with code 0xffffffff, unknown to version 1.0: decodes (the "
+     "code is kept raw).", frame(ERROR, error(U32_MAX, b"x")))
+case("error_reason_max", "ERROR with a reason of exactly 1024 bytes: 512 two-byte UTF-8 "
+     "characters (U+00E9).", frame(ERROR, error(18, "\u00e9".encode() * 512)))
+
+case("open_basic", "OPEN of the 8193-byte example region in 4 KiB chunks (3 chunks), "
+     "generation 0, name \"vm-1.ram\".", frame(OPEN, open_(8193, 0, 12, b"vm-1.ram")))
+case("open_name_255", "OPEN with the longest name (255 bytes), 1 GiB in 64 KiB chunks, "
+     "generation 1.", frame(OPEN, open_(1 << 30, 1, 16, NAME_255.encode())))
+case("open_max_geometry", "OPEN of the largest region: 2^46 bytes in 4 MiB chunks (2^24 chunks), "
+     "generation 2^64-1.", frame(OPEN, open_(1 << 46, U64_MAX, 22, b"big")))
+case("open_min_geometry", "OPEN of a 1-byte region (one partial 4 KiB chunk) named \"x\".",
+     frame(OPEN, open_(1, 0, 12, b"x")))
+
+case("mount_basic", "MOUNT of region \"vm-1.ram\".", frame(MOUNT, b"vm-1.ram"))
+case("mount_name_255", "MOUNT with the longest name (255 bytes).",
+     frame(MOUNT, NAME_255.encode()))
+
+case("state_hashes", "STATE of a replica at generation 5 holding 3 chunks; HASHES follow.",
+     frame(STATE, state(5, 3)))
+case("state_empty", "STATE EMPTY: a new replica, generation 0, no HASHES follow.",
+     frame(STATE, state(0, 0), STATE_EMPTY))
+case("state_empty_lazy", "STATE EMPTY|LAZY: a lazy replica that will FETCH what it reads.",
+     frame(STATE, state(0, 0), STATE_EMPTY | STATE_LAZY))
+case("state_lazy_not_empty", "STATE LAZY without EMPTY: decodes (replicas must not send it; "
+     "owners treat it as a plain STATE, see PROTOCOL.md §5.6).",
+     frame(STATE, state(0, 3), STATE_LAZY))
+case("state_max", "STATE at generation 2^64-1 announcing 2^24 chunks.",
+     frame(STATE, state(U64_MAX, 1 << 24)))
+
+case("hashes_one", "HASHES with one hash: the last chunk (index 2, 1 byte 0x2a) of the example "
+     "region.", frame(HASHES, hashes(2, [H_2A])), geometry=GEOM)
+case("hashes_full", "HASHES covering the whole example region: chunk 0 (PAYLOAD_4096), chunk 1 "
+     "(zeros: the real XXH3 of 4096 zero bytes, not 0) and chunk 2 (0x2a).",
+     frame(HASHES, hashes(0, [H_4096, H_ZERO_4096, H_2A])), geometry=GEOM)
+
+case("chunk_full", "CHUNK 0 of the example region with a 4096-byte payload (byte i = 7*i+3 mod "
+     "256) and its XXH3-64.", frame(CHUNK, chunk(0, H_4096, PAYLOAD_4096)), geometry=GEOM)
+case("chunk_zero", "CHUNK 1 of the example region, all zeros: flag ZERO, hash 0, no payload.",
+     frame(CHUNK, chunk(1, 0), CHUNK_ZERO), geometry=GEOM)
+case("chunk_last_one_byte", "CHUNK 2, the 1-byte last chunk of the example region: payload 0x2a.",
+     frame(CHUNK, chunk(2, H_2A, b"\x2a")), geometry=GEOM)
+case("chunk_fetched", "CHUNK 2 with flag FETCHED: an answer to FETCH, outside any generation.",
+     frame(CHUNK, chunk(2, H_2A, b"\x2a"), CHUNK_FETCHED), geometry=GEOM)
+case("chunk_zero_fetched", "CHUNK 1 with flags ZERO|FETCHED.",
+     frame(CHUNK, chunk(1, 0), CHUNK_ZERO | CHUNK_FETCHED), geometry=GEOM)
+case("chunk_max_index", "Zero CHUNK with the largest index of the largest region "
+     "(2^46 bytes, 4 MiB chunks): index 2^24-1.",
+     frame(CHUNK, chunk((1 << 24) - 1, 0), CHUNK_ZERO), geometry=(1 << 46, 22))
+
+case("commit_basic", "COMMIT of generation 1 closing chunk_full, chunk_zero, "
+     "chunk_last_one_byte (in that order): count 3 and their summary.",
+     frame(COMMIT, commit(1, 3, SUMMARY_3)))
+case("commit_empty", "COMMIT of generation 2 with no CHUNK (every chunk of the round was "
+     "overtaken by FETCH): count 0, summary XXH3-64 of no bytes.",
+     frame(COMMIT, commit(2, 0, SUMMARY_EMPTY)))
+case("commit_max", "COMMIT at generation 2^64-1 of 2^24 chunks.",
+     frame(COMMIT, commit(U64_MAX, 1 << 24, 0x0123456789ABCDEF)))
+
+case("ack_basic", "ACK of generation 1.", frame(ACK, gen(1)))
+case("ack_max", "ACK of generation 2^64-1.", frame(ACK, gen(U64_MAX)))
+
+case("fetch_background", "FETCH without URGENT of the whole example region (chunks 0..3).",
+     frame(FETCH, fetch(0, 3)), geometry=GEOM)
+case("fetch_urgent", "FETCH URGENT of the last chunk of the example region.",
+     frame(FETCH, fetch(2, 1), FETCH_URGENT), geometry=GEOM)
+case("fetch_max_count", "FETCH of 2^32-1 chunks from 0: decodes (a geometry check would refuse "
+     "it in any region).", frame(FETCH, fetch(0, U32_MAX)))
+
+case("handoff_basic", "HANDOFF at generation 7.", frame(HANDOFF, gen(7)))
+case("handoff_max", "HANDOFF at generation 2^64-1.", frame(HANDOFF, gen(U64_MAX)))
+case("handoff_ack_basic", "HANDOFF_ACK at generation 7.", frame(HANDOFF_ACK, gen(7)))
+
+# --- frame header -------------------------------------------------------------------------------
+
+case("header_bad_magic", "ACK whose magic is 0xd4.",
+     struct.pack("<BBHI", 0xD4, ACK, 0, 8) + gen(1), "error BAD_MAGIC")
+case("header_all_zero", "Eight zero bytes.", bytes(8), "error BAD_MAGIC")
+case("header_magic_before_type", "Bad magic and unknown type: magic is checked first.",
+     struct.pack("<BBHI", 0x00, 0xFF, 0, 0), "error BAD_MAGIC")
+case("header_unknown_type_00", "Frame type 0x00.", header(0x00, 0, 0), "error UNKNOWN_TYPE")
+case("header_unknown_type_03", "Frame type 0x03.", header(0x03, 0, 0), "error UNKNOWN_TYPE")
+case("header_unknown_type_ff", "Frame type 0xff with a body.", header(0xFF, 0, 1) + b"\x00",
+     "error UNKNOWN_TYPE")
+case("header_type_before_length", "Unknown type with a length above MAX_BODY: the type is "
+     "checked first.", header(0x03, 0, U32_MAX), "error UNKNOWN_TYPE")
+case("header_flags_before_length", "ACK with flag bit 0 and a length above MAX_BODY: flags are "
+     "checked before the length.", header(ACK, 1, U32_MAX), "error MALFORMED")
+case("header_too_large", "CHUNK header claiming MAX_BODY+1 (4194321) body bytes; refused from "
+     "the header alone.", header(CHUNK, 0, MAX_BODY + 1), "error FRAME_TOO_LARGE")
+case("header_too_large_u32", "ACK header claiming 2^32-1 body bytes.",
+     header(ACK, 0, U32_MAX), "error FRAME_TOO_LARGE")
+case("header_max_body", "CHUNK header claiming exactly MAX_BODY body bytes, none present: the "
+     "length is accepted and the decoder waits for the body.", header(CHUNK, 0, MAX_BODY),
+     "incomplete")
+case("header_partial", "Seven bytes: not yet a whole header.", header(ACK, 0, 8)[:7],
+     "incomplete")
+case("ack_truncated", "ACK whose header promises 8 body bytes of which 4 are present.",
+     frame(ACK, gen(1))[:12], "incomplete")
+
+# --- flags ---------------------------------------------------------------------------------------
+
+case("hello_flag", "HELLO with flag bit 0 (HELLO defines no flags).",
+     frame(HELLO, hello(), 1), "error MALFORMED")
+case("ack_flag_high", "ACK with flag bit 15.", frame(ACK, gen(1), 0x8000), "error MALFORMED")
+case("state_undefined_flag", "STATE with flag bit 2 (only EMPTY=1 and LAZY=2 are defined).",
+     frame(STATE, state(0, 0), 4 | STATE_EMPTY), "error MALFORMED")
+case("chunk_undefined_flag", "CHUNK with flag bit 2 (only ZERO=1 and FETCHED=2 are defined).",
+     frame(CHUNK, chunk(2, H_2A, b"\x2a"), 4), "error MALFORMED")
+case("fetch_undefined_flag", "FETCH with flag bit 1 (only URGENT=1 is defined).",
+     frame(FETCH, fetch(0, 1), 2), "error MALFORMED")
+
+# --- body lengths ---------------------------------------------------------------------------------
+
+case("hello_short", "HELLO body of 19 bytes.", frame(HELLO, hello()[:19]), "error MALFORMED")
+case("hello_trailing", "HELLO body with one trailing byte.", frame(HELLO, hello() + b"\x00"),
+     "error MALFORMED")
+case("ack_short", "ACK body of 7 bytes.", frame(ACK, gen(1)[:7]), "error MALFORMED")
+case("ack_trailing", "ACK body with one trailing byte.", frame(ACK, gen(1) + b"\x00"),
+     "error MALFORMED")
+case("commit_short", "COMMIT body of 19 bytes.", frame(COMMIT, commit(1, 3, SUMMARY_3)[:19]),
+     "error MALFORMED")
+case("commit_trailing", "COMMIT body with one trailing byte.",
+     frame(COMMIT, commit(1, 3, SUMMARY_3) + b"\x00"), "error MALFORMED")
+case("handoff_short", "HANDOFF with an empty body.", frame(HANDOFF, b""), "error MALFORMED")
+case("handoff_ack_trailing", "HANDOFF_ACK body with one trailing byte.",
+     frame(HANDOFF_ACK, gen(7) + b"\x00"), "error MALFORMED")
+case("state_short", "STATE body of 15 bytes.", frame(STATE, state(5, 3)[:15]),
+     "error MALFORMED")
+case("fetch_trailing", "FETCH body with one trailing byte.",
+     frame(FETCH, fetch(0, 1) + b"\x00"), "error MALFORMED")
+
+# --- ERROR ------------------------------------------------------------------------------------------
+
+case("error_short", "ERROR body of 3 bytes (no whole code).", frame(ERROR, b"\x01\x00\x00"),
+     "error MALFORMED")
+case("error_invalid_utf8", "ERROR whose reason is not UTF-8 (0xc3 0x28).",
+     frame(ERROR, error(2, b"\xc3\x28")), "error MALFORMED")
+case("error_reason_too_long", "ERROR with a 1025-byte reason.",
+     frame(ERROR, error(2, b"a" * 1025)), "error MALFORMED")
+
+# --- OPEN / MOUNT ---------------------------------------------------------------------------------
+
+case("open_bad_name_dotdot", "OPEN named \"../x\".", frame(OPEN, open_(8193, 0, 12, b"../x")),
+     "error BAD_NAME")
+case("open_name_empty", "OPEN with a zero-length name.", frame(OPEN, open_(8193, 0, 12, b"")),
+     "error BAD_NAME")
+case("open_name_hidden", "OPEN named \".hidden\" (starts with '.').",
+     frame(OPEN, open_(8193, 0, 12, b".hidden")), "error BAD_NAME")
+case("open_name_space", "OPEN named \"a b\".", frame(OPEN, open_(8193, 0, 12, b"a b")),
+     "error BAD_NAME")
+case("open_name_non_ascii", "OPEN named \"\u00e9\" (valid UTF-8, outside the name alphabet).",
+     frame(OPEN, open_(8193, 0, 12, "\u00e9".encode())), "error BAD_NAME")
+case("open_name_not_utf8", "OPEN whose name bytes are not UTF-8 (0xff): MALFORMED, not BAD_NAME.",
+     frame(OPEN, open_(8193, 0, 12, b"\xff")), "error MALFORMED")
+case("open_shift_11", "OPEN with chunk shift 11 (2 KiB chunks).",
+     frame(OPEN, open_(8193, 0, 11, b"r")), "error BAD_GEOMETRY")
+case("open_shift_23", "OPEN with chunk shift 23 (8 MiB chunks).",
+     frame(OPEN, open_(1 << 23, 0, 23, b"r")), "error BAD_GEOMETRY")
+case("open_size_zero", "OPEN of a 0-byte region.", frame(OPEN, open_(0, 0, 12, b"r")),
+     "error BAD_GEOMETRY")
+case("open_size_too_big", "OPEN of 2^46+1 bytes.", frame(OPEN, open_((1 << 46) + 1, 0, 22, b"r")),
+     "error BAD_GEOMETRY")
+case("open_too_many_chunks", "OPEN of 2^46 bytes in 2 MiB chunks: 2^25 chunks.",
+     frame(OPEN, open_(1 << 46, 0, 21, b"r")), "error BAD_GEOMETRY")
+case("open_name_before_geometry", "OPEN with both a bad name and a bad shift: the name is "
+     "checked first.", frame(OPEN, open_(8193, 0, 11, b"../x")), "error BAD_NAME")
+case("open_reserved_nonzero", "OPEN with reserved = 1.",
+     frame(OPEN, open_(8193, 0, 12, b"r", reserved=1)), "error MALFORMED")
+case("open_name_len_past_body", "OPEN whose name_len (5) exceeds the 4 name bytes present.",
+     frame(OPEN, open_(8193, 0, 12, b"abcd", name_len=5)), "error MALFORMED")
+case("open_trailing", "OPEN with a byte after the name.",
+     frame(OPEN, open_(8193, 0, 12, b"abcd", name_len=3)), "error MALFORMED")
+case("open_short", "OPEN body of 19 bytes (no reserved field).",
+     frame(OPEN, open_(8193, 0, 12, b"")[:19]), "error MALFORMED")
+
+case("mount_empty", "MOUNT with an empty name.", frame(MOUNT, b""), "error BAD_NAME")
+case("mount_slash", "MOUNT named \"a/b\".", frame(MOUNT, b"a/b"), "error BAD_NAME")
+case("mount_dotdot", "MOUNT named \"..\".", frame(MOUNT, b".."), "error BAD_NAME")
+case("mount_name_256", "MOUNT with a 256-byte name.", frame(MOUNT, b"a" * 256), "error BAD_NAME")
+case("mount_not_utf8", "MOUNT whose name is not UTF-8.", frame(MOUNT, b"a\x80"),
+     "error MALFORMED")
+
+# --- STATE / HASHES -------------------------------------------------------------------------------
+
+case("state_empty_with_count", "STATE EMPTY announcing 3 chunks.",
+     frame(STATE, state(0, 3), STATE_EMPTY), "error MALFORMED")
+case("hashes_partial_entry", "HASHES whose list is 12 bytes (not a multiple of 8).",
+     frame(HASHES, hashes(0, [H_4096]) + b"\x00\x00\x00\x00"), "error MALFORMED")
+case("hashes_empty_list", "HASHES with no hash.", frame(HASHES, hashes(0, [])), "error MALFORMED")
+case("hashes_short", "HASHES body of 7 bytes.", frame(HASHES, b"\x00" * 7), "error MALFORMED")
+case("hashes_past_end", "HASHES of chunks 2..4 in the 3-chunk example region.",
+     frame(HASHES, hashes(2, [H_2A, H_2A])), "error OUT_OF_RANGE", GEOM)
+case("hashes_first_past_end", "HASHES starting at chunk 3 of the 3-chunk example region.",
+     frame(HASHES, hashes(3, [H_2A])), "error OUT_OF_RANGE", GEOM)
+case("hashes_overflow", "HASHES starting at index 2^64-1 (first + count overflows u64).",
+     frame(HASHES, hashes(U64_MAX, [H_2A])), "error OUT_OF_RANGE", GEOM)
+
+# --- CHUNK ------------------------------------------------------------------------------------------
+
+case("chunk_index_past_end", "CHUNK 3 of the 3-chunk example region.",
+     frame(CHUNK, chunk(3, H_2A, b"\x2a")), "error OUT_OF_RANGE", GEOM)
+case("chunk_zero_index_past_end", "Zero CHUNK at index 2^64-1 of the example region.",
+     frame(CHUNK, chunk(U64_MAX, 0), CHUNK_ZERO), "error OUT_OF_RANGE", GEOM)
+case("chunk_payload_too_long", "CHUNK 2 (1-byte last chunk) with a 2-byte payload.",
+     frame(CHUNK, chunk(2, 0x1111, b"\x2a\x2a")), "error MALFORMED", GEOM)
+case("chunk_payload_short", "CHUNK 0 (4096 bytes) with a 1-byte payload.",
+     frame(CHUNK, chunk(0, H_2A, b"\x2a")), "error MALFORMED", GEOM)
+case("chunk_zero_with_payload", "ZERO CHUNK carrying a 1-byte payload.",
+     frame(CHUNK, chunk(2, 0, b"\x00"), CHUNK_ZERO), "error MALFORMED")
+case("chunk_zero_with_hash", "ZERO CHUNK with a nonzero hash.",
+     frame(CHUNK, chunk(1, H_ZERO_4096), CHUNK_ZERO), "error MALFORMED")
+case("chunk_no_payload", "CHUNK without ZERO and without payload.",
+     frame(CHUNK, chunk(0, H_4096)), "error MALFORMED")
+case("chunk_short", "CHUNK body of 15 bytes.", frame(CHUNK, chunk(1, 0)[:15], CHUNK_ZERO),
+     "error MALFORMED")
+
+# --- FETCH ------------------------------------------------------------------------------------------
+
+case("fetch_count_zero", "FETCH of zero chunks.", frame(FETCH, fetch(0, 0)), "error MALFORMED")
+case("fetch_past_end", "FETCH of chunks 2..4 in the 3-chunk example region.",
+     frame(FETCH, fetch(2, 2)), "error OUT_OF_RANGE", GEOM)
+case("fetch_overflow", "FETCH from index 2^64-1 (first + count overflows u64).",
+     frame(FETCH, fetch(U64_MAX, 1), FETCH_URGENT), "error OUT_OF_RANGE", GEOM)
+
+
+def render(name, desc, data, expect, geometry):
+    lines = []
+    words, line = desc.split(), "#"
+    for w in words:  # wrap the description at ~100 columns
+        if len(line) + 1 + len(w) > 100:
+            lines.append(line)
+            line = "#"
+        line += " " + w
+    lines.append(line)
+    lines.append(f"# expect: {expect}")
+    if geometry is not None:
+        lines.append(f"# geometry: {geometry[0]} {geometry[1]}")
+    for i in range(0, len(data), 16):
+        lines.append(" ".join(f"{b:02x}" for b in data[i:i + 16]))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    out = os.path.dirname(os.path.abspath(__file__))
+    names = [c[0] for c in CASES]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        sys.exit(f"duplicate case names: {sorted(dupes)}")
+    for c in CASES:
+        assert c[3] in ("ok", "incomplete") or c[3].startswith("error "), c
+        if c[3] == "ok":  # a valid frame's header length is its body length
+            assert struct.unpack_from("<I", c[2], 4)[0] == len(c[2]) - 8, c[0]
+    for f in os.listdir(out):
+        if f.endswith(".vec") and f[:-4] not in names:
+            os.remove(os.path.join(out, f))
+    for c in CASES:
+        with open(os.path.join(out, c[0] + ".vec"), "w", encoding="utf-8") as fh:
+            fh.write(render(*c))
+    ok = sum(1 for c in CASES if c[3] == "ok")
+    print(f"wrote {len(CASES)} vectors ({ok} valid, {len(CASES) - ok} invalid) to {out}")
+
+
+if __name__ == "__main__":
+    main()
