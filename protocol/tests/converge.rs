@@ -367,8 +367,8 @@ fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
     p.settle();
     p.a[0] = 9;
     p.scan();
-    // Deliver the round's chunk but lose its COMMIT with the connection.
-    while !matches!(p.owner.poll_transmit(), None) {}
+    // The whole round, COMMIT included, is lost with the connection.
+    while p.owner.poll_transmit().is_some() {}
     p.to_replica.clear();
     let behind = p.replica.committed();
     assert!(p.owner.generation() > behind);
