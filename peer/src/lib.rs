@@ -4,6 +4,7 @@
 pub mod detector;
 pub mod identity;
 pub mod mount;
+pub mod nbd;
 pub mod region;
 pub mod serve;
 pub mod sync;

@@ -4,7 +4,11 @@ mod demo;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use memsync_peer::detector::{Marks, MarksDetector};
 use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
+use memsync_peer::mount::MemorySink;
+use memsync_peer::nbd;
+use memsync_peer::region::Source;
 use memsync_peer::sync::{SyncOptions, SyncRegion, SyncStats};
 use memsync_peer::transport::PeerEndpoint;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -89,6 +93,31 @@ enum Cmd {
         /// Exit 0 once the replica matches the file as it was when the last round began.
         #[arg(long)]
         once: bool,
+        /// With --detector nbd: serve the region as an NBD export here (HOST:PORT or unix:PATH);
+        /// writes through it are replicated without any scan.
+        #[arg(long, value_name = "ADDR|unix:PATH")]
+        nbd_listen: Option<nbd::Listen>,
+        /// With --detector nbd: FLUSH and FUA writes complete only once the replica acknowledged
+        /// them (like DRBD's protocol C), not just once they are durable here.
+        #[arg(long)]
+        flush_waits_for_replica: bool,
+        #[command(flatten)]
+        id: IdentityArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Mount a remote region lazily as a read-only NBD export: reads of data not yet here are
+    /// fetched at once, the rest streams in the background.
+    Mount {
+        /// Address of the peer holding the region (`peer serve`).
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+        /// Region name on that peer.
+        #[arg(long)]
+        name: String,
+        /// Where to serve the NBD export (HOST:PORT or unix:PATH).
+        #[arg(long, value_name = "ADDR|unix:PATH")]
+        nbd_listen: nbd::Listen,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -103,6 +132,8 @@ enum Cmd {
 enum Detector {
     /// xxh3 scan of every chunk (portable).
     Hash,
+    /// Serve the region over NBD (--nbd-listen); every write through it is a precise mark.
+    Nbd,
 }
 
 fn main() {
@@ -168,11 +199,13 @@ async fn run(cmd: Cmd) -> Result<()> {
             regions,
             peer,
             name,
-            detector: Detector::Hash,
+            detector,
             chunk_size,
             interval,
             reconnect_for,
             once,
+            nbd_listen,
+            flush_waits_for_replica,
             id,
             trust,
         } => {
@@ -186,6 +219,16 @@ async fn run(cmd: Cmd) -> Result<()> {
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
             let shift = chunk_size.trailing_zeros() as u8;
+            match (detector, &nbd_listen, regions.len()) {
+                (Detector::Nbd, None, _) => {
+                    bail!("--detector nbd needs --nbd-listen ADDR|unix:PATH")
+                }
+                (Detector::Nbd, Some(_), n) if n > 1 => {
+                    bail!("--detector nbd serves one region per process; start one `peer sync` per region")
+                }
+                (Detector::Hash, Some(_), _) => bail!("--nbd-listen needs --detector nbd"),
+                _ => {}
+            }
             let mut opened = Vec::new();
             for path in &regions {
                 let name = match &name {
@@ -195,10 +238,15 @@ async fn run(cmd: Cmd) -> Result<()> {
                 memsync_protocol::wire::check_name(&name)
                     .map_err(|e| anyhow::anyhow!("{}", e.reason))
                     .with_context(|| format!("region name {name:?}"))?;
-                opened.push(
-                    SyncRegion::open(path, &name, shift)
+                let region = match (detector, &nbd_listen) {
+                    (Detector::Nbd, Some(listen)) => {
+                        serve_nbd_region(path, &name, shift, listen, flush_waits_for_replica)
+                            .await?
+                    }
+                    _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
-                );
+                };
+                opened.push(region);
             }
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let opts = SyncOptions {
@@ -214,8 +262,93 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Mount {
+            peer,
+            name,
+            nbd_listen,
+            id,
+            trust,
+        } => {
+            memsync_protocol::wire::check_name(&name)
+                .map_err(|e| anyhow::anyhow!("{}", e.reason))
+                .with_context(|| format!("region name {name:?}"))?;
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let trust = trust_set(&trust)?;
+            let addr = resolve(&peer)?;
+            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
+            let (remote, sink) = mount_remote(&ep, addr, &name).await?;
+            let server = nbd::NbdServer::bind(&nbd_listen)
+                .await
+                .with_context(|| format!("listening for NBD on {nbd_listen}"))?;
+            tracing::info!(
+                "{name} ({} bytes) mounted lazily from {addr}; NBD export at {}",
+                remote.geometry().size(),
+                server.uri(&name)
+            );
+            let export = Arc::new(nbd::MountExport::new(remote, sink));
+            tokio::spawn(server.serve(name.clone(), export.clone()));
+            tokio::select! {
+                r = export.remote().complete() => {
+                    r?;
+                    tracing::info!("{name}: every chunk is here");
+                    tokio::signal::ctrl_c().await?;
+                }
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
         Cmd::Demo(args) => demo::run(args).await,
     }
+}
+
+/// Opens `path` for `--detector nbd`: an NBD export whose writes mark chunks for the sync loop.
+async fn serve_nbd_region(
+    path: &Path,
+    name: &str,
+    shift: u8,
+    listen: &nbd::Listen,
+    flush_waits_for_replica: bool,
+) -> Result<SyncRegion> {
+    let source = Arc::new(
+        memsync_peer::region::SourceFile::open(path, shift)
+            .with_context(|| format!("opening {}", path.display()))?,
+    );
+    let marks = Marks::new(source.geometry());
+    let export = nbd::FileExport::open(path, marks.clone(), flush_waits_for_replica)
+        .with_context(|| format!("opening {} for writing", path.display()))?;
+    let server = nbd::NbdServer::bind(listen)
+        .await
+        .with_context(|| format!("listening for NBD on {listen}"))?;
+    tracing::info!(
+        "serving {} as NBD export {}",
+        path.display(),
+        server.uri(name)
+    );
+    tokio::spawn(server.serve(name.to_owned(), Arc::new(export)));
+    Ok(SyncRegion::new(
+        source,
+        name,
+        Box::new(MarksDetector(marks)),
+    )?)
+}
+
+/// Mounts `name` from the peer at `addr` into memory.
+async fn mount_remote(
+    ep: &PeerEndpoint,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<(memsync_peer::mount::RemoteRegion, Arc<MemorySink>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let make = Box::new(move |geom| {
+        let sink = Arc::new(MemorySink::new(geom));
+        let _ = tx.send(sink.clone());
+        sink as Arc<dyn memsync_peer::mount::ChunkSink>
+    });
+    let remote = memsync_peer::mount::RemoteRegion::mount_with(ep, addr, name, make).await?;
+    let sink = rx
+        .recv()
+        .context("the mount closed before describing the region")?;
+    Ok((remote, sink))
 }
 
 fn identity_dir(a: &IdentityArgs) -> Result<PathBuf> {

@@ -63,6 +63,9 @@ impl ChunkSink for MemorySink {
     }
 }
 
+/// Builds a mount's sink once the region's geometry is known.
+pub type SinkFactory = Box<dyn FnOnce(Geometry) -> Arc<dyn ChunkSink> + Send>;
+
 /// State shared by a mount's handle and its driver task.
 struct Shared {
     present: Mutex<DirtySet>,
@@ -93,6 +96,17 @@ impl RemoteRegion {
         addr: SocketAddr,
         name: &str,
         sink: Arc<dyn ChunkSink>,
+    ) -> Result<RemoteRegion, MountError> {
+        Self::mount_with(ep, addr, name, Box::new(move |_| sink)).await
+    }
+
+    /// Like [`RemoteRegion::mount`], for sinks that need the region's geometry: `make_sink` is
+    /// called once the owner described the region, before any chunk arrives.
+    pub async fn mount_with(
+        ep: &PeerEndpoint,
+        addr: SocketAddr,
+        name: &str,
+        make_sink: SinkFactory,
     ) -> Result<RemoteRegion, MountError> {
         let connect_err = |reason: String| MountError::Connect {
             name: name.to_owned(),
@@ -125,7 +139,8 @@ impl RemoteRegion {
                     send,
                     reader,
                     shared: shared.clone(),
-                    sink,
+                    sink: None,
+                    make_sink: Some(make_sink),
                     opened: Some(opened_tx),
                 };
                 let res = d.run(req_rx).await;
@@ -230,7 +245,8 @@ struct Driver {
     send: quinn::SendStream,
     reader: FrameReader,
     shared: Arc<Shared>,
-    sink: Arc<dyn ChunkSink>,
+    sink: Option<Arc<dyn ChunkSink>>,
+    make_sink: Option<SinkFactory>,
     opened: Option<oneshot::Sender<Geometry>>,
 }
 
@@ -256,13 +272,18 @@ impl Driver {
                         ReplicaEvent::Opened { geometry, .. } => {
                             *self.shared.present.lock().expect("lock") =
                                 DirtySet::new(geometry.chunk_count());
+                            if let Some(make) = self.make_sink.take() {
+                                self.sink = Some(make(geometry));
+                            }
                             self.replica.local_state(Local::Lazy)?;
                             if let Some(tx) = self.opened.take() {
                                 let _ = tx.send(geometry);
                             }
                         }
                         ReplicaEvent::Write { index, data } => {
-                            self.sink.write_chunk(index, data);
+                            if let Some(sink) = &self.sink {
+                                sink.write_chunk(index, data);
+                            }
                             self.shared.present.lock().expect("lock").insert(index);
                             self.shared.arrived.notify_waiters();
                         }

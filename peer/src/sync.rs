@@ -245,6 +245,8 @@ async fn run_session(
 /// A round in flight: when its changes were found, and what it sent so far.
 struct Round {
     detected: Instant,
+    /// The detector's position when the round began: the round carries every change up to it.
+    position: u64,
     chunks: u64,
     bytes: u64,
 }
@@ -350,6 +352,7 @@ async fn pump(
                 r.owner.generation(),
                 Round {
                     detected: last_detect,
+                    position: r.detector.position(),
                     chunks: 0,
                     bytes: 0,
                 },
@@ -383,6 +386,7 @@ async fn pump(
             }
             None => {
                 let streaming = r.owner.state() == OwnerState::Streaming;
+                let wake = r.detector.wakeup();
                 if opts.once && r.owner.is_synced() {
                     if final_scan_done {
                         return Ok(());
@@ -398,6 +402,9 @@ async fn pump(
                         None => return Err(StreamError::Truncated),
                     },
                     _ = tick.tick(), if streaming && !opts.once => detect(r, &mut dirty, &mut last_detect)?,
+                    _ = async { wake.as_ref().expect("guarded").notified().await }, if streaming && wake.is_some() => {
+                        detect(r, &mut dirty, &mut last_detect)?
+                    }
                 }
             }
         }
@@ -460,6 +467,7 @@ fn on_frame(
             let mut chunks = 0;
             let mut bytes = 0;
             let mut detected = None;
+            let mut position = None;
             while let Some(e) = rounds.first_entry() {
                 if *e.key() > generation {
                     break;
@@ -468,6 +476,10 @@ fn on_frame(
                 chunks += round.chunks;
                 bytes += round.bytes;
                 detected.get_or_insert(round.detected);
+                position = Some(round.position);
+            }
+            if let Some(p) = position {
+                r.detector.acknowledged(p);
             }
             let lag = detected.map_or(Duration::ZERO, |d| d.elapsed());
             stats.rounds_acked.fetch_add(1, Relaxed);

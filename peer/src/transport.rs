@@ -258,10 +258,16 @@ impl Session {
 }
 
 /// Reads whole frames from a stream into a buffer it reuses; a body is never read before its
-/// header's length passed the limit check.
+/// header's length passed the limit check. [`FrameReader::next`] is cancel-safe: a partly read
+/// frame stays in the reader, so it can sit in a `select!` beside other events.
 pub struct FrameReader {
     recv: RecvStream,
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    /// The parsed header once complete, while its body is read into `buf`.
+    pending: Option<Header>,
     buf: Vec<u8>,
+    body_filled: usize,
     max_body: u32,
 }
 
@@ -269,32 +275,54 @@ impl FrameReader {
     pub fn new(recv: RecvStream, max_body: u32) -> Self {
         FrameReader {
             recv,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            pending: None,
             buf: Vec::new(),
+            body_filled: 0,
             max_body,
         }
     }
 
     /// The next frame, or `None` when the peer finished the stream between frames.
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, StreamError> {
-        let mut hb = [0u8; HEADER_LEN];
-        match self.recv.read_exact(&mut hb).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
-            Err(e) => return Err(e.into()),
+        let read_err = |e| StreamError::Read(quinn::ReadExactError::ReadError(e));
+        while self.pending.is_none() {
+            match self
+                .recv
+                .read(&mut self.header[self.header_filled..])
+                .await
+                .map_err(read_err)?
+            {
+                None if self.header_filled == 0 => return Ok(None),
+                None => return Err(StreamError::Truncated),
+                Some(n) => self.header_filled += n,
+            }
+            if self.header_filled == HEADER_LEN {
+                let header = Header::parse(&self.header, self.max_body)?;
+                self.buf.resize(header.len as usize, 0);
+                self.body_filled = 0;
+                self.pending = Some(header);
+            }
         }
-        let header = Header::parse(&hb, self.max_body)?;
-        self.buf.resize(header.len as usize, 0);
-        match self.recv.read_exact(&mut self.buf).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
-            Err(e) => return Err(e.into()),
+        while self.body_filled < self.buf.len() {
+            match self
+                .recv
+                .read(&mut self.buf[self.body_filled..])
+                .await
+                .map_err(read_err)?
+            {
+                None => return Err(StreamError::Truncated),
+                Some(n) => self.body_filled += n,
+            }
         }
+        let header = self.pending.take().expect("header parsed above");
+        self.header_filled = 0;
         Ok(Some(Frame::decode_body(header, &self.buf)?))
     }
 
     /// The stream, for handing it to a driver that reads frames its own way. Nothing is buffered
-    /// past the last frame returned, so no bytes are lost.
+    /// past the last frame returned (when no `next` was cancelled midway), so no bytes are lost.
     pub fn into_inner(self) -> RecvStream {
         self.recv
     }

@@ -397,3 +397,31 @@ fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
         "no resuming as owner mid-handoff"
     );
 }
+
+#[test]
+fn urgent_fetch_overtakes_the_background_round() {
+    let mut p = Pair::new(64 * 4096, 12, 5, true);
+    // OPEN, lazy STATE: the owner queues every chunk as the background round.
+    p.owner_send();
+    p.replica_recv();
+    p.owner_recv();
+    assert!(matches!(
+        p.owner.poll_transmit(),
+        Some(Transmit::Chunk {
+            index: 0,
+            fetched: false
+        })
+    ));
+    p.replica.fetch(63, 1, true);
+    let fetch = p.replica.poll_transmit().unwrap();
+    let (frame, _) = Frame::decode(&fetch, MAX_BODY).unwrap().unwrap();
+    p.owner.handle(&frame).unwrap();
+    assert_eq!(
+        p.owner.poll_transmit(),
+        Some(Transmit::Chunk {
+            index: 63,
+            fetched: true
+        }),
+        "the urgent chunk goes next, ahead of chunks 1..63 of the round"
+    );
+}

@@ -2,8 +2,10 @@
 //! sent them. Every peer picks its own; all feed the same owner state machine.
 
 mod hash;
+mod marks;
 
 pub use hash::HashDetector;
+pub use marks::{Marks, MarksDetector};
 
 use memsync_protocol::DirtySet;
 
@@ -21,4 +23,18 @@ pub trait ChangeDetector: Send {
     /// Adds to `out` every chunk that may differ from `known` (the hash of each chunk as last
     /// sent). May report more than changed, never less.
     fn collect(&mut self, known: &[u64], out: &mut DirtySet) -> Result<(), DetectorError>;
+
+    /// Signalled when changes are waiting, for detectors that learn of writes as they happen;
+    /// the sync loop then collects at once instead of at the next interval.
+    fn wakeup(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// A position covering every write reported by the last `collect`.
+    fn position(&self) -> u64 {
+        0
+    }
+
+    /// The replica acknowledged every change up to `position`.
+    fn acknowledged(&mut self, _position: u64) {}
 }

@@ -1,0 +1,94 @@
+//! The `nbd` detector: writes made through memsync's own NBD export mark their chunks as they
+//! happen, so nothing is scanned; the sync loop is woken at once. It also carries the write
+//! positions that let FLUSH wait for the replica's acknowledgement.
+
+use super::{ChangeDetector, DetectorError};
+use memsync_protocol::{DirtySet, Geometry};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Notify};
+
+/// Dirty marks shared by a writer (the NBD export) and the sync loop.
+pub struct Marks {
+    geom: Geometry,
+    dirty: Mutex<DirtySet>,
+    /// Writes marked so far.
+    written: AtomicU64,
+    /// `written` as of the last collection.
+    collected: AtomicU64,
+    /// Writes the replica has acknowledged.
+    acked: watch::Sender<u64>,
+    wake: Arc<Notify>,
+}
+
+impl Marks {
+    pub fn new(geom: Geometry) -> Arc<Self> {
+        Arc::new(Marks {
+            geom,
+            dirty: Mutex::new(DirtySet::new(geom.chunk_count())),
+            written: AtomicU64::new(0),
+            collected: AtomicU64::new(0),
+            acked: watch::channel(0).0,
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Marks the bytes `offset..offset+len` written; returns the write's position.
+    pub fn mark(&self, offset: u64, len: u64) -> u64 {
+        let pos = {
+            let mut d = self.dirty.lock().expect("marks lock");
+            d.insert_range(self.geom.chunks_of_range(offset, len));
+            self.written.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        self.wake.notify_one();
+        pos
+    }
+
+    /// Position of the latest write.
+    pub fn position(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the replica acknowledged every write up to `position`.
+    pub async fn replicated(&self, position: u64) {
+        let mut rx = self.acked.subscribe();
+        let _ = rx.wait_for(|&a| a >= position).await;
+    }
+}
+
+/// The detector side of [`Marks`].
+pub struct MarksDetector(pub Arc<Marks>);
+
+impl ChangeDetector for MarksDetector {
+    fn name(&self) -> &'static str {
+        "nbd"
+    }
+
+    fn collect(&mut self, _known: &[u64], out: &mut DirtySet) -> Result<(), DetectorError> {
+        let mut d = self.0.dirty.lock().expect("marks lock");
+        // Positions are taken under the lock, so every write counted is in `out`.
+        self.0
+            .collected
+            .store(self.0.written.load(Ordering::SeqCst), Ordering::SeqCst);
+        out.union_with(&d.take());
+        Ok(())
+    }
+
+    fn wakeup(&self) -> Option<Arc<Notify>> {
+        Some(self.0.wake.clone())
+    }
+
+    fn position(&self) -> u64 {
+        self.0.collected.load(Ordering::SeqCst)
+    }
+
+    fn acknowledged(&mut self, position: u64) {
+        self.0.acked.send_if_modified(|a| {
+            let newer = position > *a;
+            if newer {
+                *a = position;
+            }
+            newer
+        });
+    }
+}

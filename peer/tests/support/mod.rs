@@ -1,0 +1,211 @@
+//! Test support shared by the end-to-end suites: real `peer` processes with collected logs, a
+//! world of two identities and a replica directory, and file helpers.
+#![allow(dead_code)]
+
+use rand::RngCore;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_peer");
+
+/// A running `peer` process whose stderr is collected line by line.
+pub struct Proc {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("MEMSYNC_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peer");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("  [peer] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits for a stderr line containing `pat`.
+    pub fn wait_for(&self, pat: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(pat)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {pat:?} within {timeout:?}; got:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn all_with(&self, pat: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(pat))
+            .cloned()
+            .collect()
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits for exit (killing the process at the deadline) and returns its status.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let stderr drain
+                return s;
+            }
+            if Instant::now() > deadline {
+                self.child.kill().ok();
+                panic!("peer did not exit within {timeout:?}:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary world: two identities, a replica directory and a free UDP port for the server.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub owner_fp: String,
+    pub replica_fp: String,
+    pub port: u16,
+}
+
+pub fn peer_id(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["id", "--identity", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let owner_fp = peer_id(&dir.path().join("owner-id"));
+        let replica_fp = peer_id(&dir.path().join("replica-id"));
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(dir.path().join("replicas")).unwrap();
+        World {
+            dir,
+            owner_fp,
+            replica_fp,
+            port,
+        }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn serve(&self) -> Proc {
+        let p = Proc::start(&[
+            "serve",
+            "--listen",
+            &self.addr(),
+            "--dir",
+            self.path("replicas").to_str().unwrap(),
+            "--identity",
+            self.path("replica-id").to_str().unwrap(),
+            "--trust",
+            &self.owner_fp,
+        ]);
+        p.wait_for("serving replicas", Duration::from_secs(20));
+        p
+    }
+
+    pub fn sync(&self, file: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "sync",
+            "--region",
+            file.to_str().unwrap(),
+            "--peer",
+            "PEER",
+            "--identity",
+            "ID",
+            "--trust",
+            &self.replica_fp,
+        ];
+        let peer = self.addr();
+        let id = self.path("owner-id");
+        args[4] = &peer;
+        args[6] = id.to_str().unwrap();
+        args.extend_from_slice(extra);
+        Proc::start(&args)
+    }
+
+    pub fn replica(&self, name: &str) -> PathBuf {
+        self.path("replicas").join(name)
+    }
+}
+
+pub fn random_file(path: &Path, size: usize) {
+    let mut v = vec![0u8; size];
+    rand::rng().fill_bytes(&mut v);
+    std::fs::write(path, v).unwrap();
+}
+
+/// Waits until `b` has the same bytes as `a`.
+pub fn wait_identical(a: &Path, b: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (x, y) = (
+            std::fs::read(a).unwrap(),
+            std::fs::read(b).unwrap_or_default(),
+        );
+        if x == y {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never matched {}",
+            b.display(),
+            a.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
