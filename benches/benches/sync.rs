@@ -7,7 +7,8 @@
 //! 4. the same change pushed by `rsync --inplace` to a local rsync daemon (skipped if rsync is not
 //!    installed), and memsync's cold resume (both sides rehash) for the same change.
 //!
-//! Run: `cargo bench -p memsync-benches --bench sync` (SYNC_BENCH_MIB sets the size, default 1024).
+//! Run: `cargo bench -p memsync-benches --bench sync` (SYNC_BENCH_MIB sets the size, default 1024;
+//! SYNC_BENCH_FULL_ONLY=1 stops after the full sync, for profiling).
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -60,8 +61,9 @@ async fn bench() -> Result<()> {
         once: true,
         ..SyncOptions::default()
     };
+    let shift: u8 = std::env::var("SYNC_BENCH_SHIFT").map_or(16, |v| v.parse().unwrap());
     let t = Instant::now();
-    let region = SyncRegion::open(&src, "region.bin", 16)?;
+    let region = SyncRegion::open(&src, "region.bin", shift)?;
     let t_hash = t.elapsed();
     let stats = Arc::new(SyncStats::default());
     let t = Instant::now();
@@ -77,6 +79,10 @@ async fn bench() -> Result<()> {
         stats.bytes_sent.load(Relaxed) as f64 / size as f64,
         t_hash.as_secs_f64() * 1e3
     );
+
+    if std::env::var_os("SYNC_BENCH_FULL_ONLY").is_some() {
+        return Ok(());
+    }
 
     // 3. 1% of chunks rewritten under a running sync.
     let before_change = std::fs::read(&src)?;

@@ -2,9 +2,9 @@
 //! by any process through the page cache are visible) and the replica's copy (a shared, writable
 //! mapping of DIR/NAME, so local readers see each update as it lands).
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
-use memsync_protocol::hash::{hash_chunks, is_zero};
-use memsync_protocol::Geometry;
+use memmap2::{Mmap, MmapOptions};
+use memsync_protocol::hash::{chunk_hash, hash_chunks, is_zero, ZeroHashes};
+use memsync_protocol::{DirtySet, Geometry};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -111,10 +111,14 @@ impl Source for SourceFile {
     }
 }
 
-/// A replica's copy of a region, DIR/NAME, mapped shared and writable.
+/// A replica's copy of a region, DIR/NAME. Chunks are written with `pwrite` (one copy into the
+/// page cache, no page faults, which a writable mapping would take on every page of a new
+/// file), and read through a shared read-only mapping; local readers see each update as it lands.
 pub struct ReplicaFile {
-    map: MmapMut,
+    file: File,
+    map: Mmap,
     geom: Geometry,
+    zeros: Vec<u8>,
 }
 
 impl ReplicaFile {
@@ -131,33 +135,86 @@ impl ReplicaFile {
         if file.metadata().map_err(io(path))?.len() != geom.size() {
             file.set_len(geom.size()).map_err(io(path))?;
         }
-        // SAFETY: this process is the only writer of a replica file (the serve loop allows one
-        // stream per region name); other processes may read it concurrently, which cannot make
-        // our writes unsound.
-        let map = unsafe { MmapOptions::new().len(geom.size() as usize).map_mut(&file) }
-            .map_err(io(path))?;
-        Ok(ReplicaFile { map, geom })
+        // SAFETY: this process writes the file only through `write_chunk`, between reads of
+        // the mapping, and never truncates it while mapped; other processes may read it.
+        let map =
+            unsafe { MmapOptions::new().len(geom.size() as usize).map(&file) }.map_err(io(path))?;
+        Ok(ReplicaFile {
+            file,
+            map,
+            geom,
+            zeros: Vec::new(),
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }
 
-    /// Writes chunk `index`: `data`, or zeros (skipped when the chunk already reads as zeros, so
-    /// sparse files stay sparse).
-    pub fn write_chunk(&mut self, index: u64, data: Option<&[u8]>) {
-        let dst = &mut self.map[self.geom.range(index)];
-        match data {
-            Some(d) => dst.copy_from_slice(d),
-            None if is_zero(dst) => {}
-            None => dst.fill(0),
-        }
+    /// The hash of every chunk. Chunks that lie wholly in holes of a sparse file (a new replica)
+    /// are known to be zeros and are not read: reading them would fill the page cache with zero
+    /// pages for nothing.
+    pub fn hashes(&self) -> Vec<u64> {
+        let holes = data_chunks(&self.file, &self.geom);
+        let zero = ZeroHashes::new(&self.geom);
+        let mut out = vec![0u64; self.geom.chunk_count() as usize];
+        for_each_part(&self.geom, &self.map, &mut out, |first, part, out| {
+            let cs = self.geom.chunk_size() as usize;
+            for (k, (chunk, h)) in part.chunks(cs).zip(out.iter_mut()).enumerate() {
+                let i = first + k as u64;
+                *h = match &holes {
+                    Some(data) if !data.contains(i) => zero.of(i),
+                    _ => chunk_hash(chunk),
+                };
+            }
+        });
+        out
     }
 
-    /// Starts writing dirty pages back to the file (asynchronously).
-    pub fn flush_async(&self) -> std::io::Result<()> {
-        self.map.flush_async()
+    /// Writes chunk `index`: `data`, or zeros (skipped when the chunk already reads as zeros, so
+    /// sparse files stay sparse).
+    pub fn write_chunk(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let offset = self.geom.offset(index);
+        match data {
+            Some(d) => self.file.write_all_at(d, offset),
+            None if is_zero(&self.map[self.geom.range(index)]) => Ok(()),
+            None => {
+                self.zeros.resize(self.geom.chunk_len(index), 0);
+                self.file.write_all_at(&self.zeros, offset)
+            }
+        }
     }
+}
+
+/// The chunks of `file` that hold data, from SEEK_DATA/SEEK_HOLE (lseek(2)); `None` when the
+/// file system cannot say, in which case every chunk must be read.
+fn data_chunks(file: &File, geom: &Geometry) -> Option<DirtySet> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let size = geom.size() as i64;
+    let mut data = DirtySet::new(geom.chunk_count());
+    let mut pos = 0i64;
+    while pos < size {
+        // SAFETY: lseek on a valid, open descriptor; it only moves the file offset, which
+        // nothing else here relies on (reads and writes use pread/pwrite or the mapping).
+        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if start < 0 {
+            return match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => Some(data), // no data past `pos`
+                _ => None,
+            };
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return None;
+        }
+        let end = end.min(size);
+        data.insert_range(geom.chunks_of_range(start as u64, (end - start) as u64));
+        pos = end;
+    }
+    Some(data)
 }
 
 /// Hashes every chunk of `bytes`, using every available core.

@@ -2,7 +2,7 @@
 //! stream they open, keeps DIR/NAME identical to the owner's region.
 
 use crate::identity::Fingerprint;
-use crate::region::{hash_all, ReplicaFile};
+use crate::region::ReplicaFile;
 use crate::sync::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use crate::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use memsync_protocol::wire::{ErrorCode, Frame, WireError, MAX_BODY};
@@ -201,7 +201,7 @@ async fn receive(
                 let path = dir.join(name);
                 let f = tokio::task::block_in_place(|| ReplicaFile::open(&path, geometry))
                     .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
-                let hashes = tokio::task::block_in_place(|| hash_all(&geometry, f.bytes()));
+                let hashes = tokio::task::block_in_place(|| f.hashes());
                 replica.local_state(Local::Hashes(&hashes))?;
                 info!(
                     "region {name}: {} bytes in {} chunks; reconciling",
@@ -214,7 +214,8 @@ async fn receive(
                 let f = file.as_mut().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "write before the region opened")
                 })?;
-                f.write_chunk(index, data);
+                f.write_chunk(index, data)
+                    .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("writing: {e}")))?;
             }
             ReplicaEvent::Committed { generation } => {
                 debug!("generation {generation} applied");
