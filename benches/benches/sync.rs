@@ -101,7 +101,7 @@ async fn bench() -> Result<()> {
             memsync_peer::sync::run(&client, addr, vec![region], &continuous, stats).await
         })
     };
-    while stats.connections.load(Relaxed) == 0 {
+    while stats.reconciles.load(Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

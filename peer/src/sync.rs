@@ -73,6 +73,8 @@ pub struct SyncStats {
     pub rounds_acked: AtomicU64,
     /// Time from the detector run that found a round's changes to the round's ACK, last round.
     pub last_lag_us: AtomicU64,
+    /// Reconciliations completed (one per stream start).
+    pub reconciles: AtomicU64,
     /// Chunks found differing at the last reconciliation.
     pub reconciled_differing: AtomicU64,
     pub connections: AtomicU64,
@@ -447,6 +449,7 @@ fn on_frame(
         OwnerEvent::Reconciled { differing, .. } => {
             let total = r.owner.geometry().chunk_count();
             stats.reconciled_differing.store(differing, Relaxed);
+            stats.reconciles.fetch_add(1, Relaxed);
             info!(
                 "{}: replica reconciled, {differing} of {total} chunks differ",
                 r.name()
