@@ -6,7 +6,7 @@
 use crate::detector::{ChangeDetector, DetectorError, HashDetector};
 use crate::region::{hash_all, RegionError, Source, SourceFile};
 use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
 use memsync_protocol::wire::{ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN, MAX_BODY};
 use memsync_protocol::{DirtySet, Owner, OwnerEvent, OwnerState, Transmit};
@@ -339,6 +339,8 @@ async fn pump(
     let mut final_scan_done = false;
     let mut progress: Option<ProgressBar> = None;
     let mut dirty = DirtySet::new(r.owner.geometry().chunk_count());
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0;
     loop {
         loop {
             match rx.try_recv() {
@@ -361,7 +363,10 @@ async fn pump(
             );
         }
         match t {
-            Some(Transmit::Frame(f)) => send.write_all(&f).await?,
+            Some(Transmit::Frame(f)) => {
+                flush_batch(send, &mut batch, &mut batched).await?;
+                send.write_all(&f).await?;
+            }
             Some(Transmit::Chunk { index, fetched }) => {
                 let data = r.source.chunk(index);
                 let mut buf = BytesMut::with_capacity(HEADER_LEN + CHUNK_HEADER_LEN + data.len());
@@ -375,7 +380,11 @@ async fn pump(
                     buf.truncate(hdr.len());
                 }
                 let n = buf.len() as u64;
-                send.write_chunk(buf.freeze()).await?;
+                batch.push(buf.freeze());
+                batched += n as usize;
+                if batched >= BATCH_BYTES {
+                    flush_batch(send, &mut batch, &mut batched).await?;
+                }
                 stats.bytes_sent.fetch_add(n, Relaxed);
                 stats.chunks_sent.fetch_add(1, Relaxed);
                 if let Some(round) = rounds.get_mut(&r.owner.generation()) {
@@ -387,6 +396,7 @@ async fn pump(
                 }
             }
             None => {
+                flush_batch(send, &mut batch, &mut batched).await?;
                 let streaming = r.owner.state() == OwnerState::Streaming;
                 let wake = r.detector.wakeup();
                 if opts.once && r.owner.is_synced() {
@@ -411,6 +421,23 @@ async fn pump(
             }
         }
     }
+}
+
+/// Chunk frames are handed to QUIC in batches of about this many bytes: fewer wake-ups of the
+/// connection, while an urgent FETCH still waits behind at most one batch.
+const BATCH_BYTES: usize = 1 << 20;
+
+async fn flush_batch(
+    send: &mut quinn::SendStream,
+    batch: &mut Vec<Bytes>,
+    batched: &mut usize,
+) -> Result<(), StreamError> {
+    if !batch.is_empty() {
+        send.write_all_chunks(batch).await?;
+        batch.clear();
+        *batched = 0;
+    }
+    Ok(())
 }
 
 fn detect(
