@@ -282,3 +282,38 @@ fn protocol_violations_close_the_stream_not_the_server() {
         std::fs::read(w.replica("after.bin")).unwrap()
     );
 }
+
+#[test]
+fn several_regions_share_a_connection_and_several_owners_feed_one_server() {
+    let w = World::new();
+    let server = w.serve();
+    let (a, b, c) = (w.path("a.bin"), w.path("b.bin"), w.path("c.bin"));
+    random_file(&a, 3 << 20);
+    random_file(&b, 1 << 20);
+    random_file(&c, 2 << 20);
+    let mut one = w.sync(&a, &["--region", b.to_str().unwrap(), "--once"]);
+    let mut two = w.sync(&c, &["--once"]);
+    assert!(
+        one.wait(Duration::from_secs(60)).success(),
+        "{}",
+        one.output()
+    );
+    assert!(
+        two.wait(Duration::from_secs(60)).success(),
+        "{}",
+        two.output()
+    );
+    for (f, name) in [(&a, "a.bin"), (&b, "b.bin"), (&c, "c.bin")] {
+        assert_eq!(
+            std::fs::read(f).unwrap(),
+            std::fs::read(w.replica(name)).unwrap()
+        );
+    }
+    // Two processes, two connections: the two regions of the first shared one.
+    assert_eq!(
+        server.all_with("connected from").len(),
+        2,
+        "{}",
+        server.output()
+    );
+}
