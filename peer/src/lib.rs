@@ -2,7 +2,9 @@
 //! the owner (`sync`) and replica (`serve`) drivers around the sans-IO protocol core.
 
 pub mod detector;
+pub mod embed;
 pub mod identity;
+pub mod lazy;
 pub mod mount;
 pub mod nbd;
 pub mod region;
@@ -10,3 +12,4 @@ pub mod serve;
 pub mod sync;
 pub mod tls;
 pub mod transport;
+pub mod uffd;

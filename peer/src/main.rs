@@ -1,6 +1,7 @@
 //! The `peer` command: identities, serving replicas, syncing regions, and the demo.
 
 mod demo;
+mod uffd_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -123,6 +124,10 @@ enum Cmd {
         #[command(flatten)]
         trust: TrustArgs,
     },
+    /// userfaultfd: probe the kernel, replicate memory other processes hand over, serve a VMM's
+    /// page faults from a remote peer.
+    #[command(subcommand)]
+    Uffd(uffd_cmd::UffdCmd),
     /// Two peers in one process on loopback: a generated region, a writer mutating it, live
     /// throughput and lag, and a final byte-for-byte check.
     Demo(demo::DemoArgs),
@@ -134,6 +139,9 @@ enum Detector {
     Hash,
     /// Serve the region over NBD (--nbd-listen); every write through it is a precise mark.
     Nbd,
+    /// userfaultfd write tracking: only for memory written through the tracking process's own
+    /// mapping (embedded `memsync_peer::embed`, or `peer uffd track`); refused for files.
+    Uffd,
 }
 
 fn main() {
@@ -214,6 +222,16 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             if name.is_some() && regions.len() > 1 {
                 bail!("--name applies to a single --region; with several, each is named after its file");
+            }
+            if let Detector::Uffd = detector {
+                bail!(
+                    "--detector uffd cannot watch {}: uffd sees only writes made through this process's \
+                     own mapping, and the processes writing the file would go unseen. Use --detector hash \
+                     for files written by other processes, or embed memsync in the writing application \
+                     (memsync_peer::embed::TrackedRegion) or hand its memory over with its uffd \
+                     (`peer uffd track`)",
+                    regions[0].display()
+                );
             }
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
@@ -297,6 +315,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Uffd(cmd) => uffd_cmd::run(cmd).await,
         Cmd::Demo(args) => demo::run(args).await,
     }
 }

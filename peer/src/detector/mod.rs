@@ -3,9 +3,11 @@
 
 mod hash;
 mod marks;
+mod uffd;
 
 pub use hash::HashDetector;
 pub use marks::{Marks, MarksDetector};
+pub use uffd::UffdDetector;
 
 use memsync_protocol::DirtySet;
 
@@ -13,6 +15,8 @@ use memsync_protocol::DirtySet;
 pub enum DetectorError {
     #[error(transparent)]
     Region(#[from] crate::region::RegionError),
+    #[error("uffd write tracking: {0}")]
+    Uffd(#[from] crate::uffd::UffdError),
 }
 
 /// Finds changed chunks.

@@ -1,0 +1,254 @@
+//! userfaultfd figures, no `peer` process needed:
+//! 1. Dirty collection over a 1 GiB resident region with 1% of its pages written (5 rounds,
+//!    medians): one
+//!    WP_ASYNC + PAGEMAP_SCAN walk (scan and re-protect) against the `hash` detector's work
+//!    (`region::hash_all` with every core, then comparing with the previous hashes).
+//! 2. A cold lazy region over loopback QUIC (an in-process `serve` holding a 1 GiB image):
+//!    first-touch latency of pages whose chunk has not arrived (p50/p99), and sequential read
+//!    throughput of a fresh cold mount.
+//!
+//! Run: `cargo bench -p memsync-benches --bench uffd` (root, or vm.unprivileged_userfaultfd=1
+//! for part 2). `UFFD_BENCH_MIB` changes the region size.
+
+use memsync_peer::identity::{Identity, TrustSet};
+use memsync_peer::lazy::{LazyOptions, LazyRegion};
+use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::uffd::pagemap::WriteTracker;
+use memsync_peer::uffd::Mapping;
+use memsync_protocol::Geometry;
+use rand::{Rng, RngCore, SeedableRng};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 4096;
+
+fn main() {
+    let size: usize = std::env::var("UFFD_BENCH_MIB").map_or(1024, |v| v.parse().unwrap()) << 20;
+    dirty_collection(size);
+    lazy(size);
+}
+
+fn dirty_collection(size: usize) {
+    let pages = size / PAGE;
+    let m = Mapping::anonymous(size).unwrap();
+    // SAFETY: a fresh mapping of `size` bytes owned by this function.
+    let mem = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), size) };
+    rand::rngs::StdRng::seed_from_u64(1).fill_bytes(mem);
+    let geom = Geometry::new(size as u64, 16).unwrap();
+
+    let uffd = Arc::new(WriteTracker::open_uffd().expect("uffd write tracking"));
+    let t = Instant::now();
+    let mut tracker = WriteTracker::start_self(uffd, m.addr(), size as u64).unwrap();
+    let t_protect = t.elapsed();
+    let known = memsync_peer::region::hash_all(&geom, mem);
+
+    // Five rounds: 1% of the pages (a fresh random set each round) written once at a random
+    // offset, then each detector's work for that round. Medians, since the machine is shared.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let n = pages / 100;
+    let (mut t_uffd, mut t_hash, mut t_idle) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_uffd, mut cpu_hash) = (Vec::new(), Vec::new());
+    let mut known = known;
+    let mut differing = 0;
+    for _ in 0..5 {
+        let mut written = std::collections::BTreeSet::new();
+        while written.len() < n {
+            let p = rng.random_range(0..pages);
+            written.insert(p);
+            mem[p * PAGE + rng.random_range(0..PAGE)] ^= 0x5A;
+        }
+        // uffd: one PAGEMAP_SCAN walk that reports and re-protects.
+        let (t, c) = (Instant::now(), cpu_time());
+        let mut found = 0usize;
+        tracker
+            .collect(|r| found += ((r.end - r.start) as usize) / PAGE)
+            .unwrap();
+        t_uffd.push(t.elapsed());
+        cpu_uffd.push(cpu_time() - c);
+        assert_eq!(found, n, "the scan must report exactly the pages written");
+        // hash: what the hash detector does each round.
+        let (t, c) = (Instant::now(), cpu_time());
+        let now = memsync_peer::region::hash_all(&geom, mem);
+        differing = now.iter().zip(&known).filter(|(a, b)| a != b).count();
+        t_hash.push(t.elapsed());
+        cpu_hash.push(cpu_time() - c);
+        known = now;
+        assert!(differing > 0);
+        // A uffd round with nothing written: the floor.
+        let t = Instant::now();
+        tracker.collect(|_| found += 1).unwrap();
+        t_idle.push(t.elapsed());
+    }
+    let med = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[0])
+    };
+    let ((u, ub), (h, hb), (i, _)) = (med(&mut t_uffd), med(&mut t_hash), med(&mut t_idle));
+    let ((cu, _), (ch, _)) = (med(&mut cpu_uffd), med(&mut cpu_hash));
+
+    let gib = size as f64 / (1 << 30) as f64;
+    println!(
+        "dirty collection, {gib:.2} GiB anonymous resident, {n} of {pages} pages written (1%), 64 KiB chunks, {} cores:",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "  write-protect whole region (once, at start): {:8.2} ms",
+        ms(t_protect)
+    );
+    println!(
+        "  uffd PAGEMAP_SCAN (scan + re-protect):       {:8.3} ms median, {:.3} best",
+        ms(u),
+        ms(ub)
+    );
+    println!(
+        "  uffd PAGEMAP_SCAN, nothing written:          {:8.3} ms median",
+        ms(i)
+    );
+    println!(
+        "  hash_all + compare (~{differing} chunks differ):    {:8.2} ms median, {:.2} best",
+        ms(h),
+        ms(hb)
+    );
+    println!(
+        "  ratio hash / uffd:                           {:8.0}x median, {:.0}x best vs best",
+        h.as_secs_f64() / u.as_secs_f64(),
+        hb.as_secs_f64() / ub.as_secs_f64()
+    );
+    println!(
+        "  CPU time (all threads): uffd {:.3} ms, hash {:.2} ms: {:.0}x (hash uses every core)",
+        ms(cu),
+        ms(ch),
+        ch.as_secs_f64() / cu.as_secs_f64().max(1e-6)
+    );
+}
+
+/// CPU time used by this process so far, all threads (CLOCK_PROCESS_CPUTIME_ID, ns resolution).
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn lazy(size: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut img);
+    std::fs::write(dir.path().join("img"), &img).unwrap();
+    let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let server = rt.block_on(async {
+        PeerEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &b,
+            TrustSet::new([a.fingerprint()]),
+            true,
+        )
+        .unwrap()
+    });
+    let addr = server.local_addr();
+    let d = dir.path().to_owned();
+    rt.spawn(async move { memsync_peer::serve::serve(&server, d).await });
+    let ep = rt.block_on(async {
+        PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
+    });
+    let mount = || {
+        Arc::new(
+            rt.block_on(LazyRegion::mount(&ep, addr, "img", LazyOptions::default()))
+                .unwrap(),
+        )
+    };
+
+    // The pull alone, into plain memory (`mount::MemorySink`) and into a uffd-backed region:
+    // separates the transport's rate from the cost of placing chunks with UFFDIO_COPY.
+    let t = Instant::now();
+    rt.block_on(async {
+        let make: memsync_peer::mount::SinkFactory =
+            Box::new(|g| Arc::new(memsync_peer::mount::MemorySink::new(g)));
+        let r = memsync_peer::mount::RemoteRegion::mount_with(&ep, addr, "img", make)
+            .await
+            .unwrap();
+        r.complete().await.unwrap();
+    });
+    let t_plain = t.elapsed();
+    let t = Instant::now();
+    let r = mount();
+    rt.block_on(r.complete()).unwrap();
+    let t_uffd_pull = t.elapsed();
+    drop(r);
+
+    // First touches of chunks not yet here, while the background pull runs.
+    let r = mount();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let mut lat = Vec::new();
+    let chunks = (size >> 16) as u64;
+    let t0 = Instant::now();
+    while r.missing() > chunks / 10 && lat.len() < 2000 {
+        let c = rng.random_range(0..chunks);
+        if r.is_present(c) {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let off = (c as usize) << 16;
+        let t = Instant::now();
+        // SAFETY: inside the mapping; the read waits for the chunk.
+        let v = unsafe { r.as_ptr().add(off).read_volatile() };
+        lat.push(t.elapsed());
+        assert_eq!(v, img[off]);
+    }
+    let pulled_in = t0.elapsed();
+    rt.block_on(r.complete()).unwrap();
+    let whole = t0.elapsed();
+    assert!(r.bytes() == &img[..]);
+    drop(r);
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+
+    // Sequential read of a fresh cold mount, 64 KiB at a time, from a plain thread.
+    let r = mount();
+    let t = Instant::now();
+    let rr = r.clone();
+    let sum = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut s = 0u64;
+        for off in (0..size).step_by(65536) {
+            buf.copy_from_slice(&rr.bytes()[off..off + 65536]);
+            s = s.wrapping_add(buf[0] as u64);
+        }
+        s
+    })
+    .join()
+    .unwrap();
+    let t_seq = t.elapsed();
+    std::hint::black_box(sum);
+    let ra = r
+        .stats()
+        .readahead_chunks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let faults = r.stats().faults.load(std::sync::atomic::Ordering::Relaxed);
+
+    let mib = size as f64 / (1 << 20) as f64;
+    println!("lazy region over loopback QUIC, {mib:.0} MiB image, 64 KiB chunks:");
+    println!(
+        "  whole pull, nothing read: into plain memory {:.0} MiB/s, into a uffd region {:.0} MiB/s",
+        mib / t_plain.as_secs_f64(),
+        mib / t_uffd_pull.as_secs_f64()
+    );
+    println!(
+        "  first touch of a missing chunk during the pull: p50 {:.2} ms, p99 {:.2} ms ({} touches in {:.2} s; whole pull {:.2} s)",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        lat.len(),
+        pulled_in.as_secs_f64(),
+        whole.as_secs_f64()
+    );
+    println!(
+        "  sequential read of a cold mount: {:.0} MiB/s ({faults} faults, {ra} chunks read ahead)",
+        mib / t_seq.as_secs_f64()
+    );
+}

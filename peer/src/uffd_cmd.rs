@@ -1,0 +1,139 @@
+//! `peer uffd …`: the userfaultfd-based commands — probing the kernel, replicating memory that
+//! other processes hand over with their uffd, and serving a VMM's page faults from a remote
+//! peer (Firecracker's page-fault-handler hand-over).
+
+use super::{identity_dir, resolve, trust_set, IdentityArgs, TrustArgs};
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use memsync_peer::identity::Identity;
+use memsync_peer::lazy::LazyOptions;
+use memsync_peer::sync::SyncOptions;
+use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::uffd::Probe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum UffdCmd {
+    /// Report what this kernel offers (userfaultfd features, PAGEMAP_SCAN) and which uffd
+    /// modes work here.
+    Probe,
+    /// Replicate memory that processes hand over on a Unix socket: each sends its uffd, a memfd
+    /// and its pagemap (format: `memsync_peer::uffd::handover`), writes are tracked with
+    /// WP_ASYNC + PAGEMAP_SCAN and replicated to the peer at ADDR until the process disconnects.
+    Track {
+        /// Unix socket to listen on (created; an existing socket file is replaced).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Address of the peer running `peer serve`.
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+        /// Milliseconds between PAGEMAP_SCAN rounds.
+        #[arg(long, default_value_t = 100, value_name = "MS")]
+        interval: u64,
+        #[command(flatten)]
+        id: IdentityArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Be a VMM's page-fault handler (Firecracker's hand-over: its uffd and a JSON list of
+    /// guest memory regions on a Unix socket) and fill its memory from region NAME held by the
+    /// peer at ADDR: faults first, the rest in the background. Exits when the VMM does; if the
+    /// remote peer is lost first, faults on memory not yet here get SIGBUS and the exit status
+    /// is 1.
+    Restore {
+        /// Unix socket the VMM connects to (created; an existing socket file is replaced).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Address of the peer holding the memory image (`peer serve`).
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+        /// Region name of the memory image on that peer.
+        #[arg(long)]
+        name: String,
+        /// Largest read-ahead window in 64 KiB chunks (0: off).
+        #[arg(long, default_value_t = 64, value_name = "CHUNKS")]
+        readahead: u64,
+        #[command(flatten)]
+        id: IdentityArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+}
+
+fn listen(path: &Path) -> Result<tokio::net::UnixListener> {
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))
+}
+
+pub async fn run(cmd: UffdCmd) -> Result<()> {
+    match cmd {
+        UffdCmd::Probe => {
+            println!("{}", Probe::run());
+            Ok(())
+        }
+        UffdCmd::Track {
+            socket,
+            peer,
+            interval,
+            id,
+            trust,
+        } => {
+            Probe::run().require_write_tracking()?;
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let trust = trust_set(&trust)?;
+            let addr = resolve(&peer)?;
+            let ep = Arc::new(PeerEndpoint::client_for(addr, &ident, trust)?);
+            let listener = listen(&socket)?;
+            tracing::info!(
+                "accepting write-tracking hand-overs on {}; replicating to {addr}",
+                socket.display()
+            );
+            let opts = SyncOptions {
+                interval: Duration::from_millis(interval.max(1)),
+                ..SyncOptions::default()
+            };
+            tokio::select! {
+                r = memsync_peer::embed::serve_track_handovers(listener, ep, addr, opts) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        UffdCmd::Restore {
+            socket,
+            peer,
+            name,
+            readahead,
+            id,
+            trust,
+        } => {
+            memsync_protocol::wire::check_name(&name)
+                .map_err(|e| anyhow::anyhow!("{}", e.reason))
+                .with_context(|| format!("region name {name:?}"))?;
+            Probe::run().require_missing_faults()?;
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let trust = trust_set(&trust)?;
+            let addr = resolve(&peer)?;
+            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
+            let listener = listen(&socket)?;
+            tracing::info!(
+                "waiting for a VMM's uffd on {}; its memory comes from {name} at {addr}",
+                socket.display()
+            );
+            let opts = LazyOptions {
+                readahead_max: readahead,
+                ..LazyOptions::default()
+            };
+            match memsync_peer::lazy::serve_fault_handover(listener, &ep, addr, &name, opts).await {
+                Ok(()) => {
+                    tracing::info!("the VMM exited; every fault was served");
+                    Ok(())
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
+    }
+}
