@@ -155,7 +155,7 @@ fn lazy(size: usize) {
     let d = dir.path().to_owned();
     rt.spawn(async move { memsync_peer::serve::serve(&server, d).await });
     let ep = rt.block_on(async {
-        PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
+        PeerEndpoint::client_for_mount(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
     });
     let mount = || {
         Arc::new(

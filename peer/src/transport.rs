@@ -73,10 +73,17 @@ impl StreamError {
     }
 }
 
-fn transport_config() -> quinn::TransportConfig {
+/// Per-stream receive window for bulk replication: a 4 MiB chunk fits several times over, and a
+/// 30 ms path can still carry about 1 GB/s.
+pub const BULK_STREAM_WINDOW: u32 = 32 << 20;
+/// Per-stream receive window for lazy mounts. Background chunks queued in a stream delay an
+/// urgent chunk behind them, so mounts keep this small: at most this many bytes wait ahead of an
+/// urgent fetch, at the price of throughput on long paths (window / RTT).
+pub const MOUNT_STREAM_WINDOW: u32 = 1 << 20;
+
+fn transport_config(stream_window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    // Windows sized for bulk transfer on fast links: a 4 MiB chunk fits several times over.
-    t.stream_receive_window(VarInt::from_u32(32 << 20));
+    t.stream_receive_window(VarInt::from_u32(stream_window));
     t.receive_window(VarInt::from_u32(128 << 20));
     t.send_window(128 << 20);
     t.max_concurrent_bidi_streams(VarInt::from_u32(
@@ -104,16 +111,27 @@ impl PeerEndpoint {
         trust: TrustSet,
         listen: bool,
     ) -> Result<Self, TransportError> {
+        Self::bind_with_window(addr, id, trust, listen, BULK_STREAM_WINDOW)
+    }
+
+    /// Like [`PeerEndpoint::bind`], with this endpoint's per-stream receive window.
+    pub fn bind_with_window(
+        addr: SocketAddr,
+        id: &Identity,
+        trust: TrustSet,
+        listen: bool,
+        stream_window: u32,
+    ) -> Result<Self, TransportError> {
         let verifier = PinnedVerifier::new(trust);
         let client = QuicClientConfig::try_from(client_config(id, verifier.clone())?)
             .map_err(|e| TransportError::Quic(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client));
-        client.transport_config(Arc::new(transport_config()));
+        client.transport_config(Arc::new(transport_config(stream_window)));
         let server = if listen {
             let s = QuicServerConfig::try_from(server_config(id, verifier.clone())?)
                 .map_err(|e| TransportError::Quic(e.to_string()))?;
             let mut s = quinn::ServerConfig::with_crypto(Arc::new(s));
-            s.transport_config(Arc::new(transport_config()));
+            s.transport_config(Arc::new(transport_config(stream_window)));
             Some(s)
         } else {
             None
@@ -141,12 +159,30 @@ impl PeerEndpoint {
         id: &Identity,
         trust: TrustSet,
     ) -> Result<Self, TransportError> {
+        Self::client_with_window(peer, id, trust, BULK_STREAM_WINDOW)
+    }
+
+    /// A client endpoint for lazy mounts, with [`MOUNT_STREAM_WINDOW`].
+    pub fn client_for_mount(
+        peer: SocketAddr,
+        id: &Identity,
+        trust: TrustSet,
+    ) -> Result<Self, TransportError> {
+        Self::client_with_window(peer, id, trust, MOUNT_STREAM_WINDOW)
+    }
+
+    fn client_with_window(
+        peer: SocketAddr,
+        id: &Identity,
+        trust: TrustSet,
+        stream_window: u32,
+    ) -> Result<Self, TransportError> {
         let any: SocketAddr = if peer.is_ipv4() {
             "0.0.0.0:0".parse().expect("addr")
         } else {
             "[::]:0".parse().expect("addr")
         };
-        Self::bind(any, id, trust, false)
+        Self::bind_with_window(any, id, trust, false, stream_window)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
