@@ -74,6 +74,8 @@ pub struct Owner {
     cursor: u64,
     summary: Summary,
     generation: u64,
+    /// The newest generation whose COMMIT went out on this stream (or that the replica reported).
+    committed: u64,
     acked: u64,
     state: OwnerState,
     queued: VecDeque<Vec<u8>>,
@@ -98,6 +100,12 @@ impl Owner {
                 "known hashes do not match the geometry",
             ));
         }
+        if generation == u64::MAX {
+            return Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                "no round can follow the last generation number",
+            ));
+        }
         let n = geom.chunk_count();
         let mut o = Owner {
             zero: ZeroHashes::new(&geom),
@@ -111,6 +119,7 @@ impl Owner {
             cursor: 0,
             summary: Summary::new(),
             generation,
+            committed: generation,
             acked: generation,
             state: OwnerState::Opening,
             queued: VecDeque::new(),
@@ -156,6 +165,7 @@ impl Owner {
         self.cursor = 0;
         self.summary.reset();
         self.acked = self.generation;
+        self.committed = self.generation;
         self.queued.clear();
         self.urgent.clear();
         self.background.clear();
@@ -255,7 +265,16 @@ impl Owner {
                 },
                 OwnerState::Opening,
             ) => {
-                self.adopt_replica_generation(generation);
+                if !empty && chunk_count != self.geom.chunk_count() {
+                    return Err(WireError::new(
+                        ErrorCode::BadGeometry,
+                        format!(
+                            "replica announces {chunk_count} chunks, region has {}",
+                            self.geom.chunk_count()
+                        ),
+                    ));
+                }
+                self.adopt_replica_generation(generation)?;
                 if empty {
                     let before = self.pending.count();
                     self.pending.insert_range(0..self.geom.chunk_count());
@@ -264,15 +283,6 @@ impl Owner {
                         differing: self.pending.count() - before,
                         replica_generation: generation,
                     });
-                }
-                if chunk_count != self.geom.chunk_count() {
-                    return Err(WireError::new(
-                        ErrorCode::BadGeometry,
-                        format!(
-                            "replica announces {chunk_count} chunks, region has {}",
-                            self.geom.chunk_count()
-                        ),
-                    ));
                 }
                 self.state = OwnerState::Reconciling {
                     next: 0,
@@ -316,11 +326,7 @@ impl Owner {
                 Frame::Ack { generation },
                 OwnerState::Streaming | OwnerState::Draining | OwnerState::HandingOff { .. },
             ) => {
-                let committed = if self.in_round {
-                    self.generation - 1
-                } else {
-                    self.generation
-                };
+                let committed = self.committed;
                 if generation <= self.acked || generation > committed {
                     return Err(WireError::new(
                         ErrorCode::ProtocolViolation,
@@ -369,13 +375,22 @@ impl Owner {
     }
 
     /// Takes the generation the replica reports holding: numbering continues above it, and if it
-    /// is behind ours the next round is committed even when empty.
-    fn adopt_replica_generation(&mut self, replica: u64) {
+    /// is behind ours the next round is committed even when empty. The last generation number
+    /// can never be followed by a round, so a replica claiming it is refused (spec §8.4).
+    fn adopt_replica_generation(&mut self, replica: u64) -> Result<(), WireError> {
+        if replica == u64::MAX {
+            return Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                "replica claims the last generation number; no round can follow it",
+            ));
+        }
         if replica > self.generation {
             self.generation = replica;
         }
         self.acked = replica;
+        self.committed = replica;
         self.needs_commit = replica < self.generation;
+        Ok(())
     }
 
     /// The next thing to send, if any. Fetched chunks overtake the round in progress; a new round
@@ -402,7 +417,8 @@ impl Owner {
             self.in_round = true;
             self.needs_commit = false;
             self.cursor = 0;
-            self.generation += 1;
+            // Cannot overflow: generations below u64::MAX are the only ones adopted or created.
+            self.generation = self.generation.saturating_add(1);
             self.summary.reset();
         }
         if self.in_round {
@@ -414,6 +430,7 @@ impl Owner {
                 });
             }
             self.in_round = false;
+            self.committed = self.generation;
             return Some(Transmit::Frame(
                 Frame::Commit {
                     generation: self.generation,

@@ -213,7 +213,9 @@ impl Replica {
                 continue;
             }
             let start = i;
-            while i < end && !present.contains(i) {
+            // A non-urgent run also ends at a chunk already requested: read-ahead asks for each
+            // chunk at most once (spec §8.3).
+            while i < end && !present.contains(i) && (urgent || !requested.contains(i)) {
                 requested.insert(i);
                 i += 1;
             }
