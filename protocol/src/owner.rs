@@ -12,6 +12,11 @@ use crate::hash::{chunk_hash, is_zero, Summary, ZeroHashes};
 use crate::wire::{chunk_header, ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN};
 use std::collections::VecDeque;
 
+/// Generations stay below this (spec §8.4): an owner refuses to start from or adopt a generation at
+/// or above it, and stops starting rounds when its counter reaches it (after 2^63 rounds), so a
+/// number is never reused and the counter never wraps.
+pub const MAX_GENERATION: u64 = 1 << 63;
+
 /// Where the owner's side of the stream stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerState {
@@ -100,10 +105,10 @@ impl Owner {
                 "known hashes do not match the geometry",
             ));
         }
-        if generation == u64::MAX {
+        if generation >= MAX_GENERATION {
             return Err(WireError::new(
                 ErrorCode::ProtocolViolation,
-                "no round can follow the last generation number",
+                format!("generation {generation} leaves no room for another round"),
             ));
         }
         let n = geom.chunk_count();
@@ -378,10 +383,10 @@ impl Owner {
     /// is behind ours the next round is committed even when empty. The last generation number
     /// can never be followed by a round, so a replica claiming it is refused (spec §8.4).
     fn adopt_replica_generation(&mut self, replica: u64) -> Result<(), WireError> {
-        if replica == u64::MAX {
+        if replica >= MAX_GENERATION {
             return Err(WireError::new(
                 ErrorCode::ProtocolViolation,
-                "replica claims the last generation number; no round can follow it",
+                format!("replica claims generation {replica}; no round can follow it"),
             ));
         }
         if replica > self.generation {
@@ -412,13 +417,16 @@ impl Owner {
                 fetched: true,
             });
         }
-        if !self.in_round && (!self.pending.is_empty() || self.needs_commit) {
+        if !self.in_round
+            && (!self.pending.is_empty() || self.needs_commit)
+            && self.generation < MAX_GENERATION
+        {
             self.round = self.pending.take();
             self.in_round = true;
             self.needs_commit = false;
             self.cursor = 0;
-            // Cannot overflow: generations below u64::MAX are the only ones adopted or created.
-            self.generation = self.generation.saturating_add(1);
+            self.generation += 1; // below MAX_GENERATION, checked above
+
             self.summary.reset();
         }
         if self.in_round {

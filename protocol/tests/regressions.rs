@@ -105,3 +105,42 @@ fn read_ahead_requests_each_chunk_once() {
     asked.sort();
     assert_eq!(asked, vec![0, 1, 2]);
 }
+
+/// KB-4: a round never reuses the last generation number, however the counter got near it.
+#[test]
+fn generation_numbers_are_never_reused_near_the_limit() {
+    use memsync_protocol::owner::MAX_GENERATION;
+    let g = Geometry::new(4 * 4096, 12).unwrap();
+    let mut o = Owner::new(g, "r", vec![0; 4], MAX_GENERATION - 1).unwrap();
+    feed_owner(
+        &mut o,
+        Frame::State {
+            empty: true,
+            lazy: false,
+            generation: 0,
+            chunk_count: 0,
+        },
+    )
+    .unwrap();
+    let mut commits = Vec::new();
+    for round in 0..2 {
+        while let Some(t) = o.poll_transmit() {
+            match t {
+                Transmit::Chunk { index, fetched } => {
+                    o.encode_chunk(index, fetched, &[0; 4096]);
+                }
+                Transmit::Frame(b) => {
+                    if let Some((Frame::Commit { generation, .. }, _)) =
+                        Frame::decode(&b, MAX_BODY).unwrap()
+                    {
+                        commits.push(generation);
+                    }
+                }
+            }
+        }
+        if round == 0 {
+            o.mark_dirty(0..1);
+        }
+    }
+    assert_eq!(commits, vec![MAX_GENERATION], "one round, then no reuse");
+}

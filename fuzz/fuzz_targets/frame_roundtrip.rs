@@ -1,0 +1,341 @@
+//! Structured frames (derived with `arbitrary`) → `encode` → `decode` → the same frame.
+//!
+//! The description is turned into valid `Frame` values (valid names per `check_name`, valid OPEN
+//! geometries, non-empty HASHES and CHUNK payloads, a zero hash on ZERO chunks, FETCH count ≥ 1,
+//! EMPTY STATE with count 0), several of which are encoded back to back into one buffer.
+//! Asserts: each decodes to the identical frame, consuming exactly its own encoding; the buffer is
+//! exhausted at the end; `chunk_header` equals the first 24 bytes of a CHUNK's encoding; an ERROR
+//! reason longer than 1024 bytes is truncated at a char boundary (§5.2) and decodes to that prefix.
+//! OPEN and MOUNT descriptions may also keep their raw, possibly invalid, name and geometry: then
+//! decoding must fail with exactly the code `check_name` / `Geometry::new` give (BAD_NAME before
+//! BAD_GEOMETRY), or succeed when both are valid.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use memsync_fuzz::name_from;
+use memsync_protocol::geometry::{MAX_CHUNKS, MAX_REGION_SIZE};
+use memsync_protocol::wire::{
+    check_name, chunk_header, ErrorCode, Frame, HashList, Hello, MAX_BODY, MAX_REASON_LEN,
+};
+use memsync_protocol::Geometry;
+
+#[derive(Arbitrary, Debug)]
+enum Desc {
+    Hello {
+        major: u16,
+        minor: u16,
+        max_body: u32,
+        max_regions: u32,
+        features: u64,
+    },
+    Error {
+        code: u32,
+        reason: String,
+        /// Repeat the reason to push it over MAX_REASON_LEN.
+        repeat: u8,
+    },
+    Open {
+        size: u64,
+        generation: u64,
+        shift: u8,
+        name: Vec<u8>,
+        raw: Option<(String, u64, u8)>,
+    },
+    Mount {
+        name: Vec<u8>,
+        raw: Option<String>,
+    },
+    State {
+        empty: bool,
+        lazy: bool,
+        generation: u64,
+        chunk_count: u64,
+    },
+    Hashes {
+        first: u64,
+        head: u64,
+        tail: Vec<u64>,
+    },
+    Chunk {
+        index: u64,
+        hash: u64,
+        fetched: bool,
+        head: u8,
+        payload: Vec<u8>,
+        /// Repeat the payload (chunks are up to 4 MiB).
+        repeat: u16,
+    },
+    ZeroChunk {
+        index: u64,
+        fetched: bool,
+    },
+    Commit {
+        generation: u64,
+        count: u32,
+        summary: u64,
+    },
+    Ack(u64),
+    Fetch {
+        first: u64,
+        count: u32,
+        urgent: bool,
+    },
+    Handoff(u64),
+    HandoffAck(u64),
+}
+
+/// Owned data a `Frame` borrows from.
+enum Owned {
+    Hello(Hello),
+    Error(u32, String),
+    Open(u64, u64, u8, String),
+    Mount(String),
+    State(bool, bool, u64, u64),
+    Hashes(u64, Vec<u8>),
+    Chunk(u64, u64, bool, bool, Vec<u8>),
+    Commit(u64, u32, u64),
+    Ack(u64),
+    Fetch(u64, u32, bool),
+    Handoff(u64),
+    HandoffAck(u64),
+}
+
+/// A geometry valid by construction from arbitrary numbers.
+fn valid_geometry(size: u64, shift: u8) -> (u64, u8) {
+    let shift = 12 + shift % 11;
+    let limit = MAX_REGION_SIZE.min(MAX_CHUNKS << shift);
+    (1 + size % limit, shift)
+}
+
+/// The valid owned frame for a description, or the expected decode error for a raw one.
+fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
+    Ok(match d {
+        Desc::Hello {
+            major,
+            minor,
+            max_body,
+            max_regions,
+            features,
+        } => Owned::Hello(Hello {
+            major,
+            minor,
+            max_body,
+            max_regions,
+            features,
+        }),
+        Desc::Error {
+            code,
+            reason,
+            repeat,
+        } => {
+            let reason = if repeat > 200 {
+                reason.repeat(1 + (MAX_REASON_LEN / reason.len().max(1)))
+            } else {
+                reason
+            };
+            Owned::Error(code, reason)
+        }
+        Desc::Open {
+            size,
+            generation,
+            shift,
+            name,
+            raw,
+        } => match raw {
+            Some((name, size, shift)) if name.len() <= 255 => {
+                let expect = check_name(&name)
+                    .and_then(|_| Geometry::new(size, shift).map(|_| ()))
+                    .err()
+                    .map(|e| e.code);
+                let o = Owned::Open(size, generation, shift, name);
+                match expect {
+                    Some(code) => return Err((o, code)),
+                    None => o,
+                }
+            }
+            _ => {
+                let (size, shift) = valid_geometry(size, shift);
+                Owned::Open(size, generation, shift, name_from(&name, 255))
+            }
+        },
+        Desc::Mount { name, raw } => match raw {
+            Some(name) => match check_name(&name) {
+                Err(e) => return Err((Owned::Mount(name), e.code)),
+                Ok(()) => Owned::Mount(name),
+            },
+            None => Owned::Mount(name_from(&name, 255)),
+        },
+        Desc::State {
+            empty,
+            lazy,
+            generation,
+            chunk_count,
+        } => Owned::State(empty, lazy, generation, if empty { 0 } else { chunk_count }),
+        Desc::Hashes { first, head, tail } => {
+            let mut hs = vec![head];
+            hs.extend(tail.into_iter().take(4096));
+            let mut wire = Vec::new();
+            HashList::encode_into(&hs, &mut wire);
+            let list = HashList::from_wire(&wire).unwrap();
+            assert_eq!(list.len(), hs.len());
+            assert!(list.iter().eq(hs.iter().copied()));
+            Owned::Hashes(first, wire)
+        }
+        Desc::Chunk {
+            index,
+            hash,
+            fetched,
+            head,
+            payload,
+            repeat,
+        } => {
+            let mut p = vec![head];
+            p.extend(&payload);
+            p.truncate(MAX_BODY as usize - 16);
+            let times = if repeat > 60_000 {
+                (repeat as usize - 60_000).min((MAX_BODY as usize - 16) / p.len())
+            } else {
+                1
+            };
+            let p = p.repeat(times.max(1));
+            Owned::Chunk(index, hash, false, fetched, p)
+        }
+        Desc::ZeroChunk { index, fetched } => Owned::Chunk(index, 0, true, fetched, vec![]),
+        Desc::Commit {
+            generation,
+            count,
+            summary,
+        } => Owned::Commit(generation, count, summary),
+        Desc::Ack(g) => Owned::Ack(g),
+        Desc::Fetch {
+            first,
+            count,
+            urgent,
+        } => Owned::Fetch(first, count.max(1), urgent),
+        Desc::Handoff(g) => Owned::Handoff(g),
+        Desc::HandoffAck(g) => Owned::HandoffAck(g),
+    })
+}
+
+fn frame(o: &Owned) -> Frame<'_> {
+    match o {
+        Owned::Hello(h) => Frame::Hello(*h),
+        Owned::Error(code, reason) => Frame::Error {
+            code: *code,
+            reason,
+        },
+        Owned::Open(size, generation, chunk_shift, name) => Frame::Open {
+            size: *size,
+            generation: *generation,
+            chunk_shift: *chunk_shift,
+            name,
+        },
+        Owned::Mount(name) => Frame::Mount { name },
+        Owned::State(empty, lazy, generation, chunk_count) => Frame::State {
+            empty: *empty,
+            lazy: *lazy,
+            generation: *generation,
+            chunk_count: *chunk_count,
+        },
+        Owned::Hashes(first, wire) => Frame::Hashes {
+            first: *first,
+            hashes: HashList::from_wire(wire).unwrap(),
+        },
+        Owned::Chunk(index, hash, zero, fetched, payload) => Frame::Chunk {
+            index: *index,
+            hash: *hash,
+            zero: *zero,
+            fetched: *fetched,
+            payload,
+        },
+        Owned::Commit(generation, count, summary) => Frame::Commit {
+            generation: *generation,
+            count: *count,
+            summary: *summary,
+        },
+        Owned::Ack(generation) => Frame::Ack {
+            generation: *generation,
+        },
+        Owned::Fetch(first, count, urgent) => Frame::Fetch {
+            first: *first,
+            count: *count,
+            urgent: *urgent,
+        },
+        Owned::Handoff(generation) => Frame::Handoff {
+            generation: *generation,
+        },
+        Owned::HandoffAck(generation) => Frame::HandoffAck {
+            generation: *generation,
+        },
+    }
+}
+
+/// The frame the receiver must see: an ERROR reason is truncated to MAX_REASON_LEN bytes at a
+/// char boundary by the encoder.
+fn expected<'a>(f: Frame<'a>) -> Frame<'a> {
+    match f {
+        Frame::Error { code, reason } if reason.len() > MAX_REASON_LEN => {
+            let mut end = MAX_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            assert!(MAX_REASON_LEN - end < 4);
+            Frame::Error {
+                code,
+                reason: &reason[..end],
+            }
+        }
+        f => f,
+    }
+}
+
+fuzz_target!(|descs: Vec<Desc>| {
+    let mut valid = Vec::new();
+    for d in descs.into_iter().take(16) {
+        match build(d) {
+            Ok(o) => valid.push(o),
+            Err((o, code)) => {
+                let bytes = frame(&o).to_vec();
+                match Frame::decode(&bytes, MAX_BODY) {
+                    Err(e) => assert_eq!(e.code, code, "{e}"),
+                    other => panic!("invalid frame decoded: {other:?}, expected {code}"),
+                }
+            }
+        }
+    }
+
+    let frames: Vec<Frame<'_>> = valid.iter().map(frame).collect();
+    let mut buf = Vec::new();
+    let mut ends = Vec::new();
+    for f in &frames {
+        let start = buf.len();
+        f.encode(&mut buf);
+        assert_eq!(f.to_vec(), buf[start..], "encode and to_vec differ");
+        if let Frame::Chunk {
+            index,
+            hash,
+            zero,
+            fetched,
+            payload,
+        } = *f
+        {
+            let h = chunk_header(index, hash, zero, fetched, payload.len());
+            assert_eq!(h[..], buf[start..start + 24]);
+        }
+        ends.push(buf.len());
+    }
+
+    let mut pos = 0;
+    for (f, end) in frames.iter().zip(ends) {
+        let (d, used) = Frame::decode(&buf[pos..], MAX_BODY)
+            .unwrap_or_else(|e| panic!("{f:?} does not decode: {e}"))
+            .expect("whole frame reported incomplete");
+        assert_eq!(pos + used, end, "{f:?} consumed the wrong length");
+        assert_eq!(d, expected(*f));
+        assert_eq!(d.to_vec(), buf[pos..end]);
+        pos = end;
+    }
+    assert_eq!(pos, buf.len());
+    assert_eq!(Frame::decode(&buf[pos..], MAX_BODY), Ok(None));
+});

@@ -1,0 +1,752 @@
+//! An `Owner` (small geometry, arbitrary known hashes, arbitrary starting generation) fed
+//! fuzzer-chosen frames from the replica side — STATE, HASHES, ACK, FETCH, HANDOFF_ACK, ERROR,
+//! garbage bytes, and frames an owner never accepts — interleaved with `on_dirty`, `mark_dirty`,
+//! `restart`, `begin_handoff`, writes to the owner's memory, hash scans and `poll_transmit` calls
+//! (a `Transmit::Chunk` is answered with `encode_chunk` on the chunk's current bytes).
+//!
+//! The harness keeps a model of spec/PROTOCOL.md §8.1 (STATE with the wrong chunk count is
+//! BAD_GEOMETRY and changes nothing; STATE claiming generation 2^64 − 1 is PROTOCOL_VIOLATION;
+//! otherwise it sets `acked` and the stream's `committed` to the replica's generation and raises G
+//! to it; an owner whose G is above the replica's closes a round even when nothing is pending,
+//! sending rule 4; `Owner::new` refuses G = 2^64 − 1) and checks every step against it:
+//! - each `handle` outcome (event, or error code) is the predicted one: geometry checks (§5.14)
+//!   first, then the §8.1 table (BAD_GEOMETRY for a wrong STATE chunk count, PROTOCOL_VIOLATION
+//!   for HASHES out of order, an ACK outside `acked < g ≤ committed` where `committed` is the
+//!   last generation whose COMMIT was sent on this stream, a wrong HANDOFF_ACK, and every frame
+//!   not in the table);
+//! - each `poll_transmit` is the predicted one (sending rules 1–4: OPEN first on a stream, fetched
+//!   chunks urgent-first in FIFO order, the lowest pending chunk of the round, COMMIT with the
+//!   count and xxh3 summary recomputed here, HANDOFF when drained);
+//! - `encode_chunk` produces a CHUNK header that decodes (with its payload) to the right index,
+//!   flags and wire hash (ZERO exactly for all-zero bytes) and records the hash in `known`;
+//! - and the listed invariants: `Transmit::Chunk` indices < chunk_count; every `Transmit::Frame`
+//!   decodes; COMMIT generations strictly increase within a stream (and across streams);
+//!   `acked() ≤ generation()`; `is_synced()` implies `backlog() == 0`; state(), generation(),
+//!   acked(), backlog(), is_synced() and known_hashes() match the model.
+//!
+//! `restart` must be refused once a handoff was offered (§8.6). After an error or a PeerError the
+//! stream is dead: the harness restarts the owner (a new stream), or stops if it may not.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use memsync_fuzz::{decode_exact, model, Input};
+use memsync_protocol::hash::{chunk_hash, scan_changes};
+use memsync_protocol::owner::MAX_GENERATION;
+use memsync_protocol::wire::{ErrorCode, Frame, HashList, Hello, MAX_BODY};
+use memsync_protocol::{DirtySet, Geometry, Owner, OwnerEvent, OwnerState, Transmit};
+use std::collections::VecDeque;
+use xxhash_rust::xxh3::xxh3_64;
+
+const NAME: &str = "owned.mem";
+
+/// What the model expects `poll_transmit` to return.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    Open(u64),
+    Chunk {
+        index: u64,
+        fetched: bool,
+    },
+    Commit {
+        generation: u64,
+        count: u32,
+        summary: u64,
+    },
+    Handoff(u64),
+}
+
+struct Harness {
+    owner: Owner,
+    geom: Geometry,
+    mem: Vec<u8>,
+    /// xxh3 of each chunk of `mem`, kept current on every write (hashing is most of the cost).
+    mem_hashes: Vec<u64>,
+    // The model.
+    n: u64,
+    known: Vec<u64>,
+    pending: Vec<bool>,
+    round: Vec<bool>,
+    in_round: bool,
+    needs_commit: bool,
+    cursor: u64,
+    records: Vec<u8>,
+    count: u32,
+    g: u64,
+    acked: u64,
+    /// The stream's `committed` (§8.1): the last generation whose COMMIT went out on this stream,
+    /// initially the replica's STATE generation.
+    committed: u64,
+    state: OwnerState,
+    /// OPEN queued by `new`/`restart`, with the generation it carries (G when it was queued).
+    open_queued: Option<u64>,
+    urgent: VecDeque<u64>,
+    background: VecDeque<u64>,
+    // Invariant tracking.
+    last_commit_stream: Option<u64>,
+    last_commit_ever: Option<u64>,
+    /// Set when the input reached a known, reported bug and the harness stops (skip mode only).
+    dead: bool,
+}
+
+impl Harness {
+    fn check(&self) {
+        let o = &self.owner;
+        assert_eq!(o.state(), self.state);
+        assert_eq!(o.generation(), self.g);
+        assert_eq!(o.acked(), self.acked);
+        assert!(o.acked() <= o.generation(), "acked above generation");
+        let backlog = (self.pending.iter().filter(|x| **x).count()
+            + self.round.iter().filter(|x| **x).count()) as u64;
+        assert_eq!(o.backlog(), backlog);
+        let synced = self.state == OwnerState::Streaming
+            && !self.in_round
+            && !self.pending.contains(&true)
+            && self.acked == self.g
+            && self.urgent.is_empty()
+            && self.background.is_empty();
+        assert_eq!(o.is_synced(), synced);
+        if o.is_synced() {
+            assert_eq!(o.backlog(), 0, "synced with a backlog");
+        }
+        assert_eq!(o.known_hashes(), &self.known[..]);
+    }
+
+    /// Restarts on a new stream; false when the owner may not (a handoff was offered).
+    fn restart(&mut self) -> bool {
+        let r = self.owner.restart();
+        if matches!(
+            self.state,
+            OwnerState::HandingOff { .. } | OwnerState::HandedOff
+        ) {
+            assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
+            self.check();
+            return false;
+        }
+        r.expect("restart");
+        for i in 0..self.n as usize {
+            self.pending[i] |= self.round[i];
+            self.round[i] = false;
+        }
+        self.in_round = false;
+        self.needs_commit = false;
+        self.cursor = 0;
+        self.records.clear();
+        self.count = 0;
+        self.acked = self.g;
+        self.committed = self.g;
+        self.urgent.clear();
+        self.background.clear();
+        self.state = OwnerState::Opening;
+        self.open_queued = Some(self.g);
+        self.last_commit_stream = None;
+        self.check();
+        true
+    }
+
+    /// Predicts and applies `handle`; returns the expected outcome.
+    fn model_handle(&mut self, frame: &Frame<'_>, bytes: &[u8]) -> Result<OwnerEvent, ErrorCode> {
+        use OwnerState::*;
+        model::geometry_check(bytes, self.geom.size(), self.geom.shift())?;
+        let pv = Err(ErrorCode::ProtocolViolation);
+        match (*frame, self.state) {
+            (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
+                code,
+                reason: reason.to_owned(),
+            }),
+            (
+                Frame::State {
+                    empty,
+                    generation,
+                    chunk_count,
+                    ..
+                },
+                Opening,
+            ) => {
+                if !empty && chunk_count != self.n {
+                    return Err(ErrorCode::BadGeometry);
+                }
+                if generation >= MAX_GENERATION {
+                    // §8.4: no round could follow a generation at the limit.
+                    return pv;
+                }
+                self.g = self.g.max(generation);
+                self.acked = generation;
+                self.committed = generation;
+                self.needs_commit = generation < self.g;
+                if empty {
+                    let before = self.pending.iter().filter(|x| **x).count() as u64;
+                    self.pending.fill(true);
+                    self.state = Streaming;
+                    Ok(OwnerEvent::Reconciled {
+                        differing: self.n - before,
+                        replica_generation: generation,
+                    })
+                } else {
+                    self.state = Reconciling {
+                        next: 0,
+                        replica_generation: generation,
+                    };
+                    Ok(OwnerEvent::None)
+                }
+            }
+            (
+                Frame::Hashes { first, hashes },
+                Reconciling {
+                    next,
+                    replica_generation,
+                },
+            ) => {
+                if first != next {
+                    return pv;
+                }
+                for (i, h) in (first..).zip(hashes.iter()) {
+                    if self.known[i as usize] != h {
+                        self.pending[i as usize] = true;
+                    }
+                }
+                let next = first + hashes.len() as u64;
+                if next == self.n {
+                    self.state = Streaming;
+                    Ok(OwnerEvent::Reconciled {
+                        differing: self.pending.iter().filter(|x| **x).count() as u64,
+                        replica_generation,
+                    })
+                } else {
+                    self.state = Reconciling {
+                        next,
+                        replica_generation,
+                    };
+                    Ok(OwnerEvent::None)
+                }
+            }
+            (Frame::Ack { generation }, Streaming | Draining | HandingOff { .. }) => {
+                if generation <= self.acked || generation > self.committed {
+                    return pv;
+                }
+                self.acked = generation;
+                Ok(OwnerEvent::Acked { generation })
+            }
+            (
+                Frame::Fetch {
+                    first,
+                    count,
+                    urgent,
+                },
+                Streaming | Draining,
+            ) => {
+                let q = if urgent {
+                    &mut self.urgent
+                } else {
+                    &mut self.background
+                };
+                let room = (self.n as usize).saturating_sub(q.len());
+                q.extend((first..first + count as u64).take(room));
+                Ok(OwnerEvent::None)
+            }
+            (Frame::HandoffAck { generation }, HandingOff { generation: g }) if generation == g => {
+                self.state = HandedOff;
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            _ => pv,
+        }
+    }
+
+    /// Feeds one frame; false when the stream died and the owner may not restart.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let frame = decode_exact(bytes);
+        let got = self.owner.handle(&frame);
+        memsync_fuzz::trace!("handle {frame:?} in {:?} -> {got:?}", self.state);
+        let want = self.model_handle(&frame, bytes);
+        match (got, want) {
+            (Ok(e), Ok(w)) => {
+                assert_eq!(e, w, "{frame:?}");
+                self.check();
+                if matches!(e, OwnerEvent::PeerError { .. }) {
+                    return self.restart();
+                }
+                true
+            }
+            (Err(e), Err(code)) => {
+                assert_eq!(e.code, code, "{frame:?}: {e}");
+                self.check();
+                self.restart()
+            }
+            (got, want) => panic!(
+                "{frame:?} in {:?}: owner {got:?}, model {want:?}",
+                self.state
+            ),
+        }
+    }
+
+    fn model_poll(&mut self) -> Option<Next> {
+        use OwnerState::*;
+        if let Some(g) = self.open_queued.take() {
+            return Some(Next::Open(g));
+        }
+        if !matches!(self.state, Streaming | Draining) {
+            return None;
+        }
+        if let Some(index) = self
+            .urgent
+            .pop_front()
+            .or_else(|| self.background.pop_front())
+        {
+            return Some(Next::Chunk {
+                index,
+                fetched: true,
+            });
+        }
+        if !self.in_round
+            && (self.pending.contains(&true) || self.needs_commit)
+            && self.g < MAX_GENERATION
+        {
+            std::mem::swap(&mut self.round, &mut self.pending);
+            self.pending.fill(false);
+            self.in_round = true;
+            self.needs_commit = false;
+            self.cursor = 0;
+            self.g += 1; // below MAX_GENERATION, checked above
+            self.records.clear();
+            self.count = 0;
+        }
+        if self.in_round {
+            if let Some(i) = (self.cursor..self.n).find(|&i| self.round[i as usize]) {
+                self.cursor = i + 1;
+                return Some(Next::Chunk {
+                    index: i,
+                    fetched: false,
+                });
+            }
+            self.in_round = false;
+            return Some(Next::Commit {
+                generation: self.g,
+                count: self.count,
+                summary: xxh3_64(&self.records),
+            });
+        }
+        if self.state == Draining && self.acked == self.g {
+            self.state = HandingOff { generation: self.g };
+            return Some(Next::Handoff(self.g));
+        }
+        None
+    }
+
+    /// One `poll_transmit`, checked; false when there was nothing to send.
+    fn poll(&mut self) -> bool {
+        let t = self.owner.poll_transmit();
+        let want = self.model_poll();
+        memsync_fuzz::trace!(
+            "poll -> {:?} (model {want:?})",
+            t.as_ref().map(|t| match t {
+                Transmit::Frame(b) => format!("{:?}", decode_exact(b)),
+                c => format!("{c:?}"),
+            })
+        );
+        match t {
+            None => {
+                assert_eq!(want, None);
+                self.check();
+                false
+            }
+            Some(Transmit::Frame(bytes)) => {
+                let f = decode_exact(&bytes);
+                match f {
+                    Frame::Open {
+                        size,
+                        generation,
+                        chunk_shift,
+                        name,
+                    } => {
+                        assert_eq!(want, Some(Next::Open(generation)));
+                        assert_eq!((size, chunk_shift), (self.geom.size(), self.geom.shift()));
+                        assert_eq!(name, NAME);
+                    }
+                    Frame::Commit {
+                        generation,
+                        count,
+                        summary,
+                    } => {
+                        assert_eq!(
+                            want,
+                            Some(Next::Commit {
+                                generation,
+                                count,
+                                summary
+                            }),
+                            "COMMIT differs from the model"
+                        );
+                        if let Some(l) = self.last_commit_stream {
+                            assert!(generation > l, "COMMIT generations not increasing");
+                        }
+                        if let Some(l) = self.last_commit_ever {
+                            assert!(generation > l, "COMMIT generation reused");
+                        }
+                        self.last_commit_stream = Some(generation);
+                        self.last_commit_ever = Some(generation);
+                        self.committed = generation;
+                    }
+                    Frame::Handoff { generation } => {
+                        assert_eq!(want, Some(Next::Handoff(generation)));
+                        assert_eq!(
+                            generation, self.acked,
+                            "HANDOFF of an unacknowledged generation"
+                        );
+                    }
+                    f => panic!("the owner sent {f:?}"),
+                }
+                self.check();
+                true
+            }
+            Some(Transmit::Chunk { index, fetched }) => {
+                assert!(index < self.n, "chunk index {index} out of range");
+                assert_eq!(want, Some(Next::Chunk { index, fetched }));
+                let data = self.mem[self.geom.range(index)].to_vec();
+                let (hdr, with_payload) = self.owner.encode_chunk(index, fetched, &data);
+                let h = self.mem_hashes[index as usize];
+                let zero = data.iter().all(|b| *b == 0);
+                let wire_hash = if zero { 0 } else { h };
+                assert_eq!(with_payload, !zero);
+                let mut f = hdr.to_vec();
+                if with_payload {
+                    f.extend_from_slice(&data);
+                }
+                assert_eq!(
+                    decode_exact(&f),
+                    Frame::Chunk {
+                        index,
+                        hash: wire_hash,
+                        zero,
+                        fetched,
+                        payload: if zero { &[] } else { &data },
+                    }
+                );
+                // The model's encode_chunk.
+                self.known[index as usize] = h;
+                if fetched {
+                    self.pending[index as usize] = false;
+                    if self.in_round && index >= self.cursor {
+                        self.round[index as usize] = false;
+                    }
+                } else {
+                    self.round[index as usize] = false;
+                    self.records.extend_from_slice(&index.to_le_bytes());
+                    self.records.extend_from_slice(&wire_hash.to_le_bytes());
+                    self.count = self.count.saturating_add(1);
+                }
+                self.check();
+                true
+            }
+        }
+    }
+}
+
+fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    let n = h.n;
+    match input.u8() % 8 {
+        0 => {
+            let flags = input.u8();
+            let empty = flags & 1 != 0;
+            let chunk_count = match (empty, flags >> 1 & 3) {
+                (true, _) => 0,
+                (false, 0) => input.u64(),
+                (false, 1) => n + 1,
+                _ => n,
+            };
+            let generation = match flags >> 3 & 1 {
+                0 => input.u8() as u64,
+                _ => input.u64(),
+            };
+            Frame::State {
+                empty,
+                lazy: flags & 0x40 != 0,
+                generation,
+                chunk_count,
+            }
+            .to_vec()
+        }
+        1 => {
+            let first = match (input.u8() & 3, h.state) {
+                (0, _) => input.below(n + 2),
+                (1, _) => input.u64(),
+                (_, OwnerState::Reconciling { next, .. }) => next,
+                _ => 0,
+            };
+            let k = 1 + input.below(24);
+            let mode = input.u8();
+            let hs: Vec<u64> = (0..k)
+                .map(|j| {
+                    let i = first.wrapping_add(j);
+                    match (mode >> (j % 4 * 2)) & 3 {
+                        0 | 1 if i < n => h.known[i as usize],
+                        2 if i < n => h.mem_hashes[i as usize],
+                        _ => input.u64(),
+                    }
+                })
+                .collect();
+            let mut wire = Vec::new();
+            HashList::encode_into(&hs, &mut wire);
+            Frame::Hashes {
+                first,
+                hashes: HashList::from_wire(&wire).unwrap(),
+            }
+            .to_vec()
+        }
+        2 | 3 => {
+            let generation = match input.u8() % 6 {
+                0 => h.acked.wrapping_add(1),
+                1 => h.committed,
+                2 => h.g,
+                3 => h.g.wrapping_add(1),
+                4 => h.acked,
+                _ => input.u64(),
+            };
+            Frame::Ack { generation }.to_vec()
+        }
+        4 => {
+            let (first, count) = if input.u8() == 0xff {
+                (input.u64(), input.u32().max(1))
+            } else {
+                (input.below(n + 1), 1 + input.below(8) as u32)
+            };
+            Frame::Fetch {
+                first,
+                count,
+                urgent: input.bool(),
+            }
+            .to_vec()
+        }
+        5 => {
+            let generation = match (input.bool(), h.state) {
+                (true, OwnerState::HandingOff { generation }) => generation,
+                _ => input.u64(),
+            };
+            Frame::HandoffAck { generation }.to_vec()
+        }
+        6 => Frame::Error {
+            code: input.u32(),
+            reason: "replica failed",
+        }
+        .to_vec(),
+        _ => {
+            // Frames an owner never accepts, some of which fail geometry checks first.
+            let g = input.u64();
+            match input.u8() % 6 {
+                0 => Frame::Hello(Hello::default()).to_vec(),
+                1 => Frame::Mount { name: NAME }.to_vec(),
+                2 => Frame::Open {
+                    size: h.geom.size(),
+                    generation: g,
+                    chunk_shift: h.geom.shift(),
+                    name: NAME,
+                }
+                .to_vec(),
+                3 => Frame::Commit {
+                    generation: g,
+                    count: 0,
+                    summary: 0,
+                }
+                .to_vec(),
+                4 => Frame::Handoff { generation: g }.to_vec(),
+                _ => {
+                    let index = input.below(n + 1);
+                    let len = if index < n {
+                        h.geom.chunk_len(index)
+                    } else {
+                        7
+                    };
+                    let payload = vec![input.u8() | 1; len];
+                    Frame::Chunk {
+                        index,
+                        hash: chunk_hash(&payload),
+                        zero: false,
+                        fetched: false,
+                        payload: &payload,
+                    }
+                    .to_vec()
+                }
+            }
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input::new(data);
+    // Up to 80 chunks, so that dirty sets span two 64-bit words.
+    let n = 1 + input.below(80);
+    let size = (n - 1) * 4096 + 1 + input.u16() as u64 % 4096;
+    let geom = Geometry::new(size, 12).unwrap();
+    let seed = input.u8();
+    let zero_mask = input.u64();
+    let mut mem = vec![0u8; size as usize];
+    for i in 0..n {
+        if zero_mask >> (i % 64) & 1 == 0 {
+            let fill = seed.wrapping_mul(i as u8 + 1) | 1;
+            mem[geom.range(i)].fill(fill);
+        }
+    }
+    let mem_hashes: Vec<u64> = (0..n).map(|i| chunk_hash(&mem[geom.range(i)])).collect();
+    let known_mode = input.u8();
+    let known_seed = input.u64();
+    let known: Vec<u64> = (0..n)
+        .map(|i| match known_mode % 3 {
+            0 => mem_hashes[i as usize],
+            1 => known_seed.wrapping_mul(i + 1),
+            _ if known_seed >> (i % 64) & 1 == 0 => mem_hashes[i as usize],
+            _ => known_seed ^ i,
+        })
+        .collect();
+    let generation = match input.u8() % 4 {
+        0 => 0,
+        1 => input.u8() as u64,
+        2 => input.u64(),
+        _ => MAX_GENERATION + 1 - input.u8() as u64,
+    };
+    let owner = match Owner::new(geom, NAME, known.clone(), generation) {
+        Ok(o) => o,
+        Err(e) => {
+            assert!(generation >= MAX_GENERATION, "{e}");
+            assert_eq!(e.code, ErrorCode::ProtocolViolation);
+            return;
+        }
+    };
+    assert!(
+        generation < MAX_GENERATION,
+        "Owner::new accepted generation {generation} at or above MAX_GENERATION"
+    );
+    let mut h = Harness {
+        owner,
+        geom,
+        mem,
+        mem_hashes,
+        n,
+        known,
+        pending: vec![false; n as usize],
+        round: vec![false; n as usize],
+        in_round: false,
+        needs_commit: false,
+        cursor: 0,
+        records: vec![],
+        count: 0,
+        g: generation,
+        acked: generation,
+        committed: generation,
+        state: OwnerState::Opening,
+        open_queued: Some(generation),
+        urgent: VecDeque::new(),
+        background: VecDeque::new(),
+        last_commit_stream: None,
+        last_commit_ever: None,
+        dead: false,
+    };
+    h.check();
+
+    for _ in 0..512 {
+        if input.is_empty() || h.dead {
+            break;
+        }
+        match input.u8() % 16 {
+            0..=3 => {
+                let f = frame_from_replica(&h, &mut input);
+                if !h.feed(&f) {
+                    return;
+                }
+            }
+            4 => {
+                let len = input.u16() as usize;
+                let raw = input.bytes(len);
+                if let Ok(Some((_, used))) = Frame::decode(raw, MAX_BODY) {
+                    let bytes = raw[..used].to_vec();
+                    if !h.feed(&bytes) {
+                        return;
+                    }
+                }
+            }
+            5 => {
+                let cap = match input.u8() % 4 {
+                    0 => input.below(2 * n + 70),
+                    _ => n,
+                };
+                let mut d = if input.u8() == 0xff {
+                    DirtySet::full(cap)
+                } else {
+                    DirtySet::new(cap)
+                };
+                for _ in 0..input.below(8) {
+                    d.insert(input.below(cap + 1));
+                }
+                for i in d.iter() {
+                    if i < n {
+                        h.pending[i as usize] = true;
+                    }
+                }
+                h.owner.on_dirty(&d);
+                h.check();
+            }
+            6 => {
+                let range = if input.u8() == 0xff {
+                    input.u64()..input.u64()
+                } else {
+                    let s = input.below(n + 2);
+                    s..s + input.below(n + 2)
+                };
+                for i in range.start..range.end.min(n) {
+                    h.pending[i as usize] = true;
+                }
+                h.owner.mark_dirty(range);
+                h.check();
+            }
+            7 => {
+                memsync_fuzz::trace!("restart");
+                if !h.restart() {
+                    return;
+                }
+            }
+            8 => {
+                let r = h.owner.begin_handoff();
+                if h.state == OwnerState::Streaming {
+                    r.expect("begin_handoff in Streaming");
+                    h.state = OwnerState::Draining;
+                } else {
+                    assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
+                }
+                h.check();
+            }
+            9 | 10 => {
+                for _ in 0..1 + input.below(32) {
+                    if !h.poll() {
+                        break;
+                    }
+                }
+            }
+            11 => {
+                let i = input.below(n);
+                let r = h.geom.range(i);
+                let byte = if input.bool() { 0 } else { input.u8() };
+                let at = r.start + input.below(r.len() as u64) as usize;
+                let end = (at + 1 + input.u16() as usize).min(r.end);
+                h.mem[at..end].fill(byte);
+                h.mem_hashes[i as usize] = chunk_hash(&h.mem[r]);
+            }
+            12 => {
+                let mut d = DirtySet::new(n);
+                scan_changes(&h.geom, 0, &h.mem, h.owner.known_hashes(), &mut d);
+                for i in 0..n {
+                    if h.mem_hashes[i as usize] != h.known[i as usize] {
+                        assert!(d.contains(i));
+                        h.pending[i as usize] = true;
+                    } else {
+                        assert!(!d.contains(i));
+                    }
+                }
+                h.owner.on_dirty(&d);
+                h.check();
+            }
+            _ => {
+                let mut budget = 4 * n + 64;
+                while budget > 0 && h.poll() {
+                    budget -= 1;
+                }
+            }
+        }
+    }
+});

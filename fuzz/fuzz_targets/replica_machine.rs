@@ -1,0 +1,641 @@
+//! A `Replica` fed a fuzzer-chosen sequence of frames from the owner side, checked step by step
+//! against a model of spec/PROTOCOL.md §8.2–§8.3 kept by the harness.
+//!
+//! Input: a few setup bytes (initial committed generation, plain or MOUNT replica, negotiated
+//! `max_body`), then ops until the input ends: raw byte slices (length-prefixed, decoded, fed if
+//! they decode), and mostly-well-formed frames built from the input — OPEN with a small geometry,
+//! CHUNK (right or wrong hash, length, index; ZERO; FETCHED), COMMIT (right or wrong generation,
+//! count, summary), HANDOFF, ERROR and frames a replica never accepts (HELLO, MOUNT, STATE,
+//! HASHES, ACK, FETCH, HANDOFF_ACK); plus the local API: `local_state` (Hashes / Empty / Lazy, or
+//! a wrong hash count) and `fetch`. On `Opened` the harness answers with `local_state` chosen by
+//! the input (or defers it).
+//!
+//! Asserts, besides no panic:
+//! - each `handle` outcome (event kind, or error code) is the one the model predicts: geometry
+//!   checks (§5.14) first, then the §8.2 table — HASH_MISMATCH, SUMMARY_MISMATCH (the summary is
+//!   recomputed here with xxh3 over the concatenated records, §6), PROTOCOL_VIOLATION;
+//! - every Write has `index < chunk_count`, the frame's index, and data (if Some) of exactly
+//!   `chunk_len(index)` bytes whose xxh3 is the frame's hash; None only for ZERO chunks;
+//! - Committed generations strictly increase, and `committed()` follows;
+//! - an ACK is queued only right after Committed (exactly ACK{g}), HANDOFF_ACK{g} only right after
+//!   BecameOwner{g}, nothing after any other frame;
+//! - `local_state` queues STATE{committed, N} and HASHES covering 0..N in order with at most
+//!   `(max_body − 8) / 8` entries each (or STATE EMPTY [LAZY]); in a wrong state, or with the
+//!   wrong number of hashes, it fails with INTERNAL and queues nothing;
+//! - `fetch` queues only FETCH frames for missing chunks inside the region, with the URGENT flag
+//!   asked for, one per run of missing chunks; an urgent fetch covers every missing chunk asked;
+//!   a read-ahead (non-URGENT) FETCH never asks for a chunk a read-ahead already asked for (§8.3);
+//! - state(), committed(), missing() and is_present() match the model;
+//! - after any error or ERROR frame the harness stops feeding; everything transmitted decodes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use memsync_fuzz::{decode_exact, model, name_from, Input};
+use memsync_protocol::hash::chunk_hash;
+use memsync_protocol::wire::{ErrorCode, Frame, HashList, Hello, MAX_BODY, MIN_MAX_BODY};
+use memsync_protocol::{Geometry, Local, Replica, ReplicaEvent, ReplicaState};
+use xxhash_rust::xxh3::xxh3_64;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Expect {
+    Err(ErrorCode),
+    Opened,
+    Write,
+    Committed(u64),
+    BecameOwner(u64),
+    PeerError,
+}
+
+struct Harness {
+    replica: Replica,
+    max_body: u32,
+    // The model.
+    state: ReplicaState,
+    geom: Option<Geometry>,
+    committed: u64,
+    /// §6 summary input of the generation in progress: index ‖ wire hash records.
+    records: Vec<u8>,
+    count: u32,
+    present: Option<Vec<bool>>,
+    /// Chunks a non-URGENT FETCH (read-ahead) already asked for: §8.3 allows one each.
+    read_ahead: Vec<bool>,
+    /// Chunks any FETCH already asked for.
+    requested: Vec<bool>,
+    stopped: bool,
+}
+
+impl Harness {
+    fn missing(&self) -> u64 {
+        self.present
+            .as_ref()
+            .map_or(0, |p| p.iter().filter(|x| !**x).count() as u64)
+    }
+
+    fn predict(&self, frame: &Frame<'_>, bytes: &[u8]) -> Expect {
+        use ReplicaState::*;
+        if let Some(g) = &self.geom {
+            if let Err(code) = model::geometry_check(bytes, g.size(), g.shift()) {
+                return Expect::Err(code);
+            }
+        }
+        let pv = Expect::Err(ErrorCode::ProtocolViolation);
+        match (*frame, self.state) {
+            (Frame::Error { .. }, _) => Expect::PeerError,
+            (Frame::Open { .. }, AwaitOpen) => Expect::Opened,
+            (
+                Frame::Chunk {
+                    hash,
+                    zero,
+                    payload,
+                    ..
+                },
+                Receiving,
+            ) => {
+                if !zero && xxh3_64(payload) != hash {
+                    Expect::Err(ErrorCode::HashMismatch)
+                } else {
+                    Expect::Write
+                }
+            }
+            (
+                Frame::Commit {
+                    generation,
+                    count,
+                    summary,
+                },
+                Receiving,
+            ) => {
+                if generation <= self.committed {
+                    pv
+                } else if count != self.count || summary != xxh3_64(&self.records) {
+                    Expect::Err(ErrorCode::SummaryMismatch)
+                } else {
+                    Expect::Committed(generation)
+                }
+            }
+            (Frame::Handoff { generation }, Receiving) => {
+                if generation == self.committed && self.missing() == 0 {
+                    Expect::BecameOwner(generation)
+                } else {
+                    pv
+                }
+            }
+            _ => pv,
+        }
+    }
+
+    /// Feeds one encoded frame (already known to decode) and checks everything about it.
+    fn feed(&mut self, bytes: &[u8], local: &mut Input<'_>) {
+        if self.stopped {
+            return;
+        }
+        let frame = decode_exact(bytes);
+        let expect = self.predict(&frame, bytes);
+        let result = self.replica.handle(&frame);
+        memsync_fuzz::trace!("handle {frame:?} -> {result:?}");
+        let queued = self.drain();
+        let event = match result {
+            Err(e) => {
+                assert_eq!(expect, Expect::Err(e.code), "{frame:?}: {e}");
+                assert!(queued.is_empty(), "frames queued by a refused {frame:?}");
+                self.stopped = true;
+                return;
+            }
+            Ok(ev) => ev,
+        };
+        match event {
+            ReplicaEvent::PeerError { code, reason } => {
+                assert_eq!(expect, Expect::PeerError);
+                assert_eq!(frame, Frame::Error { code, reason });
+                assert!(queued.is_empty());
+                self.stopped = true;
+            }
+            ReplicaEvent::Opened {
+                name,
+                geometry,
+                generation,
+            } => {
+                assert_eq!(expect, Expect::Opened);
+                let Frame::Open {
+                    size,
+                    generation: g,
+                    chunk_shift,
+                    name: n,
+                } = frame
+                else {
+                    unreachable!()
+                };
+                assert_eq!((name, generation), (n, g));
+                assert_eq!((geometry.size(), geometry.shift()), (size, chunk_shift));
+                assert!(queued.is_empty());
+                self.geom = Some(geometry);
+                self.state = ReplicaState::AwaitLocal;
+                let sel = local.u8() % 4;
+                if sel != 3 {
+                    self.local_state(sel, local);
+                }
+            }
+            ReplicaEvent::Write { index, data } => {
+                assert_eq!(expect, Expect::Write);
+                let Frame::Chunk {
+                    index: fi,
+                    hash,
+                    zero,
+                    fetched,
+                    payload,
+                } = frame
+                else {
+                    unreachable!()
+                };
+                let g = self.geom.expect("write before OPEN");
+                assert_eq!(index, fi);
+                assert!(index < g.chunk_count());
+                match data {
+                    None => assert!(zero, "None data for a non-ZERO chunk"),
+                    Some(d) => {
+                        assert!(!zero);
+                        assert_eq!(d.len(), g.chunk_len(index));
+                        assert_eq!(chunk_hash(d), hash);
+                        assert_eq!(d, payload);
+                    }
+                }
+                assert!(queued.is_empty(), "frames queued after a Write");
+                if !fetched {
+                    self.records.extend_from_slice(&index.to_le_bytes());
+                    self.records.extend_from_slice(&hash.to_le_bytes());
+                    self.count = self.count.saturating_add(1);
+                }
+                if let Some(p) = &mut self.present {
+                    p[index as usize] = true;
+                }
+            }
+            ReplicaEvent::Committed { generation } => {
+                assert_eq!(expect, Expect::Committed(generation));
+                assert!(
+                    generation > self.committed,
+                    "committed generations must increase"
+                );
+                assert_eq!(
+                    queued,
+                    vec![Frame::Ack { generation }.to_vec()],
+                    "Committed must queue exactly its ACK"
+                );
+                self.committed = generation;
+                self.records.clear();
+                self.count = 0;
+            }
+            ReplicaEvent::BecameOwner { generation } => {
+                assert_eq!(expect, Expect::BecameOwner(generation));
+                assert_eq!(queued, vec![Frame::HandoffAck { generation }.to_vec()]);
+                self.state = ReplicaState::BecameOwner;
+            }
+            ReplicaEvent::None => panic!("the replica never answers None"),
+        }
+        self.check_state();
+    }
+
+    fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(f) = self.replica.poll_transmit() {
+            decode_exact(&f);
+            out.push(f);
+        }
+        out
+    }
+
+    fn check_state(&self) {
+        assert_eq!(self.replica.state(), self.state);
+        assert_eq!(self.replica.committed(), self.committed);
+        assert_eq!(self.replica.geometry(), self.geom.as_ref());
+        assert_eq!(self.replica.missing(), self.missing());
+        if let (Some(p), Some(g)) = (&self.present, &self.geom) {
+            for i in [0, g.chunk_count() / 2, g.chunk_count() - 1] {
+                assert_eq!(self.replica.is_present(i), p[i as usize]);
+            }
+        }
+    }
+
+    /// `local_state`: 0 hashes, 1 empty, 2 lazy, 3 hashes of the wrong count.
+    fn local_state(&mut self, sel: u8, input: &mut Input<'_>) {
+        let n = self.geom.map_or(0, |g| g.chunk_count());
+        let seed = input.u64();
+        let hashes: Vec<u64> = match sel {
+            0 => (0..n).map(|i| seed.wrapping_mul(i + 1)).collect(),
+            3 => {
+                let len = if n > 0 && input.bool() { n - 1 } else { n + 1 };
+                (0..len).collect()
+            }
+            _ => vec![],
+        };
+        let local = match sel {
+            0 | 3 => Local::Hashes(&hashes),
+            1 => Local::Empty,
+            _ => Local::Lazy,
+        };
+        let result = self.replica.local_state(local);
+        let queued = self.drain();
+        if self.state != ReplicaState::AwaitLocal || sel == 3 {
+            assert_eq!(result.unwrap_err().code, ErrorCode::Internal);
+            assert!(queued.is_empty());
+            self.check_state();
+            return;
+        }
+        result.expect("local_state in AwaitLocal");
+        self.state = ReplicaState::Receiving;
+        let state = decode_exact(&queued[0]);
+        assert_eq!(
+            state,
+            Frame::State {
+                empty: sel != 0,
+                lazy: sel == 2,
+                generation: self.committed,
+                chunk_count: if sel == 0 { n } else { 0 },
+            }
+        );
+        if sel == 0 {
+            let per_frame = ((self.max_body as u64 - 8) / 8).max(1);
+            let mut next = 0u64;
+            for f in &queued[1..] {
+                assert!(
+                    f.len() - 8 <= self.max_body as usize,
+                    "HASHES over max_body"
+                );
+                let Frame::Hashes { first, hashes: h } = decode_exact(f) else {
+                    panic!("expected HASHES")
+                };
+                assert_eq!(first, next, "HASHES out of order");
+                let k = h.len() as u64;
+                assert!(
+                    k == per_frame || first + k == n,
+                    "short HASHES before the last"
+                );
+                assert!(h
+                    .iter()
+                    .eq(hashes[first as usize..(first + k) as usize].iter().copied()));
+                next += k;
+            }
+            assert_eq!(next, n, "HASHES do not cover the region");
+        } else {
+            assert_eq!(queued.len(), 1);
+        }
+        if sel == 2 {
+            self.present = Some(vec![false; n as usize]);
+            self.read_ahead = vec![false; n as usize];
+            self.requested = vec![false; n as usize];
+        }
+        self.check_state();
+    }
+
+    fn fetch(&mut self, input: &mut Input<'_>) {
+        let n = self.geom.map_or(4, |g| g.chunk_count());
+        let first = match input.u8() {
+            0xff => input.u64(),
+            _ => input.below(n + 3),
+        };
+        let count = match input.u8() {
+            0 => input.u32(),
+            c => c as u32 % 16,
+        };
+        let urgent = input.bool();
+        self.replica.fetch(first, count, urgent);
+        let queued = self.drain();
+        memsync_fuzz::trace!(
+            "fetch({first}, {count}, urgent {urgent}) in {:?} -> {:?}",
+            self.state,
+            queued.iter().map(|f| decode_exact(f)).collect::<Vec<_>>()
+        );
+        let Some(present) = &self.present else {
+            assert!(queued.is_empty(), "an eager replica fetched");
+            return;
+        };
+        if self.state != ReplicaState::Receiving && self.state != ReplicaState::BecameOwner {
+            assert!(queued.is_empty());
+            return;
+        }
+        let end = first.saturating_add(count as u64).min(n);
+        let requested_before = self.requested.clone();
+        let mut covered = vec![false; n as usize];
+        let mut last_end = None;
+        for f in &queued {
+            let Frame::Fetch {
+                first: s,
+                count: c,
+                urgent: u,
+            } = decode_exact(f)
+            else {
+                panic!("fetch queued a non-FETCH frame")
+            };
+            assert_eq!(u, urgent);
+            assert!(
+                c >= 1 && s >= first && s + c as u64 <= end,
+                "FETCH outside the ask"
+            );
+            if let Some(e) = last_end {
+                assert!(s > e, "FETCH ranges overlap, are unordered or not maximal");
+            }
+            for i in s..s + c as u64 {
+                assert!(!present[i as usize], "FETCH of a present chunk {i}");
+                covered[i as usize] = true;
+                if !urgent {
+                    assert!(
+                        !self.read_ahead[i as usize],
+                        "read-ahead FETCH asks again for chunk {i} (§8.3: at most once)"
+                    );
+                    assert!(
+                        !requested_before[i as usize],
+                        "read-ahead of requested chunk {i}"
+                    );
+                    self.read_ahead[i as usize] = true;
+                }
+                self.requested[i as usize] = true;
+            }
+            // A run ends at a present chunk, the end of the ask, or (read-ahead) a chunk already
+            // requested.
+            let e = s + c as u64;
+            assert!(
+                e == end || present[e as usize] || (!urgent && requested_before[e as usize]),
+                "FETCH run cut short"
+            );
+            last_end = Some(e);
+        }
+        for i in first..end {
+            let want = !present[i as usize] && (urgent || !requested_before[i as usize]);
+            assert_eq!(covered[i as usize], want, "chunk {i} (urgent {urgent})");
+        }
+    }
+}
+
+/// A well-formed OPEN with a small geometry.
+fn open(input: &mut Input<'_>) -> Vec<u8> {
+    let shift = 12 + input.below(5) as u8;
+    let cs = 1u64 << shift;
+    let big = input.u8() == 0xff;
+    let chunks = 1 + input.below(if big { 20_000 } else { 64 });
+    let size = (chunks - 1) * cs + 1 + input.u16() as u64 % cs;
+    let generation = match input.u8() {
+        0 => input.u64(),
+        g => g as u64,
+    };
+    let name_len = 1 + input.below(16) as usize;
+    let name = name_from(input.bytes(name_len), 255);
+    Frame::Open {
+        size,
+        generation,
+        chunk_shift: shift,
+        name: &name,
+    }
+    .to_vec()
+}
+
+fn chunk(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    let g = h
+        .geom
+        .unwrap_or_else(|| Geometry::new(8 * 4096, 12).unwrap());
+    let n = g.chunk_count();
+    let mode = input.u8();
+    let index = if mode & 0x80 != 0 {
+        input.u64()
+    } else {
+        input.below(n + 1) // n itself is out of range
+    };
+    let (zero, fetched, bad_hash, bad_len) =
+        (mode & 1 != 0, mode & 2 != 0, mode & 4 != 0, mode & 8 != 0);
+    if zero {
+        return Frame::Chunk {
+            index,
+            hash: 0,
+            zero: true,
+            fetched,
+            payload: &[],
+        }
+        .to_vec();
+    }
+    let mut len = if index < n {
+        g.chunk_len(index)
+    } else {
+        1 + input.below(64) as usize
+    };
+    if bad_len {
+        len = if len > 1 && input.bool() {
+            len - 1
+        } else {
+            len + 1
+        };
+    }
+    let fill = input.u8();
+    let mut payload = vec![fill; len];
+    let head = input.bytes(4);
+    payload[..head.len().min(len)].copy_from_slice(&head[..head.len().min(len)]);
+    let mut hash = chunk_hash(&payload);
+    if bad_hash {
+        hash ^= 1 + input.u8() as u64;
+    }
+    Frame::Chunk {
+        index,
+        hash,
+        zero: false,
+        fetched,
+        payload: &payload,
+    }
+    .to_vec()
+}
+
+fn commit(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    let sel = input.u8();
+    let generation = match sel % 4 {
+        0 => h.committed.wrapping_add(1),
+        1 => h.committed.wrapping_add(1 + input.u8() as u64),
+        2 => h.committed,
+        _ => input.u64(),
+    };
+    let (mut count, mut summary) = (h.count, xxh3_64(&h.records));
+    match (sel >> 2) % 8 {
+        0 => count = count.wrapping_add(1),
+        1 => summary ^= 1,
+        2 => {
+            count = input.u32();
+            summary = input.u64();
+        }
+        _ => {}
+    }
+    Frame::Commit {
+        generation,
+        count,
+        summary,
+    }
+    .to_vec()
+}
+
+/// Frames an owner sends that the model decides on, and frames a replica never accepts.
+fn other(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    let n = h.geom.map_or(4, |g| g.chunk_count());
+    let g = input.u64();
+    match input.u8() % 10 {
+        0 => Frame::Handoff {
+            generation: h.committed,
+        }
+        .to_vec(),
+        1 => Frame::Handoff { generation: g }.to_vec(),
+        2 => {
+            let reason = name_from(input.bytes(8), 8);
+            Frame::Error {
+                code: g as u32,
+                reason: &reason,
+            }
+            .to_vec()
+        }
+        3 => Frame::Hello(Hello::default()).to_vec(),
+        4 => Frame::Mount { name: "r" }.to_vec(),
+        5 => Frame::State {
+            empty: false,
+            lazy: false,
+            generation: g,
+            chunk_count: n,
+        }
+        .to_vec(),
+        6 => {
+            let hs = [g, 1, 2];
+            let k = 1 + input.below(3) as usize;
+            let mut wire = Vec::new();
+            HashList::encode_into(&hs[..k], &mut wire);
+            Frame::Hashes {
+                first: input.below(n + 1),
+                hashes: HashList::from_wire(&wire).unwrap(),
+            }
+            .to_vec()
+        }
+        7 => Frame::Ack { generation: g }.to_vec(),
+        8 => Frame::Fetch {
+            first: input.below(n + 1),
+            count: 1 + input.below(4) as u32,
+            urgent: input.bool(),
+        }
+        .to_vec(),
+        _ => Frame::HandoffAck { generation: g }.to_vec(),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input::new(data);
+    let setup = input.u8();
+    let committed = match setup & 3 {
+        0 => 0,
+        1 => input.u8() as u64,
+        2 => input.u64(),
+        _ => u64::MAX - input.u8() as u64,
+    };
+    let mount = setup & 4 != 0;
+    let mut replica = if mount {
+        Replica::mount("r-1.img").unwrap()
+    } else {
+        Replica::new(committed)
+    };
+    let max_body = match (setup >> 3) % 3 {
+        0 => MAX_BODY,
+        1 => MIN_MAX_BODY,
+        _ => MIN_MAX_BODY + input.u32() % (MAX_BODY - MIN_MAX_BODY + 1),
+    };
+    if max_body != MAX_BODY {
+        replica.set_max_body(max_body);
+    }
+    let mut h = Harness {
+        replica,
+        max_body,
+        state: ReplicaState::AwaitOpen,
+        geom: None,
+        committed: if mount { 0 } else { committed },
+        records: vec![],
+        count: 0,
+        present: None,
+        read_ahead: vec![],
+        requested: vec![],
+        stopped: false,
+    };
+    let first = h.drain();
+    if mount {
+        assert_eq!(first, vec![Frame::Mount { name: "r-1.img" }.to_vec()]);
+    } else {
+        assert!(first.is_empty());
+    }
+    h.check_state();
+
+    for _ in 0..512 {
+        if input.is_empty() || h.stopped {
+            break;
+        }
+        match input.u8() % 10 {
+            0 => {
+                let len = input.u16() as usize;
+                let raw = input.bytes(len);
+                if let Ok(Some((_, used))) = Frame::decode(raw, MAX_BODY) {
+                    let bytes = raw[..used].to_vec();
+                    h.feed(&bytes, &mut input);
+                }
+            }
+            1 => {
+                let f = open(&mut input);
+                h.feed(&f, &mut input);
+            }
+            2..=4 => {
+                let f = chunk(&h, &mut input);
+                h.feed(&f, &mut input);
+            }
+            5 => {
+                let f = commit(&h, &mut input);
+                h.feed(&f, &mut input);
+            }
+            6 => {
+                let f = other(&h, &mut input);
+                h.feed(&f, &mut input);
+            }
+            7 => {
+                let sel = input.u8() % 4;
+                h.local_state(sel, &mut input);
+            }
+            8 => h.fetch(&mut input),
+            _ => {
+                assert!(h.drain().is_empty(), "frames queued with no cause");
+            }
+        }
+    }
+});
