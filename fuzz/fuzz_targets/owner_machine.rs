@@ -172,7 +172,7 @@ impl Harness {
                 self.g = self.g.max(generation);
                 self.acked = generation;
                 self.committed = generation;
-                self.needs_commit = generation < self.g;
+                self.needs_commit = true;
                 if empty {
                     let before = self.pending.iter().filter(|x| **x).count() as u64;
                     self.pending.fill(true);
@@ -426,6 +426,9 @@ impl Harness {
                     self.pending[index as usize] = false;
                     if self.in_round && index >= self.cursor {
                         self.round[index as usize] = false;
+                    }
+                    if !self.in_round {
+                        self.needs_commit = true;
                     }
                 } else {
                     self.round[index as usize] = false;

@@ -73,8 +73,8 @@ pub struct Owner {
     /// Chunks of the round in progress not yet sent.
     round: DirtySet,
     in_round: bool,
-    /// The replica's last generation is older than ours (a COMMIT or ACK was lost with a
-    /// connection): close a round, even an empty one, so both agree on a generation again.
+    /// A generation must be closed even if nothing is pending: after reconciliation (so the
+    /// generation names the reconciled content) and after FETCHED chunks sent outside a round.
     needs_commit: bool,
     cursor: u64,
     summary: Summary,
@@ -379,9 +379,13 @@ impl Owner {
         }
     }
 
-    /// Takes the generation the replica reports holding: numbering continues above it, and if it
-    /// is behind ours the next round is committed even when empty. The last generation number
-    /// can never be followed by a round, so a replica claiming it is refused (spec §8.4).
+    /// Takes the generation the replica reports holding: numbering continues above it, and the
+    /// next round is committed even when empty. Reconciliation (and any FETCHED chunk that landed
+    /// outside a round before the stream broke) may have changed what the replica holds without a
+    /// COMMIT naming it; the new generation names the reconciled content, so an ACK or a HANDOFF
+    /// after a reconnect always describes the bytes the replica holds (MODEL.md, findings 1-2).
+    /// The last generation numbers can never be followed by a round, so a replica claiming them
+    /// is refused (spec §8.4).
     fn adopt_replica_generation(&mut self, replica: u64) -> Result<(), WireError> {
         if replica >= MAX_GENERATION {
             return Err(WireError::new(
@@ -394,7 +398,7 @@ impl Owner {
         }
         self.acked = replica;
         self.committed = replica;
-        self.needs_commit = replica < self.generation;
+        self.needs_commit = true;
         Ok(())
     }
 
@@ -476,10 +480,15 @@ impl Owner {
         let wire_hash = if zero { 0 } else { h };
         self.known[index as usize] = h;
         if fetched {
-            // Fresh bytes now supersede any pending resend of this chunk.
+            // Fresh bytes now supersede any pending resend of this chunk. Outside a round they
+            // belong to no generation yet: close one (even empty) after them, so the next
+            // generation, and a HANDOFF naming it, covers them (spec §8.3, MODEL.md finding 1).
             self.pending.remove(index);
             if self.in_round && index >= self.cursor {
                 self.round.remove(index);
+            }
+            if !self.in_round {
+                self.needs_commit = true;
             }
         } else {
             self.round.remove(index);

@@ -1,3 +1,4 @@
 //! Golden vectors and (later) the protocol model for memsync.
 
+pub mod model;
 pub mod vectors;
