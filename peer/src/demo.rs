@@ -66,7 +66,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
 
     let client =
         PeerEndpoint::client_for(addr, &owner_id, TrustSet::new([replica_id.fingerprint()]))?;
-    let opened = SyncRegion::open(&region, "demo.ram", 16)?;
+    let opened = SyncRegion::open(&region, "demo.ram", 12)?;
     let stats = Arc::new(SyncStats::default());
     let opts = SyncOptions {
         interval: Duration::from_millis(a.interval),
@@ -159,7 +159,8 @@ fn generate(path: &std::path::Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes random 4 KiB blocks at random offsets through a shared mapping, `rate` per second.
+/// Writes random 4 KiB blocks at random offsets through a shared mapping, `rate` per second
+/// (page-aligned, so with the demo's 4 KiB chunks each write dirties exactly one chunk).
 fn write_randomly(
     path: &std::path::Path,
     rate: u64,
