@@ -6,6 +6,8 @@
 //! Child processes are this test binary run again with `MEMSYNC_UFFD_CHILD` set (see
 //! `child_entry`), so the clients need no separate build.
 
+mod support;
+
 use memsync_peer::embed::TrackedRegion;
 use memsync_peer::identity::{Identity, TrustSet};
 use memsync_peer::lazy::{LazyOptions, LazyRegion};
@@ -16,16 +18,15 @@ use memsync_peer::uffd::pagemap::{self, WriteTracker};
 use memsync_peer::uffd::{sys, Features, Mapping, OpenFlags, RegisterMode, Uffd};
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{Proc, World};
 
-const BIN: &str = env!("CARGO_BIN_EXE_peer");
 const PAGE: usize = 4096;
 /// Generous bound for things that should happen in well under a second: only a guard against
 /// hangs, never a performance assertion.
@@ -230,194 +231,17 @@ fn writes_racing_a_scan_are_never_lost() {
 // ---------------------------------------------------------------------------------------------
 // Peers
 
-/// A temporary world: two identities, a replica directory and a free UDP port for the server.
-struct World {
-    dir: tempfile::TempDir,
-    owner_fp: String,
-    replica_fp: String,
-    port: u16,
-}
-
-fn peer_id(dir: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["id", "--identity", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let owner_fp = peer_id(&dir.path().join("owner-id"));
-        let replica_fp = peer_id(&dir.path().join("replica-id"));
-        std::fs::create_dir_all(dir.path().join("replicas")).unwrap();
-        World {
-            dir,
-            owner_fp,
-            replica_fp,
-            port: free_udp_port(),
-        }
+/// This test binary again, as child `role` (see `child_entry`).
+fn child(role: &str, env: &[(&str, &str)]) -> Proc {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new(exe);
+    c.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("MEMSYNC_UFFD_CHILD", role)
+        .stdin(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
     }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn replica(&self, name: &str) -> PathBuf {
-        self.path("replicas").join(name)
-    }
-
-    /// `peer serve` holding replicas (and serving mounts of them) for the owner identity.
-    fn serve(&self) -> Proc {
-        let p = Proc::start(
-            &[
-                "serve",
-                "--listen",
-                &self.addr(),
-                "--dir",
-                self.path("replicas").to_str().unwrap(),
-                "--identity",
-                self.path("replica-id").to_str().unwrap(),
-                "--trust",
-                &self.owner_fp,
-            ],
-            &[],
-        );
-        p.wait_for("serving replicas", HANG);
-        p
-    }
-
-    /// A client endpoint with the owner identity, trusting the server.
-    fn owner_endpoint(&self) -> PeerEndpoint {
-        let id = Identity::load_or_create(&self.path("owner-id")).unwrap();
-        let trust =
-            TrustSet::new([memsync_peer::identity::Fingerprint::parse(&self.replica_fp).unwrap()]);
-        PeerEndpoint::client_for(self.addr().parse().unwrap(), &id, trust).unwrap()
-    }
-
-    fn owner_args(&self) -> Vec<String> {
-        vec![
-            "--peer".into(),
-            self.addr(),
-            "--identity".into(),
-            self.path("owner-id").to_str().unwrap().into(),
-            "--trust".into(),
-            self.replica_fp.clone(),
-        ]
-    }
-}
-
-/// A running process whose stderr is collected line by line.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        Self::spawn(Command::new(BIN).args(args), env)
-    }
-
-    /// This test binary again, as child `role` (see `child_entry`).
-    fn child(role: &str, env: &[(&str, &str)]) -> Proc {
-        let exe = std::env::current_exe().unwrap();
-        let mut c = Command::new(exe);
-        c.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env("MEMSYNC_UFFD_CHILD", role)
-            .stdin(Stdio::piped());
-        Self::spawn(&mut c, env)
-    }
-
-    fn spawn(cmd: &mut Command, env: &[(&str, &str)]) -> Proc {
-        cmd.env("MEMSYNC_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        let pid = child.id();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("  [{pid}] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    fn wait_for(&self, pat: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(pat)) {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {pat:?} within {timeout:?}; got:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn send_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let stderr drain
-                return s;
-            }
-            if Instant::now() > deadline {
-                self.child.kill().ok();
-                panic!(
-                    "process did not exit within {timeout:?}:\n{}",
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Proc::spawn(&mut c)
 }
 
 /// Waits until the file at `path` holds exactly `want`.
@@ -541,7 +365,7 @@ fn sync_with_detector_uffd_refuses_a_file_with_an_explanation() {
     ];
     let owner = w.owner_args();
     args.extend(owner.iter().map(String::as_str));
-    let mut p = Proc::start(&args, &[]);
+    let mut p = Proc::start(&args);
     let status = p.wait(HANG);
     assert!(!status.success());
     let out = p.output();
@@ -570,13 +394,13 @@ fn handed_over_region_replicates_while_its_process_writes() {
     ];
     let owner = w.owner_args();
     args.extend(owner.iter().map(String::as_str));
-    let tracker = Proc::start(&args, &[]);
+    let tracker = Proc::start(&args);
     tracker.wait_for("accepting write-tracking hand-overs", HANG);
 
     let size = 8 << 20;
     let dump = w.path("client.dump");
     let size_s = size.to_string();
-    let mut client = Proc::child(
+    let mut client = child(
         "track-client",
         &[
             ("SOCKET", sock.to_str().unwrap()),
@@ -813,7 +637,7 @@ fn lazy_region_reports_a_lost_owner_instead_of_hanging() {
     let img = pattern(size, 33);
     let (w, serve) = world_with_image(&img);
     let owner = w.owner_args();
-    let mut reader = Proc::child(
+    let mut reader = child(
         "lazy-reader",
         &[
             ("PEER", &owner[1]),
@@ -894,9 +718,9 @@ fn restore_and_vmm(w: &World, regions: &str) -> (Proc, Proc) {
     ];
     let owner = w.owner_args();
     args.extend(owner.iter().map(String::as_str));
-    let restore = Proc::start(&args, &[]);
+    let restore = Proc::start(&args);
     restore.wait_for("waiting for a VMM", HANG);
-    let vmm = Proc::child(
+    let vmm = child(
         "fake-vmm",
         &[
             ("SOCKET", sock.to_str().unwrap()),

@@ -19,24 +19,42 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
+        Self::spawn(Command::new(BIN).args(args))
+    }
+
+    /// Runs `cmd` with logs on, stdout discarded and stderr collected.
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
             .env("MEMSYNC_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn peer");
+            .expect("spawn");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let sink = lines.clone();
+        let pid = child.id();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("  [peer] {line}");
+                eprintln!("  [{pid}] {line}");
                 sink.lock().unwrap().push(line);
             }
         });
         Proc { child, lines }
+    }
+
+    /// Writes a line to the process's stdin (spawned with a piped stdin).
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     /// Waits for a stderr line containing `pat`.
@@ -176,6 +194,27 @@ impl World {
         args[6] = id.to_str().unwrap();
         args.extend_from_slice(extra);
         Proc::start(&args)
+    }
+
+    /// A client endpoint with the owner identity, trusting the server.
+    pub fn owner_endpoint(&self) -> memsync_peer::transport::PeerEndpoint {
+        use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
+        let id = Identity::load_or_create(&self.path("owner-id")).unwrap();
+        let trust = TrustSet::new([Fingerprint::parse(&self.replica_fp).unwrap()]);
+        memsync_peer::transport::PeerEndpoint::client_for(self.addr().parse().unwrap(), &id, trust)
+            .unwrap()
+    }
+
+    /// The `--peer/--identity/--trust` arguments of an owner process.
+    pub fn owner_args(&self) -> Vec<String> {
+        vec![
+            "--peer".into(),
+            self.addr(),
+            "--identity".into(),
+            self.path("owner-id").to_str().unwrap().into(),
+            "--trust".into(),
+            self.replica_fp.clone(),
+        ]
     }
 
     pub fn replica(&self, name: &str) -> PathBuf {
