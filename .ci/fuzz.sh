@@ -33,7 +33,8 @@ fi
 
 echo "== building fuzz targets"
 cargo +nightly fuzz build
-bin_dir=fuzz/target/x86_64-unknown-linux-gnu/release
+# cargo fuzz builds under fuzz/target unless CARGO_TARGET_DIR says otherwise.
+bin_dir="${CARGO_TARGET_DIR:-fuzz/target}/x86_64-unknown-linux-gnu/release"
 
 if (($#)); then
   targets=("$@")
