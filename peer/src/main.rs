@@ -253,9 +253,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     Some(n) => n.clone(),
                     None => file_name(path)?,
                 };
-                memsync_protocol::wire::check_name(&name)
-                    .map_err(|e| anyhow::anyhow!("{}", e.reason))
-                    .with_context(|| format!("region name {name:?}"))?;
+                check_region_name(&name)?;
                 let region = match (detector, &nbd_listen) {
                     (Detector::Nbd, Some(listen)) => {
                         serve_nbd_region(path, &name, shift, listen, flush_waits_for_replica)
@@ -287,9 +285,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             id,
             trust,
         } => {
-            memsync_protocol::wire::check_name(&name)
-                .map_err(|e| anyhow::anyhow!("{}", e.reason))
-                .with_context(|| format!("region name {name:?}"))?;
+            check_region_name(&name)?;
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
@@ -368,6 +364,13 @@ async fn mount_remote(
         .recv()
         .context("the mount closed before describing the region")?;
     Ok((remote, sink))
+}
+
+/// Refuses a region name the protocol would refuse (spec §5.3), before any network work.
+fn check_region_name(name: &str) -> Result<()> {
+    memsync_protocol::wire::check_name(name)
+        .map_err(|e| anyhow::anyhow!("{}", e.reason))
+        .with_context(|| format!("region name {name:?}"))
 }
 
 fn identity_dir(a: &IdentityArgs) -> Result<PathBuf> {

@@ -104,7 +104,8 @@ async fn serve_session(session: Session, dir: Arc<Path>, active: Arc<Regions>) {
         match session.conn.accept_bi().await {
             Ok((send, recv)) => {
                 let (dir, active) = (dir.clone(), active.clone());
-                tokio::spawn(replica_stream(send, recv, dir, active, who));
+                let max_body = session.negotiated.max_body;
+                tokio::spawn(replica_stream(send, recv, dir, active, who, max_body));
             }
             Err(e) => {
                 info!("peer {who} at {addr} disconnected: {e}");
@@ -120,10 +121,24 @@ async fn replica_stream(
     dir: Arc<Path>,
     active: Arc<Regions>,
     who: Fingerprint,
+    max_body: u32,
 ) {
     let mut reader = FrameReader::new(recv, MAX_BODY);
     let mut claim = None;
-    match receive(&mut send, &mut reader, &dir, &active, who, &mut claim).await {
+    let mut replica = Replica::new(0);
+    // HASHES frames must fit the body size the owner accepts.
+    replica.set_max_body(max_body);
+    match receive(
+        &mut send,
+        &mut reader,
+        &mut replica,
+        &dir,
+        &active,
+        who,
+        &mut claim,
+    )
+    .await
+    {
         Ok(Some(mount)) => serve_mount(send, reader, &dir, &mount).await,
         Ok(None) => {
             let _ = send.finish();
@@ -169,12 +184,12 @@ const MOUNT_CHUNK_SHIFT: u8 = 16;
 async fn receive(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
+    replica: &mut Replica,
     dir: &Path,
     active: &Regions,
     who: Fingerprint,
     claim: &mut Option<Claim>,
 ) -> Result<Option<String>, StreamError> {
-    let mut replica = Replica::new(0);
     let mut file: Option<ReplicaFile> = None;
     loop {
         let next = match claim.as_ref().map(|c| c.cancel.clone()) {

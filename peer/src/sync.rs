@@ -75,8 +75,6 @@ pub struct SyncStats {
     pub last_lag_us: AtomicU64,
     /// Reconciliations completed (one per stream start).
     pub reconciles: AtomicU64,
-    /// Chunks found differing at the last reconciliation.
-    pub reconciled_differing: AtomicU64,
     pub connections: AtomicU64,
 }
 
@@ -475,7 +473,6 @@ fn on_frame(
         OwnerEvent::None => {}
         OwnerEvent::Reconciled { differing, .. } => {
             let total = r.owner.geometry().chunk_count();
-            stats.reconciled_differing.store(differing, Relaxed);
             stats.reconciles.fetch_add(1, Relaxed);
             info!(
                 "{}: replica reconciled, {differing} of {total} chunks differ",

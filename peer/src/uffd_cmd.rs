@@ -110,9 +110,7 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
             id,
             trust,
         } => {
-            memsync_protocol::wire::check_name(&name)
-                .map_err(|e| anyhow::anyhow!("{}", e.reason))
-                .with_context(|| format!("region name {name:?}"))?;
+            crate::check_region_name(&name)?;
             Probe::run().require_missing_faults()?;
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
