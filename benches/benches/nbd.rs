@@ -158,7 +158,7 @@ async fn bench() -> Result<()> {
     );
 
     // 2. Lazy mounts of the replica held by the serve peer.
-    let mount_ep = PeerEndpoint::client_for_mount(addr, &a, TrustSet::new([b.fingerprint()]))?;
+    let mount_ep = PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()]))?;
     let mut lat = Vec::new();
     for round in 0..20u64 {
         let (remote, _) = mount(&mount_ep, addr).await?;

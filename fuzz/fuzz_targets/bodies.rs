@@ -3,7 +3,7 @@
 //!
 //! Input layout: `[selector u8][flags u16 LE][shift u8][size u64 LE][body…]`. The selector picks
 //! the type: even values cycle through HASHES, CHUNK, OPEN, STATE, FETCH, ERROR (the types with
-//! interesting bodies), odd values through all twelve types; selector bit 7 keeps the flags raw
+//! interesting bodies), odd values through all thirteen types; selector bit 7 keeps the flags raw
 //! (else they are masked to the type's defined bits). `(size, shift)` is tried as given; when it is
 //! invalid `Geometry::new` must say BAD_GEOMETRY exactly when the spec model (§3) says so, and a
 //! valid geometry is derived from the same numbers instead.

@@ -83,6 +83,7 @@ enum Desc {
     },
     Handoff(u64),
     HandoffAck(u64),
+    Lane(u64),
 }
 
 /// Owned data a `Frame` borrows from.
@@ -99,6 +100,7 @@ enum Owned {
     Fetch(u64, u32, bool),
     Handoff(u64),
     HandoffAck(u64),
+    Lane(u64),
 }
 
 /// A geometry valid by construction from arbitrary numbers.
@@ -215,6 +217,7 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
         } => Owned::Fetch(first, count.max(1), urgent),
         Desc::Handoff(g) => Owned::Handoff(g),
         Desc::HandoffAck(g) => Owned::HandoffAck(g),
+        Desc::Lane(stream) => Owned::Lane(stream),
     })
 }
 
@@ -268,6 +271,7 @@ fn frame(o: &Owned) -> Frame<'_> {
         Owned::HandoffAck(generation) => Frame::HandoffAck {
             generation: *generation,
         },
+        Owned::Lane(stream) => Frame::Lane { stream: *stream },
     }
 }
 

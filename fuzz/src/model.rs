@@ -13,13 +13,14 @@ pub const MAX_SIZE: u64 = 1 << 46;
 pub const MAX_CHUNK_COUNT: u64 = 1 << 24;
 
 /// Every type code of §5 with the flag bits it defines.
-pub const TYPES: [(u8, u16); 12] = [
+pub const TYPES: [(u8, u16); 13] = [
     (0x01, 0),    // HELLO
     (0x02, 0),    // ERROR
     (0x10, 0),    // OPEN
     (0x11, 0),    // MOUNT
     (0x12, 0b11), // STATE: EMPTY, LAZY
     (0x13, 0),    // HASHES
+    (0x14, 0),    // LANE
     (0x20, 0b11), // CHUNK: ZERO, FETCHED
     (0x21, 0),    // COMMIT
     (0x22, 0),    // ACK
@@ -155,7 +156,7 @@ pub fn body(kind: u8, flags: u16, b: &[u8]) -> Result<(), ErrorCode> {
             Ok(())
         }
         0x21 => exact(20),
-        0x22 | 0x40 | 0x41 => exact(8),
+        0x14 | 0x22 | 0x40 | 0x41 => exact(8),
         0x30 => {
             exact(12)?;
             if u32::from_le_bytes(b[8..12].try_into().unwrap()) == 0 {

@@ -361,9 +361,12 @@ impl Handler {
         } else {
             inflight.insert(chunk, vec![ptid]);
             self.stats.fetches.fetch_add(1, Relaxed);
+            // Asked from this thread: a task would first have to be scheduled, which takes
+            // milliseconds while the background pull keeps the runtime busy.
+            self.remote.fetch_urgent(chunk..chunk + 1);
             let me = self.clone();
             self.rt.spawn(async move {
-                let r = me.remote.ensure(chunk..chunk + 1).await;
+                let r = me.remote.arrival(chunk..chunk + 1).await;
                 if let Err(e) = &r {
                     let mut f = me.failure.lock().expect("lock");
                     if f.is_none() {
@@ -660,6 +663,11 @@ impl LazyRegion {
             }
         }
         out
+    }
+
+    /// Chunks that arrived first on the owner's fetch lane (urgent fetches, spec §8.7).
+    pub fn lane_copies(&self) -> u64 {
+        self.handler.remote.lane_copies()
     }
 
     pub fn stats(&self) -> &LazyStats {

@@ -289,7 +289,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
-            let ep = PeerEndpoint::client_for_mount(addr, &ident, trust)?;
+            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let (remote, sink) = mount_remote(&ep, addr, &name).await?;
             let server = nbd::NbdServer::bind(&nbd_listen)
                 .await

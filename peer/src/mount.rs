@@ -1,13 +1,16 @@
 //! Lazy mounts: a replica of a remote region that can be read before it holds the data. The
 //! driver speaks the lazy-replica role (MOUNT, then STATE with the LAZY flag) on one stream; the
 //! remote peer pushes every chunk in the background while reads that miss send urgent FETCHes that
-//! overtake it. Chunks land in a [`ChunkSink`] (a memory buffer for NBD, UFFDIO_COPY for uffd).
+//! overtake it. Their answers come first on the fetch lane the owner opens (spec §8.7), so they
+//! never wait behind the stream's backlog. Chunks land in a [`ChunkSink`] (a memory buffer for
+//! NBD, UFFDIO_COPY for uffd).
 
 use crate::transport::{FrameReader, PeerEndpoint, StreamError, TransportError};
 use memsync_protocol::wire::{ErrorCode, MAX_BODY};
-use memsync_protocol::{DirtySet, Geometry, Local, Replica, ReplicaEvent, WireError};
+use memsync_protocol::{DirtySet, Frame, Geometry, Local, Replica, ReplicaEvent, WireError};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
@@ -70,6 +73,8 @@ pub type SinkFactory = Box<dyn FnOnce(Geometry) -> Arc<dyn ChunkSink> + Send>;
 struct Shared {
     present: Mutex<DirtySet>,
     arrived: Notify,
+    /// Chunks shown to readers from the fetch lane, ahead of the region stream.
+    lane_copies: AtomicU64,
     failure: Mutex<Option<String>>,
 }
 
@@ -128,6 +133,7 @@ impl RemoteRegion {
         let shared = Arc::new(Shared {
             present: Mutex::new(DirtySet::new(0)),
             arrived: Notify::new(),
+            lane_copies: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
         let task = {
@@ -136,8 +142,12 @@ impl RemoteRegion {
                 let reader = FrameReader::new(recv, MAX_BODY);
                 let mut d = Driver {
                     replica,
+                    region_stream: send.id().into(),
                     send,
                     reader,
+                    conn: session.conn.clone(),
+                    lane: None,
+                    lane_state: LaneState::None,
                     shared: shared.clone(),
                     sink: None,
                     make_sink: Some(make_sink),
@@ -185,6 +195,11 @@ impl RemoteRegion {
         self.shared.present.lock().expect("lock").contains(index)
     }
 
+    /// Chunks that readers got from the fetch lane, before the region stream brought them.
+    pub fn lane_copies(&self) -> u64 {
+        self.shared.lane_copies.load(Relaxed)
+    }
+
     /// Chunks not yet arrived.
     pub fn missing(&self) -> u64 {
         self.geom.chunk_count() - self.shared.present.lock().expect("lock").count()
@@ -205,8 +220,23 @@ impl RemoteRegion {
     /// Fetches the chunks in `range` urgently; returns once all are in the sink, or an error if
     /// the mount failed (the owner went away) first.
     pub async fn ensure(&self, range: Range<u64>) -> Result<(), MountError> {
+        self.wait(range, false).await
+    }
+
+    /// Asks for the chunks in `range` urgently, without waiting: callable from any thread (a
+    /// fault handler asks at once, then waits with [`RemoteRegion::arrival`]).
+    pub fn fetch_urgent(&self, range: Range<u64>) {
+        let _ = self.requests.send((range, true));
+    }
+
+    /// Returns once every chunk in `range` is in the sink (asked for by someone else), or an
+    /// error if the mount failed first.
+    pub async fn arrival(&self, range: Range<u64>) -> Result<(), MountError> {
+        self.wait(range, true).await
+    }
+
+    async fn wait(&self, range: Range<u64>, mut asked: bool) -> Result<(), MountError> {
         let range = range.start..range.end.min(self.geom.chunk_count());
-        let mut asked = false;
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
@@ -242,8 +272,13 @@ impl RemoteRegion {
 /// The mount's stream: frames in, sink writes and FETCHes out.
 struct Driver {
     replica: Replica,
+    region_stream: u64,
     send: quinn::SendStream,
     reader: FrameReader,
+    conn: quinn::Connection,
+    /// The owner's fetch lane, once opened.
+    lane: Option<FrameReader>,
+    lane_state: LaneState,
     shared: Arc<Shared>,
     sink: Option<Arc<dyn ChunkSink>>,
     make_sink: Option<SinkFactory>,
@@ -265,6 +300,41 @@ impl Driver {
                     while let Ok((range, urgent)) = requests.try_recv() {
                         self.fetch(range, urgent);
                     }
+                }
+                frame = next_on_lane(&mut self.lane) => {
+                    let refused = match frame {
+                        Ok(Some(frame)) => self.lane_state.on_frame(
+                            &mut self.replica,
+                            self.sink.as_deref(),
+                            &self.shared,
+                            &frame,
+                        ),
+                        Ok(None) => {
+                            self.lane_state = LaneState::Closed;
+                            Ok(())
+                        }
+                        Err(StreamError::Wire(w)) => Err(w),
+                        Err(e) => {
+                            debug!("mount: fetch lane ended: {e}");
+                            self.lane_state = LaneState::Closed;
+                            Ok(())
+                        }
+                    };
+                    match refused {
+                        Err(e) => {
+                            warn!("mount: fetch lane refused: {e}");
+                            if let Some(mut lane) = self.lane.take() {
+                                lane.stop(e.code);
+                            }
+                            self.lane_state = LaneState::Closed;
+                        }
+                        Ok(()) if self.lane_state == LaneState::Closed => self.lane = None,
+                        Ok(()) => {}
+                    }
+                }
+                uni = self.conn.accept_uni(), if self.lane_state == LaneState::None => {
+                    self.lane = Some(FrameReader::new(uni?, MAX_BODY));
+                    self.lane_state = LaneState::Opened { region_stream: self.region_stream };
                 }
                 frame = self.reader.next() => {
                     let Some(frame) = frame? else { return Ok(()) };
@@ -326,5 +396,63 @@ impl Driver {
             self.send.write_all(&f).await?;
         }
         Ok(())
+    }
+}
+
+/// The next frame on the fetch lane; pending while there is none.
+async fn next_on_lane(lane: &mut Option<FrameReader>) -> Result<Option<Frame<'_>>, StreamError> {
+    match lane {
+        Some(reader) => reader.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a mount's fetch lane stands. One lane per mount: a second is never accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LaneState {
+    None,
+    /// Accepted; its LANE frame must name this stream.
+    Opened {
+        region_stream: u64,
+    },
+    /// Carrying lane copies.
+    Named,
+    /// Ended or refused.
+    Closed,
+}
+
+impl LaneState {
+    /// Handles a frame from the lane: first LANE naming the mount's stream, then lane copies of
+    /// chunks, shown to readers until the region stream's copy arrives.
+    fn on_frame(
+        &mut self,
+        replica: &mut Replica,
+        sink: Option<&dyn ChunkSink>,
+        shared: &Shared,
+        frame: &Frame<'_>,
+    ) -> Result<(), WireError> {
+        match (*self, frame) {
+            (LaneState::Opened { region_stream }, Frame::Lane { stream })
+                if *stream == region_stream =>
+            {
+                *self = LaneState::Named;
+                Ok(())
+            }
+            (LaneState::Named, frame) => {
+                if let ReplicaEvent::Write { index, data } = replica.handle_lane(frame)? {
+                    if let Some(sink) = sink {
+                        sink.write_chunk(index, data);
+                    }
+                    shared.present.lock().expect("lock").insert(index);
+                    shared.lane_copies.fetch_add(1, Relaxed);
+                    shared.arrived.notify_waiters();
+                }
+                Ok(())
+            }
+            _ => Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                "a fetch lane must start with LANE naming the mount's stream",
+            )),
+        }
     }
 }

@@ -5,7 +5,7 @@ use crate::identity::Fingerprint;
 use crate::region::ReplicaFile;
 use crate::sync::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use crate::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
-use memsync_protocol::wire::{ErrorCode, Frame, WireError, MAX_BODY};
+use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,8 +104,11 @@ async fn serve_session(session: Session, dir: Arc<Path>, active: Arc<Regions>) {
         match session.conn.accept_bi().await {
             Ok((send, recv)) => {
                 let (dir, active) = (dir.clone(), active.clone());
+                // Mounts get a fetch lane when the peer takes them (spec §8.7).
+                let lane = (session.negotiated.features & feature::FETCH_LANE != 0)
+                    .then(|| session.conn.clone());
                 let max_body = session.negotiated.max_body;
-                tokio::spawn(replica_stream(send, recv, dir, active, who, max_body));
+                tokio::spawn(replica_stream(send, recv, dir, active, who, max_body, lane));
             }
             Err(e) => {
                 info!("peer {who} at {addr} disconnected: {e}");
@@ -122,6 +125,7 @@ async fn replica_stream(
     active: Arc<Regions>,
     who: Fingerprint,
     max_body: u32,
+    lane: Option<quinn::Connection>,
 ) {
     let mut reader = FrameReader::new(recv, MAX_BODY);
     let mut claim = None;
@@ -139,7 +143,7 @@ async fn replica_stream(
     )
     .await
     {
-        Ok(Some(mount)) => serve_mount(send, reader, &dir, &mount).await,
+        Ok(Some(mount)) => serve_mount(send, reader, &dir, &mount, lane).await,
         Ok(None) => {
             let _ = send.finish();
         }
@@ -154,7 +158,13 @@ async fn replica_stream(
 /// Serves a lazy mount of the replica DIR/NAME: this peer takes the owner role on the stream,
 /// reading the replica file, and keeps pushing what changes in it (as it receives updates from
 /// the region's owner) with the hash detector.
-async fn serve_mount(mut send: quinn::SendStream, mut reader: FrameReader, dir: &Path, name: &str) {
+async fn serve_mount(
+    mut send: quinn::SendStream,
+    mut reader: FrameReader,
+    dir: &Path,
+    name: &str,
+    lane: Option<quinn::Connection>,
+) {
     let path = dir.join(name);
     if !path.is_file() {
         let e = WireError::new(ErrorCode::NotFound, format!("no region named {name} here"));
@@ -172,7 +182,7 @@ async fn serve_mount(mut send: quinn::SendStream, mut reader: FrameReader, dir: 
     info!("region {name}: serving a lazy mount");
     let opts = SyncOptions::default();
     let stats = SyncStats::default();
-    match drive_stream(send, reader.into_inner(), &mut region, &opts, &stats).await {
+    match drive_stream(send, reader.into_inner(), &mut region, &opts, &stats, lane).await {
         Ok(()) => {}
         Err(e) => info!("mount of {name} ended: {e}"),
     }

@@ -8,6 +8,7 @@ use crate::region::{hash_all, RegionError, Source, SourceFile};
 use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
+use memsync_protocol::lane::LaneGate;
 use memsync_protocol::wire::{ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN, MAX_BODY};
 use memsync_protocol::{DirtySet, Owner, OwnerEvent, OwnerState, Transmit};
 use quinn::{Connection, VarInt};
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -267,7 +268,7 @@ async fn drive(
             })
         }
     };
-    drive_stream(send, recv, r, opts, stats)
+    drive_stream(send, recv, r, opts, stats, None)
         .await
         .map_err(|source| SyncError::Stream {
             region: r.name().to_owned(),
@@ -277,30 +278,61 @@ async fn drive(
 
 /// Runs the owner side of one region on an open stream (sync opens it; serve accepts it for a
 /// MOUNT) until done or failed. Protocol errors are reported to the peer before returning.
+/// With `lane` (a connection whose peer takes fetch lanes), urgent FETCHes are also answered on a
+/// fetch lane (spec §8.7) the moment they are read.
 pub async fn drive_stream(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     r: &mut SyncRegion,
     opts: &SyncOptions,
     stats: &SyncStats,
+    lane: Option<Connection>,
 ) -> Result<(), StreamError> {
     r.owner.restart()?;
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, StreamError>>(64);
-    let reader = tokio::spawn(async move {
-        let mut reader = crate::transport::FrameReader::new(recv, MAX_BODY);
-        loop {
-            let item = match reader.next().await {
-                Ok(Some(f)) => Ok(f.to_vec()),
-                Ok(None) => Err(StreamError::Truncated),
-                Err(e) => Err(e),
-            };
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                break;
-            }
-        }
+    let lane = lane.map(|conn| {
+        Arc::new(Lane {
+            conn,
+            region_stream: send.id().into(),
+            gate: Mutex::new(LaneGate::new(*r.owner.geometry())),
+            source: r.source.clone(),
+        })
     });
-    let result = pump(r, &mut send, &mut rx, opts, stats).await;
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, StreamError>>(64);
+    let reader = {
+        let lane = lane.clone();
+        tokio::spawn(async move {
+            let mut reader = crate::transport::FrameReader::new(recv, MAX_BODY);
+            let mut lane_stream = None;
+            loop {
+                let (item, urgent) = match reader.next().await {
+                    Ok(Some(f)) => {
+                        let urgent = match f {
+                            Frame::Fetch {
+                                first,
+                                count,
+                                urgent: true,
+                            } => Some((first, count)),
+                            _ => None,
+                        };
+                        (Ok(f.to_vec()), urgent)
+                    }
+                    Ok(None) => (Err(StreamError::Truncated), None),
+                    Err(e) => (Err(e), None),
+                };
+                if let (Some(l), Some((first, count))) = (&lane, urgent) {
+                    if let Err(e) = l.answer(&mut lane_stream, first, count).await {
+                        debug!("fetch lane closed: {e}; urgent chunks take the region stream");
+                        lane_stream = None;
+                    }
+                }
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        })
+    };
+    let result = pump(r, &mut send, &mut rx, opts, stats, lane.as_deref()).await;
     reader.abort();
     match result {
         Ok(()) => {
@@ -328,6 +360,7 @@ async fn pump(
     rx: &mut mpsc::Receiver<Result<Vec<u8>, StreamError>>,
     opts: &SyncOptions,
     stats: &SyncStats,
+    lane: Option<&Lane>,
 ) -> Result<(), StreamError> {
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -366,10 +399,18 @@ async fn pump(
                 send.write_all(&f).await?;
             }
             Some(Transmit::Chunk { index, fetched }) => {
+                // The gate is held while the bytes are read, so a lane copy is either read
+                // before this copy or not sent at all (spec §8.7).
+                let gate = lane.map(|l| {
+                    let mut g = l.gate.lock().expect("lane gate");
+                    g.on_region_stream(index);
+                    g
+                });
                 let data = r.source.chunk(index);
                 let mut buf = BytesMut::with_capacity(HEADER_LEN + CHUNK_HEADER_LEN + data.len());
                 buf.extend_from_slice(&[0; HEADER_LEN + CHUNK_HEADER_LEN]);
                 buf.extend_from_slice(data);
+                drop(gate);
                 let (hdr, with_payload) =
                     r.owner
                         .encode_chunk(index, fetched, &buf[HEADER_LEN + CHUNK_HEADER_LEN..]);
@@ -420,6 +461,68 @@ async fn pump(
         }
     }
 }
+
+/// A fetch lane of one region stream (spec §8.7): opened at the first urgent FETCH, written by
+/// the task that reads the region stream, so an urgent chunk leaves as soon as it is asked for,
+/// on a stream QUIC sends before the region stream's backlog.
+pub(crate) struct Lane {
+    conn: Connection,
+    region_stream: u64,
+    gate: Mutex<LaneGate>,
+    source: Arc<dyn Source>,
+}
+
+/// Most chunks one urgent FETCH gets on the lane; the rest come on the region stream.
+const LANE_CHUNKS_PER_FETCH: u64 = 64;
+
+impl Lane {
+    async fn answer(
+        &self,
+        stream: &mut Option<quinn::SendStream>,
+        first: u64,
+        count: u32,
+    ) -> Result<(), StreamError> {
+        for index in first
+            ..first
+                .saturating_add(count.into())
+                .min(first + LANE_CHUNKS_PER_FETCH)
+        {
+            let frame = {
+                let gate = self.gate.lock().expect("lane gate");
+                if !gate.may_send(index) {
+                    continue;
+                }
+                let data = self.source.chunk(index);
+                let Some((header, with_payload)) = gate.encode(index, data) else {
+                    continue;
+                };
+                let mut frame = Vec::with_capacity(header.len() + data.len());
+                frame.extend_from_slice(&header);
+                if with_payload {
+                    frame.extend_from_slice(data);
+                }
+                frame
+            };
+            let s = match stream {
+                Some(s) => s,
+                None => {
+                    let mut s = self.conn.open_uni().await?;
+                    s.set_priority(LANE_PRIORITY)?;
+                    let lane = Frame::Lane {
+                        stream: self.region_stream,
+                    };
+                    s.write_all(&lane.to_vec()).await?;
+                    stream.insert(s)
+                }
+            };
+            s.write_all(&frame).await?;
+        }
+        Ok(())
+    }
+}
+
+/// QUIC send priority of fetch lanes; region streams keep the default, 0.
+const LANE_PRIORITY: i32 = 1;
 
 /// Chunk frames are handed to QUIC in batches of about this many bytes: fewer wake-ups of the
 /// connection, while an urgent FETCH still waits behind at most one batch.

@@ -115,7 +115,7 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
-            let ep = PeerEndpoint::client_for_mount(addr, &ident, trust)?;
+            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let listener = listen(&socket)?;
             tracing::info!(
                 "waiting for a VMM's uffd on {}; its memory comes from {name} at {addr}",

@@ -583,6 +583,10 @@ fn lazy_read_of_a_never_fetched_chunk_overtakes_the_background_pull() {
         "the background pull had finished before the read was answered"
     );
     assert_eq!(region.touch_order().first(), Some(&(mid as u64)));
+    assert!(
+        region.lane_copies() > 0,
+        "the urgent chunk did not come on the fetch lane"
+    );
     // The prioritised chunks arrive ahead of the in-order push.
     let deadline = Instant::now() + HANG;
     while !priority.clone().all(|c| region.is_present(c)) {

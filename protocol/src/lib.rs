@@ -8,6 +8,7 @@
 pub mod dirty;
 pub mod geometry;
 pub mod hash;
+pub mod lane;
 pub mod owner;
 pub mod replica;
 pub mod wire;

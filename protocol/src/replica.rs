@@ -339,6 +339,59 @@ impl Replica {
         }
     }
 
+    /// Handles a frame that arrived on a fetch lane of this region stream, after the lane's LANE
+    /// frame (spec §8.7). Only verified FETCHED chunks that this lazy replica asked for are
+    /// accepted. Returns [`ReplicaEvent::Write`] while no copy of the chunk has arrived on the
+    /// region stream, and [`ReplicaEvent::None`] after: the region stream's copies are newer than
+    /// every lane copy. A lane copy never makes a chunk present for the protocol; the region
+    /// stream's copy of it follows.
+    pub fn handle_lane<'a>(&mut self, frame: &Frame<'a>) -> Result<ReplicaEvent<'a>, WireError> {
+        let (Some(geom), Some(present), Some(requested), ReplicaState::Receiving) =
+            (&self.geom, &self.present, &self.requested, self.state)
+        else {
+            return Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                "a fetch lane serves only a lazy replica that is receiving",
+            ));
+        };
+        frame.check_geometry(geom)?;
+        let Frame::Chunk {
+            index,
+            hash,
+            zero,
+            fetched: true,
+            payload,
+        } = *frame
+        else {
+            return Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "frame type {:#04x} on a fetch lane; only FETCHED chunks travel there",
+                    frame.kind()
+                ),
+            ));
+        };
+        if !requested.contains(index) {
+            return Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!("lane copy of chunk {index}, which was never fetched"),
+            ));
+        }
+        if !zero && chunk_hash(payload) != hash {
+            return Err(WireError::new(
+                ErrorCode::HashMismatch,
+                format!("chunk {index} does not match its hash"),
+            ));
+        }
+        if present.contains(index) {
+            return Ok(ReplicaEvent::None);
+        }
+        Ok(ReplicaEvent::Write {
+            index,
+            data: (!zero).then_some(payload),
+        })
+    }
+
     /// The next encoded frame to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.queued.pop_front()

@@ -31,6 +31,7 @@ pub mod kind {
     pub const MOUNT: u8 = 0x11;
     pub const STATE: u8 = 0x12;
     pub const HASHES: u8 = 0x13;
+    pub const LANE: u8 = 0x14;
     pub const CHUNK: u8 = 0x20;
     pub const COMMIT: u8 = 0x21;
     pub const ACK: u8 = 0x22;
@@ -187,6 +188,7 @@ impl Header {
             | kind::OPEN
             | kind::MOUNT
             | kind::HASHES
+            | kind::LANE
             | kind::COMMIT
             | kind::ACK
             | kind::HANDOFF
@@ -235,8 +237,14 @@ pub struct Hello {
     pub max_body: u32,
     /// Most region streams this peer accepts on the connection.
     pub max_regions: u32,
-    /// Feature bits; none are defined in version 1.0, so both sides send 0 and ignore unknown bits.
+    /// Feature bits ([`feature`]); unknown bits are ignored.
     pub features: u64,
+}
+
+/// HELLO feature bits (spec §5.1).
+pub mod feature {
+    /// The peer takes urgent fetched chunks on a fetch lane (spec §8.7).
+    pub const FETCH_LANE: u64 = 1;
 }
 
 impl Default for Hello {
@@ -246,7 +254,7 @@ impl Default for Hello {
             minor: VERSION_MINOR,
             max_body: MAX_BODY,
             max_regions: DEFAULT_MAX_REGIONS,
-            features: 0,
+            features: feature::FETCH_LANE,
         }
     }
 }
@@ -338,6 +346,10 @@ pub enum Frame<'a> {
     },
     Mount {
         name: &'a str,
+    },
+    /// First frame of a fetch lane: the QUIC stream ID of the region stream it serves.
+    Lane {
+        stream: u64,
     },
     State {
         empty: bool,
@@ -507,6 +519,7 @@ impl<'a> Frame<'a> {
                 check_name(name)?;
                 Frame::Mount { name }
             }
+            kind::LANE => Frame::Lane { stream: r.u64()? },
             kind::STATE => {
                 let empty = f & flag::STATE_EMPTY != 0;
                 let generation = r.u64()?;
@@ -596,6 +609,7 @@ impl<'a> Frame<'a> {
             Frame::Error { .. } => kind::ERROR,
             Frame::Open { .. } => kind::OPEN,
             Frame::Mount { .. } => kind::MOUNT,
+            Frame::Lane { .. } => kind::LANE,
             Frame::State { .. } => kind::STATE,
             Frame::Hashes { .. } => kind::HASHES,
             Frame::Chunk { .. } => kind::CHUNK,
@@ -682,6 +696,7 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&count.to_le_bytes());
                 out.extend_from_slice(&summary.to_le_bytes());
             }
+            Frame::Lane { stream } => out.extend_from_slice(&stream.to_le_bytes()),
             Frame::Ack { generation }
             | Frame::Handoff { generation }
             | Frame::HandoffAck { generation } => {
@@ -805,6 +820,7 @@ mod tests {
         Error(u32, String),
         Open(u64, u64, u8, String),
         Mount(String),
+        Lane(u64),
         State(bool, bool, u64),
         Hashes(u64, Vec<u8>),
         Chunk(u64, u64, bool, Vec<u8>),
@@ -836,6 +852,7 @@ mod tests {
             (1u64..1 << 40, any::<u64>(), 22u8..=22, arb_name())
                 .prop_map(|(s, g, sh, n)| Owned::Open(s, g, sh, n)),
             arb_name().prop_map(Owned::Mount),
+            any::<u64>().prop_map(Owned::Lane),
             (any::<bool>(), any::<bool>(), any::<u64>())
                 .prop_map(|(e, l, g)| Owned::State(e, l, g)),
             (any::<u64>(), prop::collection::vec(any::<u64>(), 1..20)).prop_map(|(f, h)| {
@@ -871,6 +888,7 @@ mod tests {
                 name: n,
             },
             Owned::Mount(n) => Frame::Mount { name: n },
+            Owned::Lane(stream) => Frame::Lane { stream: *stream },
             Owned::State(e, l, g) => Frame::State {
                 empty: *e,
                 lazy: *l,
@@ -997,10 +1015,13 @@ mod tests {
             ..Hello::default()
         };
         let n = ours.negotiate(&theirs).unwrap();
+        // Bit 2 is unknown to us and drops out; FETCH_LANE (bit 0) is common.
         assert_eq!(
             (n.max_body, n.max_regions, n.features),
-            (MIN_MAX_BODY, 3, 0)
+            (MIN_MAX_BODY, 3, feature::FETCH_LANE)
         );
+        theirs.features = 4;
+        assert_eq!(ours.negotiate(&theirs).unwrap().features, 0);
         theirs.major = 2;
         assert_eq!(
             ours.negotiate(&theirs).unwrap_err().code,

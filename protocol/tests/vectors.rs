@@ -175,6 +175,7 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
             hello(Hello {
                 major: 2,
                 minor: 7,
+                features: 0,
                 ..Hello::default()
             }),
         ),
@@ -242,6 +243,8 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
             "handoff_ack_basic",
             Frame::HandoffAck { generation: 7 }.to_vec(),
         ),
+        ("lane_basic", Frame::Lane { stream: 4 }.to_vec()),
+        ("lane_max", Frame::Lane { stream: u64::MAX }.to_vec()),
     ])
 }
 
@@ -302,6 +305,7 @@ fn vectors_cover_every_type_and_framing_error() {
         kind::MOUNT,
         kind::STATE,
         kind::HASHES,
+        kind::LANE,
         kind::CHUNK,
         kind::COMMIT,
         kind::ACK,

@@ -14,12 +14,13 @@ import struct
 import sys
 
 MAGIC = 0xD5
-HELLO, ERROR, OPEN, MOUNT, STATE, HASHES = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13
+HELLO, ERROR, OPEN, MOUNT, STATE, HASHES, LANE = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14
 CHUNK, COMMIT, ACK, FETCH, HANDOFF, HANDOFF_ACK = 0x20, 0x21, 0x22, 0x30, 0x40, 0x41
 
 STATE_EMPTY, STATE_LAZY = 1, 2
 CHUNK_ZERO, CHUNK_FETCHED = 1, 2
 FETCH_URGENT = 1
+FEATURE_FETCH_LANE = 1  # HELLO feature bit 0
 
 MAX_BODY = (1 << 22) + 16  # 4194320
 MIN_MAX_BODY = (1 << 16) + 16  # 65552
@@ -89,6 +90,10 @@ def fetch(first, count):
     return struct.pack("<QI", first, count)
 
 
+def lane(stream):
+    return struct.pack("<Q", stream)
+
+
 CASES = []
 
 
@@ -99,7 +104,8 @@ def case(name, desc, data, expect="ok", geometry=None):
 # --- valid frames -------------------------------------------------------------------------------
 
 case("hello_default", "HELLO as the reference peer sends it: version 1.0, max_body 4194320, "
-     "1024 regions, no features.", frame(HELLO, hello()))
+     "1024 regions, features FETCH_LANE (bit 0).",
+     frame(HELLO, hello(features=FEATURE_FETCH_LANE)))
 case("hello_min_limits", "HELLO with the smallest legal max_body (65552), one region and every "
      "feature bit set (unknown bits are ignored by negotiation, not by the decoder).",
      frame(HELLO, hello(max_body=MIN_MAX_BODY, max_regions=1, features=U64_MAX)))
@@ -183,6 +189,11 @@ case("handoff_basic", "HANDOFF at generation 7.", frame(HANDOFF, gen(7)))
 case("handoff_max", "HANDOFF at generation 2^64-1.", frame(HANDOFF, gen(U64_MAX)))
 case("handoff_ack_basic", "HANDOFF_ACK at generation 7.", frame(HANDOFF_ACK, gen(7)))
 
+case("lane_basic", "LANE opening a fetch lane for the region stream with QUIC stream ID 4 (the "
+     "client's second bidirectional stream).", frame(LANE, lane(4)))
+case("lane_max", "LANE naming stream ID 2^64-1: decodes (the receiver of the lane checks the ID).",
+     frame(LANE, lane(U64_MAX)))
+
 # --- frame header -------------------------------------------------------------------------------
 
 case("header_bad_magic", "ACK whose magic is 0xd4.",
@@ -221,6 +232,8 @@ case("chunk_undefined_flag", "CHUNK with flag bit 2 (only ZERO=1 and FETCHED=2 a
      frame(CHUNK, chunk(2, H_2A, b"\x2a"), 4), "error MALFORMED")
 case("fetch_undefined_flag", "FETCH with flag bit 1 (only URGENT=1 is defined).",
      frame(FETCH, fetch(0, 1), 2), "error MALFORMED")
+case("lane_flag", "LANE with flag bit 0 (LANE defines no flags).", frame(LANE, lane(4), 1),
+     "error MALFORMED")
 
 # --- body lengths ---------------------------------------------------------------------------------
 
@@ -241,6 +254,9 @@ case("state_short", "STATE body of 15 bytes.", frame(STATE, state(5, 3)[:15]),
      "error MALFORMED")
 case("fetch_trailing", "FETCH body with one trailing byte.",
      frame(FETCH, fetch(0, 1) + b"\x00"), "error MALFORMED")
+case("lane_short", "LANE body of 7 bytes.", frame(LANE, lane(4)[:7]), "error MALFORMED")
+case("lane_trailing", "LANE body with one trailing byte.", frame(LANE, lane(4) + b"\x00"),
+     "error MALFORMED")
 
 # --- ERROR ------------------------------------------------------------------------------------------
 
