@@ -11,8 +11,7 @@
 //! SYNC_BENCH_FULL_ONLY=1 stops after the full sync, for profiling).
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use memsync_benches::mibps;
+use memsync_benches::{mibps, raw_quinn};
 use memsync_peer::identity::{Identity, TrustSet};
 use memsync_peer::sync::{SyncOptions, SyncRegion, SyncStats};
 use memsync_peer::transport::PeerEndpoint;
@@ -38,7 +37,7 @@ async fn bench() -> Result<()> {
     let trust_b = TrustSet::new([b.fingerprint()]);
 
     // 1. Raw quinn.
-    let raw = raw_quinn(size as u64, &a, &b).await?;
+    let (raw, _) = raw_quinn(size as u64, &a, &b).await?;
     println!(
         "raw quinn, 1 stream, {} MiB: {:.0} ms, {:.0} MiB/s (baseline)",
         size >> 20,
@@ -154,45 +153,6 @@ async fn bench() -> Result<()> {
         stats.bytes_sent.load(Relaxed) as f64 / (changed * CHUNK) as f64
     );
     Ok(())
-}
-
-async fn raw_quinn(size: u64, a: &Identity, b: &Identity) -> Result<Duration> {
-    let server = PeerEndpoint::bind(
-        "127.0.0.1:0".parse()?,
-        b,
-        TrustSet::new([a.fingerprint()]),
-        true,
-    )?;
-    let addr = server.local_addr();
-    let sink = tokio::spawn(async move {
-        let incoming = server.endpoint.accept().await.context("no connection")?;
-        let session = PeerEndpoint::accept(incoming).await?;
-        let (mut send, mut recv) = session.conn.accept_bi().await?;
-        let mut n = 0u64;
-        while let Some(c) = recv.read_chunk(usize::MAX, true).await? {
-            n += c.bytes.len() as u64;
-        }
-        send.write_all(&[1]).await?;
-        send.finish()?;
-        let _ = send.stopped().await;
-        anyhow::Ok(n)
-    });
-    let client = PeerEndpoint::client_for(addr, a, TrustSet::new([b.fingerprint()]))?;
-    let session = client.connect(addr).await?;
-    let mut block = vec![0u8; 1 << 20];
-    rand::rng().fill_bytes(&mut block);
-    let block = Bytes::from(block);
-    let t = Instant::now();
-    let (mut send, mut recv) = session.conn.open_bi().await?;
-    for _ in 0..size >> 20 {
-        send.write_chunk(block.clone()).await?;
-    }
-    send.finish()?;
-    let mut done = [0u8; 1];
-    recv.read_exact(&mut done).await?;
-    let d = t.elapsed();
-    anyhow::ensure!(sink.await?? == size, "raw transfer lost bytes");
-    Ok(d)
 }
 
 fn write_random(path: &Path, size: usize) -> Result<()> {

@@ -10,6 +10,7 @@
 //! Run: `cargo bench -p memsync-benches --bench uffd` (root, or vm.unprivileged_userfaultfd=1
 //! for part 2). `UFFD_BENCH_MIB` changes the region size.
 
+use memsync_benches::{cpu_time, raw_quinn};
 use memsync_peer::identity::{Identity, TrustSet};
 use memsync_peer::lazy::{LazyOptions, LazyRegion};
 use memsync_peer::transport::PeerEndpoint;
@@ -24,9 +25,9 @@ const PAGE: usize = 4096;
 
 fn main() {
     let size: usize = std::env::var("UFFD_BENCH_MIB").map_or(1024, |v| v.parse().unwrap()) << 20;
-    // UFFD_BENCH_ONLY=dirty or =lazy runs one half.
+    // UFFD_BENCH_ONLY=dirty or =lazy runs one half; =pull only the lazy pull's throughput.
     let only = std::env::var("UFFD_BENCH_ONLY").unwrap_or_default();
-    if only != "lazy" {
+    if only != "lazy" && only != "pull" {
         dirty_collection(size);
     }
     if only != "dirty" {
@@ -152,12 +153,6 @@ fn dirty_collection(size: usize) {
     );
 }
 
-/// CPU time used by this process so far, all threads (CLOCK_PROCESS_CPUTIME_ID, ns resolution).
-fn cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -194,6 +189,9 @@ fn lazy(size: usize) {
         )
     };
 
+    // The baseline, in this run: the same bytes over one raw QUIC stream.
+    let (t_raw, cpu_raw) = rt.block_on(raw_quinn(size as u64, &a, &b)).unwrap();
+
     // The pull alone, into plain memory (`mount::MemorySink`) and into a uffd-backed region:
     // separates the transport's rate from the cost of placing chunks with UFFDIO_COPY.
     let t = Instant::now();
@@ -206,11 +204,29 @@ fn lazy(size: usize) {
         r.complete().await.unwrap();
     });
     let t_plain = t.elapsed();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_time());
     let r = mount();
     rt.block_on(r.complete()).unwrap();
-    let t_uffd_pull = t.elapsed();
+    let (t_uffd_pull, cpu_uffd_pull) = (t.elapsed(), cpu_time() - cpu);
     drop(r);
+    let mib = size as f64 / (1 << 20) as f64;
+    let raw = mib / t_raw.as_secs_f64();
+    println!("lazy region over loopback QUIC, {mib:.0} MiB image, 64 KiB chunks:");
+    println!(
+        "  raw quinn, one stream (baseline): {raw:.0} MiB/s, {:.2} CPU-s per GiB",
+        cpu_raw.as_secs_f64() / (mib / 1024.0)
+    );
+    println!(
+        "  whole pull, nothing read: into plain memory {:.0} MiB/s, into a uffd region {:.0} MiB/s = {:.2}x raw, {:.2} CPU-s per GiB = {:.2}x raw",
+        mib / t_plain.as_secs_f64(),
+        mib / t_uffd_pull.as_secs_f64(),
+        mib / t_uffd_pull.as_secs_f64() / raw,
+        cpu_uffd_pull.as_secs_f64() / (mib / 1024.0),
+        cpu_uffd_pull.as_secs_f64() / cpu_raw.as_secs_f64()
+    );
+    if std::env::var("UFFD_BENCH_ONLY").is_ok_and(|v| v == "pull") {
+        return;
+    }
 
     // First touches of chunks not yet here, while the background pull runs.
     let r = mount();
@@ -277,13 +293,6 @@ fn lazy(size: usize) {
         .load(std::sync::atomic::Ordering::Relaxed);
     let faults = r.stats().faults.load(std::sync::atomic::Ordering::Relaxed);
 
-    let mib = size as f64 / (1 << 20) as f64;
-    println!("lazy region over loopback QUIC, {mib:.0} MiB image, 64 KiB chunks:");
-    println!(
-        "  whole pull, nothing read: into plain memory {:.0} MiB/s, into a uffd region {:.0} MiB/s",
-        mib / t_plain.as_secs_f64(),
-        mib / t_uffd_pull.as_secs_f64()
-    );
     println!(
         "  first touch of a missing chunk during the pull: p50 {:.2} ms, p99 {:.2} ms ({} touches in {:.2} s; whole pull {:.2} s)",
         ms(pct(0.5)),
@@ -298,7 +307,8 @@ fn lazy(size: usize) {
         fresh[19].as_secs_f64() * 1e6
     );
     println!(
-        "  sequential read of a cold mount: {:.0} MiB/s ({faults} faults, {ra} chunks read ahead)",
-        mib / t_seq.as_secs_f64()
+        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw ({faults} faults, {ra} chunks read ahead)",
+        mib / t_seq.as_secs_f64(),
+        mib / t_seq.as_secs_f64() / raw
     );
 }

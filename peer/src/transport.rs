@@ -78,6 +78,9 @@ impl StreamError {
 /// lanes (spec §8.7), not behind the region stream's backlog.
 pub const STREAM_WINDOW: u32 = 32 << 20;
 
+/// UDP socket buffer size asked for, each way.
+const SOCKET_BUFFER: usize = 8 << 20;
+
 /// Largest UDP payload (IPv6), the upper bound of path MTU discovery.
 const MAX_UDP_PAYLOAD: u16 = 65527;
 
@@ -140,6 +143,11 @@ impl PeerEndpoint {
         };
         let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
+        // The default UDP buffers (~200 KiB) overflow while a busy receiver catches up, and each
+        // dropped datagram costs QUIC a retransmission and a congestion-window cut. Ask for
+        // more; the kernel caps the request at net.core.[rw]mem_max.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
         let mut endpoint = Endpoint::new(
             quinn::EndpointConfig::default(),
             server,
