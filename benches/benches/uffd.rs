@@ -11,7 +11,7 @@
 //! for part 2). `UFFD_BENCH_MIB` changes the region size.
 
 use memsync_benches::{cpu_time, raw_quinn};
-use memsync_peer::identity::{Identity, TrustSet};
+use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
 use memsync_peer::lazy::{LazyOptions, LazyRegion};
 use memsync_peer::transport::PeerEndpoint;
 use memsync_peer::uffd::pagemap::WriteTracker;
@@ -26,6 +26,9 @@ const PAGE: usize = 4096;
 fn main() {
     let size: usize = std::env::var("UFFD_BENCH_MIB").map_or(1024, |v| v.parse().unwrap()) << 20;
     // UFFD_BENCH_ONLY=dirty or =lazy runs one half; =pull only the lazy pull's throughput.
+    if let Ok(dir) = std::env::var("UFFD_BENCH_SERVE") {
+        return serve_child(dir);
+    }
     let only = std::env::var("UFFD_BENCH_ONLY").unwrap_or_default();
     if only != "lazy" && only != "pull" {
         dirty_collection(size);
@@ -228,47 +231,15 @@ fn lazy(size: usize) {
         return;
     }
 
-    // First touches of chunks not yet here, while the background pull runs.
-    let r = mount();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let mut lat = Vec::new();
-    let chunks = (size >> 16) as u64;
-    let t0 = Instant::now();
-    while r.missing() > chunks / 10 && lat.len() < 2000 {
-        let c = rng.random_range(0..chunks);
-        if r.is_present(c) {
-            std::thread::sleep(Duration::from_micros(200));
-            continue;
-        }
-        let off = (c as usize) << 16;
-        let t = Instant::now();
-        // SAFETY: inside the mapping; the read waits for the chunk.
-        let v = unsafe { r.as_ptr().add(off).read_volatile() };
-        lat.push(t.elapsed());
-        assert_eq!(v, img[off]);
-    }
-    let pulled_in = t0.elapsed();
-    rt.block_on(r.complete()).unwrap();
-    let whole = t0.elapsed();
-    assert!(r.bytes() == &img[..]);
-    drop(r);
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-
-    // First touch right after mounting, as a restored VM touches its memory: 20 fresh mounts,
-    // one page far from the start each (the pull begins at chunk 0).
-    let mut fresh = Vec::new();
-    for k in 0..20u64 {
-        let r = mount();
-        let c = chunks - 1 - k * 97 % (chunks / 2);
-        let off = (c as usize) << 16;
-        let t = Instant::now();
-        // SAFETY: inside the mapping; the read waits for the chunk.
-        let v = unsafe { r.as_ptr().add(off).read_volatile() };
-        fresh.push(t.elapsed());
-        assert_eq!(v, img[off]);
-    }
-    fresh.sort();
+    // First touches of chunks not yet here: both peers in this process, then the owner in a
+    // process of its own (as on two machines, where the peers do not share a runtime).
+    let here = touch_latencies(&rt, &ep, addr, &img);
+    let (child, child_addr, child_fp) = serve_in_child(dir.path(), &a);
+    let child_ep = rt.block_on(async {
+        PeerEndpoint::client_for(child_addr, &a, TrustSet::new([child_fp])).unwrap()
+    });
+    let apart = touch_latencies(&rt, &child_ep, child_addr, &img);
+    drop(child);
 
     // Sequential read of a fresh cold mount, 64 KiB at a time, from a plain thread.
     let r = mount();
@@ -293,22 +264,147 @@ fn lazy(size: usize) {
         .load(std::sync::atomic::Ordering::Relaxed);
     let faults = r.stats().faults.load(std::sync::atomic::Ordering::Relaxed);
 
+    for (where_, t) in [
+        ("peers in one process", &here),
+        ("owner in its own process", &apart),
+    ] {
+        println!(
+            "  first touch of a missing chunk, {where_}: during the pull p50 {:.0} us, p99 {:.0} us ({} touches); right after mounting (20 mounts) p50 {:.0} us, p99 {:.0} us",
+            us(pct(&t.during, 0.5)),
+            us(pct(&t.during, 0.99)),
+            t.during.len(),
+            us(pct(&t.fresh, 0.5)),
+            us(pct(&t.fresh, 0.99)),
+        );
+    }
     println!(
-        "  first touch of a missing chunk during the pull: p50 {:.2} ms, p99 {:.2} ms ({} touches in {:.2} s; whole pull {:.2} s)",
-        ms(pct(0.5)),
-        ms(pct(0.99)),
-        lat.len(),
-        pulled_in.as_secs_f64(),
-        whole.as_secs_f64()
-    );
-    println!(
-        "  first touch right after mounting (20 mounts): p50 {:.0} us, p99 {:.0} us",
-        fresh[10].as_secs_f64() * 1e6,
-        fresh[19].as_secs_f64() * 1e6
-    );
-    println!(
-        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw ({faults} faults, {ra} chunks read ahead)",
+        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw ({faults} faults, {ra} chunks read ahead, {} lane copies)",
         mib / t_seq.as_secs_f64(),
-        mib / t_seq.as_secs_f64() / raw
+        mib / t_seq.as_secs_f64() / raw,
+        r.lane_copies()
     );
+}
+
+/// First-touch latencies of chunks not yet present: `during` a background pull (random chunks
+/// until 90% arrived), and `fresh`, one touch right after each of 20 new mounts.
+struct Touches {
+    during: Vec<Duration>,
+    fresh: Vec<Duration>,
+}
+
+fn touch_latencies(
+    rt: &tokio::runtime::Runtime,
+    ep: &PeerEndpoint,
+    addr: std::net::SocketAddr,
+    img: &[u8],
+) -> Touches {
+    let mount = || {
+        Arc::new(
+            rt.block_on(LazyRegion::mount(ep, addr, "img", LazyOptions::default()))
+                .unwrap(),
+        )
+    };
+    // SAFETY (both reads below): inside the mapping; the read waits for the chunk.
+    let touch = |r: &LazyRegion, off: usize| unsafe { r.as_ptr().add(off).read_volatile() };
+    let chunks = (img.len() >> 16) as u64;
+    let r = mount();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let mut during = Vec::new();
+    while r.missing() > chunks / 10 && during.len() < 2000 {
+        let c = rng.random_range(0..chunks);
+        if r.is_present(c) {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let off = (c as usize) << 16;
+        let t = Instant::now();
+        let v = touch(&r, off);
+        during.push(t.elapsed());
+        assert_eq!(v, img[off]);
+    }
+    rt.block_on(r.complete()).unwrap();
+    assert!(r.bytes() == img);
+    drop(r);
+    // As a restored VM touches its memory: one page far from the start (the pull begins at
+    // chunk 0) of each fresh mount.
+    let mut fresh = Vec::new();
+    for k in 0..20u64 {
+        let r = mount();
+        let off = ((chunks - 1 - k * 97 % (chunks / 2)) as usize) << 16;
+        let t = Instant::now();
+        let v = touch(&r, off);
+        fresh.push(t.elapsed());
+        assert_eq!(v, img[off]);
+    }
+    during.sort();
+    fresh.sort();
+    Touches { during, fresh }
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A `serve` peer in a child process (this bench binary, re-executed) holding `dir`, trusting
+/// `client`. Returns the child (killed on drop), its address and its fingerprint.
+fn serve_in_child(
+    dir: &std::path::Path,
+    client: &Identity,
+) -> (Child, std::net::SocketAddr, Fingerprint) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("UFFD_BENCH_SERVE", dir)
+        .env("UFFD_BENCH_TRUST", client.fingerprint().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let (addr, fp) = line
+        .trim()
+        .split_once(' ')
+        .expect("child prints ADDR FINGERPRINT");
+    (
+        Child(child),
+        addr.parse().unwrap(),
+        Fingerprint::parse(fp).unwrap(),
+    )
+}
+
+/// Kills the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child side of [`serve_in_child`].
+fn serve_child(dir: String) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let id = Identity::generate().unwrap();
+        let trust = Fingerprint::parse(&std::env::var("UFFD_BENCH_TRUST").unwrap()).unwrap();
+        let ep = PeerEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &id,
+            TrustSet::new([trust]),
+            true,
+        )
+        .unwrap();
+        println!("{} {}", ep.local_addr(), id.fingerprint());
+        memsync_peer::serve::serve(&ep, dir.into()).await
+    });
 }

@@ -15,8 +15,9 @@
 //!   last generation whose COMMIT was sent on this stream, a wrong HANDOFF_ACK, and every frame
 //!   not in the table);
 //! - each `poll_transmit` is the predicted one (sending rules 1–4: OPEN first on a stream, fetched
-//!   chunks urgent-first in FIFO order, the lowest pending chunk of the round, COMMIT with the
-//!   count and xxh3 summary recomputed here, HANDOFF when drained);
+//!   chunks urgent-first in FIFO order, none already sent on the stream — a FETCH of such a chunk
+//!   queues nothing and a queued entry for one is dropped —, the lowest pending chunk of the round,
+//!   COMMIT with the count and xxh3 summary recomputed here, HANDOFF when drained);
 //! - `encode_chunk` produces a CHUNK header that decodes (with its payload) to the right index,
 //!   flags and wire hash (ZERO exactly for all-zero bytes) and records the hash in `known`;
 //! - and the listed invariants: `Transmit::Chunk` indices < chunk_count; every `Transmit::Frame`
@@ -81,6 +82,9 @@ struct Harness {
     open_queued: Option<u64>,
     urgent: VecDeque<u64>,
     background: VecDeque<u64>,
+    /// Chunks sent (any CHUNK) on this stream since it opened: a FETCH of one is answered by the
+    /// copy in flight, so it is neither queued nor, if queued before it went out, sent again.
+    on_stream: Vec<bool>,
     // Invariant tracking.
     last_commit_stream: Option<u64>,
     last_commit_ever: Option<u64>,
@@ -136,6 +140,7 @@ impl Harness {
         self.committed = self.g;
         self.urgent.clear();
         self.background.clear();
+        self.on_stream.fill(false);
         self.state = OwnerState::Opening;
         self.open_queued = Some(self.g);
         self.last_commit_stream = None;
@@ -240,7 +245,12 @@ impl Harness {
                     &mut self.background
                 };
                 let room = (self.n as usize).saturating_sub(q.len());
-                q.extend((first..first + count as u64).take(room));
+                let on_stream = &self.on_stream;
+                q.extend(
+                    (first..first + count as u64)
+                        .filter(|&i| !on_stream[i as usize])
+                        .take(room),
+                );
                 Ok(OwnerEvent::None)
             }
             (Frame::HandoffAck { generation }, HandingOff { generation: g }) if generation == g => {
@@ -286,11 +296,14 @@ impl Harness {
         if !matches!(self.state, Streaming | Draining) {
             return None;
         }
-        if let Some(index) = self
+        while let Some(index) = self
             .urgent
             .pop_front()
             .or_else(|| self.background.pop_front())
         {
+            if self.on_stream[index as usize] {
+                continue;
+            }
             return Some(Next::Chunk {
                 index,
                 fetched: true,
@@ -421,6 +434,7 @@ impl Harness {
                     }
                 );
                 // The model's encode_chunk.
+                self.on_stream[index as usize] = true;
                 self.known[index as usize] = h;
                 if fetched {
                     self.pending[index as usize] = false;
@@ -637,6 +651,7 @@ fuzz_target!(|data: &[u8]| {
         open_queued: Some(generation),
         urgent: VecDeque::new(),
         background: VecDeque::new(),
+        on_stream: vec![false; n as usize],
         last_commit_stream: None,
         last_commit_ever: None,
         dead: false,

@@ -675,23 +675,10 @@ impl LazyRegion {
     }
 
     /// Resolves once every chunk has arrived, or with the error that stopped the mount. Does
-    /// not reorder the pull: it waits on the first missing chunk at a time.
+    /// not reorder the pull.
     pub async fn complete(&self) -> Result<(), LazyError> {
-        complete(&self.handler.remote).await
+        Ok(self.handler.remote.complete().await?)
     }
-}
-
-async fn complete(remote: &RemoteRegion) -> Result<(), LazyError> {
-    let n = remote.geometry().chunk_count();
-    let mut next = 0;
-    while next < n {
-        if remote.is_present(next) {
-            next += 1;
-            continue;
-        }
-        remote.ensure(next..next + 1).await?;
-    }
-    Ok(())
 }
 
 impl Drop for LazyRegion {
@@ -833,7 +820,7 @@ pub async fn serve_fault_handover(
     // Note the end of the pull (or its failure) while waiting for the VMM to exit.
     let r2 = remote.clone();
     let watcher = tokio::spawn(async move {
-        match complete(&r2).await {
+        match r2.complete().await {
             Ok(()) => info!("every chunk is in the VMM's memory"),
             Err(e) => warn!("{e}"),
         }

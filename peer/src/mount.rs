@@ -5,13 +5,15 @@
 //! never wait behind the stream's backlog. Chunks land in a [`ChunkSink`] (a memory buffer for
 //! NBD, UFFDIO_COPY for uffd).
 
-use crate::transport::{FrameReader, PeerEndpoint, StreamError, TransportError};
+use crate::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
 use memsync_protocol::wire::{ErrorCode, MAX_BODY};
 use memsync_protocol::{DirtySet, Frame, Geometry, Local, Replica, ReplicaEvent, WireError};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, warn};
 
@@ -128,6 +130,8 @@ impl RemoteRegion {
             .open_bi()
             .await
             .map_err(|e| connect_err(TransportError::Lost(e).to_string()))?;
+        // Expected before MOUNT goes out, so the lane cannot arrive unannounced.
+        let lane_wait = session.lane_for(send.id().into());
         let (opened_tx, opened_rx) = oneshot::channel();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -142,18 +146,15 @@ impl RemoteRegion {
                 let reader = FrameReader::new(recv, MAX_BODY);
                 let mut d = Driver {
                     replica,
-                    region_stream: send.id().into(),
                     send,
-                    reader,
-                    conn: session.conn.clone(),
+                    lane_wait,
                     lane: None,
-                    lane_state: LaneState::None,
                     shared: shared.clone(),
                     sink: None,
                     make_sink: Some(make_sink),
                     opened: Some(opened_tx),
                 };
-                let res = d.run(req_rx).await;
+                let res = d.run(reader, req_rx).await;
                 let reason = match res {
                     Ok(()) => "the owner closed the mount".to_owned(),
                     Err(e) => e.to_string(),
@@ -263,22 +264,32 @@ impl RemoteRegion {
         let _ = self.requests.send((range, false));
     }
 
-    /// Resolves once every chunk is present.
+    /// Resolves once every chunk is present. Asks for nothing: the owner pushes every chunk,
+    /// and asking would make each one urgent (sent twice, on the lane and the stream).
     pub async fn complete(&self) -> Result<(), MountError> {
-        self.ensure(0..self.geom.chunk_count()).await
+        let n = self.geom.chunk_count();
+        let mut next = 0;
+        loop {
+            next = {
+                let present = self.shared.present.lock().expect("lock");
+                (next..n).find(|&i| !present.contains(i)).unwrap_or(n)
+            };
+            if next == n {
+                return Ok(());
+            }
+            self.arrival(next..next + 1).await?;
+        }
     }
 }
 
 /// The mount's stream: frames in, sink writes and FETCHes out.
 struct Driver {
     replica: Replica,
-    region_stream: u64,
     send: quinn::SendStream,
-    reader: FrameReader,
-    conn: quinn::Connection,
-    /// The owner's fetch lane, once opened.
+    /// Where the owner's fetch lane arrives, then the lane (its LANE frame already checked).
+    /// One lane per mount: a second is never taken (spec §8.7).
+    lane_wait: LaneWait,
     lane: Option<FrameReader>,
-    lane_state: LaneState,
     shared: Arc<Shared>,
     sink: Option<Arc<dyn ChunkSink>>,
     make_sink: Option<SinkFactory>,
@@ -288,6 +299,7 @@ struct Driver {
 impl Driver {
     async fn run(
         &mut self,
+        mut reader: FrameReader,
         mut requests: mpsc::UnboundedReceiver<(Range<u64>, bool)>,
     ) -> Result<(), StreamError> {
         self.flush().await?;
@@ -302,80 +314,97 @@ impl Driver {
                     }
                 }
                 frame = next_on_lane(&mut self.lane) => {
-                    let refused = match frame {
-                        Ok(Some(frame)) => self.lane_state.on_frame(
+                    let ended = match frame {
+                        Ok(Some(frame)) => match on_lane_frame(
                             &mut self.replica,
                             self.sink.as_deref(),
                             &self.shared,
                             &frame,
-                        ),
-                        Ok(None) => {
-                            self.lane_state = LaneState::Closed;
-                            Ok(())
-                        }
-                        Err(StreamError::Wire(w)) => Err(w),
+                        ) {
+                            Ok(()) => None,
+                            Err(e) => {
+                                warn!("mount: fetch lane refused: {e}");
+                                Some(e.code)
+                            }
+                        },
+                        Ok(None) => Some(ErrorCode::Shutdown),
                         Err(e) => {
                             debug!("mount: fetch lane ended: {e}");
-                            self.lane_state = LaneState::Closed;
-                            Ok(())
+                            Some(ErrorCode::Shutdown)
                         }
                     };
-                    match refused {
-                        Err(e) => {
-                            warn!("mount: fetch lane refused: {e}");
-                            if let Some(mut lane) = self.lane.take() {
-                                lane.stop(e.code);
-                            }
-                            self.lane_state = LaneState::Closed;
+                    if let Some(code) = ended {
+                        if let Some(mut lane) = self.lane.take() {
+                            lane.stop(code);
                         }
-                        Ok(()) if self.lane_state == LaneState::Closed => self.lane = None,
-                        Ok(()) => {}
                     }
                 }
-                uni = self.conn.accept_uni(), if self.lane_state == LaneState::None => {
-                    self.lane = Some(FrameReader::new(uni?, MAX_BODY));
-                    self.lane_state = LaneState::Opened { region_stream: self.region_stream };
-                }
-                frame = self.reader.next() => {
+                lane = self.lane_wait.arrived() => self.lane = Some(lane),
+                frame = reader.next() => {
                     let Some(frame) = frame? else { return Ok(()) };
-                    match self.replica.handle(&frame)? {
-                        ReplicaEvent::Opened { geometry, .. } => {
-                            *self.shared.present.lock().expect("lock") =
-                                DirtySet::new(geometry.chunk_count());
-                            if let Some(make) = self.make_sink.take() {
-                                self.sink = Some(make(geometry));
+                    self.on_region_frame(&frame)?;
+                    // Frames already received are handled without another trip through the
+                    // select above, unless a request is waiting.
+                    for _ in 0..DRAIN_FRAMES {
+                        if !requests.is_empty() {
+                            break;
+                        }
+                        let next = reader.next();
+                        tokio::pin!(next);
+                        let polled = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx)));
+                        match polled.await {
+                            Poll::Ready(frame) => {
+                                let Some(frame) = frame? else { return Ok(()) };
+                                self.on_region_frame(&frame)?;
                             }
-                            self.replica.local_state(Local::Lazy)?;
-                            if let Some(tx) = self.opened.take() {
-                                let _ = tx.send(geometry);
-                            }
+                            Poll::Pending => break,
                         }
-                        ReplicaEvent::Write { index, data } => {
-                            if let Some(sink) = &self.sink {
-                                sink.write_chunk(index, data);
-                            }
-                            self.shared.present.lock().expect("lock").insert(index);
-                            self.shared.arrived.notify_waiters();
-                        }
-                        ReplicaEvent::Committed { generation } => {
-                            debug!("mount: generation {generation} complete");
-                        }
-                        ReplicaEvent::PeerError { code, reason } => {
-                            return Err(StreamError::Peer { code, reason: reason.to_owned() });
-                        }
-                        ReplicaEvent::BecameOwner { .. } => {
-                            return Err(WireError::new(
-                                ErrorCode::ProtocolViolation,
-                                "a mount does not take ownership",
-                            )
-                            .into());
-                        }
-                        ReplicaEvent::None => {}
                     }
                 }
             }
             self.flush().await?;
         }
+    }
+
+    /// Handles a frame from the region stream.
+    fn on_region_frame(&mut self, frame: &Frame<'_>) -> Result<(), StreamError> {
+        match self.replica.handle(frame)? {
+            ReplicaEvent::Opened { geometry, .. } => {
+                *self.shared.present.lock().expect("lock") = DirtySet::new(geometry.chunk_count());
+                if let Some(make) = self.make_sink.take() {
+                    self.sink = Some(make(geometry));
+                }
+                self.replica.local_state(Local::Lazy)?;
+                if let Some(tx) = self.opened.take() {
+                    let _ = tx.send(geometry);
+                }
+            }
+            ReplicaEvent::Write { index, data } => {
+                if let Some(sink) = &self.sink {
+                    sink.write_chunk(index, data);
+                }
+                self.shared.present.lock().expect("lock").insert(index);
+                self.shared.arrived.notify_waiters();
+            }
+            ReplicaEvent::Committed { generation } => {
+                debug!("mount: generation {generation} complete");
+            }
+            ReplicaEvent::PeerError { code, reason } => {
+                return Err(StreamError::Peer {
+                    code,
+                    reason: reason.to_owned(),
+                });
+            }
+            ReplicaEvent::BecameOwner { .. } => {
+                return Err(WireError::new(
+                    ErrorCode::ProtocolViolation,
+                    "a mount does not take ownership",
+                )
+                .into());
+            }
+            ReplicaEvent::None => {}
+        }
+        Ok(())
     }
 
     fn fetch(&mut self, range: Range<u64>, urgent: bool) {
@@ -399,6 +428,9 @@ impl Driver {
     }
 }
 
+/// Most frames handled per wake-up of the mount's task before it looks at requests again.
+const DRAIN_FRAMES: usize = 64;
+
 /// The next frame on the fetch lane; pending while there is none.
 async fn next_on_lane(lane: &mut Option<FrameReader>) -> Result<Option<Frame<'_>>, StreamError> {
     match lane {
@@ -407,52 +439,20 @@ async fn next_on_lane(lane: &mut Option<FrameReader>) -> Result<Option<Frame<'_>
     }
 }
 
-/// Where a mount's fetch lane stands. One lane per mount: a second is never accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LaneState {
-    None,
-    /// Accepted; its LANE frame must name this stream.
-    Opened {
-        region_stream: u64,
-    },
-    /// Carrying lane copies.
-    Named,
-    /// Ended or refused.
-    Closed,
-}
-
-impl LaneState {
-    /// Handles a frame from the lane: first LANE naming the mount's stream, then lane copies of
-    /// chunks, shown to readers until the region stream's copy arrives.
-    fn on_frame(
-        &mut self,
-        replica: &mut Replica,
-        sink: Option<&dyn ChunkSink>,
-        shared: &Shared,
-        frame: &Frame<'_>,
-    ) -> Result<(), WireError> {
-        match (*self, frame) {
-            (LaneState::Opened { region_stream }, Frame::Lane { stream })
-                if *stream == region_stream =>
-            {
-                *self = LaneState::Named;
-                Ok(())
-            }
-            (LaneState::Named, frame) => {
-                if let ReplicaEvent::Write { index, data } = replica.handle_lane(frame)? {
-                    if let Some(sink) = sink {
-                        sink.write_chunk(index, data);
-                    }
-                    shared.present.lock().expect("lock").insert(index);
-                    shared.lane_copies.fetch_add(1, Relaxed);
-                    shared.arrived.notify_waiters();
-                }
-                Ok(())
-            }
-            _ => Err(WireError::new(
-                ErrorCode::ProtocolViolation,
-                "a fetch lane must start with LANE naming the mount's stream",
-            )),
+/// Handles a lane copy: shown to readers until the region stream's copy arrives.
+fn on_lane_frame(
+    replica: &mut Replica,
+    sink: Option<&dyn ChunkSink>,
+    shared: &Shared,
+    frame: &Frame<'_>,
+) -> Result<(), WireError> {
+    if let ReplicaEvent::Write { index, data } = replica.handle_lane(frame)? {
+        if let Some(sink) = sink {
+            sink.write_chunk(index, data);
         }
+        shared.present.lock().expect("lock").insert(index);
+        shared.lane_copies.fetch_add(1, Relaxed);
+        shared.arrived.notify_waiters();
     }
+    Ok(())
 }

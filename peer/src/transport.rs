@@ -3,13 +3,17 @@
 
 use crate::identity::{Fingerprint, Identity, TrustSet};
 use crate::tls::{client_config, server_config, PinnedVerifier};
-use memsync_protocol::wire::{ErrorCode, Frame, Header, Negotiated, WireError, HEADER_LEN};
+use memsync_protocol::wire::{
+    feature, ErrorCode, Frame, Header, Negotiated, WireError, HEADER_LEN, MAX_BODY,
+};
 use memsync_protocol::Hello;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -78,9 +82,6 @@ impl StreamError {
 /// lanes (spec §8.7), not behind the region stream's backlog.
 pub const STREAM_WINDOW: u32 = 32 << 20;
 
-/// UDP socket buffer size asked for, each way.
-const SOCKET_BUFFER: usize = 8 << 20;
-
 /// Largest UDP payload (IPv6), the upper bound of path MTU discovery.
 const MAX_UDP_PAYLOAD: u16 = 65527;
 
@@ -113,10 +114,12 @@ fn transport_config(client: bool) -> quinn::TransportConfig {
 }
 
 /// A bound QUIC endpoint with this peer's identity, able to connect and (if listening) accept.
+/// Connections it opens are shared: one per peer, carrying every region and mount to it.
 pub struct PeerEndpoint {
     pub endpoint: Endpoint,
     verifier: Arc<PinnedVerifier>,
     ours: Fingerprint,
+    sessions: Mutex<HashMap<SocketAddr, Session>>,
 }
 
 impl PeerEndpoint {
@@ -143,11 +146,6 @@ impl PeerEndpoint {
         };
         let socket = std::net::UdpSocket::bind(addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
-        // The default UDP buffers (~200 KiB) overflow while a busy receiver catches up, and each
-        // dropped datagram costs QUIC a retransmission and a congestion-window cut. Ask for
-        // more; the kernel caps the request at net.core.[rw]mem_max.
-        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, SOCKET_BUFFER);
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SOCKET_BUFFER);
         let mut endpoint = Endpoint::new(
             quinn::EndpointConfig::default(),
             server,
@@ -160,6 +158,7 @@ impl PeerEndpoint {
             endpoint,
             verifier,
             ours: id.fingerprint(),
+            sessions: Mutex::default(),
         })
     }
 
@@ -181,9 +180,26 @@ impl PeerEndpoint {
         self.endpoint.local_addr().expect("bound socket")
     }
 
-    /// Connects to `addr` and runs the HELLO exchange, turning TLS refusals into messages that
-    /// say which fingerprint to trust.
+    /// The connection to the peer at `addr`: the live one if there is one (one connection per
+    /// pair of peers, so a new mount finds its congestion window and path MTU already grown),
+    /// else a new one (see [`PeerEndpoint::connect_new`]).
     pub async fn connect(&self, addr: SocketAddr) -> Result<Session, TransportError> {
+        if let Some(s) = self.sessions.lock().expect("sessions").get(&addr) {
+            if s.conn.close_reason().is_none() {
+                return Ok(s.clone());
+            }
+        }
+        let s = self.connect_new(addr).await?;
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .insert(addr, s.clone());
+        Ok(s)
+    }
+
+    /// Opens a new connection to `addr` and runs the HELLO exchange, turning TLS refusals into
+    /// messages that say which fingerprint to trust.
+    pub async fn connect_new(&self, addr: SocketAddr) -> Result<Session, TransportError> {
         let connecting = self
             .endpoint
             .connect(addr, "memsync")
@@ -201,11 +217,18 @@ impl PeerEndpoint {
             Ok::<_, StreamError>((send, negotiated))
         };
         match hello.await {
-            Ok((send, negotiated)) => Ok(Session {
-                conn,
-                negotiated,
-                _control: send,
-            }),
+            Ok((send, negotiated)) => {
+                let lanes = Arc::new(LaneRoutes::default());
+                if negotiated.features & feature::FETCH_LANE != 0 {
+                    tokio::spawn(route_lanes(conn.clone(), lanes.clone()));
+                }
+                Ok(Session {
+                    conn,
+                    negotiated,
+                    lanes,
+                    _control: Arc::new(send),
+                })
+            }
             Err(e) => match conn.close_reason() {
                 Some(reason) => Err(self.explain(addr, reason)),
                 None => Err(e.into()),
@@ -223,7 +246,8 @@ impl PeerEndpoint {
         Ok(Session {
             conn,
             negotiated,
-            _control: send,
+            lanes: Arc::default(),
+            _control: Arc::new(send),
         })
     }
 
@@ -265,15 +289,99 @@ async fn read_hello(recv: RecvStream) -> Result<Negotiated, StreamError> {
     }
 }
 
-/// An established, authenticated connection with its negotiated limits. Dropping it finishes the
-/// control stream.
+/// An established, authenticated connection with its negotiated limits. Clones share it;
+/// dropping the last finishes the control stream.
+#[derive(Clone)]
 pub struct Session {
     pub conn: Connection,
     pub negotiated: Negotiated,
-    _control: SendStream,
+    lanes: Arc<LaneRoutes>,
+    _control: Arc<SendStream>,
+}
+
+/// Fetch lanes (spec §8.7) expected on a connection, by the ID of the region stream they serve.
+#[derive(Default)]
+struct LaneRoutes {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<FrameReader>>>,
+}
+
+/// Where the fetch lane of one region stream arrives. Dropping it stops expecting one.
+pub struct LaneWait {
+    rx: Option<oneshot::Receiver<FrameReader>>,
+    routes: Arc<LaneRoutes>,
+    stream: u64,
+}
+
+impl LaneWait {
+    /// The lane, once the owner opened it (its LANE frame already read and checked); pending
+    /// forever after it was delivered or can no longer come.
+    pub async fn arrived(&mut self) -> FrameReader {
+        match self.rx.as_mut() {
+            Some(rx) => match rx.await {
+                Ok(lane) => {
+                    self.rx = None;
+                    lane
+                }
+                Err(_) => {
+                    self.rx = None;
+                    std::future::pending().await
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for LaneWait {
+    fn drop(&mut self) {
+        self.routes
+            .waiting
+            .lock()
+            .expect("lane routes")
+            .remove(&self.stream);
+    }
+}
+
+/// Accepts the unidirectional streams of a connection this peer opened: each must be a fetch
+/// lane whose LANE frame names a region stream waiting for one; anything else is stopped.
+async fn route_lanes(conn: Connection, routes: Arc<LaneRoutes>) {
+    while let Ok(recv) = conn.accept_uni().await {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let mut lane = FrameReader::new(recv, MAX_BODY);
+            let stream = match lane.next().await {
+                Ok(Some(Frame::Lane { stream })) => Some(stream),
+                _ => None,
+            };
+            let to = stream.and_then(|s| routes.waiting.lock().expect("lane routes").remove(&s));
+            match to {
+                Some(to) => {
+                    if let Err(mut lane) = to.send(lane) {
+                        lane.stop(ErrorCode::Shutdown);
+                    }
+                }
+                None => lane.stop(ErrorCode::ProtocolViolation),
+            }
+        });
+    }
 }
 
 impl Session {
+    /// Expects the fetch lane of region stream `stream` (call before asking for anything on it).
+    pub fn lane_for(&self, stream: u64) -> LaneWait {
+        let (tx, rx) = oneshot::channel();
+        self.lanes
+            .waiting
+            .lock()
+            .expect("lane routes")
+            .insert(stream, tx);
+        LaneWait {
+            rx: Some(rx),
+            routes: self.lanes.clone(),
+            stream,
+        }
+    }
+
     /// The peer's fingerprint as verified during the handshake.
     pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
         let certs = self

@@ -310,3 +310,56 @@ fn several_regions_share_a_connection_and_several_owners_feed_one_server() {
         server.output()
     );
 }
+
+/// Two mounts from one endpoint share its connection to the serving peer (one connection per
+/// pair of peers), and each gets the fetch lane that names its own region stream: urgent reads
+/// of chunks the background push has not reached are answered on the right lane.
+#[test]
+fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
+    use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
+    use std::sync::{Arc, Mutex};
+    let w = World::new();
+    let _server = w.serve();
+    let img = w.path("img");
+    random_file(&img, 256 << 20);
+    std::fs::copy(&img, w.replica("img")).unwrap();
+    let img = std::fs::read(&img).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let id = Identity::load_or_create(&w.path("owner-id")).unwrap();
+        let trust =
+            TrustSet::new([memsync_peer::identity::Fingerprint::parse(&w.replica_fp).unwrap()]);
+        let addr = w.addr().parse().unwrap();
+        let ep = PeerEndpoint::client_for(addr, &id, trust).unwrap();
+        let mount = || async {
+            let sink: Arc<Mutex<Option<Arc<MemorySink>>>> = Arc::default();
+            let keep = sink.clone();
+            let make: SinkFactory = Box::new(move |g| {
+                let s = Arc::new(MemorySink::new(g));
+                *keep.lock().unwrap() = Some(s.clone());
+                s
+            });
+            let r = RemoteRegion::mount_with(&ep, addr, "img", make)
+                .await
+                .unwrap();
+            let s = sink.lock().unwrap().clone().unwrap();
+            (r, s)
+        };
+        let (a, sink_a) = mount().await;
+        let (b, sink_b) = mount().await;
+        let first = ep.connect(addr).await.unwrap().conn.stable_id();
+        assert_eq!(ep.connect(addr).await.unwrap().conn.stable_id(), first);
+        let n = a.geometry().chunk_count();
+        a.ensure(n - 1..n).await.unwrap();
+        b.ensure(n - 2..n - 1).await.unwrap();
+        assert!(a.lane_copies() >= 1, "mount a got no lane copy");
+        assert!(b.lane_copies() >= 1, "mount b got no lane copy");
+        a.complete().await.unwrap();
+        b.complete().await.unwrap();
+        for sink in [sink_a, sink_b] {
+            let mut got = vec![0u8; img.len()];
+            sink.read(0, &mut got);
+            assert!(got == img, "a mount's bytes differ from the region");
+        }
+    });
+}

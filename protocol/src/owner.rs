@@ -86,6 +86,9 @@ pub struct Owner {
     queued: VecDeque<Vec<u8>>,
     urgent: VecDeque<u64>,
     background: VecDeque<u64>,
+    /// Chunks sent on this stream since it opened. A FETCH of one of them is already answered
+    /// by the copy in flight (spec §8.3): sending it again would only repeat bytes.
+    on_stream: DirtySet,
     bytes_sent: u64,
 }
 
@@ -130,6 +133,7 @@ impl Owner {
             queued: VecDeque::new(),
             urgent: VecDeque::new(),
             background: VecDeque::new(),
+            on_stream: DirtySet::new(n),
             bytes_sent: 0,
         };
         o.queue_open();
@@ -174,6 +178,7 @@ impl Owner {
         self.queued.clear();
         self.urgent.clear();
         self.background.clear();
+        self.on_stream.clear();
         self.state = OwnerState::Opening;
         self.queue_open();
         Ok(())
@@ -359,8 +364,14 @@ impl Owner {
                 };
                 // Bounded: at most one queued entry per chunk per queue is useful, so cap the
                 // queue at the chunk count and drop what would overflow (the replica re-asks).
+                // Chunks already sent on this stream are on their way: not queued again.
                 let room = (self.geom.chunk_count() as usize).saturating_sub(q.len());
-                q.extend((first..first + count as u64).take(room));
+                let on_stream = &self.on_stream;
+                q.extend(
+                    (first..first + count as u64)
+                        .filter(|&i| !on_stream.contains(i))
+                        .take(room),
+                );
                 Ok(OwnerEvent::None)
             }
             (Frame::HandoffAck { generation }, OwnerState::HandingOff { generation: g })
@@ -411,11 +422,15 @@ impl Owner {
         if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
             return None;
         }
-        if let Some(index) = self
+        while let Some(index) = self
             .urgent
             .pop_front()
             .or_else(|| self.background.pop_front())
         {
+            // Asked for twice (urgently after read-ahead), or sent since it was asked for.
+            if self.on_stream.contains(index) {
+                continue;
+            }
             return Some(Transmit::Chunk {
                 index,
                 fetched: true,
@@ -477,6 +492,7 @@ impl Owner {
         debug_assert_eq!(data.len(), self.geom.chunk_len(index));
         let h = chunk_hash(data);
         let zero = h == self.zero.of(index) && is_zero(data);
+        self.on_stream.insert(index);
         let wire_hash = if zero { 0 } else { h };
         self.known[index as usize] = h;
         if fetched {

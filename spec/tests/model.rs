@@ -4,6 +4,7 @@
 //! The default tests are what CI runs; the `#[ignore]`d ones explore larger bounds
 //! (`cargo test -p memsync-spec --release --test model -- --ignored`).
 
+use memsync_spec::model::mirror::Msg;
 use memsync_spec::model::system::{
     Action, A, B, LIVENESS, P_ACK_HOLDS_SENT, P_ACK_QUIET_SNAPSHOT, P_HANDOFF_COMPLETE,
     P_HANDOFF_GENERATION_FINAL, P_HANDOFF_REPLICA_HOLDS_FINAL, P_NO_STREAM_ERROR, P_ONE_OWNER,
@@ -88,7 +89,7 @@ fn pair_precise_detector() {
     let r = run(pair(Detector::Precise));
     assert_holds(&r);
     assert_seen(&r, &CORE);
-    assert_seen(&r, &[8, 9, 11, 12]);
+    assert_seen(&r, &[8, 9, 11, 13]);
 }
 
 #[test]
@@ -96,7 +97,7 @@ fn pair_hash_detector() {
     let r = run(pair(Detector::HashScan));
     assert_holds(&r);
     assert_seen(&r, &CORE);
-    assert_seen(&r, &[8, 9, 11, 12]);
+    assert_seen(&r, &[8, 9, 11, 13]);
 }
 
 /// Without owner restarts both claims hold for an eager replica (here with two connection
@@ -115,10 +116,13 @@ fn pair_without_owner_restarts_keeps_the_handoff_claims() {
 
 /// Handing off to a lazy replica: every property holds, the claims about HANDOFF{g} included,
 /// since a FETCHED chunk sent outside a round makes the owner commit a generation after it
-/// (the fix of finding 1; `fetched_write_is_committed_before_a_handoff_to_a_lazy_target`).
+/// (the fix of finding 1), and a FETCH of a chunk already sent on the stream leaves a pending write
+/// to a round (`fetched_write_is_committed_before_a_handoff_to_a_lazy_target`).
+/// A FETCH of a chunk already sent on the stream is not answered again (§8.1 sending rule 1): the
+/// copy in flight answers it, and the checks above hold with that rule.
 fn lazy_target(detector: Detector) {
     let r = run(pair_lazy(detector));
-    assert_seen(&r, &[0, 2, 3, 7, 8]);
+    assert_seen(&r, &[0, 2, 3, 7, 8, 12]);
     assert_holds(&r);
 }
 
@@ -149,7 +153,7 @@ fn pair_lazy_target_with_fetched_chunks_kept_pending() {
 fn trio_precise_detector_fetches() {
     let r = run(trio(Detector::Precise, 1, 0));
     assert_holds(&r);
-    assert_seen(&r, &[0, 1, 2, 3, 7, 10, 11]);
+    assert_seen(&r, &[0, 1, 2, 3, 7, 10, 11, 12]);
 }
 
 #[test]
@@ -282,10 +286,13 @@ fn broken_replica_reused_across_connections_is_caught() {
     );
 }
 
-/// The finding behind `pair_lazy_target_*`, step by step on the real machines: A's last write
-/// reaches the lazy B only as a FETCHED chunk sent after COMMIT{1}; A hands off generation 1; the
-/// connection dies before B sees HANDOFF. B is left at generation 1 without A's final write, while
-/// the spec (§8.6, §9) says HANDOFF{g} names a generation holding every byte A left.
+/// The finding behind `pair_lazy_target_*` (MODEL.md finding 1), step by step on the real
+/// machines. As found, A's last write reached the lazy B only as a FETCHED chunk sent after
+/// COMMIT{1}; A handed off generation 1; the connection died before B saw HANDOFF, leaving B at
+/// generation 1 without A's final write, while the spec (§8.6, §9) says HANDOFF{g} names a
+/// generation holding every byte A left. Now chunk 1 was already sent on this stream (round 1), so
+/// the FETCH is not answered again (§8.1 sending rule 1): the pending write goes in round 2, and no
+/// HANDOFF can come before its COMMIT{2}.
 #[test]
 fn fetched_write_is_committed_before_a_handoff_to_a_lazy_target() {
     let send = Action::Send { link: 0, end: 0 };
@@ -312,10 +319,10 @@ fn fetched_write_is_committed_before_a_handoff_to_a_lazy_target() {
         },
         to_b.clone(), // B applies chunk 1 = 0
         to_b.clone(), // COMMIT{1}: B acknowledges 1
-        to_a.clone(), // A queues the FETCH
-        send.clone(), // CHUNK 1 = 2, FETCHED: chunk 1 leaves `pending`, a commit is owed
+        to_a.clone(), // the FETCH: chunk 1 went out in round 1, nothing is queued
+        send.clone(), // round 2: CHUNK 1 = 2 (as found: CHUNK 1 = 2 FETCHED, leaving `pending`)
         to_a.clone(), // ACK{1}
-        send.clone(), // COMMIT{2} (empty) — before the fix: HANDOFF{1}, without the write
+        send.clone(), // COMMIT{2} covering the write — as found: HANDOFF{1}, without it
         Action::Drop { link: 0 },
     ];
     let cfg = Config {
@@ -325,6 +332,20 @@ fn fetched_write_is_committed_before_a_handoff_to_a_lazy_target() {
         ..pair_lazy(Detector::Precise)
     };
     let states = replay(cfg, &trace);
+    let sent = |k: usize| states[k + 1].links[0].queues[0].back().cloned();
+    assert_eq!(
+        sent(13),
+        Some(Msg::Chunk {
+            index: 1,
+            value: 2,
+            fetched: false
+        }),
+        "the write goes in a round, not as a second, FETCHED copy"
+    );
+    assert!(matches!(
+        sent(15),
+        Some(Msg::Commit { generation: 2, ref records }) if records == &[(1, 2)]
+    ));
     let last_send = &states[states.len() - 2];
     assert_eq!(
         last_send.claims & (P_HANDOFF_REPLICA_HOLDS_FINAL | P_HANDOFF_GENERATION_FINAL),

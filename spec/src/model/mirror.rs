@@ -182,6 +182,9 @@ pub struct Owner {
     pub queued: VecDeque<Msg>,
     pub urgent: VecDeque<u64>,
     pub background: VecDeque<u64>,
+    /// Chunks sent on this stream since it opened (round or FETCHED): a FETCH of one is answered
+    /// by the copy in flight.
+    pub on_stream: Mask,
 }
 
 impl Owner {
@@ -204,6 +207,7 @@ impl Owner {
             queued: VecDeque::from([Msg::Open { generation }]),
             urgent: VecDeque::new(),
             background: VecDeque::new(),
+            on_stream: 0,
         }
     }
 
@@ -224,6 +228,7 @@ impl Owner {
         self.queued.clear();
         self.urgent.clear();
         self.background.clear();
+        self.on_stream = 0;
         self.state = OwnerState::Opening;
         self.queued.push_back(Msg::Open {
             generation: self.generation,
@@ -356,7 +361,12 @@ impl Owner {
                     &mut self.background
                 };
                 let room = N.saturating_sub(q.len());
-                q.extend((first..first + count as u64).take(room));
+                let on_stream = self.on_stream;
+                q.extend(
+                    (first..first + count as u64)
+                        .filter(|&i| on_stream & bit(i) == 0)
+                        .take(room),
+                );
                 Ok(OwnerEvent::None)
             }
             (&Msg::HandoffAck { generation }, OwnerState::HandingOff { generation: g })
@@ -376,11 +386,14 @@ impl Owner {
         if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
             return None;
         }
-        if let Some(index) = self
+        while let Some(index) = self
             .urgent
             .pop_front()
             .or_else(|| self.background.pop_front())
         {
+            if self.on_stream & bit(index) != 0 {
+                continue;
+            }
             return Some(Transmit::Chunk {
                 index,
                 fetched: true,
@@ -423,7 +436,9 @@ impl Owner {
         None
     }
 
-    /// Whether [`Owner::poll_transmit`] would return something (without its effects).
+    /// Whether [`Owner::poll_transmit`] would return something (without its effects), or drop
+    /// FETCH entries of chunks already sent on this stream: its only effect when it returns
+    /// nothing, and one the model must take so that the owner can become synced.
     pub fn would_transmit(&self) -> bool {
         !self.queued.is_empty()
             || matches!(self.state, OwnerState::Streaming | OwnerState::Draining)
@@ -436,6 +451,7 @@ impl Owner {
 
     /// `encode_chunk(index, fetched, bytes)` for a chunk whose bytes are the fill `value`.
     pub fn encode_chunk(&mut self, index: u64, fetched: bool, value: u8) -> Msg {
+        self.on_stream |= bit(index);
         self.known[index as usize] = value;
         if fetched {
             self.pending &= !bit(index);

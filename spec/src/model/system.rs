@@ -188,7 +188,7 @@ pub const LIVENESS: &str =
     "every quiescent continuation ends, within a bound, with every replica equal to the owner";
 
 /// Things the checker saw happen at least once (reported, to show the bounds reach them).
-pub const SEEN: [&str; 13] = [
+pub const SEEN: [&str; 14] = [
     "a round committed and acknowledged",
     "a chunk was reconciled as already held",
     "a FETCH was answered with a FETCHED chunk",
@@ -201,6 +201,7 @@ pub const SEEN: [&str; 13] = [
     "the connection was lost before B saw HANDOFF: no owner (spec §8.6)",
     "C was re-homed from A to B",
     "a write by the new owner reached a replica",
+    "a FETCH was not answered again: the chunk was already sent on the stream",
     "the owner's process restarted",
 ];
 
@@ -447,8 +448,8 @@ impl Sys {
                     End::Idle => {}
                     End::Owner { m, .. } => {
                         s += &format!(
-                            " {p}:owner {:?} G={} acked={} K={:?} pending={:02b} round={:02b}",
-                            m.state, m.generation, m.acked, m.known, m.pending, m.round
+                            " {p}:owner {:?} G={} acked={} K={:?} pending={:02b} round={:02b} sent={:02b}",
+                            m.state, m.generation, m.acked, m.known, m.pending, m.round, m.on_stream
                         )
                     }
                     End::Replica { m, .. } => {
@@ -686,9 +687,21 @@ impl Run<'_> {
         let known = owner.known;
         let unsent_round = (owner.cursor..N as u64).fold(0, |a, i| a | (owner.round & 1 << i));
         let dirty = owner.pending | if owner.in_round { unsent_round } else { 0 };
+        let asked = owner.urgent.len() + owner.background.len();
         let out = self.owner(l, e, OwnerInput::Poll { mem: self.s.mem[p] });
-        let OwnerOutput::Transmit(Some(msg)) = out else {
-            panic!("Send enabled with nothing to send");
+        let OwnerOutput::Transmit(msg) = out else {
+            unreachable!("poll_transmit answers a transmit");
+        };
+        let polled = self.s.links[l].ends[e].owner().unwrap();
+        let answered = matches!(msg, Some(Msg::Chunk { fetched: true, .. })) as usize;
+        if asked - polled.urgent.len() - polled.background.len() > answered {
+            // FETCH entries of chunks sent since they were queued were dropped (§8.1 rule 1).
+            see(self.model, 12);
+        }
+        let Some(msg) = msg else {
+            // Nothing to send but such entries: dropping them was the whole step.
+            assert!(asked > 0, "Send enabled with nothing to send");
+            return;
         };
         if let (
             Variant::KeepFetchedPending,
@@ -746,6 +759,13 @@ impl Run<'_> {
         let mut msg = Arc::make_mut(&mut self.s.links[l]).queues[from]
             .pop_front()
             .expect("a frame in flight");
+        if let (&Msg::Fetch { first, count, .. }, End::Owner { m, .. }) =
+            (&msg, &self.s.links[l].ends[to])
+        {
+            if (first..first + count as u64).any(|i| m.on_stream & 1 << i != 0) {
+                see(self.model, 12);
+            }
+        }
         let known = match &self.s.links[l].ends[to] {
             End::Owner { m, .. } => Some(m.known),
             End::Replica { .. } => None,
@@ -1016,7 +1036,7 @@ impl Run<'_> {
             Action::CrashOwner { peer } => {
                 let p = peer as usize;
                 self.s.crashes_left -= 1;
-                see(self.model, 12);
+                see(self.model, 13);
                 for (l, e) in self.owner_ends(p) {
                     let link = Arc::make_mut(&mut self.s.links[l]);
                     link.queues = Default::default();
@@ -1427,6 +1447,16 @@ fn describe_action(before: &Sys, action: &Action, after: &Sys) -> String {
             end_name(link, end),
             LINK_NAMES[link as usize]
         ),
+        Action::Send { link, end }
+            if after.links[link as usize].queues[end as usize].len()
+                == before.links[link as usize].queues[end as usize].len() =>
+        {
+            format!(
+                "{} polls on {}: nothing to send (FETCH entries of chunks already sent dropped)",
+                end_name(link, end),
+                LINK_NAMES[link as usize]
+            )
+        }
         Action::Send { link, end } => format!(
             "{} sends {:?} on {}",
             end_name(link, end),
