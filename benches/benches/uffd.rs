@@ -227,21 +227,9 @@ fn lazy(size: usize) {
         cpu_uffd_pull.as_secs_f64() / (mib / 1024.0),
         cpu_uffd_pull.as_secs_f64() / cpu_raw.as_secs_f64()
     );
-    if std::env::var("UFFD_BENCH_ONLY").is_ok_and(|v| v == "pull") {
-        return;
-    }
-
-    // First touches of chunks not yet here: both peers in this process, then the owner in a
-    // process of its own (as on two machines, where the peers do not share a runtime).
-    let here = touch_latencies(&rt, &ep, addr, &img);
-    let (child, child_addr, child_fp) = serve_in_child(dir.path(), &a);
-    let child_ep = rt.block_on(async {
-        PeerEndpoint::client_for(child_addr, &a, TrustSet::new([child_fp])).unwrap()
-    });
-    let apart = touch_latencies(&rt, &child_ep, child_addr, &img);
-    drop(child);
-
-    // Sequential read of a fresh cold mount, 64 KiB at a time, from a plain thread.
+    // Sequential read of a fresh cold mount, 64 KiB at a time, from a plain thread, once the
+    // connection is idle again.
+    std::thread::sleep(Duration::from_millis(300));
     let r = mount();
     let t = Instant::now();
     let rr = r.clone();
@@ -263,10 +251,43 @@ fn lazy(size: usize) {
         .readahead_chunks
         .load(std::sync::atomic::Ordering::Relaxed);
     let faults = r.stats().faults.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw ({faults} faults, {ra} chunks read ahead, {} lane copies)",
+        mib / t_seq.as_secs_f64(),
+        mib / t_seq.as_secs_f64() / raw,
+        r.lane_copies()
+    );
+    drop(r);
+    if std::env::var("UFFD_BENCH_ONLY").is_ok_and(|v| v == "pull") {
+        return;
+    }
+
+    // First touches of chunks not yet here: both peers in this process, then the owner in a
+    // process of its own (as on two machines, where the peers do not share a runtime).
+    let here = touch_latencies(&rt, &ep, addr, "img", &img);
+    let (child, child_addr, child_fp) = serve_in_child(dir.path(), &a);
+    let child_ep = rt.block_on(async {
+        PeerEndpoint::client_for(child_addr, &a, TrustSet::new([child_fp])).unwrap()
+    });
+    let apart = touch_latencies(&rt, &child_ep, child_addr, "img", &img);
+    drop(child);
+    // A sparse image (every 100th chunk holds data, the rest is zeros, as in a VM's memory after
+    // boot): the background push is zero-chunk flags and little data, so the link is nearly
+    // idle and a first touch shows the fetch path's own latency.
+    let mut sparse = vec![0u8; size];
+    for (k, c) in sparse.chunks_mut(1 << 16).enumerate() {
+        if k % 100 == 0 {
+            c.copy_from_slice(&img[k << 16..(k + 1) << 16]);
+        }
+    }
+    std::fs::write(dir.path().join("sparse"), &sparse).unwrap();
+    let quiet = touch_latencies(&rt, &ep, addr, "sparse", &sparse);
+    drop(sparse);
 
     for (where_, t) in [
         ("peers in one process", &here),
         ("owner in its own process", &apart),
+        ("sparse image (1% data), peers in one process", &quiet),
     ] {
         println!(
             "  first touch of a missing chunk, {where_}: during the pull p50 {:.0} us, p99 {:.0} us ({} touches); right after mounting (20 mounts) p50 {:.0} us, p99 {:.0} us",
@@ -277,12 +298,6 @@ fn lazy(size: usize) {
             us(pct(&t.fresh, 0.99)),
         );
     }
-    println!(
-        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw ({faults} faults, {ra} chunks read ahead, {} lane copies)",
-        mib / t_seq.as_secs_f64(),
-        mib / t_seq.as_secs_f64() / raw,
-        r.lane_copies()
-    );
 }
 
 /// First-touch latencies of chunks not yet present: `during` a background pull (random chunks
@@ -296,11 +311,12 @@ fn touch_latencies(
     rt: &tokio::runtime::Runtime,
     ep: &PeerEndpoint,
     addr: std::net::SocketAddr,
+    name: &str,
     img: &[u8],
 ) -> Touches {
     let mount = || {
         Arc::new(
-            rt.block_on(LazyRegion::mount(ep, addr, "img", LazyOptions::default()))
+            rt.block_on(LazyRegion::mount(ep, addr, name, LazyOptions::default()))
                 .unwrap(),
         )
     };
@@ -326,9 +342,11 @@ fn touch_latencies(
     assert!(r.bytes() == img);
     drop(r);
     // As a restored VM touches its memory: one page far from the start (the pull begins at
-    // chunk 0) of each fresh mount.
+    // chunk 0) of each fresh mount. Each mount starts on an idle connection: the previous
+    // mount's push, already in flight when it was dropped, has drained.
     let mut fresh = Vec::new();
     for k in 0..20u64 {
+        std::thread::sleep(Duration::from_millis(300));
         let r = mount();
         let off = ((chunks - 1 - k * 97 % (chunks / 2)) as usize) << 16;
         let t = Instant::now();

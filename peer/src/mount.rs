@@ -428,7 +428,8 @@ impl Driver {
     }
 }
 
-/// Most frames handled per wake-up of the mount's task before it looks at requests again.
+/// Most frames handled per wake-up of the mount's task before it looks at the fetch lane
+/// again (requests are checked between frames).
 const DRAIN_FRAMES: usize = 64;
 
 /// The next frame on the fetch lane; pending while there is none.

@@ -374,6 +374,7 @@ async fn pump(
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0;
     let mut arena = BytesMut::new();
+    let mut since_yield = 0;
     loop {
         loop {
             match rx.try_recv() {
@@ -426,6 +427,15 @@ async fn pump(
                 if batched >= BATCH_BYTES {
                     flush_batch(send, &mut batch, &mut batched).await?;
                 }
+                // Reading and hashing chunks is CPU work between awaits, and QUIC writes that
+                // complete at once do not yield: hand the worker thread over every few chunks,
+                // so the task answering urgent fetches never waits behind a whole batch (or,
+                // for a region of zeros, which fills no batch, behind the whole round).
+                since_yield += 1;
+                if since_yield == YIELD_EVERY_CHUNKS {
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
                 stats.bytes_sent.fetch_add(n, Relaxed);
                 stats.chunks_sent.fetch_add(1, Relaxed);
                 if let Some(round) = rounds.get_mut(&r.owner.generation()) {
@@ -463,6 +473,9 @@ async fn pump(
         }
     }
 }
+
+/// Chunks the send loop encodes before it lets other tasks run.
+const YIELD_EVERY_CHUNKS: u32 = 8;
 
 /// Chunk frames are cut from arenas of this size, reused once QUIC has let go of every frame
 /// in them: a fresh allocation per frame costs page faults and zeroing on every chunk (the

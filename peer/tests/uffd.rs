@@ -867,3 +867,64 @@ fn child_entry() {
     }
     std::process::exit(0);
 }
+
+/// UFFDIO_CONTINUE on shared memory: pages already in the memfd's page cache (written through
+/// another mapping) but not yet mapped in the registered one raise MINOR faults, which
+/// CONTINUE resolves by mapping those pages: the reader sees the bytes, nothing is copied.
+#[test]
+fn minor_faults_on_shared_memory_are_resolved_with_continue() {
+    let probe = memsync_peer::uffd::Probe::run();
+    assert!(
+        probe.features.contains(Features::MINOR_SHMEM),
+        "this kernel offers MINOR_SHMEM (Linux 5.13), yet the probe found {:?}",
+        probe.features
+    );
+    let ps = memsync_peer::uffd::page_size();
+    let len = 16 * ps;
+    let memfd = rustix::fs::memfd_create("continue-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, len as u64).unwrap();
+    let alias = Mapping::shared(memfd.as_fd(), len, true).unwrap();
+    let registered = Arc::new(Mapping::shared(memfd.as_fd(), len, true).unwrap());
+    let uffd = Uffd::new(OpenFlags::default(), Features::MINOR_SHMEM).unwrap();
+    uffd.register(registered.addr(), len as u64, RegisterMode::MINOR)
+        .unwrap();
+    // Fill the page cache through the alias only.
+    // SAFETY: `alias` is a live writable mapping of `len` bytes owned by this test.
+    let a = unsafe { std::slice::from_raw_parts_mut(alias.as_ptr(), len) };
+    for (i, b) in a.iter_mut().enumerate() {
+        *b = (i / ps) as u8 ^ 0xA5;
+    }
+    let pages = [3usize, 7, 15];
+    let r = registered.clone();
+    let reader = std::thread::spawn(move || {
+        pages
+            .iter()
+            // SAFETY: inside the registered mapping; a read of an unmapped page waits for the
+            // handler below.
+            .map(|p| unsafe { r.as_ptr().add(p * ps + 5).read_volatile() })
+            .collect::<Vec<u8>>()
+    });
+    let mut resolved = Vec::new();
+    let deadline = Instant::now() + HANG;
+    while resolved.len() < pages.len() {
+        assert!(Instant::now() < deadline, "the reader's faults never came");
+        if !uffd.poll(100).unwrap() {
+            continue;
+        }
+        let mut events = Vec::new();
+        uffd.read_events(&mut events, 8).unwrap();
+        for ev in events {
+            let memsync_peer::uffd::Event::Pagefault { address, minor, .. } = ev else {
+                panic!("unexpected event {ev:?}");
+            };
+            assert!(minor, "a fault on a page in the page cache must be MINOR");
+            let page = address / ps as u64 * ps as u64;
+            resolved.push((page - registered.addr()) as usize / ps);
+            // SAFETY: the page is in the registered range and its contents are the memfd's.
+            unsafe { uffd.cont(page, ps as u64, true) }.unwrap();
+        }
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(resolved, pages);
+    assert_eq!(got, pages.map(|p| p as u8 ^ 0xA5).to_vec());
+}
