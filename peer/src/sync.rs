@@ -72,6 +72,8 @@ pub struct SyncStats {
     pub chunks_sent: AtomicU64,
     /// Rounds acknowledged by the replica.
     pub rounds_acked: AtomicU64,
+    /// Bytes of CHUNK frames in the rounds the replica acknowledged.
+    pub bytes_acked: AtomicU64,
     /// Time from the detector run that found a round's changes to the round's ACK, last round.
     pub last_lag_us: AtomicU64,
     /// Reconciliations completed (one per stream start).
@@ -645,6 +647,7 @@ fn on_frame(
                 r.detector.acknowledged(p);
             }
             let lag = detected.map_or(Duration::ZERO, |d| d.elapsed());
+            stats.bytes_acked.fetch_add(bytes, Relaxed);
             stats.rounds_acked.fetch_add(1, Relaxed);
             stats.last_lag_us.store(lag.as_micros() as u64, Relaxed);
             if let Some(pb) = progress.take() {
