@@ -665,7 +665,7 @@ impl LazyRegion {
         out
     }
 
-    /// Chunks that arrived first on the owner's fetch lane (urgent fetches, spec §8.7).
+    /// Valid chunk copies received on the owner's fetch lane (urgent fetches, spec §8.7).
     pub fn lane_copies(&self) -> u64 {
         self.handler.remote.lane_copies()
     }

@@ -75,7 +75,8 @@ pub type SinkFactory = Box<dyn FnOnce(Geometry) -> Arc<dyn ChunkSink> + Send>;
 struct Shared {
     present: Mutex<DirtySet>,
     arrived: Notify,
-    /// Chunks shown to readers from the fetch lane, ahead of the region stream.
+    /// Valid chunk copies received on the fetch lane (shown to readers or, when the region
+    /// stream's copy came first, discarded).
     lane_copies: AtomicU64,
     failure: Mutex<Option<String>>,
 }
@@ -196,7 +197,8 @@ impl RemoteRegion {
         self.shared.present.lock().expect("lock").contains(index)
     }
 
-    /// Chunks that readers got from the fetch lane, before the region stream brought them.
+    /// Valid chunk copies received on the fetch lane, whether shown to readers or discarded
+    /// because the region stream's copy came first.
     pub fn lane_copies(&self) -> u64 {
         self.shared.lane_copies.load(Relaxed)
     }
@@ -447,12 +449,13 @@ fn on_lane_frame(
     shared: &Shared,
     frame: &Frame<'_>,
 ) -> Result<(), WireError> {
-    if let ReplicaEvent::Write { index, data } = replica.handle_lane(frame)? {
+    let event = replica.handle_lane(frame)?;
+    shared.lane_copies.fetch_add(1, Relaxed);
+    if let ReplicaEvent::Write { index, data } = event {
         if let Some(sink) = sink {
             sink.write_chunk(index, data);
         }
         shared.present.lock().expect("lock").insert(index);
-        shared.lane_copies.fetch_add(1, Relaxed);
         shared.arrived.notify_waiters();
     }
     Ok(())
