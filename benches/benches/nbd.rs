@@ -32,6 +32,15 @@ fn main() -> Result<()> {
         .block_on(bench())
 }
 
+/// `qemu-img convert` of the raw `image` into the existing NBD export at `uri`.
+fn convert_into(image: &std::path::Path, uri: &str) -> Result<Duration> {
+    let image = image.to_str().context("image path is not UTF-8")?;
+    run(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", image, uri],
+    )
+}
+
 fn run(cmd: &str, args: &[&str]) -> Result<Duration> {
     let t = Instant::now();
     let out = Command::new(cmd)
@@ -69,19 +78,7 @@ async fn bench() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let uri = format!("nbd+unix:///x?socket={}", sock.display());
-    let t_qemu = run(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            image.to_str().unwrap(),
-            &uri,
-        ],
-    )?;
+    let t_qemu = convert_into(&image, &uri)?;
     qemu_nbd.kill()?;
     println!(
         "qemu-img convert {} MiB into qemu-nbd (local file): {:.0} ms, {:.0} MiB/s (baseline)",
@@ -127,21 +124,7 @@ async fn bench() -> Result<()> {
     while stats.reconciles.load(Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let t_ours = tokio::task::block_in_place(|| {
-        run(
-            "qemu-img",
-            &[
-                "convert",
-                "-n",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                image.to_str().unwrap(),
-                &uri,
-            ],
-        )
-    })?;
+    let t_ours = tokio::task::block_in_place(|| convert_into(&image, &uri))?;
     let written = Instant::now();
     marks.replicated(marks.position()).await;
     let tail = written.elapsed();

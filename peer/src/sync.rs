@@ -517,11 +517,10 @@ impl Lane {
         first: u64,
         count: u32,
     ) -> Result<(), StreamError> {
-        for index in first
-            ..first
-                .saturating_add(count.into())
-                .min(first + LANE_CHUNKS_PER_FETCH)
-        {
+        // `first` and `count` come from the peer and are not checked yet (the owner checks them
+        // after this): saturate, and let the gate refuse indices past the region.
+        let end = first.saturating_add(u64::from(count).min(LANE_CHUNKS_PER_FETCH));
+        for index in first..end {
             let frame = {
                 let gate = self.gate.lock().expect("lane gate");
                 if !gate.may_send(index) {

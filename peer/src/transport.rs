@@ -199,7 +199,7 @@ impl PeerEndpoint {
 
     /// Opens a new connection to `addr` and runs the HELLO exchange, turning TLS refusals into
     /// messages that say which fingerprint to trust.
-    pub async fn connect_new(&self, addr: SocketAddr) -> Result<Session, TransportError> {
+    async fn connect_new(&self, addr: SocketAddr) -> Result<Session, TransportError> {
         let connecting = self
             .endpoint
             .connect(addr, "memsync")
@@ -342,25 +342,31 @@ impl Drop for LaneWait {
     }
 }
 
+/// Body length of a LANE frame (spec §5.16).
+const LANE_BODY_LEN: u32 = 8;
+
 /// Accepts the unidirectional streams of a connection this peer opened: each must be a fetch
 /// lane whose LANE frame names a region stream waiting for one; anything else is stopped.
 async fn route_lanes(conn: Connection, routes: Arc<LaneRoutes>) {
     while let Ok(recv) = conn.accept_uni().await {
         let routes = routes.clone();
         tokio::spawn(async move {
-            let mut lane = FrameReader::new(recv, MAX_BODY);
-            let stream = match lane.next().await {
+            // The first frame is read with the LANE body's size as the limit, so a stream that
+            // starts otherwise costs no chunk-sized buffer.
+            let mut first = FrameReader::new(recv, LANE_BODY_LEN);
+            let stream = match first.next().await {
                 Ok(Some(Frame::Lane { stream })) => Some(stream),
                 _ => None,
             };
             let to = stream.and_then(|s| routes.waiting.lock().expect("lane routes").remove(&s));
             match to {
                 Some(to) => {
+                    let lane = FrameReader::new(first.into_inner(), MAX_BODY);
                     if let Err(mut lane) = to.send(lane) {
                         lane.stop(ErrorCode::Shutdown);
                     }
                 }
-                None => lane.stop(ErrorCode::ProtocolViolation),
+                None => first.stop(ErrorCode::ProtocolViolation),
             }
         });
     }
