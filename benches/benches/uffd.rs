@@ -13,6 +13,7 @@
 use memsync_benches::{cpu_time, raw_quinn};
 use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
 use memsync_peer::lazy::{LazyOptions, LazyRegion};
+use memsync_peer::sync::SyncOptions;
 use memsync_peer::transport::PeerEndpoint;
 use memsync_peer::uffd::pagemap::WriteTracker;
 use memsync_peer::uffd::Mapping;
@@ -170,18 +171,27 @@ fn lazy(size: usize) {
     rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut img);
     std::fs::write(dir.path().join("img"), &img).unwrap();
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = rt.block_on(async {
-        PeerEndpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &b,
-            TrustSet::new([a.fingerprint()]),
-            true,
-        )
-        .unwrap()
-    });
-    let addr = server.local_addr();
-    let d = dir.path().to_owned();
-    rt.spawn(async move { memsync_peer::serve::serve(&server, d).await });
+    // A `serve` peer holding the image, whose mounts push at `max_rate` bytes/s at most.
+    let serve = |max_rate: Option<u64>| {
+        let server = rt.block_on(async {
+            PeerEndpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                &b,
+                TrustSet::new([a.fingerprint()]),
+                true,
+            )
+            .unwrap()
+        });
+        let addr = server.local_addr();
+        let d = dir.path().to_owned();
+        let opts = SyncOptions {
+            max_rate,
+            ..SyncOptions::default()
+        };
+        rt.spawn(async move { memsync_peer::serve::serve_with(&server, d, opts).await });
+        addr
+    };
+    let addr = serve(None);
     let ep = rt.block_on(async {
         PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
     });
@@ -271,6 +281,17 @@ fn lazy(size: usize) {
     });
     let apart = touch_latencies(&rt, &child_ep, child_addr, "img", &img);
     drop(child);
+    // The same with the owner's push held to a half and a quarter of raw quinn's rate (`serve
+    // --mount-max-rate`): the headroom keeps the queues that urgent copies wait in short.
+    let paced: Vec<(String, Touches)> = [2.0, 4.0]
+        .into_iter()
+        .map(|div| {
+            let rate = (raw / div) as u64;
+            let at = serve(Some(rate << 20));
+            let where_ = format!("push held to {rate} MiB/s (raw / {div}), peers in one process");
+            (where_, touch_latencies(&rt, &ep, at, "img", &img))
+        })
+        .collect();
     // A sparse image (every 100th chunk holds data, the rest is zeros, as in a VM's memory after
     // boot): the background push is zero-chunk flags and little data, so the link is nearly
     // idle and a first touch shows the fetch path's own latency.
@@ -284,11 +305,28 @@ fn lazy(size: usize) {
     let quiet = touch_latencies(&rt, &ep, addr, "sparse", &sparse);
     drop(sparse);
 
-    for (where_, t) in [
+    for (busy, reply) in [
+        (false, 1 << 16),
+        (true, 1 << 16),
+        (false, 4096),
+        (true, 4096),
+        (false, 8),
+    ] {
+        let t = memsync_benches::raw_quinn_round_trips(&rt, &a, &b, 1000, reply, busy).unwrap();
+        println!(
+            "  raw quinn round trip, 8-byte request, {reply} B reply on a priority stream, {}: p50 {:.0} us, p99 {:.0} us",
+            if busy { "during a bulk push" } else { "idle link" },
+            us(pct(&t, 0.5)),
+            us(pct(&t, 0.99))
+        );
+    }
+    let unpaced = [
         ("peers in one process", &here),
         ("owner in its own process", &apart),
         ("sparse image (1% data), peers in one process", &quiet),
-    ] {
+    ];
+    let paced = paced.iter().map(|(w, t)| (w.as_str(), t));
+    for (where_, t) in unpaced.into_iter().chain(paced) {
         println!(
             "  first touch of a missing chunk, {where_}: during the pull p50 {:.0} us, p99 {:.0} us ({} touches); right after mounting (20 mounts) p50 {:.0} us, p99 {:.0} us",
             us(pct(&t.during, 0.5)),

@@ -78,3 +78,80 @@ pub fn cpu_time() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
+
+/// The baseline for first-touch latencies: request/response round trips over raw QUIC between
+/// two of our endpoints on loopback. Each of `samples` requests (8 bytes on one stream) is
+/// answered with `reply` bytes on a stream of higher send priority, as an urgent fetch is;
+/// with `busy`, the server meanwhile pushes bulk data on a third stream as fast as QUIC lets it
+/// (the background pull's analogue). Requests are made from the calling thread (not a runtime
+/// worker), as a faulting thread waits; `rt` runs both endpoints. Returns the sorted latencies.
+pub fn raw_quinn_round_trips(
+    rt: &tokio::runtime::Runtime,
+    a: &Identity,
+    b: &Identity,
+    samples: usize,
+    reply: usize,
+    busy: bool,
+) -> Result<Vec<Duration>> {
+    let (session, server) = rt.block_on(async {
+        let server = PeerEndpoint::bind(
+            "127.0.0.1:0".parse()?,
+            b,
+            TrustSet::new([a.fingerprint()]),
+            true,
+        )?;
+        let addr = server.local_addr();
+        let server = tokio::spawn(async move {
+            let incoming = server.endpoint.accept().await.context("no connection")?;
+            let session = PeerEndpoint::accept(incoming).await?;
+            let (mut reply_send, mut requests) = session.conn.accept_bi().await?;
+            reply_send.set_priority(1)?;
+            if busy {
+                let conn = session.conn.clone();
+                tokio::spawn(async move {
+                    let mut bulk = conn.open_uni().await?;
+                    let block = Bytes::from(vec![7u8; 1 << 20]);
+                    loop {
+                        bulk.write_chunk(block.clone()).await?;
+                    }
+                    #[allow(unreachable_code)]
+                    anyhow::Ok(())
+                });
+            }
+            let answer = Bytes::from(vec![9u8; reply]);
+            let mut req = [0u8; 8];
+            while requests.read_exact(&mut req).await.is_ok() {
+                reply_send.write_chunk(answer.clone()).await?;
+            }
+            anyhow::Ok(())
+        });
+        let client = PeerEndpoint::client_for(addr, a, TrustSet::new([b.fingerprint()]))?;
+        let session = client.connect(addr).await?;
+        if busy {
+            let conn = session.conn.clone();
+            tokio::spawn(async move {
+                let mut bulk = conn.accept_uni().await?;
+                while bulk.read_chunk(usize::MAX, false).await?.is_some() {}
+                anyhow::Ok(())
+            });
+        }
+        anyhow::Ok((session, server))
+    })?;
+    let (mut send, mut recv) = rt.block_on(session.conn.open_bi())?;
+    let mut buf = vec![0u8; reply];
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        std::thread::sleep(Duration::from_micros(200));
+        let t = Instant::now();
+        rt.block_on(async {
+            send.write_all(&[0; 8]).await?;
+            recv.read_exact(&mut buf).await?;
+            anyhow::Ok(())
+        })?;
+        out.push(t.elapsed());
+    }
+    session.conn.close(0u32.into(), b"done");
+    server.abort();
+    out.sort();
+    Ok(out)
+}

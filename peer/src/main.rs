@@ -63,6 +63,11 @@ enum Cmd {
         /// Directory for replicas.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Most MiB/s the background push of a lazy mount served here may use; chunks a mount
+        /// fetches (its readers' faults, read-ahead) always go at once. Leaving headroom keeps
+        /// their wait short while the push runs.
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        mount_max_rate: Option<u64>,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -102,6 +107,9 @@ enum Cmd {
         /// them (like DRBD's protocol C), not just once they are durable here.
         #[arg(long)]
         flush_waits_for_replica: bool,
+        /// Most MiB/s a round may send (like rsync's --bwlimit); default: as fast as QUIC goes.
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        max_rate: Option<u64>,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -180,9 +188,14 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Serve {
             listen,
             dir,
+            mount_max_rate,
             id,
             trust,
         } => {
+            let mounts = SyncOptions {
+                max_rate: mount_max_rate.map(mib_per_sec),
+                ..SyncOptions::default()
+            };
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             std::fs::create_dir_all(&dir)
@@ -196,7 +209,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 ident.fingerprint()
             );
             tokio::select! {
-                _ = memsync_peer::serve::serve(&ep, dir) => Ok(()),
+                _ = memsync_peer::serve::serve_with(&ep, dir, mounts) => Ok(()),
                 _ = tokio::signal::ctrl_c() => {
                     ep.endpoint.close(0u32.into(), b"shutdown");
                     Ok(())
@@ -214,6 +227,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             once,
             nbd_listen,
             flush_waits_for_replica,
+            max_rate,
             id,
             trust,
         } => {
@@ -270,6 +284,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 once,
                 reconnect_for: Duration::from_secs(reconnect_for),
                 progress: true,
+                max_rate: max_rate.map(mib_per_sec),
             };
             let stats = Arc::new(SyncStats::default());
             tokio::select! {
@@ -408,4 +423,9 @@ fn file_name(path: &Path) -> Result<String> {
         .and_then(|n| n.to_str())
         .map(str::to_owned)
         .with_context(|| format!("{} has no usable file name; pass --name", path.display()))
+}
+
+/// A rate given in MiB/s, in bytes per second.
+fn mib_per_sec(mib: u64) -> u64 {
+    mib.saturating_mul(1 << 20)
 }

@@ -79,21 +79,33 @@ impl Drop for Claim {
 
 /// Serves replicas into `dir` until the endpoint closes.
 pub async fn serve(ep: &PeerEndpoint, dir: PathBuf) {
+    serve_with(ep, dir, SyncOptions::default()).await
+}
+
+/// [`serve`], with `mounts` for the owner side of the lazy mounts it serves (e.g. a rate limit
+/// on their background push).
+pub async fn serve_with(ep: &PeerEndpoint, dir: PathBuf, mounts: SyncOptions) {
+    let mounts = Arc::new(mounts);
     let active: Arc<Regions> = Arc::default();
     let dir: Arc<Path> = dir.into();
     while let Some(incoming) = ep.endpoint.accept().await {
-        let (dir, active) = (dir.clone(), active.clone());
+        let (dir, active, mounts) = (dir.clone(), active.clone(), mounts.clone());
         tokio::spawn(async move {
             let addr = incoming.remote_address();
             match PeerEndpoint::accept(incoming).await {
-                Ok(session) => serve_session(session, dir, active).await,
+                Ok(session) => serve_session(session, dir, active, mounts).await,
                 Err(e) => warn!("connection from {addr} refused: {e}"),
             }
         });
     }
 }
 
-async fn serve_session(session: Session, dir: Arc<Path>, active: Arc<Regions>) {
+async fn serve_session(
+    session: Session,
+    dir: Arc<Path>,
+    active: Arc<Regions>,
+    mounts: Arc<SyncOptions>,
+) {
     let addr = session.conn.remote_address();
     let Some(who) = session.peer_fingerprint() else {
         warn!("connection from {addr} without a certificate");
@@ -103,12 +115,20 @@ async fn serve_session(session: Session, dir: Arc<Path>, active: Arc<Regions>) {
     loop {
         match session.conn.accept_bi().await {
             Ok((send, recv)) => {
-                let (dir, active) = (dir.clone(), active.clone());
+                let (dir, active, mounts) = (dir.clone(), active.clone(), mounts.clone());
                 // Mounts get a fetch lane when the peer takes them (spec §8.7).
                 let lane = (session.negotiated.features & feature::FETCH_LANE != 0)
                     .then(|| session.conn.clone());
                 let max_body = session.negotiated.max_body;
-                tokio::spawn(replica_stream(send, recv, dir, active, who, max_body, lane));
+                let stream = Stream {
+                    dir,
+                    active,
+                    who,
+                    max_body,
+                    lane,
+                    mounts,
+                };
+                tokio::spawn(replica_stream(send, recv, stream));
             }
             Err(e) => {
                 info!("peer {who} at {addr} disconnected: {e}");
@@ -118,32 +138,37 @@ async fn serve_session(session: Session, dir: Arc<Path>, active: Arc<Regions>) {
     }
 }
 
-async fn replica_stream(
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+/// What a region stream of a session is served with.
+struct Stream {
     dir: Arc<Path>,
     active: Arc<Regions>,
+    /// The peer's fingerprint.
     who: Fingerprint,
+    /// The body size the peer accepts.
     max_body: u32,
+    /// The connection, when the peer takes fetch lanes.
     lane: Option<quinn::Connection>,
-) {
+    mounts: Arc<SyncOptions>,
+}
+
+async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s: Stream) {
     let mut reader = FrameReader::new(recv, MAX_BODY);
     let mut claim = None;
     let mut replica = Replica::new(0);
     // HASHES frames must fit the body size the owner accepts.
-    replica.set_max_body(max_body);
+    replica.set_max_body(s.max_body);
     match receive(
         &mut send,
         &mut reader,
         &mut replica,
-        &dir,
-        &active,
-        who,
+        &s.dir,
+        &s.active,
+        s.who,
         &mut claim,
     )
     .await
     {
-        Ok(Some(mount)) => serve_mount(send, reader, &dir, &mount, lane).await,
+        Ok(Some(mount)) => serve_mount(send, reader, &s.dir, &mount, s.lane, &s.mounts).await,
         Ok(None) => {
             let _ = send.finish();
         }
@@ -164,6 +189,7 @@ async fn serve_mount(
     dir: &Path,
     name: &str,
     lane: Option<quinn::Connection>,
+    opts: &SyncOptions,
 ) {
     let path = dir.join(name);
     if !path.is_file() {
@@ -180,9 +206,8 @@ async fn serve_mount(
         }
     };
     info!("region {name}: serving a lazy mount");
-    let opts = SyncOptions::default();
     let stats = SyncStats::default();
-    match drive_stream(send, reader.into_inner(), &mut region, &opts, &stats, lane).await {
+    match drive_stream(send, reader.into_inner(), &mut region, opts, &stats, lane).await {
         Ok(()) => {}
         Err(e) => info!("mount of {name} ended: {e}"),
     }

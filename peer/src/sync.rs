@@ -51,6 +51,11 @@ pub struct SyncOptions {
     pub reconnect_for: Duration,
     /// Show a progress bar for initial transfers.
     pub progress: bool,
+    /// Most bytes per second a round may send (None: as fast as QUIC goes). Chunks a replica
+    /// fetches are never held back: a lazy replica's readers get them at once, and the
+    /// headroom left keeps the queues short that their copies would wait in (QEMU's
+    /// max-postcopy-bandwidth serves the same end).
+    pub max_rate: Option<u64>,
 }
 
 impl Default for SyncOptions {
@@ -60,6 +65,7 @@ impl Default for SyncOptions {
             once: false,
             reconnect_for: Duration::from_secs(60),
             progress: false,
+            max_rate: None,
         }
     }
 }
@@ -377,6 +383,7 @@ async fn pump(
     let mut batched = 0;
     let mut arena = BytesMut::new();
     let mut since_yield = 0;
+    let mut pacer = opts.max_rate.map(Pacer::new);
     loop {
         loop {
             match rx.try_recv() {
@@ -386,7 +393,24 @@ async fn pump(
             }
         }
         let gen_before = r.owner.generation();
-        let t = r.owner.poll_transmit();
+        let t = match pacer.as_ref().and_then(Pacer::due) {
+            // The round waits for the pacer; frames and fetched chunks do not.
+            Some(due) => match r.owner.poll_fetched() {
+                Some(t) => Some(t),
+                None => {
+                    flush_batch(send, &mut batch, &mut batched).await?;
+                    tokio::select! {
+                        item = rx.recv() => match item {
+                            Some(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
+                            None => return Err(StreamError::Truncated),
+                        },
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                    continue;
+                }
+            },
+            None => r.owner.poll_transmit(),
+        };
         if r.owner.generation() != gen_before {
             rounds.insert(
                 r.owner.generation(),
@@ -424,6 +448,9 @@ async fn pump(
                     buf.truncate(hdr.len());
                 }
                 let n = buf.len() as u64;
+                if let (Some(p), false) = (&mut pacer, fetched) {
+                    p.sent(n);
+                }
                 batch.push(buf.freeze());
                 batched += n as usize;
                 if batched >= BATCH_BYTES {
@@ -473,6 +500,38 @@ async fn pump(
                 }
             }
         }
+    }
+}
+
+/// Holds a round's chunks to a rate ([`SyncOptions::max_rate`]): the next may go once `next`
+/// has passed, and sending `n` bytes moves `next` on by `n / rate`. A pause earns at most
+/// [`PACE_BURST`] of credit, so a round after an idle spell does not start with a burst.
+struct Pacer {
+    bytes_per_sec: f64,
+    next: tokio::time::Instant,
+}
+
+/// Most sending time a paced round may catch up at once.
+const PACE_BURST: Duration = Duration::from_millis(1);
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Self {
+        Pacer {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            next: tokio::time::Instant::now(),
+        }
+    }
+
+    /// When the next round chunk may go, if that is still ahead.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        (self.next > tokio::time::Instant::now()).then_some(self.next)
+    }
+
+    fn sent(&mut self, bytes: u64) {
+        let now = tokio::time::Instant::now();
+        let earliest = now.checked_sub(PACE_BURST).unwrap_or(now);
+        self.next =
+            self.next.max(earliest) + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
     }
 }
 

@@ -314,6 +314,7 @@ fn embedded_region_replicates_through_sync_run_and_serve() {
         once: false,
         reconnect_for: Duration::from_secs(10),
         progress: false,
+        max_rate: None,
     };
     let st = stats.clone();
     let task = rt.spawn(async move {
@@ -607,6 +608,55 @@ fn lazy_read_of_a_never_fetched_chunk_overtakes_the_background_pull() {
     );
     rt.block_on(region.complete()).unwrap();
     assert!(region.bytes() == &img[..]);
+}
+
+#[test]
+fn a_rate_limit_holds_back_the_push_while_reads_are_answered() {
+    let size = 64 << 20;
+    let img = Arc::new(pattern(size, 33));
+    let w = World::new();
+    std::fs::write(w.replica("img"), &img[..]).unwrap();
+    let _serve = w.serve_with(&["--mount-max-rate", "1"]);
+    let rt = runtime();
+    let ep = rt.block_on(async { w.owner_endpoint() });
+    let region = Arc::new(
+        rt.block_on(LazyRegion::mount(
+            &ep,
+            w.addr().parse().unwrap(),
+            "img",
+            LazyOptions::default(),
+        ))
+        .unwrap(),
+    );
+    // Reads from the far end, one chunk apart: each is fetched, none waits for the push.
+    let n = (size >> 16) as u64;
+    let r = region.clone();
+    let reads: Vec<usize> = (0..8).map(|k| ((n - 1 - 2 * k) as usize) << 16).collect();
+    let got = {
+        let reads = reads.clone();
+        std::thread::spawn(move || {
+            reads
+                .iter()
+                .map(|&off| r.bytes()[off..off + 65536].to_vec())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap()
+    };
+    for (off, bytes) in reads.iter().zip(&got) {
+        assert!(
+            bytes[..] == img[*off..*off + 65536],
+            "chunk at {off} differs"
+        );
+    }
+    // Two seconds on, the push at 1 MiB/s has carried a few chunks, not the 64 MiB it carries
+    // unpaced in a fraction of a second here.
+    std::thread::sleep(Duration::from_secs(2));
+    let arrived = n - region.missing();
+    assert!(
+        arrived < n / 2,
+        "{arrived} of {n} chunks arrived: the push was not held to the limit"
+    );
 }
 
 #[test]

@@ -413,9 +413,10 @@ impl Owner {
         Ok(())
     }
 
-    /// The next thing to send, if any. Fetched chunks overtake the round in progress; a new round
-    /// starts when the previous one is committed and changes are pending.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The next frame or fetched chunk to send, if any, but never a round's chunk or anything
+    /// that starts or ends a round: for a sender that paces rounds (a rate limit) and still
+    /// answers FETCHes at once. [`Owner::poll_transmit`] returns these first, too.
+    pub fn poll_fetched(&mut self) -> Option<Transmit> {
         if let Some(f) = self.queued.pop_front() {
             return Some(Transmit::Frame(f));
         }
@@ -435,6 +436,18 @@ impl Owner {
                 index,
                 fetched: true,
             });
+        }
+        None
+    }
+
+    /// The next thing to send, if any. Fetched chunks overtake the round in progress; a new round
+    /// starts when the previous one is committed and changes are pending.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.poll_fetched() {
+            return Some(t);
+        }
+        if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
+            return None;
         }
         if !self.in_round
             && (!self.pending.is_empty() || self.needs_commit)

@@ -168,3 +168,38 @@ fn a_new_stream_answers_fetches_of_chunks_the_old_one_carried() {
         [Sent::Chunk(0, true), Sent::Chunk(1, true), COMMIT]
     );
 }
+
+#[test]
+fn a_paced_sender_gets_fetched_chunks_and_frames_but_no_round_chunk() {
+    let mut o = owner();
+    lazy_stream(&mut o);
+    // Nothing fetched: the round (every chunk pending) waits for the pacer.
+    assert!(o.poll_fetched().is_none());
+    assert_eq!(poll(&mut o), Some(Sent::Chunk(0, false)), "round 1 starts");
+    fetch(&mut o, 3, true);
+    fetch(&mut o, 2, false);
+    let mut fetched = Vec::new();
+    while let Some(t) = o.poll_fetched() {
+        fetched.push(t);
+    }
+    assert_eq!(
+        fetched,
+        [
+            Transmit::Chunk {
+                index: 3,
+                fetched: true
+            },
+            Transmit::Chunk {
+                index: 2,
+                fetched: true
+            }
+        ],
+        "urgent first, then the background FETCH; never round chunk 1 or the COMMIT"
+    );
+    let m = mem();
+    for i in [3, 2] {
+        o.encode_chunk(i, true, &m[geom().range(i)]);
+    }
+    // The round resumes where it was and skips what the fetches carried.
+    assert_eq!(drain(&mut o), [Sent::Chunk(1, false), COMMIT]);
+}

@@ -161,17 +161,25 @@ impl World {
     }
 
     pub fn serve(&self) -> Proc {
-        let p = Proc::start(&[
+        self.serve_with(&[])
+    }
+
+    /// `peer serve` with `extra` arguments.
+    pub fn serve_with(&self, extra: &[&str]) -> Proc {
+        let (addr, dir, id) = (self.addr(), self.path("replicas"), self.path("replica-id"));
+        let mut args = vec![
             "serve",
             "--listen",
-            &self.addr(),
+            &addr,
             "--dir",
-            self.path("replicas").to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--identity",
-            self.path("replica-id").to_str().unwrap(),
+            id.to_str().unwrap(),
             "--trust",
             &self.owner_fp,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let p = Proc::start(&args);
         p.wait_for("serving replicas", Duration::from_secs(20));
         p
     }
