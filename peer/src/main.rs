@@ -358,7 +358,7 @@ async fn serve_nbd_region(
     Ok(SyncRegion::new(
         source,
         name,
-        Box::new(MarksDetector(marks)),
+        Box::new(MarksDetector::nbd(marks)),
     )?)
 }
 

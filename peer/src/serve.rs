@@ -1,6 +1,7 @@
 //! The replica side of `peer serve`: accepts connections from trusted peers and, for every region
 //! stream they open, keeps DIR/NAME identical to the owner's region.
 
+use crate::detector::Marks;
 use crate::identity::Fingerprint;
 use crate::region::ReplicaFile;
 use crate::sync::{drive_stream, SyncOptions, SyncRegion, SyncStats};
@@ -9,7 +10,7 @@ use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -27,6 +28,33 @@ struct Slot {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Who holds it, and how to ask them to stop.
     holder: Mutex<Option<(Fingerprint, Arc<Notify>)>>,
+    /// The write marks of the mounts served from the replica file: the stream writing it marks
+    /// every write there, which is how those mounts learn what changed (nothing is scanned).
+    mounts: Mutex<Vec<Weak<Marks>>>,
+}
+
+impl Slot {
+    /// Tells every mount of this region that the replica's bytes `range` were written.
+    fn written(&self, range: std::ops::Range<usize>) {
+        let (offset, len) = (range.start as u64, (range.end - range.start) as u64);
+        self.each_mount(|m| {
+            m.mark(offset, len);
+        });
+    }
+
+    /// Calls `f` with the marks of every live mount, forgetting the ended ones.
+    fn each_mount(&self, mut f: impl FnMut(&Marks)) {
+        self.mounts
+            .lock()
+            .expect("slot lock")
+            .retain(|w| match w.upgrade() {
+                Some(m) => {
+                    f(&m);
+                    true
+                }
+                None => false,
+            });
+    }
 }
 
 /// A stream's hold on a region name.
@@ -37,14 +65,17 @@ struct Claim {
 }
 
 impl Regions {
-    async fn claim(&self, name: &str, who: Fingerprint) -> Result<Claim, WireError> {
-        let slot = self
-            .slots
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        self.slots
             .lock()
             .expect("regions lock")
             .entry(name.to_owned())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    async fn claim(&self, name: &str, who: Fingerprint) -> Result<Claim, WireError> {
+        let slot = self.slot(name);
         if let Some((holder, cancel)) = &*slot.holder.lock().expect("slot lock") {
             if *holder != who {
                 return Err(WireError::new(
@@ -168,7 +199,10 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
     )
     .await
     {
-        Ok(Some(mount)) => serve_mount(send, reader, &s.dir, &mount, s.lane, &s.mounts).await,
+        Ok(Some(mount)) => {
+            let slot = s.active.slot(&mount);
+            serve_mount(send, reader, &s.dir, &mount, &slot, s.lane, &s.mounts).await
+        }
         Ok(None) => {
             let _ = send.finish();
         }
@@ -181,13 +215,15 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
 }
 
 /// Serves a lazy mount of the replica DIR/NAME: this peer takes the owner role on the stream,
-/// reading the replica file, and keeps pushing what changes in it (as it receives updates from
-/// the region's owner) with the hash detector.
+/// reading the replica file, and keeps pushing what changes in it as it receives updates from
+/// the region's owner. Those updates are the only writes to the file (DIR is `serve`'s to
+/// write), so the stream writing them marks them for the mount and nothing is ever scanned.
 async fn serve_mount(
     mut send: quinn::SendStream,
     mut reader: FrameReader,
     dir: &Path,
     name: &str,
+    slot: &Slot,
     lane: Option<quinn::Connection>,
     opts: &SyncOptions,
 ) {
@@ -197,7 +233,15 @@ async fn serve_mount(
         fail_stream(&mut send, &mut reader, &e).await;
         return;
     }
-    let mut region = match SyncRegion::for_mount(&path, name, MOUNT_CHUNK_SHIFT) {
+    // Marks are taken from before the first chunk is read: a write is either in the file when
+    // its chunk is read or marked for sending again.
+    let watch = |marks: &Arc<Marks>| {
+        slot.mounts
+            .lock()
+            .expect("slot lock")
+            .push(Arc::downgrade(marks))
+    };
+    let mut region = match SyncRegion::for_mount(&path, name, MOUNT_CHUNK_SHIFT, watch) {
         Ok(r) => r,
         Err(e) => {
             let e = WireError::new(ErrorCode::LocalIo, e.to_string());
@@ -251,6 +295,10 @@ async fn receive(
                 let path = dir.join(name);
                 let f = tokio::task::block_in_place(|| ReplicaFile::open(&path, geometry))
                     .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
+                // Mounts of the region check its (possibly new) size.
+                if let Some(c) = claim {
+                    c.slot.each_mount(Marks::wake);
+                }
                 let hashes = tokio::task::block_in_place(|| f.hashes());
                 replica.local_state(Local::Hashes(&hashes))?;
                 info!(
@@ -266,6 +314,11 @@ async fn receive(
                 })?;
                 f.write_chunk(index, data)
                     .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("writing: {e}")))?;
+                if let Some(c) = claim {
+                    if let Some(g) = replica.geometry() {
+                        c.slot.written(g.range(index));
+                    }
+                }
             }
             ReplicaEvent::Committed { generation } => {
                 debug!("generation {generation} applied");

@@ -3,7 +3,7 @@
 //! and reports a status line per acknowledged round. A lost connection is re-established and every
 //! region reconciles again, so only differing chunks move.
 
-use crate::detector::{ChangeDetector, DetectorError, HashDetector};
+use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
 use crate::region::{hash_all, RegionError, Source, SourceFile};
 use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use bytes::{Bytes, BytesMut};
@@ -104,10 +104,19 @@ impl SyncRegion {
 
     /// Maps the file at `path` to serve a lazy mount. The replica holds nothing, so every chunk is
     /// sent and reconciliation never compares hashes: the initial hash pass is skipped (zeros
-    /// stand in until each chunk is sent), which keeps a mount's first read fast.
-    pub fn for_mount(path: &Path, name: &str, chunk_shift: u8) -> Result<Self, SyncError> {
+    /// stand in until each chunk is sent), which keeps a mount's first read fast. Changes are
+    /// the writes marked on the [`Marks`] handed to `watch` before anything is read (the file's
+    /// writer marks them).
+    pub fn for_mount(
+        path: &Path,
+        name: &str,
+        chunk_shift: u8,
+        watch: impl FnOnce(&Arc<Marks>),
+    ) -> Result<Self, SyncError> {
         let source: Arc<dyn Source> = Arc::new(SourceFile::open(path, chunk_shift)?);
-        let detector = Box::new(HashDetector::new(source.clone()));
+        let marks = Marks::new(source.geometry());
+        watch(&marks);
+        let detector = Box::new(MarksDetector::replica_writes(marks, source.clone()));
         let known = vec![0; source.geometry().chunk_count() as usize];
         let owner = Owner::new(source.geometry(), name, known, 0)?;
         Ok(SyncRegion {

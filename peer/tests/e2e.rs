@@ -369,3 +369,61 @@ fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
         }
     });
 }
+
+/// A mount served from a replica follows the replica as its owner writes: the writes `serve`
+/// receives are marked for the mounts it serves (4 KiB chunks on the owner's stream, 64 KiB on
+/// the mount's), so the mount's memory ends identical to the owner's file again.
+#[test]
+fn a_mount_follows_its_replica_as_the_owner_writes() {
+    use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
+    use std::sync::{Arc, Mutex};
+    let w = World::new();
+    let _server = w.serve();
+    let file = w.path("live.bin");
+    random_file(&file, 8 << 20);
+    let _owner = w.sync(&file, &["--interval", "50", "--chunk-size", "4096"]);
+    wait_identical(&file, &w.replica("live.bin"), Duration::from_secs(60));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = w.owner_endpoint();
+        let addr = w.addr().parse().unwrap();
+        let sink: Arc<Mutex<Option<Arc<MemorySink>>>> = Arc::default();
+        let keep = sink.clone();
+        let make: SinkFactory = Box::new(move |g| {
+            let s = Arc::new(MemorySink::new(g));
+            *keep.lock().unwrap() = Some(s.clone());
+            s
+        });
+        let mount = RemoteRegion::mount_with(&ep, addr, "live.bin", make)
+            .await
+            .unwrap();
+        mount.complete().await.unwrap();
+        let sink = sink.lock().unwrap().clone().unwrap();
+        let read = |sink: &MemorySink| {
+            let mut got = vec![0u8; 8 << 20];
+            sink.read(0, &mut got);
+            got
+        };
+        assert!(read(&sink) == std::fs::read(&file).unwrap());
+        // Scattered writes on the owner: some inside one 4 KiB chunk, one across a 64 KiB
+        // boundary.
+        let mut bytes = std::fs::read(&file).unwrap();
+        for (off, len) in [
+            (100, 10),
+            (3 << 20, 4096),
+            ((5 << 20) - 50, 100),
+            ((8 << 20) - 1, 1),
+        ] {
+            bytes[off..off + len].iter_mut().for_each(|b| *b = !*b);
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read(&sink) != bytes {
+            assert!(
+                Instant::now() < deadline,
+                "the mount never saw the owner's writes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}

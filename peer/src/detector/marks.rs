@@ -1,8 +1,11 @@
-//! The `nbd` detector: writes made through memsync's own NBD export mark their chunks as they
-//! happen, so nothing is scanned; the sync loop is woken at once. It also carries the write
-//! positions that let FLUSH wait for the replica's acknowledgement.
+//! Detectors fed by the writer itself: the `nbd` detector (writes made through memsync's own NBD
+//! export) and the one behind the mounts `peer serve` serves (writes `serve` makes to its replica
+//! files). Each write marks its chunks as it happens, so nothing is scanned and the sync loop is
+//! woken at once. The marks also carry the write positions that let FLUSH wait for the replica's
+//! acknowledgement.
 
 use super::{ChangeDetector, DetectorError};
+use crate::region::Source;
 use memsync_protocol::{DirtySet, Geometry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,36 +57,71 @@ impl Marks {
         let mut rx = self.acked.subscribe();
         let _ = rx.wait_for(|&a| a >= position).await;
     }
+
+    /// Wakes the sync loop without marking anything (so it checks the region, e.g. for a
+    /// changed size).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
 }
 
 /// The detector side of [`Marks`].
-pub struct MarksDetector(pub Arc<Marks>);
+pub struct MarksDetector {
+    marks: Arc<Marks>,
+    name: &'static str,
+    /// Checked before each collection, when the region can change size under the writer.
+    source: Option<Arc<dyn Source>>,
+}
+
+impl MarksDetector {
+    /// The `nbd` detector: the marks of memsync's own NBD export.
+    pub fn nbd(marks: Arc<Marks>) -> Self {
+        MarksDetector {
+            marks,
+            name: "nbd",
+            source: None,
+        }
+    }
+
+    /// The detector of a mount `peer serve` serves from a replica file: marks made by the
+    /// streams that write `source`, which is checked for a changed size at every collection.
+    pub fn replica_writes(marks: Arc<Marks>, source: Arc<dyn Source>) -> Self {
+        MarksDetector {
+            marks,
+            name: "replica-writes",
+            source: Some(source),
+        }
+    }
+}
 
 impl ChangeDetector for MarksDetector {
     fn name(&self) -> &'static str {
-        "nbd"
+        self.name
     }
 
     fn collect(&mut self, _known: &[u64], out: &mut DirtySet) -> Result<(), DetectorError> {
-        let mut d = self.0.dirty.lock().expect("marks lock");
+        if let Some(s) = &self.source {
+            s.check()?;
+        }
+        let m = &self.marks;
+        let mut d = m.dirty.lock().expect("marks lock");
         // Positions are taken under the lock, so every write counted is in `out`.
-        self.0
-            .collected
-            .store(self.0.written.load(Ordering::SeqCst), Ordering::SeqCst);
+        m.collected
+            .store(m.written.load(Ordering::SeqCst), Ordering::SeqCst);
         out.union_with(&d.take());
         Ok(())
     }
 
     fn wakeup(&self) -> Option<Arc<Notify>> {
-        Some(self.0.wake.clone())
+        Some(self.marks.wake.clone())
     }
 
     fn position(&self) -> u64 {
-        self.0.collected.load(Ordering::SeqCst)
+        self.marks.collected.load(Ordering::SeqCst)
     }
 
     fn acknowledged(&mut self, position: u64) {
-        self.0.acked.send_if_modified(|a| {
+        self.marks.acked.send_if_modified(|a| {
             let newer = position > *a;
             if newer {
                 *a = position;
