@@ -8,13 +8,14 @@
 use crate::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
 use memsync_protocol::wire::{ErrorCode, MAX_BODY};
 use memsync_protocol::{DirtySet, Frame, Geometry, Local, Replica, ReplicaEvent, WireError};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
-use tokio::sync::{mpsc, oneshot, Notify};
+use std::task::{Poll, Waker};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,12 +74,42 @@ pub type SinkFactory = Box<dyn FnOnce(Geometry) -> Arc<dyn ChunkSink> + Send>;
 
 /// State shared by a mount's handle and its driver task.
 struct Shared {
-    present: Mutex<DirtySet>,
-    arrived: Notify,
+    present: Mutex<Presence>,
     /// Valid chunk copies received on the fetch lane (shown to readers or, when the region
     /// stream's copy came first, discarded).
     lane_copies: AtomicU64,
     failure: Mutex<Option<String>>,
+}
+
+/// Which chunks have arrived, and who waits for which: an arrival wakes only the tasks waiting
+/// for that chunk (the background pull lands thousands of chunks a second, and a broadcast to
+/// every waiter on each one was a wake-up per chunk per waiter).
+struct Presence {
+    chunks: DirtySet,
+    waiting: HashMap<u64, Vec<Waker>>,
+}
+
+impl Presence {
+    fn arrived(&mut self, index: u64) {
+        self.chunks.insert(index);
+        for w in self.waiting.remove(&index).unwrap_or_default() {
+            w.wake();
+        }
+    }
+
+    /// Wakes every waiter (the mount failed).
+    fn wake_all(&mut self) {
+        for w in self.waiting.drain().flat_map(|(_, v)| v) {
+            w.wake();
+        }
+    }
+}
+
+impl Shared {
+    /// Chunk `index` arrived: it is present from now on, and its waiters wake.
+    fn arrived(&self, index: u64) {
+        self.present.lock().expect("lock").arrived(index);
+    }
 }
 
 /// A lazy replica of region `name` held by the peer at `addr`.
@@ -136,8 +167,10 @@ impl RemoteRegion {
         let (opened_tx, opened_rx) = oneshot::channel();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            present: Mutex::new(DirtySet::new(0)),
-            arrived: Notify::new(),
+            present: Mutex::new(Presence {
+                chunks: DirtySet::new(0),
+                waiting: HashMap::new(),
+            }),
             lane_copies: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
@@ -162,7 +195,7 @@ impl RemoteRegion {
                 };
                 warn!("mount ended: {reason}");
                 *shared.failure.lock().expect("lock") = Some(reason);
-                shared.arrived.notify_waiters();
+                shared.present.lock().expect("lock").wake_all();
                 drop(session);
             })
         };
@@ -194,7 +227,12 @@ impl RemoteRegion {
     }
 
     pub fn is_present(&self, index: u64) -> bool {
-        self.shared.present.lock().expect("lock").contains(index)
+        self.shared
+            .present
+            .lock()
+            .expect("lock")
+            .chunks
+            .contains(index)
     }
 
     /// Valid chunk copies received on the fetch lane, whether shown to readers or discarded
@@ -205,7 +243,7 @@ impl RemoteRegion {
 
     /// Chunks not yet arrived.
     pub fn missing(&self) -> u64 {
-        self.geom.chunk_count() - self.shared.present.lock().expect("lock").count()
+        self.geom.chunk_count() - self.shared.present.lock().expect("lock").chunks.count()
     }
 
     fn failed(&self) -> Option<MountError> {
@@ -238,27 +276,33 @@ impl RemoteRegion {
         self.wait(range, true).await
     }
 
-    async fn wait(&self, range: Range<u64>, mut asked: bool) -> Result<(), MountError> {
+    async fn wait(&self, range: Range<u64>, asked: bool) -> Result<(), MountError> {
         let range = range.start..range.end.min(self.geom.chunk_count());
-        loop {
-            let arrived = self.shared.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            {
-                let present = self.shared.present.lock().expect("lock");
-                if range.clone().all(|i| present.contains(i)) {
-                    return Ok(());
-                }
+        if !asked && !range.is_empty() {
+            let _ = self.requests.send((range.clone(), true));
+        }
+        // Chunks before `next` have arrived (chunks never leave).
+        let mut next = range.start;
+        std::future::poll_fn(|cx| {
+            // The driver records a failure, then wakes every waiter under the presence lock:
+            // looking for it under that lock, before registering, never misses the wake-up.
+            let mut p = self.shared.present.lock().expect("lock");
+            next = (next..range.end)
+                .find(|&i| !p.chunks.contains(i))
+                .unwrap_or(range.end);
+            if next == range.end {
+                return Poll::Ready(Ok(()));
             }
             if let Some(e) = self.failed() {
-                return Err(e);
+                return Poll::Ready(Err(e));
             }
-            if !asked {
-                asked = true;
-                let _ = self.requests.send((range.clone(), true));
+            let w = p.waiting.entry(next).or_default();
+            if !w.iter().any(|w| w.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
             }
-            arrived.await;
-        }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Asks for `range` ahead of the background order (read-ahead, user priorities).
@@ -269,18 +313,7 @@ impl RemoteRegion {
     /// Resolves once every chunk is present. Asks for nothing: the owner pushes every chunk,
     /// and asking would make each one urgent (sent twice, on the lane and the stream).
     pub async fn complete(&self) -> Result<(), MountError> {
-        let n = self.geom.chunk_count();
-        let mut next = 0;
-        loop {
-            next = {
-                let present = self.shared.present.lock().expect("lock");
-                (next..n).find(|&i| !present.contains(i)).unwrap_or(n)
-            };
-            if next == n {
-                return Ok(());
-            }
-            self.arrival(next..next + 1).await?;
-        }
+        self.arrival(0..self.geom.chunk_count()).await
     }
 }
 
@@ -372,7 +405,8 @@ impl Driver {
     fn on_region_frame(&mut self, frame: &Frame<'_>) -> Result<(), StreamError> {
         match self.replica.handle(frame)? {
             ReplicaEvent::Opened { geometry, .. } => {
-                *self.shared.present.lock().expect("lock") = DirtySet::new(geometry.chunk_count());
+                self.shared.present.lock().expect("lock").chunks =
+                    DirtySet::new(geometry.chunk_count());
                 if let Some(make) = self.make_sink.take() {
                     self.sink = Some(make(geometry));
                 }
@@ -385,8 +419,7 @@ impl Driver {
                 if let Some(sink) = &self.sink {
                     sink.write_chunk(index, data);
                 }
-                self.shared.present.lock().expect("lock").insert(index);
-                self.shared.arrived.notify_waiters();
+                self.shared.arrived(index);
             }
             ReplicaEvent::Committed { generation } => {
                 debug!("mount: generation {generation} complete");
@@ -455,8 +488,7 @@ fn on_lane_frame(
         if let Some(sink) = sink {
             sink.write_chunk(index, data);
         }
-        shared.present.lock().expect("lock").insert(index);
-        shared.arrived.notify_waiters();
+        shared.arrived(index);
     }
     Ok(())
 }
