@@ -169,7 +169,7 @@ fn lazy(size: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut img = vec![0u8; size];
     rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut img);
-    std::fs::write(dir.path().join("img"), &img).unwrap();
+    write_synced(&dir.path().join("img"), &img);
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     // A `serve` peer holding the image, whose mounts push at `max_rate` bytes/s at most.
     let serve = |max_rate: Option<u64>| {
@@ -202,72 +202,87 @@ fn lazy(size: usize) {
         )
     };
 
-    // The baseline, in this run: the same bytes over one raw QUIC stream.
-    let (t_raw, cpu_raw) = rt.block_on(raw_quinn(size as u64, &a, &b)).unwrap();
-
-    // The pull alone, into plain memory (`mount::MemorySink`) and into a uffd-backed region:
-    // separates the transport's rate from the cost of placing chunks with UFFDIO_COPY.
-    let t = Instant::now();
-    rt.block_on(async {
-        let make: memsync_peer::mount::SinkFactory =
-            Box::new(|g| Arc::new(memsync_peer::mount::MemorySink::new(g)));
-        let r = memsync_peer::mount::RemoteRegion::mount_with(&ep, addr, "img", make)
-            .await
-            .unwrap();
-        r.complete().await.unwrap();
-    });
-    let t_plain = t.elapsed();
-    let (t, cpu) = (Instant::now(), cpu_time());
-    let r = mount();
-    rt.block_on(r.complete()).unwrap();
-    let (t_uffd_pull, cpu_uffd_pull) = (t.elapsed(), cpu_time() - cpu);
-    drop(r);
+    // Throughput, `reps` rounds (UFFD_BENCH_REPS, default 3) of: the baseline (the same bytes
+    // over one raw QUIC stream), the whole pull into a uffd region with nothing read, and a
+    // sequential read of a fresh cold mount, 64 KiB at a time from a plain thread. Interleaved so
+    // that every figure sees the same machine; medians, since it is shared.
+    let reps: usize = std::env::var("UFFD_BENCH_REPS").map_or(3, |v| v.parse().unwrap());
     let mib = size as f64 / (1 << 20) as f64;
-    let raw = mib / t_raw.as_secs_f64();
-    println!("lazy region over loopback QUIC, {mib:.0} MiB image, 64 KiB chunks:");
+    let (mut raw, mut pull, mut seq) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_cpu, mut pull_cpu) = (Vec::new(), Vec::new());
+    let mut last_seq = (0, 0, 0);
+    for _ in 0..reps {
+        let (t, cpu) = rt.block_on(raw_quinn(size as u64, &a, &b)).unwrap();
+        raw.push(mib / t.as_secs_f64());
+        raw_cpu.push(cpu.as_secs_f64() / (mib / 1024.0));
+
+        let (t, cpu) = (Instant::now(), cpu_time());
+        let r = mount();
+        rt.block_on(r.complete()).unwrap();
+        pull.push(mib / t.elapsed().as_secs_f64());
+        pull_cpu.push((cpu_time() - cpu).as_secs_f64() / (mib / 1024.0));
+        drop(r);
+
+        // Once the connection is idle again.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = mount();
+        let t = Instant::now();
+        let rr = r.clone();
+        let sum = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut s = 0u64;
+            for off in (0..size).step_by(65536) {
+                buf.copy_from_slice(&rr.bytes()[off..off + 65536]);
+                s = s.wrapping_add(buf[0] as u64);
+            }
+            s
+        })
+        .join()
+        .unwrap();
+        seq.push(mib / t.elapsed().as_secs_f64());
+        std::hint::black_box(sum);
+        let stats = r.stats();
+        last_seq = (
+            stats.faults.load(std::sync::atomic::Ordering::Relaxed),
+            stats
+                .readahead_chunks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            r.lane_copies(),
+        );
+        drop(r);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ratios = |v: &[f64]| {
+        let r: Vec<String> = v
+            .iter()
+            .zip(&raw)
+            .map(|(x, b)| format!("{:.2}", x / b))
+            .collect();
+        r.join(" ")
+    };
+    let raw_m = median(&raw);
+    println!("lazy region over loopback QUIC, {mib:.0} MiB image, 64 KiB chunks, {reps} interleaved rounds (medians; per-round ratios in brackets):");
     println!(
-        "  raw quinn, one stream (baseline): {raw:.0} MiB/s, {:.2} CPU-s per GiB",
-        cpu_raw.as_secs_f64() / (mib / 1024.0)
+        "  raw quinn, one stream (baseline): {raw_m:.0} MiB/s, {:.2} CPU-s per GiB",
+        median(&raw_cpu)
     );
     println!(
-        "  whole pull, nothing read: into plain memory {:.0} MiB/s, into a uffd region {:.0} MiB/s = {:.2}x raw, {:.2} CPU-s per GiB = {:.2}x raw",
-        mib / t_plain.as_secs_f64(),
-        mib / t_uffd_pull.as_secs_f64(),
-        mib / t_uffd_pull.as_secs_f64() / raw,
-        cpu_uffd_pull.as_secs_f64() / (mib / 1024.0),
-        cpu_uffd_pull.as_secs_f64() / cpu_raw.as_secs_f64()
+        "  whole pull into a uffd region, nothing read: {:.0} MiB/s = {:.2}x raw [{}], {:.2} CPU-s per GiB = {:.2}x raw",
+        median(&pull),
+        median(&pull) / raw_m,
+        ratios(&pull),
+        median(&pull_cpu),
+        median(&pull_cpu) / median(&raw_cpu)
     );
-    // Sequential read of a fresh cold mount, 64 KiB at a time, from a plain thread, once the
-    // connection is idle again.
-    std::thread::sleep(Duration::from_millis(300));
-    let r = mount();
-    let t = Instant::now();
-    let rr = r.clone();
-    let sum = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        let mut s = 0u64;
-        for off in (0..size).step_by(65536) {
-            buf.copy_from_slice(&rr.bytes()[off..off + 65536]);
-            s = s.wrapping_add(buf[0] as u64);
-        }
-        s
-    })
-    .join()
-    .unwrap();
-    let t_seq = t.elapsed();
-    std::hint::black_box(sum);
-    let ra = r
-        .stats()
-        .readahead_chunks
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let faults = r.stats().faults.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw ({faults} faults, {ra} chunks read ahead, {} lane copies)",
-        mib / t_seq.as_secs_f64(),
-        mib / t_seq.as_secs_f64() / raw,
-        r.lane_copies()
+        "  sequential read of a cold mount: {:.0} MiB/s = {:.2}x raw [{}] (last round: {} faults, {} chunks read ahead, {} lane copies)",
+        median(&seq),
+        median(&seq) / raw_m,
+        ratios(&seq),
+        last_seq.0,
+        last_seq.1,
+        last_seq.2
     );
-    drop(r);
     if std::env::var("UFFD_BENCH_ONLY").is_ok_and(|v| v == "pull") {
         return;
     }
@@ -286,7 +301,7 @@ fn lazy(size: usize) {
     let paced: Vec<(String, Touches)> = [2.0, 4.0]
         .into_iter()
         .map(|div| {
-            let rate = (raw / div) as u64;
+            let rate = (raw_m / div) as u64;
             let at = serve(Some(rate << 20));
             let where_ = format!("push held to {rate} MiB/s (raw / {div}), peers in one process");
             (where_, touch_latencies(&rt, &ep, at, "img", &img))
@@ -301,7 +316,7 @@ fn lazy(size: usize) {
             c.copy_from_slice(&img[k << 16..(k + 1) << 16]);
         }
     }
-    std::fs::write(dir.path().join("sparse"), &sparse).unwrap();
+    write_synced(&dir.path().join("sparse"), &sparse);
     let quiet = touch_latencies(&rt, &ep, addr, "sparse", &sparse);
     drop(sparse);
 
@@ -397,6 +412,12 @@ fn touch_latencies(
     Touches { during, fresh }
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn pct(v: &[Duration], p: f64) -> Duration {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
@@ -432,6 +453,14 @@ fn serve_in_child(
         addr.parse().unwrap(),
         Fingerprint::parse(fp).unwrap(),
     )
+}
+
+/// Writes `bytes` to `path` and waits for the disk: writeback of a fresh 1 GiB file would
+/// otherwise compete with the first measurements for the CPU.
+fn write_synced(path: &std::path::Path, bytes: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    std::io::Write::write_all(&mut f, bytes).unwrap();
+    f.sync_all().unwrap();
 }
 
 /// Kills the child process when dropped.
