@@ -18,9 +18,10 @@ VECTORS = FUZZ.parent / "spec" / "vectors"
 SEEDS = FUZZ / "seeds"
 
 MAX_BODY = (1 << 22) + 16
-FOCUS = [0x13, 0x20, 0x10, 0x12, 0x30, 0x02]  # bodies.rs FOCUS
-TYPES = [0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x20, 0x21, 0x22, 0x30, 0x40, 0x41]  # model.rs
-FLAGS = {0x12: 3, 0x20: 3, 0x30: 1}
+FOCUS = [0x13, 0x20, 0x10, 0x12, 0x30, 0x02, 0x23, 0x31]  # bodies.rs FOCUS
+TYPES = [0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x20, 0x21, 0x22, 0x23, 0x30, 0x31, 0x40,
+         0x41]  # model.rs
+FLAGS = {0x12: 3, 0x20: 3, 0x23: 1, 0x30: 1}
 
 
 def load_vectors():
@@ -110,6 +111,26 @@ class ReplicaScript:
     def drain(self):
         self.b += u8(9)
 
+    def fetch_part(self, index, offset, length, chunk_len=4096):
+        # op 11: index selector (not 0xff), below(n + 1), range mode 0 (inside the chunk)
+        self.b += u8(11) + u8(0) + below(index, self.n + 1) + u8(0)
+        self.b += below(offset, chunk_len) + below(length - 1, chunk_len - offset)
+
+    def lane_chunk(self, index, zero=False, fill=7):
+        # op 10, lane frame kind 0: a CHUNK as chunk() builds it, here with FETCHED
+        mode = (1 if zero else 0) | 2
+        self.b += u8(10) + u8(0) + u8(mode) + below(index, self.n + 1)
+        if not zero:
+            self.b += u8(fill) + b"\x01\x02\x03\x04"
+
+    def lane_part(self, index, offset, length, chunk_len=4096, zero=False, fill=9):
+        # op 10, lane frame kind 1: a PART of the first requested chunk from `index`, inside it
+        mode = 1 if zero else 0
+        self.b += u8(10) + u8(1) + u8(mode) + below(index, self.n)
+        self.b += below(offset, chunk_len) + below(length - 1, chunk_len - offset)
+        if not zero:
+            self.b += u8(fill) + b"\x05\x06\x07\x08"
+
 
 def replica_seeds(vectors):
     s = ReplicaScript()
@@ -133,6 +154,24 @@ def replica_seeds(vectors):
     s.commit()
     s.handoff()
     write("replica_machine", "lazy_fetch_then_handoff", bytes(s.b))
+
+    # FETCH_PARTS: a part and a lane copy shown before the region stream's copy, a part of a
+    # chunk already present discarded, a ZERO part, then the rest of the region and a handoff.
+    s = ReplicaScript()
+    s.open(5, local=2)
+    s.fetch_part(1, 1024, 16)
+    s.lane_part(1, 1024, 16)
+    s.lane_chunk(1)
+    s.chunk(1)
+    s.lane_part(1, 0, 8)
+    s.fetch_part(2, 4000, 96)
+    s.lane_part(2, 4000, 96, zero=True)
+    s.fetch(0, 5, False)
+    for i in (0, 2, 3, 4):
+        s.chunk(i)
+    s.commit()
+    s.handoff()
+    write("replica_machine", "lazy_fetch_part_lane", bytes(s.b))
 
     s = ReplicaScript(setup=4 | (1 << 3))  # MOUNT replica, max_body = MIN_MAX_BODY
     s.open(40, local=0)
@@ -187,6 +226,11 @@ class OwnerScript:
     def handoff_ack(self):
         self.b += u8(0) + u8(5) + u8(1)
 
+    def fetch_part(self, index, offset, length, chunk_len=4096):
+        # frame selector 8, byte_range mode 0 (inside the chunk)
+        self.b += u8(0) + u8(8) + u8(0) + below(index, self.n + 1)
+        self.b += below(offset, chunk_len) + below(length - 1, chunk_len - offset)
+
     def raw(self, frame):
         self.b += u8(4) + u16(len(frame)) + frame
 
@@ -235,6 +279,18 @@ def owner_seeds(vectors):
     s.poll_all()
     s.ack(sel=1)
     write("owner_machine", "lazy_fetch_restart_behind", bytes(s.b))
+
+    # FETCH_PART is an urgent FETCH of one chunk: it overtakes a background FETCH and the round.
+    s = OwnerScript(8, extra=100)
+    s.state(empty=True, lazy=True)
+    s.fetch(2, 3, False)
+    s.fetch_part(3, 2048, 2048)
+    s.fetch_part(7, 100, 1, chunk_len=101)
+    s.poll_all()
+    s.fetch_part(3, 0, 1)  # already sent on the stream: nothing queued
+    s.poll_all()
+    s.ack(sel=1)
+    write("owner_machine", "lazy_fetch_part", bytes(s.b))
 
     s = OwnerScript(3, gen=(2, u64(1 << 40)))
     s.state(count_ok=False)

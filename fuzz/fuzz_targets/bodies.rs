@@ -2,17 +2,18 @@
 //! arbitrary validated geometry.
 //!
 //! Input layout: `[selector u8][flags u16 LE][shift u8][size u64 LE][body…]`. The selector picks
-//! the type: even values cycle through HASHES, CHUNK, OPEN, STATE, FETCH, ERROR (the types with
-//! interesting bodies), odd values through all thirteen types; selector bit 7 keeps the flags raw
-//! (else they are masked to the type's defined bits). `(size, shift)` is tried as given; when it is
-//! invalid `Geometry::new` must say BAD_GEOMETRY exactly when the spec model (§3) says so, and a
-//! valid geometry is derived from the same numbers instead.
+//! the type: even values cycle through HASHES, CHUNK, OPEN, STATE, FETCH, ERROR, PART, FETCH_PART
+//! (the types with interesting bodies), odd values through all fifteen types; selector bit 7 keeps
+//! the flags raw (else they are masked to the type's defined bits). `(size, shift)` is tried as
+//! given; when it is invalid `Geometry::new` must say BAD_GEOMETRY exactly when the spec model (§3)
+//! says so, and a valid geometry is derived from the same numbers instead.
 //!
 //! Asserts: never panics; the decode outcome equals the spec model (§4.3, §5) — same success,
 //! same error code; error codes are only those §5 documents for the type (MALFORMED for all;
 //! BAD_NAME for OPEN and MOUNT; BAD_GEOMETRY for OPEN); a decoded frame re-encodes to the header
 //! and body; a body whose length differs from the header's is MALFORMED; `check_geometry` agrees
-//! with the model of §5.14 (OUT_OF_RANGE, or MALFORMED for a CHUNK payload of the wrong length);
+//! with the model of §5.14 (OUT_OF_RANGE — also for a PART or FETCH_PART byte range past its
+//! chunk's end —, or MALFORMED for a CHUNK payload of the wrong length);
 //! the geometry's derived quantities are consistent (§3).
 #![no_main]
 
@@ -22,13 +23,15 @@ use memsync_protocol::geometry::{MAX_CHUNKS, MAX_REGION_SIZE};
 use memsync_protocol::wire::{kind, ErrorCode, Frame, Header, MAX_BODY};
 use memsync_protocol::Geometry;
 
-const FOCUS: [u8; 6] = [
+const FOCUS: [u8; 8] = [
     kind::HASHES,
     kind::CHUNK,
     kind::OPEN,
     kind::STATE,
     kind::FETCH,
     kind::ERROR,
+    kind::PART,
+    kind::FETCH_PART,
 ];
 
 fn geometry(size: u64, shift: u8) -> Geometry {

@@ -1,10 +1,12 @@
 //! Structured frames (derived with `arbitrary`) → `encode` → `decode` → the same frame.
 //!
 //! The description is turned into valid `Frame` values (valid names per `check_name`, valid OPEN
-//! geometries, non-empty HASHES and CHUNK payloads, a zero hash on ZERO chunks, FETCH count ≥ 1,
-//! EMPTY STATE with count 0), several of which are encoded back to back into one buffer.
+//! geometries, non-empty HASHES, CHUNK and PART payloads, a zero hash on ZERO chunks and parts, a
+//! PART's `len` equal to its payload's length or ≥ 1 when ZERO, FETCH count ≥ 1, FETCH_PART len
+//! ≥ 1, EMPTY STATE with count 0), several of which are encoded back to back into one buffer.
 //! Asserts: each decodes to the identical frame, consuming exactly its own encoding; the buffer is
-//! exhausted at the end; `chunk_header` equals the first 24 bytes of a CHUNK's encoding; an ERROR
+//! exhausted at the end; `chunk_header` equals the first 24 bytes of a CHUNK's encoding and
+//! `part_header` the first 32 bytes of a PART's (all of a ZERO one); an ERROR
 //! reason longer than 1024 bytes is truncated at a char boundary (§5.2) and decodes to that prefix.
 //! OPEN and MOUNT descriptions may also keep their raw, possibly invalid, name and geometry: then
 //! decoding must fail with exactly the code `check_name` / `Geometry::new` give (BAD_NAME before
@@ -16,7 +18,8 @@ use libfuzzer_sys::fuzz_target;
 use memsync_fuzz::name_from;
 use memsync_protocol::geometry::{MAX_CHUNKS, MAX_REGION_SIZE};
 use memsync_protocol::wire::{
-    check_name, chunk_header, ErrorCode, Frame, HashList, Hello, MAX_BODY, MAX_REASON_LEN,
+    check_name, chunk_header, part_header, ErrorCode, Frame, HashList, Hello, MAX_BODY,
+    MAX_REASON_LEN, PART_HEADER_LEN,
 };
 use memsync_protocol::Geometry;
 
@@ -84,6 +87,25 @@ enum Desc {
     Handoff(u64),
     HandoffAck(u64),
     Lane(u64),
+    Part {
+        index: u64,
+        offset: u32,
+        hash: u64,
+        head: u8,
+        payload: Vec<u8>,
+        /// Repeat the payload (parts are up to MAX_BODY − 24 bytes).
+        repeat: u16,
+    },
+    ZeroPart {
+        index: u64,
+        offset: u32,
+        len: u32,
+    },
+    FetchPart {
+        index: u64,
+        offset: u32,
+        len: u32,
+    },
 }
 
 /// Owned data a `Frame` borrows from.
@@ -101,6 +123,9 @@ enum Owned {
     Handoff(u64),
     HandoffAck(u64),
     Lane(u64),
+    /// index, offset, len, hash, zero, payload
+    Part(u64, u32, u32, u64, bool, Vec<u8>),
+    FetchPart(u64, u32, u32),
 }
 
 /// A geometry valid by construction from arbitrary numbers.
@@ -218,6 +243,30 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
         Desc::Handoff(g) => Owned::Handoff(g),
         Desc::HandoffAck(g) => Owned::HandoffAck(g),
         Desc::Lane(stream) => Owned::Lane(stream),
+        Desc::Part {
+            index,
+            offset,
+            hash,
+            head,
+            payload,
+            repeat,
+        } => {
+            let max = MAX_BODY as usize - PART_HEADER_LEN;
+            let mut p = vec![head];
+            p.extend(&payload);
+            p.truncate(max);
+            let times = if repeat > 60_000 {
+                (repeat as usize - 60_000).min(max / p.len())
+            } else {
+                1
+            };
+            let p = p.repeat(times.max(1));
+            Owned::Part(index, offset, p.len() as u32, hash, false, p)
+        }
+        Desc::ZeroPart { index, offset, len } => {
+            Owned::Part(index, offset, len.max(1), 0, true, vec![])
+        }
+        Desc::FetchPart { index, offset, len } => Owned::FetchPart(index, offset, len.max(1)),
     })
 }
 
@@ -272,6 +321,19 @@ fn frame(o: &Owned) -> Frame<'_> {
             generation: *generation,
         },
         Owned::Lane(stream) => Frame::Lane { stream: *stream },
+        Owned::Part(index, offset, len, hash, zero, payload) => Frame::Part {
+            index: *index,
+            offset: *offset,
+            len: *len,
+            hash: *hash,
+            zero: *zero,
+            payload,
+        },
+        Owned::FetchPart(index, offset, len) => Frame::FetchPart {
+            index: *index,
+            offset: *offset,
+            len: *len,
+        },
     }
 }
 
@@ -326,6 +388,21 @@ fuzz_target!(|descs: Vec<Desc>| {
         {
             let h = chunk_header(index, hash, zero, fetched, payload.len());
             assert_eq!(h[..], buf[start..start + 24]);
+        }
+        if let Frame::Part {
+            index,
+            offset,
+            len,
+            hash,
+            zero,
+            ..
+        } = *f
+        {
+            let h = part_header(index, offset, len, hash, zero);
+            assert_eq!(h[..], buf[start..start + 32]);
+            if zero {
+                assert_eq!(buf.len(), start + 32, "a ZERO part is its header alone");
+            }
         }
         ends.push(buf.len());
     }

@@ -1,6 +1,7 @@
 //! An `Owner` (small geometry, arbitrary known hashes, arbitrary starting generation) fed
-//! fuzzer-chosen frames from the replica side — STATE, HASHES, ACK, FETCH, HANDOFF_ACK, ERROR,
-//! garbage bytes, and frames an owner never accepts — interleaved with `on_dirty`, `mark_dirty`,
+//! fuzzer-chosen frames from the replica side — STATE, HASHES, ACK, FETCH, FETCH_PART (byte ranges
+//! inside, just past or far past the chunk), HANDOFF_ACK, ERROR, garbage bytes, and frames an owner
+//! never accepts (PART among them) — interleaved with `on_dirty`, `mark_dirty`,
 //! `restart`, `begin_handoff`, writes to the owner's memory, hash scans and `poll_transmit` calls
 //! (a `Transmit::Chunk` is answered with `encode_chunk` on the chunk's current bytes).
 //!
@@ -13,7 +14,8 @@
 //!   first, then the §8.1 table (BAD_GEOMETRY for a wrong STATE chunk count, PROTOCOL_VIOLATION
 //!   for HASHES out of order, an ACK outside `acked < g ≤ committed` where `committed` is the
 //!   last generation whose COMMIT was sent on this stream, a wrong HANDOFF_ACK, and every frame
-//!   not in the table);
+//!   not in the table); a FETCH_PART is, once its range passed the geometry check, exactly an
+//!   urgent FETCH of its one chunk (§5.18);
 //! - each `poll_transmit` is the predicted one (sending rules 1–4: OPEN first on a stream, fetched
 //!   chunks urgent-first in FIFO order, none already sent on the stream — a FETCH of such a chunk
 //!   queues nothing and a queued entry for one is dropped —, the lowest pending chunk of the round,
@@ -153,7 +155,16 @@ impl Harness {
         use OwnerState::*;
         model::geometry_check(bytes, self.geom.size(), self.geom.shift())?;
         let pv = Err(ErrorCode::ProtocolViolation);
-        match (*frame, self.state) {
+        // §5.18: for the region stream a FETCH_PART is FETCH{index, 1} with URGENT, in any state.
+        let frame = match *frame {
+            Frame::FetchPart { index, .. } => Frame::Fetch {
+                first: index,
+                count: 1,
+                urgent: true,
+            },
+            f => f,
+        };
+        match (frame, self.state) {
             (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
                 code,
                 reason: reason.to_owned(),
@@ -459,7 +470,7 @@ impl Harness {
 
 fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
     let n = h.n;
-    match input.u8() % 8 {
+    match input.u8() % 9 {
         0 => {
             let flags = input.u8();
             let empty = flags & 1 != 0;
@@ -544,10 +555,14 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
             reason: "replica failed",
         }
         .to_vec(),
+        8 => {
+            let (index, offset, len) = byte_range(h, input);
+            Frame::FetchPart { index, offset, len }.to_vec()
+        }
         _ => {
             // Frames an owner never accepts, some of which fail geometry checks first.
             let g = input.u64();
-            match input.u8() % 6 {
+            match input.u8() % 7 {
                 0 => Frame::Hello(Hello::default()).to_vec(),
                 1 => Frame::Mount { name: NAME }.to_vec(),
                 2 => Frame::Open {
@@ -564,6 +579,31 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
                 }
                 .to_vec(),
                 4 => Frame::Handoff { generation: g }.to_vec(),
+                5 => {
+                    let (index, offset, len) = byte_range(h, input);
+                    let payload = vec![input.u8() | 1; (len as usize).min(4096)];
+                    if payload.len() == len as usize && input.bool() {
+                        Frame::Part {
+                            index,
+                            offset,
+                            len,
+                            hash: chunk_hash(&payload),
+                            zero: false,
+                            payload: &payload,
+                        }
+                        .to_vec()
+                    } else {
+                        Frame::Part {
+                            index,
+                            offset,
+                            len,
+                            hash: 0,
+                            zero: true,
+                            payload: &[],
+                        }
+                        .to_vec()
+                    }
+                }
                 _ => {
                     let index = input.below(n + 1);
                     let len = if index < n {
@@ -583,6 +623,38 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
                 }
             }
         }
+    }
+}
+
+/// A chunk and a byte range for FETCH_PART or PART (`len ≥ 1`, so the frame encodes validly):
+/// mostly inside the chunk, sometimes ending one byte past it, sometimes anything (an index past
+/// the region, `offset + len` overflowing u32).
+fn byte_range(h: &Harness, input: &mut Input<'_>) -> (u64, u32, u32) {
+    let mode = input.u8();
+    let index = if mode & 0x80 != 0 {
+        input.u64()
+    } else {
+        input.below(h.n + 1) // n itself is out of range
+    };
+    let len_of = if index < h.n {
+        h.geom.chunk_len(index) as u64
+    } else {
+        4096
+    };
+    match mode % 4 {
+        0 | 1 => {
+            let offset = input.below(len_of);
+            (
+                index,
+                offset as u32,
+                1 + input.below(len_of - offset) as u32,
+            )
+        }
+        2 => {
+            let offset = input.below(len_of + 1);
+            (index, offset as u32, (len_of - offset + 1) as u32)
+        }
+        _ => (index, input.u32(), input.u32().max(1)),
     }
 }
 

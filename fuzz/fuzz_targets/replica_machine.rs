@@ -6,9 +6,11 @@
 //! they decode), and mostly-well-formed frames built from the input — OPEN with a small geometry,
 //! CHUNK (right or wrong hash, length, index; ZERO; FETCHED), COMMIT (right or wrong generation,
 //! count, summary), HANDOFF, ERROR and frames a replica never accepts (HELLO, MOUNT, STATE,
-//! HASHES, ACK, FETCH, HANDOFF_ACK); plus the local API: `local_state` (Hashes / Empty / Lazy, or
-//! a wrong hash count) and `fetch`. On `Opened` the harness answers with `local_state` chosen by
-//! the input (or defers it).
+//! HASHES, ACK, FETCH, FETCH_PART, HANDOFF_ACK, PART on the region stream); frames from a fetch
+//! lane (`handle_lane`: CHUNK with or without FETCHED, PART — right or wrong hash, ZERO, inside or
+//! past its chunk, of a requested chunk or not —, and other frames); plus the local API:
+//! `local_state` (Hashes / Empty / Lazy, or a wrong hash count), `fetch` and `fetch_part`. On
+//! `Opened` the harness answers with `local_state` chosen by the input (or defers it).
 //!
 //! Asserts, besides no panic:
 //! - each `handle` outcome (event kind, or error code) is the one the model predicts: geometry
@@ -25,6 +27,16 @@
 //! - `fetch` queues only FETCH frames for missing chunks inside the region, with the URGENT flag
 //!   asked for, one per run of missing chunks; an urgent fetch covers every missing chunk asked;
 //!   a read-ahead (non-URGENT) FETCH never asks for a chunk a read-ahead already asked for (§8.3);
+//! - `fetch_part` queues exactly FETCH_PART{index, offset, len} when the replica is lazy, the
+//!   chunk missing and the bytes inside it (`len ≥ 1`), and nothing otherwise; the chunk then
+//!   counts as requested (for lanes and for read-ahead);
+//! - each `handle_lane` outcome is the one a model of §8.7 replica check 2 predicts: refused
+//!   (PROTOCOL_VIOLATION) unless lazy and Receiving, then the geometry checks (§5.14), then
+//!   PROTOCOL_VIOLATION for anything but a FETCHED CHUNK or a PART, or a chunk never requested,
+//!   then HASH_MISMATCH; a valid frame is `Discard` once its chunk is present, else `Chunk` (the
+//!   chunk's bytes, or None for ZERO) or `Part` (the part's range and bytes, inside its chunk);
+//!   nothing from a lane changes the replica's state, makes a chunk present or queues a frame;
+//!   after a lane error the lane is closed and gets no more frames (the region stream goes on);
 //! - state(), committed(), missing() and is_present() match the model;
 //! - after any error or ERROR frame the harness stops feeding; everything transmitted decodes.
 #![no_main]
@@ -33,7 +45,7 @@ use libfuzzer_sys::fuzz_target;
 use memsync_fuzz::{decode_exact, model, name_from, Input};
 use memsync_protocol::hash::chunk_hash;
 use memsync_protocol::wire::{ErrorCode, Frame, HashList, Hello, MAX_BODY, MIN_MAX_BODY};
-use memsync_protocol::{Geometry, Local, Replica, ReplicaEvent, ReplicaState};
+use memsync_protocol::{Geometry, LaneEvent, Local, Replica, ReplicaEvent, ReplicaState};
 use xxhash_rust::xxh3::xxh3_64;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -59,9 +71,20 @@ struct Harness {
     present: Option<Vec<bool>>,
     /// Chunks a non-URGENT FETCH (read-ahead) already asked for: §8.3 allows one each.
     read_ahead: Vec<bool>,
-    /// Chunks any FETCH already asked for.
+    /// Chunks any FETCH or FETCH_PART already asked for.
     requested: Vec<bool>,
     stopped: bool,
+    /// The fetch lane failed (spec §8.7: the failure closes it); no more lane frames.
+    lane_closed: bool,
+}
+
+/// What `handle_lane` must answer.
+#[derive(Debug, PartialEq, Eq)]
+enum LaneExpect {
+    Err(ErrorCode),
+    Discard,
+    Chunk,
+    Part,
 }
 
 impl Harness {
@@ -405,6 +428,268 @@ impl Harness {
     }
 }
 
+impl Harness {
+    fn fetch_part(&mut self, input: &mut Input<'_>) {
+        let n = self.geom.map_or(4, |g| g.chunk_count());
+        let index = match input.u8() {
+            0xff => input.u64(),
+            _ => input.below(n + 1),
+        };
+        let len_of = match self.geom {
+            Some(g) if index < n => g.chunk_len(index) as u64,
+            _ => 4096,
+        };
+        let (offset, len) = match input.u8() % 4 {
+            0 | 1 => {
+                let offset = input.below(len_of);
+                (offset as u32, 1 + input.below(len_of - offset) as u32)
+            }
+            2 => {
+                let offset = input.below(len_of + 1);
+                (offset as u32, (len_of - offset + 1) as u32)
+            }
+            _ => (input.u32(), input.u32()), // len 0 among them
+        };
+        self.replica.fetch_part(index, offset, len);
+        let queued = self.drain();
+        memsync_fuzz::trace!(
+            "fetch_part({index}, {offset}, {len}) in {:?} -> {:?}",
+            self.state,
+            queued.iter().map(|f| decode_exact(f)).collect::<Vec<_>>()
+        );
+        let inside = self.geom.is_some_and(|g| {
+            index < g.chunk_count()
+                && len > 0
+                && offset as u64 + len as u64 <= g.chunk_len(index) as u64
+        });
+        match &self.present {
+            Some(p) if inside && !p[index as usize] => {
+                assert_eq!(
+                    queued,
+                    vec![Frame::FetchPart { index, offset, len }.to_vec()],
+                    "fetch_part of a missing chunk queues exactly its FETCH_PART"
+                );
+                self.requested[index as usize] = true;
+            }
+            _ => assert!(queued.is_empty(), "fetch_part queued {queued:?}"),
+        }
+        self.check_state();
+    }
+
+    fn predict_lane(&self, frame: &Frame<'_>, bytes: &[u8]) -> LaneExpect {
+        let pv = LaneExpect::Err(ErrorCode::ProtocolViolation);
+        let (Some(g), Some(present), ReplicaState::Receiving) =
+            (&self.geom, &self.present, self.state)
+        else {
+            return pv;
+        };
+        if let Err(code) = model::geometry_check(bytes, g.size(), g.shift()) {
+            return LaneExpect::Err(code);
+        }
+        let (index, hash, zero, payload, part) = match *frame {
+            Frame::Chunk {
+                index,
+                hash,
+                zero,
+                fetched: true,
+                payload,
+            } => (index, hash, zero, payload, false),
+            Frame::Part {
+                index,
+                hash,
+                zero,
+                payload,
+                ..
+            } => (index, hash, zero, payload, true),
+            _ => return pv,
+        };
+        if !self.requested[index as usize] {
+            return pv;
+        }
+        if !zero && xxh3_64(payload) != hash {
+            return LaneExpect::Err(ErrorCode::HashMismatch);
+        }
+        if present[index as usize] {
+            LaneExpect::Discard
+        } else if part {
+            LaneExpect::Part
+        } else {
+            LaneExpect::Chunk
+        }
+    }
+
+    /// Feeds one encoded frame to `handle_lane`, as if it arrived on the region stream's lane.
+    fn feed_lane(&mut self, bytes: &[u8]) {
+        if self.stopped || self.lane_closed {
+            return;
+        }
+        let frame = decode_exact(bytes);
+        let expect = self.predict_lane(&frame, bytes);
+        let result = self.replica.handle_lane(&frame);
+        memsync_fuzz::trace!("handle_lane {frame:?} -> {result:?}");
+        assert!(self.drain().is_empty(), "a lane frame queued frames");
+        match result {
+            Err(e) => {
+                assert_eq!(expect, LaneExpect::Err(e.code), "{frame:?}: {e}");
+                self.lane_closed = true;
+            }
+            Ok(LaneEvent::Discard) => assert_eq!(expect, LaneExpect::Discard, "{frame:?}"),
+            Ok(LaneEvent::Chunk { index, data }) => {
+                assert_eq!(expect, LaneExpect::Chunk, "{frame:?}");
+                let Frame::Chunk {
+                    index: fi,
+                    hash,
+                    zero,
+                    payload,
+                    ..
+                } = frame
+                else {
+                    unreachable!()
+                };
+                let g = self.geom.expect("lane chunk before OPEN");
+                assert_eq!(index, fi);
+                match data {
+                    None => assert!(zero, "None data for a non-ZERO lane copy"),
+                    Some(d) => {
+                        assert!(!zero);
+                        assert_eq!(d.len(), g.chunk_len(index));
+                        assert_eq!(chunk_hash(d), hash);
+                        assert_eq!(d, payload);
+                    }
+                }
+            }
+            Ok(LaneEvent::Part {
+                index,
+                offset,
+                len,
+                data,
+            }) => {
+                assert_eq!(expect, LaneExpect::Part, "{frame:?}");
+                let Frame::Part {
+                    index: fi,
+                    offset: fo,
+                    len: fl,
+                    hash,
+                    zero,
+                    payload,
+                } = frame
+                else {
+                    unreachable!()
+                };
+                let g = self.geom.expect("part before OPEN");
+                assert_eq!((index, offset, len), (fi, fo, fl));
+                assert!(len >= 1);
+                assert!(
+                    offset as u64 + len as u64 <= g.chunk_len(index) as u64,
+                    "part outside its chunk"
+                );
+                match data {
+                    None => assert!(zero, "None data for a non-ZERO part"),
+                    Some(d) => {
+                        assert!(!zero);
+                        assert_eq!(d.len(), len as usize);
+                        assert_eq!(chunk_hash(d), hash);
+                        assert_eq!(d, payload);
+                    }
+                }
+            }
+        }
+        // A lane changes nothing for the protocol: no chunk becomes present.
+        self.check_state();
+    }
+}
+
+/// A frame as a fetch lane may carry it: a CHUNK (FETCHED or not, as `chunk` makes it), a PART,
+/// or a frame that never travels on a lane.
+fn lane_frame(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    match input.u8() % 4 {
+        0 => chunk(h, input),
+        1 | 2 => part(h, input),
+        _ => {
+            let g = input.u64();
+            match input.u8() % 3 {
+                0 => Frame::Lane { stream: g }.to_vec(),
+                1 => Frame::FetchPart {
+                    index: g % 8,
+                    offset: 0,
+                    len: 1,
+                }
+                .to_vec(),
+                _ => Frame::Commit {
+                    generation: g,
+                    count: 0,
+                    summary: 0,
+                }
+                .to_vec(),
+            }
+        }
+    }
+}
+
+/// A PART: of a requested chunk or any, bytes inside the chunk or past its end, ZERO or not,
+/// right or wrong hash.
+fn part(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    let g = h
+        .geom
+        .unwrap_or_else(|| Geometry::new(8 * 4096, 12).unwrap());
+    let n = g.chunk_count();
+    let mode = input.u8();
+    let index = match mode >> 6 {
+        0 => {
+            // The first requested chunk at or after a chosen one, if any.
+            let from = input.below(n) as usize;
+            (from..h.requested.len())
+                .chain(0..from.min(h.requested.len()))
+                .find(|&i| h.requested[i])
+                .unwrap_or(from) as u64
+        }
+        1 => input.u64(),
+        _ => input.below(n + 1), // n itself is out of range
+    };
+    let len_of = if index < n {
+        g.chunk_len(index) as u64
+    } else {
+        4096
+    };
+    let (offset, len) = if mode & 4 != 0 {
+        // One byte past the chunk's end.
+        let offset = input.below(len_of + 1);
+        (offset as u32, (len_of - offset + 1) as u32)
+    } else {
+        let offset = input.below(len_of);
+        (offset as u32, 1 + input.below(len_of - offset) as u32)
+    };
+    if mode & 1 != 0 {
+        return Frame::Part {
+            index,
+            offset,
+            len,
+            hash: 0,
+            zero: true,
+            payload: &[],
+        }
+        .to_vec();
+    }
+    let fill = input.u8();
+    let mut payload = vec![fill; len as usize];
+    let head = input.bytes(4);
+    let k = head.len().min(payload.len());
+    payload[..k].copy_from_slice(&head[..k]);
+    let mut hash = chunk_hash(&payload);
+    if mode & 2 != 0 {
+        hash ^= 1 + input.u8() as u64;
+    }
+    Frame::Part {
+        index,
+        offset,
+        len,
+        hash,
+        zero: false,
+        payload: &payload,
+    }
+    .to_vec()
+}
+
 /// A well-formed OPEN with a small geometry.
 fn open(input: &mut Input<'_>) -> Vec<u8> {
     let shift = 12 + input.below(5) as u8;
@@ -510,7 +795,7 @@ fn commit(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
 fn other(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
     let n = h.geom.map_or(4, |g| g.chunk_count());
     let g = input.u64();
-    match input.u8() % 10 {
+    match input.u8() % 12 {
         0 => Frame::Handoff {
             generation: h.committed,
         }
@@ -551,7 +836,14 @@ fn other(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
             urgent: input.bool(),
         }
         .to_vec(),
-        _ => Frame::HandoffAck { generation: g }.to_vec(),
+        9 => Frame::HandoffAck { generation: g }.to_vec(),
+        10 => Frame::FetchPart {
+            index: input.below(n + 1),
+            offset: 0,
+            len: 1,
+        }
+        .to_vec(),
+        _ => part(h, input), // on the region stream: never accepted
     }
 }
 
@@ -590,6 +882,7 @@ fuzz_target!(|data: &[u8]| {
         read_ahead: vec![],
         requested: vec![],
         stopped: false,
+        lane_closed: false,
     };
     let first = h.drain();
     if mount {
@@ -603,7 +896,7 @@ fuzz_target!(|data: &[u8]| {
         if input.is_empty() || h.stopped {
             break;
         }
-        match input.u8() % 10 {
+        match input.u8() % 12 {
             0 => {
                 let len = input.u16() as usize;
                 let raw = input.bytes(len);
@@ -633,6 +926,11 @@ fuzz_target!(|data: &[u8]| {
                 h.local_state(sel, &mut input);
             }
             8 => h.fetch(&mut input),
+            10 => {
+                let f = lane_frame(&h, &mut input);
+                h.feed_lane(&f);
+            }
+            11 => h.fetch_part(&mut input),
             _ => {
                 assert!(h.drain().is_empty(), "frames queued with no cause");
             }

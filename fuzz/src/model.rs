@@ -13,7 +13,7 @@ pub const MAX_SIZE: u64 = 1 << 46;
 pub const MAX_CHUNK_COUNT: u64 = 1 << 24;
 
 /// Every type code of §5 with the flag bits it defines.
-pub const TYPES: [(u8, u16); 13] = [
+pub const TYPES: [(u8, u16); 15] = [
     (0x01, 0),    // HELLO
     (0x02, 0),    // ERROR
     (0x10, 0),    // OPEN
@@ -24,7 +24,9 @@ pub const TYPES: [(u8, u16); 13] = [
     (0x20, 0b11), // CHUNK: ZERO, FETCHED
     (0x21, 0),    // COMMIT
     (0x22, 0),    // ACK
+    (0x23, 0b1),  // PART: ZERO
     (0x30, 0b1),  // FETCH: URGENT
+    (0x31, 0),    // FETCH_PART
     (0x40, 0),    // HANDOFF
     (0x41, 0),    // HANDOFF_ACK
 ];
@@ -81,6 +83,10 @@ pub fn name_ok(name: &[u8]) -> bool {
 
 fn le64(b: &[u8]) -> u64 {
     u64::from_le_bytes(b[..8].try_into().unwrap())
+}
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().unwrap())
 }
 
 /// §4.3 and §5: the outcome of decoding a body of type `kind` (known) with header flags `flags`
@@ -164,6 +170,32 @@ pub fn body(kind: u8, flags: u16, b: &[u8]) -> Result<(), ErrorCode> {
             }
             Ok(())
         }
+        0x23 => {
+            // §5.17, checks 1–4 in order.
+            if b.len() < 24 {
+                return Err(Malformed);
+            }
+            let len = le32(&b[12..]);
+            if len == 0 {
+                return Err(Malformed);
+            }
+            let zero = flags & 1 != 0;
+            let payload = b.len() - 24;
+            if zero && (payload != 0 || le64(&b[16..]) != 0) {
+                return Err(Malformed);
+            }
+            if !zero && payload as u64 != len as u64 {
+                return Err(Malformed);
+            }
+            Ok(())
+        }
+        0x31 => {
+            exact(16)?;
+            if le32(&b[12..]) == 0 {
+                return Err(Malformed);
+            }
+            Ok(())
+        }
         _ => Err(UnknownType),
     }
 }
@@ -228,6 +260,18 @@ pub fn geometry_check(frame: &[u8], size: u64, shift: u8) -> Result<(), ErrorCod
                 Some(end) if end <= n => Ok(()),
                 _ => Err(ErrorCode::OutOfRange),
             }
+        }
+        // PART and FETCH_PART: the chunk, then the byte range inside it (as u64: no overflow).
+        0x23 | 0x31 => {
+            let index = le64(body);
+            if index >= n {
+                return Err(ErrorCode::OutOfRange);
+            }
+            let end = le32(&body[8..]) as u64 + le32(&body[12..]) as u64;
+            if end > chunk_len(size, shift, index) {
+                return Err(ErrorCode::OutOfRange);
+            }
+            Ok(())
         }
         _ => Ok(()),
     }

@@ -248,6 +248,28 @@ impl ChunkSink for UffdSink {
             self.target.fill(offset, dst, start, data);
         }
     }
+
+    /// Places the whole pages the part covers (the part of the region's last page counts as
+    /// whole: the rest of that page is past the region's end, zeros), which wakes the reader
+    /// waiting in them before the rest of the chunk arrives.
+    fn write_part(&self, index: u64, offset: u32, len: u32, data: Option<&[u8]>) {
+        let ps = page_size() as u64;
+        let geom = &self.target.geom;
+        let start = geom.range(index).start as u64 + offset as u64;
+        let end = start + len as u64;
+        let first = start.next_multiple_of(ps);
+        let last = if end == geom.size() {
+            end
+        } else {
+            end / ps * ps
+        };
+        if first >= last {
+            return;
+        }
+        for (at, dst) in self.target.places(first..last) {
+            self.target.fill(at, dst, start, data);
+        }
+    }
 }
 
 /// Fault handling shared by the handler thread and the fetch tasks it spawns.
@@ -362,8 +384,14 @@ impl Handler {
             inflight.insert(chunk, vec![ptid]);
             self.stats.fetches.fetch_add(1, Relaxed);
             // Asked from this thread: a task would first have to be scheduled, which takes
-            // milliseconds while the background pull keeps the runtime busy.
-            self.remote.fetch_urgent(chunk..chunk + 1);
+            // milliseconds while the background pull keeps the runtime busy. The faulting page
+            // is asked for first (FETCH_PART): its reader waits for one page's round trip, not
+            // the whole chunk's.
+            let chunk_start = self.target.geom.range(chunk).start as u64;
+            let in_chunk = offset - chunk_start;
+            let len = ps.min(self.target.geom.chunk_len(chunk) as u64 - in_chunk);
+            self.remote
+                .fetch_urgent_part(chunk, in_chunk as u32, len as u32);
             let me = self.clone();
             self.rt.spawn(async move {
                 let r = me.remote.arrival(chunk..chunk + 1).await;
@@ -668,6 +696,12 @@ impl LazyRegion {
     /// Valid chunk copies received on the owner's fetch lane (urgent fetches, spec §8.7).
     pub fn lane_copies(&self) -> u64 {
         self.handler.remote.lane_copies()
+    }
+
+    /// Faulting pages received ahead of their chunks on the fetch lane (valid PART frames, spec
+    /// §8.7).
+    pub fn lane_parts(&self) -> u64 {
+        self.handler.remote.lane_parts()
     }
 
     pub fn stats(&self) -> &LazyStats {

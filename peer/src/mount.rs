@@ -6,8 +6,10 @@
 //! NBD, UFFDIO_COPY for uffd).
 
 use crate::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
-use memsync_protocol::wire::{ErrorCode, MAX_BODY};
-use memsync_protocol::{DirtySet, Frame, Geometry, Local, Replica, ReplicaEvent, WireError};
+use memsync_protocol::wire::{feature, ErrorCode, MAX_BODY};
+use memsync_protocol::{
+    DirtySet, Frame, Geometry, LaneEvent, Local, Replica, ReplicaEvent, WireError,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +37,11 @@ pub trait ChunkSink: Send + Sync + 'static {
     /// Stores chunk `index`: `data`, or zeros when `None`. Called in stream order, once per
     /// arrival (a chunk may arrive again when the owner changes it).
     fn write_chunk(&self, index: u64, data: Option<&[u8]>);
+
+    /// Bytes `offset .. offset + len` of chunk `index` (`data`, or zeros when `None`) came
+    /// ahead of their chunk, for a reader of them ([`RemoteRegion::fetch_urgent_part`]); the
+    /// chunk follows. Sinks that serve only whole chunks ignore them.
+    fn write_part(&self, _index: u64, _offset: u32, _len: u32, _data: Option<&[u8]>) {}
 }
 
 /// A chunk sink that is plain memory: a `Vec` behind a lock, readable by chunk.
@@ -78,6 +85,8 @@ struct Shared {
     /// Valid chunk copies received on the fetch lane (shown to readers or, when the region
     /// stream's copy came first, discarded).
     lane_copies: AtomicU64,
+    /// Valid parts received on the fetch lane (shown to readers, or discarded as for copies).
+    lane_parts: AtomicU64,
     failure: Mutex<Option<String>>,
 }
 
@@ -112,12 +121,20 @@ impl Shared {
     }
 }
 
+/// What a mount's handle asks its driver to fetch.
+enum Request {
+    /// Chunks, urgently (a reader waits) or ahead of the background order.
+    Chunks { range: Range<u64>, urgent: bool },
+    /// Chunk `index` urgently, for a reader of bytes `offset .. offset + len` of it.
+    Part { index: u64, offset: u32, len: u32 },
+}
+
 /// A lazy replica of region `name` held by the peer at `addr`.
 pub struct RemoteRegion {
     name: String,
     geom: Geometry,
     shared: Arc<Shared>,
-    requests: mpsc::UnboundedSender<(Range<u64>, bool)>,
+    requests: mpsc::UnboundedSender<Request>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -164,6 +181,8 @@ impl RemoteRegion {
             .map_err(|e| connect_err(TransportError::Lost(e).to_string()))?;
         // Expected before MOUNT goes out, so the lane cannot arrive unannounced.
         let lane_wait = session.lane_for(send.id().into());
+        let want = feature::FETCH_LANE | feature::FETCH_PARTS;
+        let parts = session.negotiated.features & want == want;
         let (opened_tx, opened_rx) = oneshot::channel();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -172,6 +191,7 @@ impl RemoteRegion {
                 waiting: HashMap::new(),
             }),
             lane_copies: AtomicU64::new(0),
+            lane_parts: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
         let task = {
@@ -183,6 +203,7 @@ impl RemoteRegion {
                     send,
                     lane_wait,
                     lane: None,
+                    parts,
                     shared: shared.clone(),
                     sink: None,
                     make_sink: Some(make_sink),
@@ -241,6 +262,12 @@ impl RemoteRegion {
         self.shared.lane_copies.load(Relaxed)
     }
 
+    /// Valid parts received on the fetch lane, shown to readers or discarded
+    /// ([`RemoteRegion::fetch_urgent_part`]).
+    pub fn lane_parts(&self) -> u64 {
+        self.shared.lane_parts.load(Relaxed)
+    }
+
     /// Chunks not yet arrived.
     pub fn missing(&self) -> u64 {
         self.geom.chunk_count() - self.shared.present.lock().expect("lock").chunks.count()
@@ -267,7 +294,18 @@ impl RemoteRegion {
     /// Asks for the chunks in `range` urgently, without waiting: callable from any thread (a
     /// fault handler asks at once, then waits with [`RemoteRegion::arrival`]).
     pub fn fetch_urgent(&self, range: Range<u64>) {
-        let _ = self.requests.send((range, true));
+        let _ = self.requests.send(Request::Chunks {
+            range,
+            urgent: true,
+        });
+    }
+
+    /// Asks for chunk `index` urgently for a reader of its bytes `offset .. offset + len`, which
+    /// the owner sends first when it can (FETCH_PART, spec §8.7); they reach the sink's
+    /// [`ChunkSink::write_part`] before the chunk arrives. Callable from any thread. Where the
+    /// peer does not take parts this is [`RemoteRegion::fetch_urgent`] of the chunk.
+    pub fn fetch_urgent_part(&self, index: u64, offset: u32, len: u32) {
+        let _ = self.requests.send(Request::Part { index, offset, len });
     }
 
     /// Returns once every chunk in `range` is in the sink (asked for by someone else), or an
@@ -279,7 +317,7 @@ impl RemoteRegion {
     async fn wait(&self, range: Range<u64>, asked: bool) -> Result<(), MountError> {
         let range = range.start..range.end.min(self.geom.chunk_count());
         if !asked && !range.is_empty() {
-            let _ = self.requests.send((range.clone(), true));
+            self.fetch_urgent(range.clone());
         }
         // Chunks before `next` have arrived (chunks never leave).
         let mut next = range.start;
@@ -307,7 +345,10 @@ impl RemoteRegion {
 
     /// Asks for `range` ahead of the background order (read-ahead, user priorities).
     pub fn prefetch(&self, range: Range<u64>) {
-        let _ = self.requests.send((range, false));
+        let _ = self.requests.send(Request::Chunks {
+            range,
+            urgent: false,
+        });
     }
 
     /// Resolves once every chunk is present. Asks for nothing: the owner pushes every chunk,
@@ -325,6 +366,8 @@ struct Driver {
     /// One lane per mount: a second is never taken (spec §8.7).
     lane_wait: LaneWait,
     lane: Option<FrameReader>,
+    /// The peer takes FETCH_PART (FETCH_LANE and FETCH_PARTS negotiated).
+    parts: bool,
     shared: Arc<Shared>,
     sink: Option<Arc<dyn ChunkSink>>,
     make_sink: Option<SinkFactory>,
@@ -335,17 +378,17 @@ impl Driver {
     async fn run(
         &mut self,
         mut reader: FrameReader,
-        mut requests: mpsc::UnboundedReceiver<(Range<u64>, bool)>,
+        mut requests: mpsc::UnboundedReceiver<Request>,
     ) -> Result<(), StreamError> {
         self.flush().await?;
         loop {
             tokio::select! {
                 biased;
                 req = requests.recv() => {
-                    let Some((range, urgent)) = req else { return Ok(()) };
-                    self.fetch(range, urgent);
-                    while let Ok((range, urgent)) = requests.try_recv() {
-                        self.fetch(range, urgent);
+                    let Some(req) = req else { return Ok(()) };
+                    self.fetch(req);
+                    while let Ok(req) = requests.try_recv() {
+                        self.fetch(req);
                     }
                 }
                 frame = next_on_lane(&mut self.lane) => {
@@ -442,9 +485,17 @@ impl Driver {
         Ok(())
     }
 
-    fn fetch(&mut self, range: Range<u64>, urgent: bool) {
+    fn fetch(&mut self, req: Request) {
         let Some(n) = self.replica.geometry().map(|g| g.chunk_count()) else {
             return;
+        };
+        let (range, urgent) = match req {
+            Request::Part { index, offset, len } if self.parts => {
+                self.replica.fetch_part(index, offset, len);
+                return;
+            }
+            Request::Part { index, .. } => (index..index.saturating_add(1), true),
+            Request::Chunks { range, urgent } => (range, urgent),
         };
         let end = range.end.min(n);
         let mut first = range.start;
@@ -475,20 +526,40 @@ async fn next_on_lane(lane: &mut Option<FrameReader>) -> Result<Option<Frame<'_>
     }
 }
 
-/// Handles a lane copy: shown to readers until the region stream's copy arrives.
+/// Handles a frame from the fetch lane: shown to readers until the region stream's copy of its
+/// chunk arrives.
 fn on_lane_frame(
     replica: &mut Replica,
     sink: Option<&dyn ChunkSink>,
     shared: &Shared,
     frame: &Frame<'_>,
 ) -> Result<(), WireError> {
-    let event = replica.handle_lane(frame)?;
-    shared.lane_copies.fetch_add(1, Relaxed);
-    if let ReplicaEvent::Write { index, data } = event {
-        if let Some(sink) = sink {
-            sink.write_chunk(index, data);
+    match replica.handle_lane(frame)? {
+        LaneEvent::Discard => {
+            let counter = match frame {
+                Frame::Part { .. } => &shared.lane_parts,
+                _ => &shared.lane_copies,
+            };
+            counter.fetch_add(1, Relaxed);
         }
-        shared.arrived(index);
+        LaneEvent::Chunk { index, data } => {
+            shared.lane_copies.fetch_add(1, Relaxed);
+            if let Some(sink) = sink {
+                sink.write_chunk(index, data);
+            }
+            shared.arrived(index);
+        }
+        LaneEvent::Part {
+            index,
+            offset,
+            len,
+            data,
+        } => {
+            shared.lane_parts.fetch_add(1, Relaxed);
+            if let Some(sink) = sink {
+                sink.write_part(index, offset, len, data);
+            }
+        }
     }
     Ok(())
 }

@@ -328,7 +328,10 @@ pub async fn drive_stream(
                                 first,
                                 count,
                                 urgent: true,
-                            } => Some((first, count)),
+                            } => Some((first, count, None)),
+                            Frame::FetchPart { index, offset, len } => {
+                                Some((index, 1, Some((offset, len))))
+                            }
                             _ => None,
                         };
                         (Ok(f.to_vec()), urgent)
@@ -336,8 +339,8 @@ pub async fn drive_stream(
                     Ok(None) => (Err(StreamError::Truncated), None),
                     Err(e) => (Err(e), None),
                 };
-                if let (Some(l), Some((first, count))) = (&lane, urgent) {
-                    if let Err(e) = l.answer(&mut lane_stream, first, count).await {
+                if let (Some(l), Some((first, count, part))) = (&lane, urgent) {
+                    if let Err(e) = l.answer(&mut lane_stream, first, count, part).await {
                         // One lane per region stream, ever (spec §8.7): no second one.
                         debug!("fetch lane closed: {e}; urgent chunks take the region stream");
                         lane = None;
@@ -579,46 +582,82 @@ pub(crate) struct Lane {
 const LANE_CHUNKS_PER_FETCH: u64 = 64;
 
 impl Lane {
+    /// Answers an urgent FETCH of `count` chunks from `first` on the lane, or a FETCH_PART of
+    /// chunk `first` (`part`: the bytes its reader waits for, sent ahead of the chunk).
     async fn answer(
         &self,
         stream: &mut Option<quinn::SendStream>,
         first: u64,
         count: u32,
+        part: Option<(u32, u32)>,
     ) -> Result<(), StreamError> {
+        if let Some(frame) = part.and_then(|p| self.read(first, Some(p))) {
+            self.write(stream, &frame).await?;
+            // Let the connection send the part on its own before the chunk is queued behind
+            // it: on a link with large datagrams both would otherwise share the first one.
+            tokio::task::yield_now().await;
+        }
         // `first` and `count` come from the peer and are not checked yet (the owner checks them
         // after this): saturate, and let the gate refuse indices past the region.
         let end = first.saturating_add(u64::from(count).min(LANE_CHUNKS_PER_FETCH));
         for index in first..end {
-            let frame = {
-                let gate = self.gate.lock().expect("lane gate");
-                if !gate.may_send(index) {
-                    continue;
-                }
-                let data = self.source.chunk(index);
-                let Some((header, with_payload)) = gate.encode(index, data) else {
-                    continue;
-                };
-                let mut frame = Vec::with_capacity(header.len() + data.len());
-                frame.extend_from_slice(&header);
-                if with_payload {
-                    frame.extend_from_slice(data);
-                }
-                frame
-            };
-            let s = match stream {
-                Some(s) => s,
-                None => {
-                    let mut s = self.conn.open_uni().await?;
-                    s.set_priority(LANE_PRIORITY)?;
-                    let lane = Frame::Lane {
-                        stream: self.region_stream,
-                    };
-                    s.write_all(&lane.to_vec()).await?;
-                    stream.insert(s)
-                }
-            };
-            s.write_all(&frame).await?;
+            if let Some(frame) = self.read(index, None) {
+                self.write(stream, &frame).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// The lane frame for chunk `index`, or for bytes `offset .. offset + len` of it: read and
+    /// encoded under the gate, so only while no region-stream copy was sent (spec §8.7). `None`
+    /// when the gate refuses it or the bytes are not inside the chunk.
+    fn read(&self, index: u64, part: Option<(u32, u32)>) -> Option<Vec<u8>> {
+        let gate = self.gate.lock().expect("lane gate");
+        if !gate.may_send(index) {
+            return None;
+        }
+        let chunk = self.source.chunk(index);
+        let frame = |header: &[u8], with_payload: bool, data: &[u8]| {
+            let mut f = Vec::with_capacity(header.len() + data.len());
+            f.extend_from_slice(header);
+            if with_payload {
+                f.extend_from_slice(data);
+            }
+            f
+        };
+        match part {
+            None => {
+                let (header, with_payload) = gate.encode(index, chunk)?;
+                Some(frame(&header, with_payload, chunk))
+            }
+            Some((offset, len)) => {
+                let end = (offset as usize).checked_add(len as usize)?;
+                let data = chunk.get(offset as usize..end)?;
+                let (header, with_payload) = gate.encode_part(index, offset, data)?;
+                Some(frame(&header, with_payload, data))
+            }
+        }
+    }
+
+    /// Writes `frame` on the lane, opening it first if this is its first frame.
+    async fn write(
+        &self,
+        stream: &mut Option<quinn::SendStream>,
+        frame: &[u8],
+    ) -> Result<(), StreamError> {
+        let s = match stream {
+            Some(s) => s,
+            None => {
+                let mut s = self.conn.open_uni().await?;
+                s.set_priority(LANE_PRIORITY)?;
+                let lane = Frame::Lane {
+                    stream: self.region_stream,
+                };
+                s.write_all(&lane.to_vec()).await?;
+                stream.insert(s)
+            }
+        };
+        s.write_all(frame).await?;
         Ok(())
     }
 }

@@ -610,6 +610,51 @@ fn lazy_read_of_a_never_fetched_chunk_overtakes_the_background_pull() {
     assert!(region.bytes() == &img[..]);
 }
 
+/// A fault is answered with its own page ahead of its chunk (FETCH_PART, then PART on the fetch
+/// lane): a page inside a chunk, and the region's last page, which the region ends inside.
+#[test]
+fn a_faulting_page_comes_ahead_of_its_chunk() {
+    let size = (256 << 20) + 100;
+    let img = Arc::new(pattern(size, 33));
+    let (w, _serve) = world_with_image(&img);
+    let rt = runtime();
+    let ep = rt.block_on(async { w.owner_endpoint() });
+    let region = Arc::new(
+        rt.block_on(LazyRegion::mount(
+            &ep,
+            w.addr().parse().unwrap(),
+            "img",
+            LazyOptions::default(),
+        ))
+        .unwrap(),
+    );
+    // Page 5 of a chunk in the middle, then the last byte; both far beyond the in-order push.
+    let inside = (((size >> 16) / 2) << 16) + 5 * 4096 + 17;
+    let r = region.clone();
+    let got = std::thread::spawn(move || {
+        let b = r.bytes();
+        (b[inside..inside + 4000].to_vec(), b[size - 1])
+    })
+    .join()
+    .unwrap();
+    assert!(
+        got.0 == img[inside..inside + 4000],
+        "the page inside a chunk differs"
+    );
+    assert_eq!(got.1, img[size - 1], "the region's last byte differs");
+    let deadline = Instant::now() + HANG;
+    while region.lane_parts() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of the two faulting pages came as parts",
+            region.lane_parts()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rt.block_on(region.complete()).unwrap();
+    assert!(region.bytes() == &img[..]);
+}
+
 #[test]
 fn a_rate_limit_holds_back_the_push_while_reads_are_answered() {
     let size = 64 << 20;

@@ -7,11 +7,13 @@
 //! until a copy from the region stream arrives. Readers never see a chunk go back in time because
 //! the owner sends lane copies of a chunk only while no copy of it was sent on the region stream:
 //! every lane copy is older than every region-stream copy, and each stream keeps its own order.
+//! The same holds for parts (FETCH_PARTS): the bytes a reader waits for, sent on the lane ahead of
+//! their chunk's lane copy under the same rule.
 
 use crate::dirty::DirtySet;
 use crate::geometry::Geometry;
 use crate::hash::{chunk_hash, is_zero};
-use crate::wire::{chunk_header, CHUNK_HEADER_LEN, HEADER_LEN};
+use crate::wire::{chunk_header, part_header, CHUNK_HEADER_LEN, HEADER_LEN, PART_HEADER_LEN};
 
 /// The owner's record of which chunks went out on the region stream since it opened.
 pub struct LaneGate {
@@ -57,12 +59,44 @@ impl LaneGate {
             true,
         ))
     }
+
+    /// The PART frame header for bytes `offset .. offset + data.len()` of chunk `index` (read
+    /// just now), and whether `data` must follow it (false when the bytes are all zero). `None`
+    /// when no lane copy of the chunk may be sent, the bytes are not inside the chunk, or the
+    /// PART would be longer than a full chunk's CHUNK frame (more than `chunk_size − 8` bytes
+    /// that are not all zero): its body could then exceed the negotiated `max_body`, which OPEN
+    /// only guarantees for chunks (spec §3, §5.17); the lane copy serves such a reader as well.
+    pub fn encode_part(
+        &self,
+        index: u64,
+        offset: u32,
+        data: &[u8],
+    ) -> Option<([u8; HEADER_LEN + PART_HEADER_LEN], bool)> {
+        if !self.may_send(index)
+            || data.is_empty()
+            || offset as u64 + data.len() as u64 > self.geom.chunk_len(index) as u64
+        {
+            return None;
+        }
+        let len = data.len() as u32;
+        if is_zero(data) {
+            return Some((part_header(index, offset, len, 0, true), false));
+        }
+        if (PART_HEADER_LEN + data.len()) as u64 > CHUNK_HEADER_LEN as u64 + self.geom.chunk_size()
+        {
+            return None;
+        }
+        Some((
+            part_header(index, offset, len, chunk_hash(data), false),
+            true,
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::{Local, Replica, ReplicaEvent};
+    use crate::replica::{LaneEvent, Local, Replica, ReplicaEvent};
     use crate::wire::{ErrorCode, Frame, MAX_BODY};
     use proptest::prelude::*;
     use std::collections::VecDeque;
@@ -119,7 +153,17 @@ mod tests {
         r
     }
 
-    fn code(r: Result<ReplicaEvent<'_>, crate::wire::WireError>) -> ErrorCode {
+    /// A part as the owner writes it: the gate's header, then the bytes unless zero.
+    fn part(gate: &LaneGate, index: u64, offset: u32, data: &[u8]) -> Vec<u8> {
+        let (header, with_data) = gate.encode_part(index, offset, data).expect("part allowed");
+        let mut out = header.to_vec();
+        if with_data {
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, crate::wire::WireError>) -> ErrorCode {
         r.expect_err("lane frame accepted").code
     }
 
@@ -166,6 +210,129 @@ mod tests {
         assert!(!gate.may_send(0));
         assert!(gate.encode(0, &data).is_none());
         assert!(gate.may_send(1), "other chunks keep their lane");
+    }
+
+    #[test]
+    fn gate_encodes_parts_inside_chunks_until_the_region_stream_sends_them() {
+        let mut gate = LaneGate::new(geom());
+        let data = [5u8; 100];
+        assert_eq!(
+            decode(&part(&gate, 1, 3996, &data)),
+            Frame::Part {
+                index: 1,
+                offset: 3996,
+                len: 100,
+                hash: chunk_hash(&data),
+                zero: false,
+                payload: &data,
+            }
+        );
+        let (header, with_data) = gate.encode_part(2, 0, &[0]).unwrap();
+        assert!(!with_data);
+        assert_eq!(
+            decode(&header),
+            Frame::Part {
+                index: 2,
+                offset: 0,
+                len: 1,
+                hash: 0,
+                zero: true,
+                payload: &[],
+            }
+        );
+        // Past the chunk's end (chunk 2 holds one byte), empty, or past the region's end.
+        assert!(gate.encode_part(1, 3997, &data).is_none());
+        assert!(gate.encode_part(2, 0, &[1, 2]).is_none());
+        assert!(gate.encode_part(0, 0, &[]).is_none());
+        assert!(gate.encode_part(3, 0, &[1]).is_none());
+        gate.on_region_stream(1);
+        assert!(gate.encode_part(1, 0, &data).is_none());
+    }
+
+    #[test]
+    fn gate_sends_no_part_longer_than_a_full_chunk() {
+        // With 4 MiB chunks, a part of the whole chunk would be 8 bytes over MAX_BODY; parts up
+        // to chunk_size - 8 bytes, and ZERO parts of any length, fit every negotiated max_body.
+        let g = Geometry::new(1 << 23, 22).unwrap();
+        let gate = LaneGate::new(g);
+        let size = g.chunk_size() as usize;
+        let ones = vec![1u8; size];
+        assert!(gate.encode_part(0, 0, &ones).is_none());
+        assert!(gate.encode_part(0, 0, &ones[..size - 7]).is_none());
+        let (header, with_data) = gate.encode_part(0, 8, &ones[..size - 8]).unwrap();
+        assert!(with_data);
+        let mut frame = header.to_vec();
+        frame.extend_from_slice(&ones[..size - 8]);
+        assert_eq!(frame.len() - HEADER_LEN, MAX_BODY as usize);
+        assert!(matches!(decode(&frame), Frame::Part { offset: 8, .. }));
+        let (header, with_data) = gate.encode_part(1, 0, &vec![0u8; size]).unwrap();
+        assert!(!with_data);
+        assert!(matches!(decode(&header), Frame::Part { zero: true, .. }));
+    }
+
+    #[test]
+    fn parts_are_checked_like_lane_copies() {
+        let mut r = replica(geom(), Local::Lazy, &[0]);
+        let gate = LaneGate::new(geom());
+        let data = [9u8; 512];
+        let ok = part(&gate, 0, 512, &data);
+        assert_eq!(
+            r.handle_lane(&decode(&ok)),
+            Ok(LaneEvent::Part {
+                index: 0,
+                offset: 512,
+                len: 512,
+                data: Some(&data[..]),
+            })
+        );
+        let unrequested = part(&gate, 1, 0, &data);
+        assert_eq!(
+            code(r.handle_lane(&decode(&unrequested))),
+            ErrorCode::ProtocolViolation
+        );
+        let mut bad_hash = ok.clone();
+        *bad_hash.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            code(r.handle_lane(&decode(&bad_hash))),
+            ErrorCode::HashMismatch
+        );
+        // Bytes past the chunk's end: OUT_OF_RANGE (spec §5.14), as for a chunk past the region.
+        let past = Frame::Part {
+            index: 0,
+            offset: 4000,
+            len: 97,
+            hash: 0,
+            zero: true,
+            payload: &[],
+        };
+        assert_eq!(code(r.handle_lane(&past)), ErrorCode::OutOfRange);
+        // A part on the region stream is out of place.
+        assert_eq!(code(r.handle(&decode(&ok))), ErrorCode::ProtocolViolation);
+    }
+
+    #[test]
+    fn a_part_request_asks_for_its_chunk_urgently() {
+        let mut r = replica(geom(), Local::Lazy, &[]);
+        r.fetch_part(1, 4000, 96);
+        let asked = r.poll_transmit().expect("FETCH_PART queued");
+        assert_eq!(
+            decode(&asked),
+            Frame::FetchPart {
+                index: 1,
+                offset: 4000,
+                len: 96
+            }
+        );
+        // The chunk now counts as requested: its lane copies and parts are accepted.
+        let gate = LaneGate::new(geom());
+        assert!(r
+            .handle_lane(&decode(&part(&gate, 1, 4000, &[3; 96])))
+            .is_ok());
+        // Bytes outside the chunk, or a chunk past the end, ask for nothing.
+        r.fetch_part(2, 0, 2);
+        r.fetch_part(3, 0, 1);
+        r.fetch_part(0, 0, 0);
+        assert!(r.poll_transmit().is_none());
     }
 
     #[test]
@@ -234,7 +401,7 @@ mod tests {
         let lane0 = lane_copy(&gate, 0, &old);
         assert_eq!(
             r.handle_lane(&decode(&lane0)),
-            Ok(ReplicaEvent::Write {
+            Ok(LaneEvent::Chunk {
                 index: 0,
                 data: Some(&old[..]),
             })
@@ -242,7 +409,7 @@ mod tests {
         let lane1 = lane_copy(&gate, 1, &[0]);
         assert_eq!(
             r.handle_lane(&decode(&lane1)),
-            Ok(ReplicaEvent::Write {
+            Ok(LaneEvent::Chunk {
                 index: 1,
                 data: None,
             })
@@ -262,11 +429,13 @@ mod tests {
                 data: Some(&new[..]),
             })
         );
-        // The lane copy arriving late is older than what readers now see.
-        assert_eq!(r.handle_lane(&decode(&lane0)), Ok(ReplicaEvent::None));
+        // The lane copy arriving late is older than what readers now see; so is a part.
+        assert_eq!(r.handle_lane(&decode(&lane0)), Ok(LaneEvent::Discard));
+        let part0 = part(&gate, 0, 0, &old[..8]);
+        assert_eq!(r.handle_lane(&decode(&part0)), Ok(LaneEvent::Discard));
         assert_eq!(
             r.handle_lane(&decode(&lane1)),
-            Ok(ReplicaEvent::Write {
+            Ok(LaneEvent::Chunk {
                 index: 1,
                 data: None,
             })
@@ -286,6 +455,9 @@ mod tests {
         Write,
         /// The owner answers an urgent FETCH on the lane, if the gate allows.
         SendLane,
+        /// The owner answers an urgent FETCH_PART on the lane with a part (bytes 4*half ..
+        /// 4*half + 4 of the chunk), if the gate allows.
+        SendPart(bool),
         /// The owner sends the chunk on the region stream.
         SendRegion,
         DeliverLane,
@@ -296,6 +468,7 @@ mod tests {
         prop_oneof![
             Just(Op::Write),
             Just(Op::SendLane),
+            any::<bool>().prop_map(Op::SendPart),
             Just(Op::SendRegion),
             Just(Op::DeliverLane),
             Just(Op::DeliverRegion),
@@ -303,9 +476,10 @@ mod tests {
     }
 
     proptest! {
-        /// One 8-byte chunk holding its version number (version 0 is the zero chunk). Whatever the
-        /// owner sends and however the two ordered streams interleave on delivery, readers see the
-        /// chunk's versions in order, ending with the last one the region stream carried.
+        /// One 8-byte chunk whose every byte holds its version number (version 0 is the zero
+        /// chunk). Whatever the owner sends (lane copies, parts, region-stream copies) and however
+        /// the two ordered streams interleave on delivery, every byte readers see moves through
+        /// the versions in order, ending with the last one the region stream carried.
         #[test]
         fn readers_see_each_chunk_move_forward_only(
             ops in prop::collection::vec(op(), 0..48),
@@ -314,31 +488,53 @@ mod tests {
             let g = Geometry::new(8, 12).unwrap();
             let mut gate = LaneGate::new(g);
             let mut r = replica(g, Local::Lazy, &[0]);
-            let (mut version, mut last_region) = (0u64, 0u64);
+            let (mut version, mut last_region) = (0u8, 0u8);
             let mut lane: VecDeque<Vec<u8>> = VecDeque::new();
             let mut region: VecDeque<Vec<u8>> = VecDeque::new();
-            let mut seen: Vec<u64> = Vec::new();
+            // What readers see of each byte, and whether it ever went back.
+            let mut shown = [0u8; 8];
+            let mut backwards = Vec::new();
 
             let mut deliver = |from_lane: bool, lane: &mut VecDeque<Vec<u8>>, region: &mut VecDeque<Vec<u8>>| {
                 let queue = if from_lane { lane } else { region };
                 let Some(bytes) = queue.pop_front() else { return };
                 let frame = decode(&bytes);
-                let event = if from_lane { r.handle_lane(&frame) } else { r.handle(&frame) };
-                match event.unwrap() {
-                    ReplicaEvent::Write { data, .. } => seen.push(
-                        data.map_or(0, |d| u64::from_le_bytes(d.try_into().unwrap())),
-                    ),
-                    ReplicaEvent::None => assert!(from_lane),
-                    other => panic!("unexpected {other:?}"),
+                let (range, data) = if from_lane {
+                    match r.handle_lane(&frame).unwrap() {
+                        LaneEvent::Chunk { data, .. } => (0..8, data),
+                        LaneEvent::Part { offset, len, data, .. } => {
+                            (offset as usize..(offset + len) as usize, data)
+                        }
+                        LaneEvent::Discard => return,
+                    }
+                } else {
+                    match r.handle(&frame).unwrap() {
+                        ReplicaEvent::Write { data, .. } => (0..8, data),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                };
+                for (k, at) in range.enumerate() {
+                    let v = data.map_or(0, |d| d[k]);
+                    if v < shown[at] {
+                        backwards.push((at, shown[at], v));
+                    }
+                    shown[at] = v;
                 }
             };
 
             for op in ops.into_iter().chain([Op::SendRegion]) {
-                let data = version.to_le_bytes();
+                let data = [version; 8];
                 match op {
                     Op::Write => version += 1,
                     Op::SendLane if gate.may_send(0) => lane.push_back(lane_copy(&gate, 0, &data)),
                     Op::SendLane => prop_assert!(gate.encode(0, &data).is_none()),
+                    Op::SendPart(half) => {
+                        let offset = if half { 4 } else { 0 };
+                        match gate.encode_part(0, offset, &data[..4]) {
+                            Some(_) => lane.push_back(part(&gate, 0, offset, &data[..4])),
+                            None => prop_assert!(!gate.may_send(0)),
+                        }
+                    }
                     Op::SendRegion => {
                         gate.on_region_stream(0);
                         region.push_back(region_copy(0, &data, version % 2 == 0));
@@ -355,8 +551,8 @@ mod tests {
                 deliver(!lane.is_empty(), &mut lane, &mut region);
             }
 
-            prop_assert!(seen.windows(2).all(|w| w[0] <= w[1]), "versions seen: {seen:?}");
-            prop_assert_eq!(seen.last(), Some(&last_region));
+            prop_assert!(backwards.is_empty(), "bytes went back: {backwards:?}");
+            prop_assert_eq!(shown, [last_region; 8]);
         }
     }
 }

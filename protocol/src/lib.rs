@@ -16,5 +16,5 @@ pub mod wire;
 pub use dirty::DirtySet;
 pub use geometry::Geometry;
 pub use owner::{Owner, OwnerEvent, OwnerState, Transmit};
-pub use replica::{Local, Replica, ReplicaEvent, ReplicaState};
+pub use replica::{LaneEvent, Local, Replica, ReplicaEvent, ReplicaState};
 pub use wire::{ErrorCode, Frame, Hello, WireError};

@@ -261,7 +261,19 @@ impl Owner {
     /// Handles one frame from the replica.
     pub fn handle(&mut self, frame: &Frame<'_>) -> Result<OwnerEvent, WireError> {
         frame.check_geometry(&self.geom)?;
-        match (*frame, self.state) {
+        // FETCH_PART is an urgent FETCH of its chunk here; which bytes the reader waits for
+        // matters only to the fetch lane (spec §8.7).
+        let frame = match (*frame, self.state) {
+            (Frame::FetchPart { index, .. }, OwnerState::Streaming | OwnerState::Draining) => {
+                Frame::Fetch {
+                    first: index,
+                    count: 1,
+                    urgent: true,
+                }
+            }
+            (f, _) => f,
+        };
+        match (frame, self.state) {
             (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
                 code,
                 reason: reason.to_owned(),

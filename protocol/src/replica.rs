@@ -66,6 +66,23 @@ pub enum ReplicaEvent<'a> {
     },
 }
 
+/// What a valid frame from a fetch lane (spec §8.7) asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LaneEvent<'a> {
+    /// The region stream's copy arrived first: nothing to do.
+    Discard,
+    /// Show chunk `index` to readers: `data`, or zeros when `None`. Verified already.
+    Chunk { index: u64, data: Option<&'a [u8]> },
+    /// Show bytes `offset .. offset + len` of chunk `index` to readers: `data`, or zeros when
+    /// `None`. Verified already.
+    Part {
+        index: u64,
+        offset: u32,
+        len: u32,
+        data: Option<&'a [u8]>,
+    },
+}
+
 /// One region's replica side.
 pub struct Replica {
     state: ReplicaState,
@@ -195,6 +212,27 @@ impl Replica {
         }
         self.state = ReplicaState::Receiving;
         Ok(())
+    }
+
+    /// For a lazy replica: asks urgently for chunk `index`, whose reader waits for bytes
+    /// `offset .. offset + len` of it (FETCH_PART): the owner may send those first, as a PART on
+    /// the fetch lane. Only when the peer negotiated FETCH_PARTS; nothing if the chunk is held or
+    /// the range is not inside it.
+    pub fn fetch_part(&mut self, index: u64, offset: u32, len: u32) {
+        let (Some(present), Some(requested), Some(geom)) =
+            (&self.present, &mut self.requested, &self.geom)
+        else {
+            return;
+        };
+        let inside = index < geom.chunk_count()
+            && len > 0
+            && offset as u64 + len as u64 <= geom.chunk_len(index) as u64;
+        if !inside || present.contains(index) {
+            return;
+        }
+        requested.insert(index);
+        self.queued
+            .push_back(Frame::FetchPart { index, offset, len }.to_vec());
     }
 
     /// For a lazy replica: asks for chunks `first..first+count` not yet held or requested. Urgent
@@ -340,12 +378,12 @@ impl Replica {
     }
 
     /// Handles a frame that arrived on a fetch lane of this region stream, after the lane's LANE
-    /// frame (spec §8.7). Only verified FETCHED chunks that this lazy replica asked for are
-    /// accepted. Returns [`ReplicaEvent::Write`] while no copy of the chunk has arrived on the
-    /// region stream, and [`ReplicaEvent::None`] after: the region stream's copies are newer than
-    /// every lane copy. A lane copy never makes a chunk present for the protocol; the region
+    /// frame (spec §8.7). Only verified FETCHED chunks and parts of chunks that this lazy replica
+    /// asked for are accepted. They are to be shown while no copy of the chunk has arrived on the
+    /// region stream, and discarded after: the region stream's copies are newer than everything
+    /// on the lane. Nothing from a lane makes a chunk present for the protocol; the region
     /// stream's copy of it follows.
-    pub fn handle_lane<'a>(&mut self, frame: &Frame<'a>) -> Result<ReplicaEvent<'a>, WireError> {
+    pub fn handle_lane<'a>(&mut self, frame: &Frame<'a>) -> Result<LaneEvent<'a>, WireError> {
         let (Some(geom), Some(present), Some(requested), ReplicaState::Receiving) =
             (&self.geom, &self.present, &self.requested, self.state)
         else {
@@ -355,21 +393,31 @@ impl Replica {
             ));
         };
         frame.check_geometry(geom)?;
-        let Frame::Chunk {
-            index,
-            hash,
-            zero,
-            fetched: true,
-            payload,
-        } = *frame
-        else {
-            return Err(WireError::new(
-                ErrorCode::ProtocolViolation,
-                format!(
-                    "frame type {:#04x} on a fetch lane; only FETCHED chunks travel there",
-                    frame.kind()
-                ),
-            ));
+        let (index, hash, zero, payload, part) = match *frame {
+            Frame::Chunk {
+                index,
+                hash,
+                zero,
+                fetched: true,
+                payload,
+            } => (index, hash, zero, payload, None),
+            Frame::Part {
+                index,
+                offset,
+                len,
+                hash,
+                zero,
+                payload,
+            } => (index, hash, zero, payload, Some((offset, len))),
+            _ => {
+                return Err(WireError::new(
+                    ErrorCode::ProtocolViolation,
+                    format!(
+                        "frame type {:#04x} on a fetch lane; only FETCHED chunks and parts travel there",
+                        frame.kind()
+                    ),
+                ))
+            }
         };
         if !requested.contains(index) {
             return Err(WireError::new(
@@ -380,15 +428,21 @@ impl Replica {
         if !zero && chunk_hash(payload) != hash {
             return Err(WireError::new(
                 ErrorCode::HashMismatch,
-                format!("chunk {index} does not match its hash"),
+                format!("lane copy of chunk {index} does not match its hash"),
             ));
         }
         if present.contains(index) {
-            return Ok(ReplicaEvent::None);
+            return Ok(LaneEvent::Discard);
         }
-        Ok(ReplicaEvent::Write {
-            index,
-            data: (!zero).then_some(payload),
+        let data = (!zero).then_some(payload);
+        Ok(match part {
+            None => LaneEvent::Chunk { index, data },
+            Some((offset, len)) => LaneEvent::Part {
+                index,
+                offset,
+                len,
+                data,
+            },
         })
     }
 

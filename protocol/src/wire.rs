@@ -14,6 +14,8 @@ pub const FRAME_MAGIC: u8 = 0xD5;
 pub const HEADER_LEN: usize = 8;
 /// Bytes of a CHUNK body before its payload.
 pub const CHUNK_HEADER_LEN: usize = 16;
+/// Bytes of a PART body before its payload.
+pub const PART_HEADER_LEN: usize = 24;
 /// Largest body this implementation accepts: one largest chunk with its CHUNK header.
 pub const MAX_BODY: u32 = (1 << MAX_CHUNK_SHIFT) + CHUNK_HEADER_LEN as u32;
 /// Smallest `max_body` a peer may advertise in HELLO.
@@ -35,7 +37,9 @@ pub mod kind {
     pub const CHUNK: u8 = 0x20;
     pub const COMMIT: u8 = 0x21;
     pub const ACK: u8 = 0x22;
+    pub const PART: u8 = 0x23;
     pub const FETCH: u8 = 0x30;
+    pub const FETCH_PART: u8 = 0x31;
     pub const HANDOFF: u8 = 0x40;
     pub const HANDOFF_ACK: u8 = 0x41;
 }
@@ -52,6 +56,8 @@ pub mod flag {
     pub const CHUNK_FETCHED: u16 = 2;
     /// FETCH: a reader is blocked on this chunk; send it before everything else.
     pub const FETCH_URGENT: u16 = 1;
+    /// PART: the part is all zeros; no payload.
+    pub const PART_ZERO: u16 = 1;
 }
 
 /// Error codes carried by ERROR frames and by QUIC stream resets and connection closes (spec §7).
@@ -183,12 +189,14 @@ impl Header {
             kind::STATE => flag::STATE_EMPTY | flag::STATE_LAZY,
             kind::CHUNK => flag::CHUNK_ZERO | flag::CHUNK_FETCHED,
             kind::FETCH => flag::FETCH_URGENT,
+            kind::PART => flag::PART_ZERO,
             kind::HELLO
             | kind::ERROR
             | kind::OPEN
             | kind::MOUNT
             | kind::HASHES
             | kind::LANE
+            | kind::FETCH_PART
             | kind::COMMIT
             | kind::ACK
             | kind::HANDOFF
@@ -245,6 +253,9 @@ pub struct Hello {
 pub mod feature {
     /// The peer takes urgent fetched chunks on a fetch lane (spec §8.7).
     pub const FETCH_LANE: u64 = 1;
+    /// The peer asks for (as lazy replica) or sends (as owner) the bytes a reader waits for
+    /// ahead of their chunk: FETCH_PART and PART frames (spec §8.7). Needs FETCH_LANE.
+    pub const FETCH_PARTS: u64 = 2;
 }
 
 impl Default for Hello {
@@ -254,7 +265,7 @@ impl Default for Hello {
             minor: VERSION_MINOR,
             max_body: MAX_BODY,
             max_regions: DEFAULT_MAX_REGIONS,
-            features: feature::FETCH_LANE,
+            features: feature::FETCH_LANE | feature::FETCH_PARTS,
         }
     }
 }
@@ -376,10 +387,25 @@ pub enum Frame<'a> {
     Ack {
         generation: u64,
     },
+    /// Bytes `offset .. offset + len` of chunk `index`, ahead of the chunk (fetch lanes only).
+    Part {
+        index: u64,
+        offset: u32,
+        len: u32,
+        hash: u64,
+        zero: bool,
+        payload: &'a [u8],
+    },
     Fetch {
         first: u64,
         count: u32,
         urgent: bool,
+    },
+    /// An urgent FETCH of chunk `index` whose reader waits for bytes `offset .. offset + len`.
+    FetchPart {
+        index: u64,
+        offset: u32,
+        len: u32,
     },
     Handoff {
         generation: u64,
@@ -573,6 +599,46 @@ impl<'a> Frame<'a> {
             kind::ACK => Frame::Ack {
                 generation: r.u64()?,
             },
+            kind::PART => {
+                let index = r.u64()?;
+                let offset = r.u32()?;
+                let len = r.u32()?;
+                let hash = r.u64()?;
+                let zero = f & flag::PART_ZERO != 0;
+                let payload = r.rest();
+                if len == 0 {
+                    return Err(err(ErrorCode::Malformed, "PART of zero bytes"));
+                }
+                if zero && (!payload.is_empty() || hash != 0) {
+                    return Err(err(
+                        ErrorCode::Malformed,
+                        "ZERO part with a payload or a hash",
+                    ));
+                }
+                if !zero && payload.len() != len as usize {
+                    return Err(err(
+                        ErrorCode::Malformed,
+                        format!("part of {len} bytes with a payload of {}", payload.len()),
+                    ));
+                }
+                Frame::Part {
+                    index,
+                    offset,
+                    len,
+                    hash,
+                    zero,
+                    payload,
+                }
+            }
+            kind::FETCH_PART => {
+                let index = r.u64()?;
+                let offset = r.u32()?;
+                let len = r.u32()?;
+                if len == 0 {
+                    return Err(err(ErrorCode::Malformed, "FETCH_PART of zero bytes"));
+                }
+                Frame::FetchPart { index, offset, len }
+            }
             kind::FETCH => {
                 let first = r.u64()?;
                 let count = r.u32()?;
@@ -615,7 +681,9 @@ impl<'a> Frame<'a> {
             Frame::Chunk { .. } => kind::CHUNK,
             Frame::Commit { .. } => kind::COMMIT,
             Frame::Ack { .. } => kind::ACK,
+            Frame::Part { .. } => kind::PART,
             Frame::Fetch { .. } => kind::FETCH,
+            Frame::FetchPart { .. } => kind::FETCH_PART,
             Frame::Handoff { .. } => kind::HANDOFF,
             Frame::HandoffAck { .. } => kind::HANDOFF_ACK,
         }
@@ -631,6 +699,7 @@ impl<'a> Frame<'a> {
                 bit(zero, flag::CHUNK_ZERO) | bit(fetched, flag::CHUNK_FETCHED)
             }
             Frame::Fetch { urgent, .. } => bit(urgent, flag::FETCH_URGENT),
+            Frame::Part { zero, .. } => bit(zero, flag::PART_ZERO),
             _ => 0,
         }
     }
@@ -706,6 +775,25 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&first.to_le_bytes());
                 out.extend_from_slice(&count.to_le_bytes());
             }
+            Frame::Part {
+                index,
+                offset,
+                len,
+                hash,
+                payload,
+                ..
+            } => {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&hash.to_le_bytes());
+                out.extend_from_slice(payload);
+            }
+            Frame::FetchPart { index, offset, len } => {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
+            }
         }
         let len = (out.len() - start - HEADER_LEN) as u32;
         let header = Header {
@@ -760,6 +848,23 @@ impl<'a> Frame<'a> {
                 }
                 Ok(())
             }
+            Frame::Part {
+                index, offset, len, ..
+            }
+            | Frame::FetchPart { index, offset, len } => {
+                geom.check_index(index)?;
+                if offset as u64 + len as u64 > geom.chunk_len(index) as u64 {
+                    return Err(err(
+                        ErrorCode::OutOfRange,
+                        format!(
+                            "bytes {offset}..{} of chunk {index}, which has {}",
+                            offset as u64 + len as u64,
+                            geom.chunk_len(index)
+                        ),
+                    ));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -790,6 +895,30 @@ pub fn chunk_header(
     b[..HEADER_LEN].copy_from_slice(&h.to_bytes());
     b[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&index.to_le_bytes());
     b[HEADER_LEN + 8..].copy_from_slice(&hash.to_le_bytes());
+    b
+}
+
+/// Encodes a PART header (frame header and the 24 body bytes before the payload) for bytes
+/// `offset .. offset + len` of chunk `index`, so a sender can write the payload straight from
+/// memory after it (none when `zero`).
+pub fn part_header(
+    index: u64,
+    offset: u32,
+    len: u32,
+    hash: u64,
+    zero: bool,
+) -> [u8; HEADER_LEN + PART_HEADER_LEN] {
+    let h = Header {
+        kind: kind::PART,
+        flags: if zero { flag::PART_ZERO } else { 0 },
+        len: (PART_HEADER_LEN + if zero { 0 } else { len as usize }) as u32,
+    };
+    let mut b = [0u8; HEADER_LEN + PART_HEADER_LEN];
+    b[..HEADER_LEN].copy_from_slice(&h.to_bytes());
+    b[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&index.to_le_bytes());
+    b[HEADER_LEN + 8..HEADER_LEN + 12].copy_from_slice(&offset.to_le_bytes());
+    b[HEADER_LEN + 12..HEADER_LEN + 16].copy_from_slice(&len.to_le_bytes());
+    b[HEADER_LEN + 16..].copy_from_slice(&hash.to_le_bytes());
     b
 }
 
@@ -828,6 +957,9 @@ mod tests {
         Commit(u64, u32, u64),
         Ack(u64),
         Fetch(u64, u32, bool),
+        Part(u64, u32, Vec<u8>),
+        ZeroPart(u64, u32, u32),
+        FetchPart(u64, u32, u32),
         Handoff(u64),
         HandoffAck(u64),
     }
@@ -869,6 +1001,14 @@ mod tests {
             (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Commit(a, b, c)),
             any::<u64>().prop_map(Owned::Ack),
             (any::<u64>(), 1u32.., any::<bool>()).prop_map(|(a, b, c)| Owned::Fetch(a, b, c)),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                prop::collection::vec(any::<u8>(), 1..300)
+            )
+                .prop_map(|(i, o, p)| Owned::Part(i, o, p)),
+            (any::<u64>(), any::<u32>(), 1u32..).prop_map(|(i, o, l)| Owned::ZeroPart(i, o, l)),
+            (any::<u64>(), any::<u32>(), 1u32..).prop_map(|(i, o, l)| Owned::FetchPart(i, o, l)),
             any::<u64>().prop_map(Owned::Handoff),
             any::<u64>().prop_map(Owned::HandoffAck),
         ]
@@ -924,6 +1064,27 @@ mod tests {
                 count: *b,
                 urgent: *c,
             },
+            Owned::Part(i, o, p) => Frame::Part {
+                index: *i,
+                offset: *o,
+                len: p.len() as u32,
+                hash: crate::hash::chunk_hash(p),
+                zero: false,
+                payload: p,
+            },
+            Owned::ZeroPart(i, o, l) => Frame::Part {
+                index: *i,
+                offset: *o,
+                len: *l,
+                hash: 0,
+                zero: true,
+                payload: &[],
+            },
+            Owned::FetchPart(i, o, l) => Frame::FetchPart {
+                index: *i,
+                offset: *o,
+                len: *l,
+            },
             Owned::Handoff(g) => Frame::Handoff { generation: *g },
             Owned::HandoffAck(g) => Frame::HandoffAck { generation: *g },
         }
@@ -977,6 +1138,30 @@ mod tests {
     }
 
     #[test]
+    fn part_header_matches_encode() {
+        let payload = [7u8; 4096];
+        let f = Frame::Part {
+            index: 9,
+            offset: 8192,
+            len: 4096,
+            hash: 0xfeed,
+            zero: false,
+            payload: &payload,
+        };
+        let v = f.to_vec();
+        assert_eq!(&v[..32], &part_header(9, 8192, 4096, 0xfeed, false));
+        let z = Frame::Part {
+            index: 9,
+            offset: 8192,
+            len: 4096,
+            hash: 0,
+            zero: true,
+            payload: &[],
+        };
+        assert_eq!(z.to_vec(), part_header(9, 8192, 4096, 0, true));
+    }
+
+    #[test]
     fn huge_length_is_refused_before_reading() {
         let mut b = Header {
             kind: kind::CHUNK,
@@ -1015,7 +1200,7 @@ mod tests {
             ..Hello::default()
         };
         let n = ours.negotiate(&theirs).unwrap();
-        // Bit 2 is unknown to us and drops out; FETCH_LANE (bit 0) is common.
+        // Bit 2 (value 4) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
         assert_eq!(
             (n.max_body, n.max_regions, n.features),
             (MIN_MAX_BODY, 3, feature::FETCH_LANE)

@@ -159,6 +159,19 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         .to_vec()
     };
     let error = |code, reason| Frame::Error { code, reason }.to_vec();
+    let part = |index, offset, len, hash, zero, payload| {
+        Frame::Part {
+            index,
+            offset,
+            len,
+            hash,
+            zero,
+            payload,
+        }
+        .to_vec()
+    };
+    let fetch_part = |index, offset, len| Frame::FetchPart { index, offset, len }.to_vec();
+    let part_16 = &payload_4096[1024..1040];
     BTreeMap::from([
         ("hello_default", hello(Hello::default())),
         (
@@ -245,6 +258,19 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         ),
         ("lane_basic", Frame::Lane { stream: 4 }.to_vec()),
         ("lane_max", Frame::Lane { stream: u64::MAX }.to_vec()),
+        (
+            "part_basic",
+            part(0, 1024, 16, chunk_hash(part_16), false, part_16),
+        ),
+        ("part_last_chunk", part(2, 0, 1, h_2a, false, &one)),
+        ("part_zero", part(1, 2048, 2048, 0, true, &[])),
+        (
+            "part_max_index",
+            part((1 << 24) - 1, (1 << 22) - 1, 1, 0, true, &[]),
+        ),
+        ("fetch_part_basic", fetch_part(0, 1024, 16)),
+        ("fetch_part_whole_chunk", fetch_part(0, 0, 4096)),
+        ("fetch_part_max", fetch_part(u64::MAX, u32::MAX, u32::MAX)),
     ])
 }
 
@@ -309,7 +335,9 @@ fn vectors_cover_every_type_and_framing_error() {
         kind::CHUNK,
         kind::COMMIT,
         kind::ACK,
+        kind::PART,
         kind::FETCH,
+        kind::FETCH_PART,
         kind::HANDOFF,
         kind::HANDOFF_ACK,
     ];
@@ -323,6 +351,7 @@ fn vectors_cover_every_type_and_framing_error() {
         (kind::CHUNK, flag::CHUNK_ZERO),
         (kind::CHUNK, flag::CHUNK_FETCHED),
         (kind::FETCH, flag::FETCH_URGENT),
+        (kind::PART, flag::PART_ZERO),
     ] {
         assert!(
             all.iter().any(|v| v.expect == Expect::Ok

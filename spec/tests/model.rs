@@ -149,6 +149,19 @@ fn pair_lazy_target_with_fetched_chunks_kept_pending() {
     }
 }
 
+/// With FETCH_PARTS, reads may also ask with FETCH_PART: on the region stream it is an urgent
+/// FETCH of one chunk (spec §5.18), and every property holds with it. (The model has no fetch
+/// lane, so no PART answers it.)
+#[test]
+fn pair_lazy_target_fetch_parts() {
+    let r = run(Config {
+        fetch_parts: true,
+        ..pair_lazy(Detector::Precise)
+    });
+    assert_holds(&r);
+    assert_seen(&r, &[0, 2, 7, 8, 12, 14]);
+}
+
 #[test]
 fn trio_precise_detector_fetches() {
     let r = run(trio(Detector::Precise, 1, 0));

@@ -15,12 +15,15 @@ import sys
 
 MAGIC = 0xD5
 HELLO, ERROR, OPEN, MOUNT, STATE, HASHES, LANE = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14
-CHUNK, COMMIT, ACK, FETCH, HANDOFF, HANDOFF_ACK = 0x20, 0x21, 0x22, 0x30, 0x40, 0x41
+CHUNK, COMMIT, ACK, PART, FETCH, FETCH_PART = 0x20, 0x21, 0x22, 0x23, 0x30, 0x31
+HANDOFF, HANDOFF_ACK = 0x40, 0x41
 
 STATE_EMPTY, STATE_LAZY = 1, 2
 CHUNK_ZERO, CHUNK_FETCHED = 1, 2
 FETCH_URGENT = 1
+PART_ZERO = 1
 FEATURE_FETCH_LANE = 1  # HELLO feature bit 0
+FEATURE_FETCH_PARTS = 2  # HELLO feature bit 1
 
 MAX_BODY = (1 << 22) + 16  # 4194320
 MIN_MAX_BODY = (1 << 16) + 16  # 65552
@@ -34,6 +37,9 @@ PAYLOAD_4096 = bytes((i * 7 + 3) & 0xFF for i in range(4096))
 H_4096 = 0xD7428746842BE37E  # XXH3-64(PAYLOAD_4096)
 H_2A = 0x79D03016B7AEED0D  # XXH3-64(b"\x2a")
 H_ZERO_4096 = 0x93D76FE148C689BA  # XXH3-64(4096 zero bytes)
+# Bytes 1024..1040 of chunk 0 (PAYLOAD_4096), the part of part_basic, and their XXH3-64.
+PART_16 = PAYLOAD_4096[1024:1040]
+H_PART_16 = 0xB8C859B0F030B585
 # XXH3-64 over (0 ‖ H_4096)(1 ‖ 0)(2 ‖ H_2A), each index and hash a u64 LE: the summary of the
 # generation formed by chunk_full, chunk_zero and chunk_last_one_byte, in that order.
 SUMMARY_3 = 0x133A05CFA48551D8
@@ -94,6 +100,14 @@ def lane(stream):
     return struct.pack("<Q", stream)
 
 
+def part(index, offset, length, hash_, payload=b""):
+    return struct.pack("<QIIQ", index, offset, length, hash_) + payload
+
+
+def fetch_part(index, offset, length):
+    return struct.pack("<QII", index, offset, length)
+
+
 CASES = []
 
 
@@ -104,8 +118,8 @@ def case(name, desc, data, expect="ok", geometry=None):
 # --- valid frames -------------------------------------------------------------------------------
 
 case("hello_default", "HELLO as the reference peer sends it: version 1.0, max_body 4194320, "
-     "1024 regions, features FETCH_LANE (bit 0).",
-     frame(HELLO, hello(features=FEATURE_FETCH_LANE)))
+     "1024 regions, features FETCH_LANE (bit 0) and FETCH_PARTS (bit 1): 3.",
+     frame(HELLO, hello(features=FEATURE_FETCH_LANE | FEATURE_FETCH_PARTS)))
 case("hello_min_limits", "HELLO with the smallest legal max_body (65552), one region and every "
      "feature bit set (unknown bits are ignored by negotiation, not by the decoder).",
      frame(HELLO, hello(max_body=MIN_MAX_BODY, max_regions=1, features=U64_MAX)))
@@ -194,6 +208,27 @@ case("lane_basic", "LANE opening a fetch lane for the region stream with QUIC st
 case("lane_max", "LANE naming stream ID 2^64-1: decodes (the receiver of the lane checks the ID).",
      frame(LANE, lane(U64_MAX)))
 
+case("part_basic", "PART of bytes 1024..1040 of chunk 0 of the example region (those bytes of "
+     "chunk_full's payload) with their XXH3-64: what an owner may send on a fetch lane to answer "
+     "fetch_part_basic.", frame(PART, part(0, 1024, 16, H_PART_16, PART_16)), geometry=GEOM)
+case("part_last_chunk", "PART of the whole 1-byte last chunk of the example region (bytes 0..1 "
+     "of chunk 2, payload 0x2a): the part ends exactly at the chunk's and the region's end.",
+     frame(PART, part(2, 0, 1, H_2A, b"\x2a")), geometry=GEOM)
+case("part_zero", "PART ZERO of bytes 2048..4096 of chunk 1 of the example region: hash 0, no "
+     "payload.", frame(PART, part(1, 2048, 2048, 0), PART_ZERO), geometry=GEOM)
+case("part_max_index", "PART ZERO of the last byte of the largest region (2^46 bytes, 4 MiB "
+     "chunks): index 2^24-1, offset 2^22-1, len 1.",
+     frame(PART, part((1 << 24) - 1, (1 << 22) - 1, 1, 0), PART_ZERO), geometry=(1 << 46, 22))
+
+case("fetch_part_basic", "FETCH_PART of bytes 1024..1040 of chunk 0 of the example region: an "
+     "urgent FETCH of chunk 0 whose reader waits for those bytes.",
+     frame(FETCH_PART, fetch_part(0, 1024, 16)), geometry=GEOM)
+case("fetch_part_whole_chunk", "FETCH_PART of all of chunk 0 (bytes 0..4096) of the example "
+     "region.", frame(FETCH_PART, fetch_part(0, 0, 4096)), geometry=GEOM)
+case("fetch_part_max", "FETCH_PART with index 2^64-1, offset and len 2^32-1: decodes (a geometry "
+     "check would refuse it in any region).",
+     frame(FETCH_PART, fetch_part(U64_MAX, U32_MAX, U32_MAX)))
+
 # --- frame header -------------------------------------------------------------------------------
 
 case("header_bad_magic", "ACK whose magic is 0xd4.",
@@ -234,6 +269,10 @@ case("fetch_undefined_flag", "FETCH with flag bit 1 (only URGENT=1 is defined)."
      frame(FETCH, fetch(0, 1), 2), "error MALFORMED")
 case("lane_flag", "LANE with flag bit 0 (LANE defines no flags).", frame(LANE, lane(4), 1),
      "error MALFORMED")
+case("part_undefined_flag", "PART with flag bit 1 (only ZERO=1 is defined; PART has no FETCHED).",
+     frame(PART, part(2, 0, 1, H_2A, b"\x2a"), 2), "error MALFORMED")
+case("fetch_part_flag", "FETCH_PART with flag bit 0 (FETCH_PART defines no flags; it is always "
+     "urgent).", frame(FETCH_PART, fetch_part(0, 1024, 16), 1), "error MALFORMED")
 
 # --- body lengths ---------------------------------------------------------------------------------
 
@@ -350,6 +389,51 @@ case("fetch_past_end", "FETCH of chunks 2..4 in the 3-chunk example region.",
      frame(FETCH, fetch(2, 2)), "error OUT_OF_RANGE", GEOM)
 case("fetch_overflow", "FETCH from index 2^64-1 (first + count overflows u64).",
      frame(FETCH, fetch(U64_MAX, 1), FETCH_URGENT), "error OUT_OF_RANGE", GEOM)
+
+# --- PART -------------------------------------------------------------------------------------------
+
+case("part_short", "PART body of 23 bytes (no whole hash field).",
+     frame(PART, part(1, 0, 1, 0)[:23], PART_ZERO), "error MALFORMED")
+case("part_len_zero", "PART of zero bytes (len 0, no payload, the hash of no bytes).",
+     frame(PART, part(0, 0, 0, SUMMARY_EMPTY)), "error MALFORMED")
+case("part_zero_len_zero", "PART ZERO of zero bytes: len 0 is refused before the ZERO rules.",
+     frame(PART, part(1, 0, 0, 0), PART_ZERO), "error MALFORMED")
+case("part_zero_with_payload", "PART ZERO of 1 byte carrying a 1-byte payload.",
+     frame(PART, part(1, 0, 1, 0, b"\x00"), PART_ZERO), "error MALFORMED")
+case("part_zero_with_hash", "PART ZERO with a nonzero hash.",
+     frame(PART, part(1, 0, 1, H_2A), PART_ZERO), "error MALFORMED")
+case("part_no_payload", "PART without ZERO and without payload (len 16).",
+     frame(PART, part(0, 1024, 16, H_PART_16)), "error MALFORMED")
+case("part_payload_short", "PART of 16 bytes with a 15-byte payload.",
+     frame(PART, part(0, 1024, 16, H_PART_16, PART_16[:15])), "error MALFORMED", GEOM)
+case("part_payload_too_long", "PART of 1 byte with a 2-byte payload.",
+     frame(PART, part(2, 0, 1, H_2A, b"\x2a\x2a")), "error MALFORMED", GEOM)
+case("part_past_chunk_end", "PART of bytes 4090..4106 of chunk 0 (4096 bytes): decodes, then the "
+     "geometry check refuses the range.",
+     frame(PART, part(0, 4090, 16, H_PART_16, PART_16)), "error OUT_OF_RANGE", GEOM)
+case("part_zero_past_chunk_end", "PART ZERO of bytes 1..2 of chunk 2, the 1-byte last chunk.",
+     frame(PART, part(2, 1, 1, 0), PART_ZERO), "error OUT_OF_RANGE", GEOM)
+case("part_offset_overflow", "PART ZERO with offset and len 2^32-1: offset + len overflows u32, "
+     "not the u64 the check uses.", frame(PART, part(0, U32_MAX, U32_MAX, 0), PART_ZERO),
+     "error OUT_OF_RANGE", GEOM)
+case("part_index_past_end", "PART of chunk 3 of the 3-chunk example region.",
+     frame(PART, part(3, 0, 1, H_2A, b"\x2a")), "error OUT_OF_RANGE", GEOM)
+
+# --- FETCH_PART -------------------------------------------------------------------------------------
+
+case("fetch_part_len_zero", "FETCH_PART of zero bytes.", frame(FETCH_PART, fetch_part(0, 0, 0)),
+     "error MALFORMED")
+case("fetch_part_short", "FETCH_PART body of 15 bytes.",
+     frame(FETCH_PART, fetch_part(0, 1024, 16)[:15]), "error MALFORMED")
+case("fetch_part_trailing", "FETCH_PART body with one trailing byte.",
+     frame(FETCH_PART, fetch_part(0, 1024, 16) + b"\x00"), "error MALFORMED")
+case("fetch_part_past_chunk_end", "FETCH_PART of bytes 0..2 of chunk 2, the 1-byte last chunk.",
+     frame(FETCH_PART, fetch_part(2, 0, 2)), "error OUT_OF_RANGE", GEOM)
+case("fetch_part_index_past_end", "FETCH_PART of chunk 3 of the 3-chunk example region.",
+     frame(FETCH_PART, fetch_part(3, 0, 1)), "error OUT_OF_RANGE", GEOM)
+case("fetch_part_overflow", "FETCH_PART of chunk 0 with offset and len 2^32-1 (offset + len "
+     "overflows u32).", frame(FETCH_PART, fetch_part(0, U32_MAX, U32_MAX)), "error OUT_OF_RANGE",
+     GEOM)
 
 
 def render(name, desc, data, expect, geometry):

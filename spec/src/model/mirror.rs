@@ -22,6 +22,9 @@ pub type Mem = [u8; N];
 pub type Mask = u8;
 /// Every chunk.
 pub const ALL: Mask = (1 << N) - 1;
+/// Bytes of each chunk: a full 4 KiB chunk and a short last one (the real geometry of
+/// [`super::real::ctx`]).
+pub const CHUNK_LEN: [u64; N] = [4096, 100];
 
 /// One frame on a region stream, abstractly: chunk bytes and hashes are chunk values, a COMMIT
 /// carries the records its summary hashes (count = their number).
@@ -60,6 +63,13 @@ pub enum Msg {
         count: u32,
         urgent: bool,
     },
+    /// An urgent FETCH of chunk `index` whose reader waits for bytes `offset .. offset + len`
+    /// (FETCH_PARTS). The model has no fetch lane, so no PART ever answers it.
+    FetchPart {
+        index: u64,
+        offset: u32,
+        len: u32,
+    },
     Handoff {
         generation: u64,
     },
@@ -79,6 +89,7 @@ impl Msg {
             Msg::Commit { .. } => "COMMIT",
             Msg::Ack { .. } => "ACK",
             Msg::Fetch { .. } => "FETCH",
+            Msg::FetchPart { .. } => "FETCH_PART",
             Msg::Handoff { .. } => "HANDOFF",
             Msg::HandoffAck { .. } => "HANDOFF_ACK",
         }
@@ -91,6 +102,9 @@ impl Msg {
             Msg::Chunk { index, .. } => *index < n,
             Msg::Hashes { first, values } => first + values.len() as u64 <= n,
             Msg::Fetch { first, count, .. } => first + *count as u64 <= n,
+            Msg::FetchPart { index, offset, len } => {
+                *index < n && *offset as u64 + *len as u64 <= CHUNK_LEN[*index as usize]
+            }
             _ => true,
         };
         if ok {
@@ -279,6 +293,19 @@ impl Owner {
 
     pub fn handle(&mut self, msg: &Msg) -> Result<OwnerEvent, ErrorCode> {
         msg.check_geometry()?;
+        // FETCH_PART is an urgent FETCH of its one chunk (spec §5.18).
+        let as_fetch;
+        let msg = match *msg {
+            Msg::FetchPart { index, .. } => {
+                as_fetch = Msg::Fetch {
+                    first: index,
+                    count: 1,
+                    urgent: true,
+                };
+                &as_fetch
+            }
+            _ => msg,
+        };
         match (msg, self.state) {
             (
                 &Msg::State {
@@ -584,6 +611,22 @@ impl Replica {
         }
         self.state = ReplicaState::Receiving;
         Ok(())
+    }
+
+    /// `fetch_part`: an urgent FETCH_PART of chunk `index`, unless it is present or the bytes are
+    /// not inside it.
+    pub fn fetch_part(&mut self, index: u64, offset: u32, len: u32) {
+        let (Some(present), Some(requested), true) = (self.present, &mut self.requested, self.geom)
+        else {
+            return;
+        };
+        let inside =
+            index < N as u64 && len > 0 && offset as u64 + len as u64 <= CHUNK_LEN[index as usize];
+        if !inside || present & bit(index) != 0 {
+            return;
+        }
+        *requested |= bit(index);
+        self.queued.push_back(Msg::FetchPart { index, offset, len });
     }
 
     pub fn fetch(&mut self, first: u64, count: u32, urgent: bool) {

@@ -47,6 +47,9 @@ pub fn ctx() -> &'static Ctx {
     CTX.get_or_init(|| {
         let geom = Geometry::new(4096 * (N as u64 - 1) + LAST_CHUNK_LEN, 12).expect("geometry");
         assert_eq!(geom.chunk_count(), N as u64);
+        for (i, &len) in mirror::CHUNK_LEN.iter().enumerate() {
+            assert_eq!(geom.chunk_len(i as u64) as u64, len);
+        }
         let fills: [[Vec<u8>; 4]; N] = std::array::from_fn(|i| {
             std::array::from_fn(|v| vec![byte_of(v as u8); geom.chunk_len(i as u64)])
         });
@@ -179,6 +182,9 @@ impl Ctx {
                 urgent,
             }
             .to_vec(),
+            &Msg::FetchPart { index, offset, len } => {
+                Frame::FetchPart { index, offset, len }.to_vec()
+            }
             &Msg::Handoff { generation } => Frame::Handoff { generation }.to_vec(),
             &Msg::HandoffAck { generation } => Frame::HandoffAck { generation }.to_vec(),
         }
@@ -264,6 +270,11 @@ pub enum ReplicaInput {
         count: u32,
         urgent: bool,
     },
+    FetchPart {
+        index: u64,
+        offset: u32,
+        len: u32,
+    },
 }
 
 /// What a replica answered, and the frames it queued.
@@ -324,6 +335,10 @@ pub fn mirror_replica_step(m: &mut mirror::Replica, input: &ReplicaInput) -> Rep
             urgent,
         } => {
             m.fetch(first, count, urgent);
+            Ok(mirror::ReplicaEvent::None)
+        }
+        &ReplicaInput::FetchPart { index, offset, len } => {
+            m.fetch_part(index, offset, len);
             Ok(mirror::ReplicaEvent::None)
         }
     };
@@ -446,6 +461,10 @@ fn real_replica_step(r: &mut Replica, input: &ReplicaInput) -> ReplicaOutputRaw 
             urgent,
         } => {
             r.fetch(first, count, urgent);
+            Ok(mirror::ReplicaEvent::None)
+        }
+        &ReplicaInput::FetchPart { index, offset, len } => {
+            r.fetch_part(index, offset, len);
             Ok(mirror::ReplicaEvent::None)
         }
     };

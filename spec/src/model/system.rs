@@ -85,6 +85,10 @@ pub struct Config {
     pub drops_per_link: u8,
     /// FETCH requests by the lazy replicas.
     pub fetches: u8,
+    /// Whether FETCH_PARTS is negotiated: a read on a lazy replica may then also ask with
+    /// FETCH_PART (an urgent FETCH of one chunk, spec §5.18). There is no fetch lane in the model,
+    /// so no PART answers it; this checks FETCH_PART on the region stream.
+    pub fetch_parts: bool,
     /// Restarts of the owner's process, which forgets its generation and everything pending.
     pub owner_crashes: u8,
     /// Whether A may hand ownership to B (once).
@@ -110,6 +114,7 @@ impl Config {
             drops: 1,
             drops_per_link: 1,
             fetches: 1,
+            fetch_parts: false,
             owner_crashes: 0,
             handoff: true,
             lazy_replica: true,
@@ -125,7 +130,7 @@ impl Config {
         let values: Vec<u8> = (0..3).filter(|v| self.write_values & 1 << v != 0).collect();
         format!(
             "{} chunks; peers A (owner), B ({}){}; detector {:?}; writes ≤ {} of values {:?}; \
-             connection losses ≤ {} (≤ {} per link); owner restarts ≤ {}; fetches ≤ {}; \
+             connection losses ≤ {} (≤ {} per link); owner restarts ≤ {}; fetches ≤ {}{}; \
              handoff A→B: {}; \
              variant {:?}; validation {:?}",
             N,
@@ -138,6 +143,11 @@ impl Config {
             self.drops_per_link,
             self.owner_crashes,
             self.fetches,
+            if self.fetch_parts {
+                " (FETCH_PART too)"
+            } else {
+                ""
+            },
             if self.handoff { "once" } else { "no" },
             self.variant,
             self.validation
@@ -188,7 +198,7 @@ pub const LIVENESS: &str =
     "every quiescent continuation ends, within a bound, with every replica equal to the owner";
 
 /// Things the checker saw happen at least once (reported, to show the bounds reach them).
-pub const SEEN: [&str; 14] = [
+pub const SEEN: [&str; 15] = [
     "a round committed and acknowledged",
     "a chunk was reconciled as already held",
     "a FETCH was answered with a FETCHED chunk",
@@ -203,6 +213,7 @@ pub const SEEN: [&str; 14] = [
     "a write by the new owner reached a replica",
     "a FETCH was not answered again: the chunk was already sent on the stream",
     "the owner's process restarted",
+    "a FETCH_PART was sent (an urgent FETCH of one chunk)",
 ];
 
 /// State of one link.
@@ -481,6 +492,9 @@ pub enum Action {
     ResumeHandoff,
     /// A read of chunk `chunk` on a lazy replica asks for it (`fetch(chunk, 1, urgent)`).
     Fetch { peer: u8, chunk: u64, urgent: bool },
+    /// With FETCH_PARTS, a read of the last byte of chunk `chunk` on a lazy replica asks for it
+    /// (`fetch_part(chunk, chunk_len − 1, 1)`).
+    FetchPart { peer: u8, chunk: u64 },
     /// B, the new owner, opens a stream to C.
     Connect,
     /// The owner's process restarts: every stream it serves is lost and reopened by a new
@@ -560,6 +574,11 @@ fn fingerprint<T: Hash>(t: &T) -> u64 {
     let mut h = FastHasher::default();
     t.hash(&mut h);
     h.finish()
+}
+
+/// The bytes a FETCH_PART of the model asks for: the last byte of the chunk.
+fn last_byte(chunk: u64) -> (u32, u32) {
+    (mirror::CHUNK_LEN[chunk as usize] as u32 - 1, 1)
 }
 
 fn see(model: &MemsyncModel, what: usize) {
@@ -759,10 +778,13 @@ impl Run<'_> {
         let mut msg = Arc::make_mut(&mut self.s.links[l]).queues[from]
             .pop_front()
             .expect("a frame in flight");
-        if let (&Msg::Fetch { first, count, .. }, End::Owner { m, .. }) =
-            (&msg, &self.s.links[l].ends[to])
-        {
-            if (first..first + count as u64).any(|i| m.on_stream & 1 << i != 0) {
+        let asked = match msg {
+            Msg::Fetch { first, count, .. } => Some(first..first + count as u64),
+            Msg::FetchPart { index, .. } => Some(index..index + 1),
+            _ => None,
+        };
+        if let (Some(asked), End::Owner { m, .. }) = (asked, &self.s.links[l].ends[to]) {
+            if asked.into_iter().any(|i| m.on_stream & 1 << i != 0) {
                 see(self.model, 12);
             }
         }
@@ -1033,6 +1055,21 @@ impl Run<'_> {
                     },
                 );
             }
+            Action::FetchPart { peer, chunk } => {
+                let (l, e) = self.fetch_end(peer as usize).expect("a lazy replica");
+                self.s.fetches_left -= 1;
+                see(self.model, 14);
+                let (offset, len) = last_byte(chunk);
+                self.replica(
+                    l,
+                    e,
+                    ReplicaInput::FetchPart {
+                        index: chunk,
+                        offset,
+                        len,
+                    },
+                );
+            }
             Action::CrashOwner { peer } => {
                 let p = peer as usize;
                 self.s.crashes_left -= 1;
@@ -1234,6 +1271,17 @@ impl MemsyncModel {
                                 peer: peer as u8,
                                 chunk,
                                 urgent,
+                            });
+                        }
+                    }
+                    if cfg.fetch_parts {
+                        let mut m = m.clone();
+                        let (offset, len) = last_byte(chunk);
+                        m.fetch_part(chunk, offset, len);
+                        if !m.queued.is_empty() {
+                            out.push(Action::FetchPart {
+                                peer: peer as u8,
+                                chunk,
                             });
                         }
                     }
@@ -1483,6 +1531,10 @@ fn describe_action(before: &Sys, action: &Action, after: &Sys) -> String {
             "a read on {} fetches chunk {chunk}{}",
             PEER_NAMES[peer as usize],
             if urgent { " (urgent)" } else { "" }
+        ),
+        Action::FetchPart { peer, chunk } => format!(
+            "a read on {} of the last byte of chunk {chunk} sends FETCH_PART",
+            PEER_NAMES[peer as usize]
         ),
         Action::Connect => "B opens a stream to C".into(),
         Action::CrashOwner { peer } => format!(
