@@ -287,45 +287,55 @@ fn lazy(size: usize) {
         return;
     }
 
-    // First touches of chunks not yet here: both peers in this process, then the owner in a
-    // process of its own (as on two machines, where the peers do not share a runtime).
-    let here = touch_latencies(&rt, &ep, addr, "img", &img);
-    let (child, child_addr, child_fp) = serve_in_child(dir.path(), &a);
+    // First touches of pages whose chunk has not arrived, with the faulting page asked for
+    // ahead of its chunk (FETCH_PART) and without. On a nearly idle link (the push held to
+    // 1 MiB/s) they show the fetch path's own latency, to compare with raw quinn's round trips
+    // of a 4 KiB and a 64 KiB reply; during the full-speed pull they show the queues the urgent
+    // copies wait in, which a push held to a quarter of raw quinn's rate (`serve
+    // --mount-max-rate`) keeps short.
+    let idle_at = serve(Some(1 << 20));
+    let quarter = (raw_m / 4.0) as u64;
+    let quarter_at = serve(Some(quarter << 20));
+    let (child, child_addr, child_fp) = serve_in_child(dir.path(), &a, 1 << 20);
     let child_ep = rt.block_on(async {
         PeerEndpoint::client_for(child_addr, &a, TrustSet::new([child_fp])).unwrap()
     });
-    let apart = touch_latencies(&rt, &child_ep, child_addr, "img", &img);
+    let lazy = |fetch_parts| LazyOptions {
+        fetch_parts,
+        ..LazyOptions::default()
+    };
+    let cases: Vec<(String, Touches)> = vec![
+        (
+            "idle link, with parts".into(),
+            touches(&rt, &ep, idle_at, &img, lazy(true), false),
+        ),
+        (
+            "idle link, whole chunks".into(),
+            touches(&rt, &ep, idle_at, &img, lazy(false), false),
+        ),
+        (
+            "idle link, with parts, owner in its own process".into(),
+            touches(&rt, &child_ep, child_addr, &img, lazy(true), false),
+        ),
+        (
+            "during the full-speed pull, with parts".into(),
+            touches(&rt, &ep, addr, &img, lazy(true), true),
+        ),
+        (
+            "during the full-speed pull, whole chunks".into(),
+            touches(&rt, &ep, addr, &img, lazy(false), true),
+        ),
+        (
+            format!("push held to {quarter} MiB/s (raw / 4), with parts"),
+            touches(&rt, &ep, quarter_at, &img, lazy(true), true),
+        ),
+    ];
     drop(child);
-    // The same with the owner's push held to a half and a quarter of raw quinn's rate (`serve
-    // --mount-max-rate`): the headroom keeps the queues that urgent copies wait in short.
-    let paced: Vec<(String, Touches)> = [2.0, 4.0]
-        .into_iter()
-        .map(|div| {
-            let rate = (raw_m / div) as u64;
-            let at = serve(Some(rate << 20));
-            let where_ = format!("push held to {rate} MiB/s (raw / {div}), peers in one process");
-            (where_, touch_latencies(&rt, &ep, at, "img", &img))
-        })
-        .collect();
-    // A sparse image (every 100th chunk holds data, the rest is zeros, as in a VM's memory after
-    // boot): the background push is zero-chunk flags and little data, so the link is nearly
-    // idle and a first touch shows the fetch path's own latency.
-    let mut sparse = vec![0u8; size];
-    for (k, c) in sparse.chunks_mut(1 << 16).enumerate() {
-        if k % 100 == 0 {
-            c.copy_from_slice(&img[k << 16..(k + 1) << 16]);
-        }
-    }
-    write_synced(&dir.path().join("sparse"), &sparse);
-    let quiet = touch_latencies(&rt, &ep, addr, "sparse", &sparse);
-    drop(sparse);
-
     for (busy, reply) in [
-        (false, 1 << 16),
-        (true, 1 << 16),
         (false, 4096),
+        (false, 1 << 16),
         (true, 4096),
-        (false, 8),
+        (true, 1 << 16),
     ] {
         let t = memsync_benches::raw_quinn_round_trips(&rt, &a, &b, 1000, reply, busy).unwrap();
         println!(
@@ -335,15 +345,9 @@ fn lazy(size: usize) {
             us(pct(&t, 0.99))
         );
     }
-    let unpaced = [
-        ("peers in one process", &here),
-        ("owner in its own process", &apart),
-        ("sparse image (1% data), peers in one process", &quiet),
-    ];
-    let paced = paced.iter().map(|(w, t)| (w.as_str(), t));
-    for (where_, t) in unpaced.into_iter().chain(paced) {
+    for (what, t) in &cases {
         println!(
-            "  first touch of a missing chunk, {where_}: during the pull p50 {:.0} us, p99 {:.0} us ({} touches); right after mounting (20 mounts) p50 {:.0} us, p99 {:.0} us",
+            "  first touch of a page not yet here, {what}: p50 {:.0} us, p99 {:.0} us ({} touches); first touch of a fresh mount (20 mounts) p50 {:.0} us, p99 {:.0} us",
             us(pct(&t.during, 0.5)),
             us(pct(&t.during, 0.99)),
             t.during.len(),
@@ -353,23 +357,27 @@ fn lazy(size: usize) {
     }
 }
 
-/// First-touch latencies of chunks not yet present: `during` a background pull (random chunks
-/// until 90% arrived), and `fresh`, one touch right after each of 20 new mounts.
+/// First-touch latencies of pages whose chunk is not present: `during`, random chunks of one
+/// mount (a page at a random offset in each, 1 ms apart) until 2000 touches or 90% arrived, and
+/// `fresh`, one touch right after each of 20 new mounts.
 struct Touches {
     during: Vec<Duration>,
     fresh: Vec<Duration>,
 }
 
-fn touch_latencies(
+/// [`Touches`] of the image `img` served at `addr`; with `complete`, the mount then waits for
+/// the whole pull and checks every byte (skipped when the push is held back to a trickle).
+fn touches(
     rt: &tokio::runtime::Runtime,
     ep: &PeerEndpoint,
     addr: std::net::SocketAddr,
-    name: &str,
     img: &[u8],
+    opts: LazyOptions,
+    complete: bool,
 ) -> Touches {
     let mount = || {
         Arc::new(
-            rt.block_on(LazyRegion::mount(ep, addr, name, LazyOptions::default()))
+            rt.block_on(LazyRegion::mount(ep, addr, "img", opts.clone()))
                 .unwrap(),
         )
     };
@@ -382,17 +390,19 @@ fn touch_latencies(
     while r.missing() > chunks / 10 && during.len() < 2000 {
         let c = rng.random_range(0..chunks);
         if r.is_present(c) {
-            std::thread::sleep(Duration::from_micros(200));
             continue;
         }
-        let off = (c as usize) << 16;
+        let off = ((c as usize) << 16) + rng.random_range(0..1 << 16);
         let t = Instant::now();
         let v = touch(&r, off);
         during.push(t.elapsed());
         assert_eq!(v, img[off]);
+        std::thread::sleep(Duration::from_millis(1));
     }
-    rt.block_on(r.complete()).unwrap();
-    assert!(r.bytes() == img);
+    if complete {
+        rt.block_on(r.complete()).unwrap();
+        assert!(r.bytes() == img);
+    }
     drop(r);
     // As a restored VM touches its memory: one page far from the start (the pull begins at
     // chunk 0) of each fresh mount. Each mount starts on an idle connection: the previous
@@ -427,14 +437,16 @@ fn us(d: Duration) -> f64 {
 }
 
 /// A `serve` peer in a child process (this bench binary, re-executed) holding `dir`, trusting
-/// `client`. Returns the child (killed on drop), its address and its fingerprint.
+/// `client`, pushing its mounts at `max_rate` bytes/s at most. Returns the child (killed on drop), its address and its fingerprint.
 fn serve_in_child(
     dir: &std::path::Path,
     client: &Identity,
+    max_rate: u64,
 ) -> (Child, std::net::SocketAddr, Fingerprint) {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .env("UFFD_BENCH_SERVE", dir)
         .env("UFFD_BENCH_TRUST", client.fingerprint().to_string())
+        .env("UFFD_BENCH_RATE", max_rate.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -490,6 +502,10 @@ fn serve_child(dir: String) {
         )
         .unwrap();
         println!("{} {}", ep.local_addr(), id.fingerprint());
-        memsync_peer::serve::serve(&ep, dir.into()).await
+        let opts = SyncOptions {
+            max_rate: Some(std::env::var("UFFD_BENCH_RATE").unwrap().parse().unwrap()),
+            ..SyncOptions::default()
+        };
+        memsync_peer::serve::serve_with(&ep, dir.into(), opts).await
     });
 }

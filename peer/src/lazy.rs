@@ -84,6 +84,10 @@ pub struct LazyOptions {
     pub priority: Vec<Range<u64>>,
     /// Largest read-ahead window, in chunks (0 turns read-ahead off).
     pub readahead_max: u64,
+    /// Ask for the faulting page ahead of its chunk (FETCH_PART, spec §8.7), where the peer
+    /// takes it: the fault waits for one page's round trip instead of the chunk's, and the page
+    /// crosses the wire once more. Off: faults wait for their whole chunk.
+    pub fetch_parts: bool,
 }
 
 impl Default for LazyOptions {
@@ -91,6 +95,7 @@ impl Default for LazyOptions {
         LazyOptions {
             priority: Vec::new(),
             readahead_max: 64,
+            fetch_parts: true,
         }
     }
 }
@@ -285,6 +290,8 @@ struct Handler {
     failure: Mutex<Option<MountError>>,
     touched: Mutex<(HashSet<u64>, Vec<u64>)>,
     stop: AtomicBool,
+    /// [`LazyOptions::fetch_parts`].
+    fetch_parts: bool,
 }
 
 impl Handler {
@@ -387,11 +394,15 @@ impl Handler {
             // milliseconds while the background pull keeps the runtime busy. The faulting page
             // is asked for first (FETCH_PART): its reader waits for one page's round trip, not
             // the whole chunk's.
-            let chunk_start = self.target.geom.range(chunk).start as u64;
-            let in_chunk = offset - chunk_start;
-            let len = ps.min(self.target.geom.chunk_len(chunk) as u64 - in_chunk);
-            self.remote
-                .fetch_urgent_part(chunk, in_chunk as u32, len as u32);
+            if self.fetch_parts {
+                let chunk_start = self.target.geom.range(chunk).start as u64;
+                let in_chunk = offset - chunk_start;
+                let len = ps.min(self.target.geom.chunk_len(chunk) as u64 - in_chunk);
+                self.remote
+                    .fetch_urgent_part(chunk, in_chunk as u32, len as u32);
+            } else {
+                self.remote.fetch_urgent(chunk..chunk + 1);
+            }
             let me = self.clone();
             self.rt.spawn(async move {
                 let r = me.remote.arrival(chunk..chunk + 1).await;
@@ -602,6 +613,7 @@ impl LazyRegion {
             failure: Mutex::default(),
             touched: Mutex::default(),
             stop: AtomicBool::new(false),
+            fetch_parts: opts.fetch_parts,
         });
         let thread = Some(start_handler(&handler, opts.readahead_max)?);
         Ok(LazyRegion {
@@ -849,6 +861,7 @@ pub async fn serve_fault_handover(
         failure: Mutex::default(),
         touched: Mutex::default(),
         stop: AtomicBool::new(false),
+        fetch_parts: opts.fetch_parts,
     });
     let thread = start_handler(&handler, opts.readahead_max)?;
     // Note the end of the pull (or its failure) while waiting for the VMM to exit.
