@@ -325,16 +325,22 @@ impl RemoteRegion {
             // The driver records a failure, then wakes every waiter under the presence lock:
             // looking for it under that lock, before registering, never misses the wake-up.
             let mut p = self.shared.present.lock().expect("lock");
-            next = (next..range.end)
-                .find(|&i| !p.chunks.contains(i))
-                .unwrap_or(range.end);
+            while next < range.end && p.chunks.contains(next) {
+                next += 1;
+            }
             if next == range.end {
                 return Poll::Ready(Ok(()));
             }
             if let Some(e) = self.failed() {
                 return Poll::Ready(Err(e));
             }
-            let w = p.waiting.entry(next).or_default();
+            // Wait for the last chunk still missing: chunks mostly arrive in order, so one
+            // wake-up covers the whole range.
+            let last = (next..range.end)
+                .rev()
+                .find(|&i| !p.chunks.contains(i))
+                .expect("`next` is missing");
+            let w = p.waiting.entry(last).or_default();
             if !w.iter().any(|w| w.will_wake(cx.waker())) {
                 w.push(cx.waker().clone());
             }

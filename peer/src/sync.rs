@@ -393,7 +393,7 @@ async fn pump(
     let mut dirty = DirtySet::new(r.owner.geometry().chunk_count());
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0;
-    let mut arena = BytesMut::new();
+    let mut arenas = Arenas::default();
     let mut since_yield = 0;
     let mut pacer = opts.max_rate.map(Pacer::new);
     loop {
@@ -448,7 +448,7 @@ async fn pump(
                     g
                 });
                 let data = r.source.chunk(index);
-                let mut buf = frame_buffer(&mut arena, HEADER_LEN + CHUNK_HEADER_LEN + data.len());
+                let mut buf = arenas.frame_buffer(HEADER_LEN + CHUNK_HEADER_LEN + data.len());
                 buf.extend_from_slice(&[0; HEADER_LEN + CHUNK_HEADER_LEN]);
                 buf.extend_from_slice(data);
                 drop(gate);
@@ -551,21 +551,47 @@ impl Pacer {
 const YIELD_EVERY_CHUNKS: u32 = 8;
 
 /// Chunk frames are cut from arenas of this size, reused once QUIC has let go of every frame
-/// in them: a fresh allocation per frame costs page faults and zeroing on every chunk (the
-/// allocator hands freed memory back to the kernel), which perf showed as a third of the
-/// sender's time.
+/// in them: a fresh allocation per frame costs page faults and zeroing on every chunk, which
+/// perf showed as a third of the sender's time.
 const ARENA_BYTES: usize = 4 << 20;
 
-/// An empty buffer with room for `len` bytes, cut from `arena` (which is refilled or replaced
-/// when it runs out).
-fn frame_buffer(arena: &mut BytesMut, len: usize) -> BytesMut {
-    if arena.capacity() < len && !arena.try_reclaim(len) {
-        *arena = BytesMut::with_capacity(ARENA_BYTES.max(len));
+/// Arenas kept for reuse: enough to cover a stream window of frames waiting in QUIC (32 MiB)
+/// plus the bytes sent and not yet acknowledged, so a long transfer cycles through memory that
+/// is faulted in already (fresh arenas still cost 2% of a pull's CPU time in page faults).
+const ARENAS_KEPT: usize = 16;
+
+/// Where chunk frames are cut from: the current arena and the earlier ones, whose memory is
+/// taken again once QUIC has dropped every frame cut from them.
+#[derive(Default)]
+struct Arenas {
+    current: BytesMut,
+    earlier: std::collections::VecDeque<BytesMut>,
+}
+
+impl Arenas {
+    /// An empty buffer with room for `len` bytes.
+    fn frame_buffer(&mut self, len: usize) -> BytesMut {
+        if self.current.capacity() < len && !self.current.try_reclaim(len) {
+            // The oldest arena is the likeliest to be free again.
+            let free = self
+                .earlier
+                .iter_mut()
+                .position(|a| len <= ARENA_BYTES && a.try_reclaim(ARENA_BYTES));
+            let next = match free {
+                Some(i) => self.earlier.remove(i).expect("index from position"),
+                None => BytesMut::with_capacity(ARENA_BYTES.max(len)),
+            };
+            self.earlier
+                .push_back(std::mem::replace(&mut self.current, next));
+            if self.earlier.len() > ARENAS_KEPT {
+                self.earlier.pop_front();
+            }
+        }
+        let mut buf = self.current.split_off(0);
+        // `buf` holds the arena's spare capacity; give back what this frame does not need.
+        self.current = buf.split_off(len);
+        buf
     }
-    let mut buf = arena.split_off(0);
-    // `buf` holds the arena's spare capacity; give back what this frame does not need.
-    *arena = buf.split_off(len);
-    buf
 }
 
 /// A fetch lane of one region stream (spec §8.7): opened at the first urgent FETCH, written by
