@@ -378,7 +378,7 @@ fn a_mount_follows_its_replica_as_the_owner_writes() {
     use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
     use std::sync::{Arc, Mutex};
     let w = World::new();
-    let _server = w.serve();
+    let server = w.serve();
     let file = w.path("live.bin");
     random_file(&file, 8 << 20);
     let _owner = w.sync(&file, &["--interval", "50", "--chunk-size", "4096"]);
@@ -405,9 +405,12 @@ fn a_mount_follows_its_replica_as_the_owner_writes() {
             got
         };
         assert!(read(&sink) == std::fs::read(&file).unwrap());
-        // Scattered writes on the owner: some inside one 4 KiB chunk, one across a 64 KiB
-        // boundary.
+        // Scattered writes in place on the owner (a truncating rewrite would change the
+        // region's size for a moment, which ends the sync with RESIZED): some inside one 4 KiB
+        // chunk, one across a 64 KiB boundary.
+        use std::os::unix::fs::FileExt;
         let mut bytes = std::fs::read(&file).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         for (off, len) in [
             (100, 10),
             (3 << 20, 4096),
@@ -415,13 +418,14 @@ fn a_mount_follows_its_replica_as_the_owner_writes() {
             ((8 << 20) - 1, 1),
         ] {
             bytes[off..off + len].iter_mut().for_each(|b| *b = !*b);
+            f.write_all_at(&bytes[off..off + len], off as u64).unwrap();
         }
-        std::fs::write(&file, &bytes).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while read(&sink) != bytes {
             assert!(
                 Instant::now() < deadline,
-                "the mount never saw the owner's writes"
+                "the mount never saw the owner's writes; serve said:\n{}",
+                server.output()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
