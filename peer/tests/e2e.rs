@@ -11,6 +11,31 @@ mod support;
 
 use support::*;
 
+/// Mounts region `name` from the peer at `addr` into plain memory.
+async fn memory_mount(
+    ep: &PeerEndpoint,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> (
+    memsync_peer::mount::RemoteRegion,
+    std::sync::Arc<memsync_peer::mount::MemorySink>,
+) {
+    use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
+    use std::sync::{Arc, Mutex};
+    let sink: Arc<Mutex<Option<Arc<MemorySink>>>> = Arc::default();
+    let keep = sink.clone();
+    let make: SinkFactory = Box::new(move |g| {
+        let s = Arc::new(MemorySink::new(g));
+        *keep.lock().unwrap() = Some(s.clone());
+        s
+    });
+    let r = RemoteRegion::mount_with(ep, addr, name, make)
+        .await
+        .unwrap();
+    let s = sink.lock().unwrap().clone().unwrap();
+    (r, s)
+}
+
 /// Counts 64 KiB chunks of `b` equal to those of `a`.
 fn matching_chunks(a: &[u8], b: &Path) -> usize {
     let b = std::fs::read(b).unwrap_or_default();
@@ -316,8 +341,6 @@ fn several_regions_share_a_connection_and_several_owners_feed_one_server() {
 /// of chunks the background push has not reached are answered on the right lane.
 #[test]
 fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
-    use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
-    use std::sync::{Arc, Mutex};
     let w = World::new();
     let _server = w.serve();
     let img = w.path("img");
@@ -331,22 +354,8 @@ fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
             TrustSet::new([memsync_peer::identity::Fingerprint::parse(&w.replica_fp).unwrap()]);
         let addr = w.addr().parse().unwrap();
         let ep = PeerEndpoint::client_for(addr, &id, trust).unwrap();
-        let mount = || async {
-            let sink: Arc<Mutex<Option<Arc<MemorySink>>>> = Arc::default();
-            let keep = sink.clone();
-            let make: SinkFactory = Box::new(move |g| {
-                let s = Arc::new(MemorySink::new(g));
-                *keep.lock().unwrap() = Some(s.clone());
-                s
-            });
-            let r = RemoteRegion::mount_with(&ep, addr, "img", make)
-                .await
-                .unwrap();
-            let s = sink.lock().unwrap().clone().unwrap();
-            (r, s)
-        };
-        let (a, sink_a) = mount().await;
-        let (b, sink_b) = mount().await;
+        let (a, sink_a) = memory_mount(&ep, addr, "img").await;
+        let (b, sink_b) = memory_mount(&ep, addr, "img").await;
         let first = ep.connect(addr).await.unwrap().conn.stable_id();
         assert_eq!(ep.connect(addr).await.unwrap().conn.stable_id(), first);
         let n = a.geometry().chunk_count();
@@ -375,8 +384,6 @@ fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
 /// the mount's), so the mount's memory ends identical to the owner's file again.
 #[test]
 fn a_mount_follows_its_replica_as_the_owner_writes() {
-    use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
-    use std::sync::{Arc, Mutex};
     let w = World::new();
     let server = w.serve();
     let file = w.path("live.bin");
@@ -387,19 +394,9 @@ fn a_mount_follows_its_replica_as_the_owner_writes() {
     rt.block_on(async {
         let ep = w.owner_endpoint();
         let addr = w.addr().parse().unwrap();
-        let sink: Arc<Mutex<Option<Arc<MemorySink>>>> = Arc::default();
-        let keep = sink.clone();
-        let make: SinkFactory = Box::new(move |g| {
-            let s = Arc::new(MemorySink::new(g));
-            *keep.lock().unwrap() = Some(s.clone());
-            s
-        });
-        let mount = RemoteRegion::mount_with(&ep, addr, "live.bin", make)
-            .await
-            .unwrap();
+        let (mount, sink) = memory_mount(&ep, addr, "live.bin").await;
         mount.complete().await.unwrap();
-        let sink = sink.lock().unwrap().clone().unwrap();
-        let read = |sink: &MemorySink| {
+        let read = |sink: &memsync_peer::mount::MemorySink| {
             let mut got = vec![0u8; 8 << 20];
             sink.read(0, &mut got);
             got

@@ -487,6 +487,20 @@ fn world_with_image(bytes: &[u8]) -> (World, Proc) {
     (w, s)
 }
 
+/// Mounts the world's region "img" lazily with `opts`.
+fn mount_img(
+    rt: &tokio::runtime::Runtime,
+    ep: &memsync_peer::transport::PeerEndpoint,
+    w: &World,
+    opts: LazyOptions,
+) -> Arc<LazyRegion> {
+    let addr = w.addr().parse().unwrap();
+    Arc::new(
+        rt.block_on(LazyRegion::mount(ep, addr, "img", opts))
+            .unwrap(),
+    )
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -502,15 +516,7 @@ fn lazy_region_answers_random_reads_from_several_threads() {
     let (w, _serve) = world_with_image(&img);
     let rt = runtime();
     let ep = rt.block_on(async { w.owner_endpoint() });
-    let region = Arc::new(
-        rt.block_on(LazyRegion::mount(
-            &ep,
-            w.addr().parse().unwrap(),
-            "img",
-            LazyOptions::default(),
-        ))
-        .unwrap(),
-    );
+    let region = mount_img(&rt, &ep, &w, LazyOptions::default());
     assert_eq!(region.len(), size);
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -558,15 +564,7 @@ fn lazy_read_of_a_never_fetched_chunk_overtakes_the_background_pull() {
         priority: vec![priority.clone()],
         ..LazyOptions::default()
     };
-    let region = Arc::new(
-        rt.block_on(LazyRegion::mount(
-            &ep,
-            w.addr().parse().unwrap(),
-            "img",
-            opts,
-        ))
-        .unwrap(),
-    );
+    let region = mount_img(&rt, &ep, &w, opts);
     // A chunk in the middle, far beyond anything the in-order push can have sent yet.
     let mid = (n / 2) as usize;
     let off = mid << 16;
@@ -619,15 +617,7 @@ fn a_faulting_page_comes_ahead_of_its_chunk() {
     let (w, _serve) = world_with_image(&img);
     let rt = runtime();
     let ep = rt.block_on(async { w.owner_endpoint() });
-    let region = Arc::new(
-        rt.block_on(LazyRegion::mount(
-            &ep,
-            w.addr().parse().unwrap(),
-            "img",
-            LazyOptions::default(),
-        ))
-        .unwrap(),
-    );
+    let region = mount_img(&rt, &ep, &w, LazyOptions::default());
     // Page 5 of a chunk in the middle, then the last byte; both far beyond the in-order push.
     let inside = (((size >> 16) / 2) << 16) + 5 * 4096 + 17;
     let r = region.clone();
@@ -664,15 +654,7 @@ fn a_rate_limit_holds_back_the_push_while_reads_are_answered() {
     let _serve = w.serve_with(&["--mount-max-rate", "1"]);
     let rt = runtime();
     let ep = rt.block_on(async { w.owner_endpoint() });
-    let region = Arc::new(
-        rt.block_on(LazyRegion::mount(
-            &ep,
-            w.addr().parse().unwrap(),
-            "img",
-            LazyOptions::default(),
-        ))
-        .unwrap(),
-    );
+    let region = mount_img(&rt, &ep, &w, LazyOptions::default());
     // Reads from the far end, one chunk apart: each is fetched, none waits for the push.
     let n = (size >> 16) as u64;
     let r = region.clone();
@@ -711,15 +693,7 @@ fn sequential_faults_trigger_read_ahead() {
     let (w, _serve) = world_with_image(&img);
     let rt = runtime();
     let ep = rt.block_on(async { w.owner_endpoint() });
-    let region = Arc::new(
-        rt.block_on(LazyRegion::mount(
-            &ep,
-            w.addr().parse().unwrap(),
-            "img",
-            LazyOptions::default(),
-        ))
-        .unwrap(),
-    );
+    let region = mount_img(&rt, &ep, &w, LazyOptions::default());
     // Walk the second half page by page from a thread.
     let r = region.clone();
     let sum = std::thread::spawn(move || {
