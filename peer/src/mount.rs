@@ -314,11 +314,8 @@ impl RemoteRegion {
         self.wait(range, true).await
     }
 
-    async fn wait(&self, range: Range<u64>, asked: bool) -> Result<(), MountError> {
+    async fn wait(&self, range: Range<u64>, mut asked: bool) -> Result<(), MountError> {
         let range = range.start..range.end.min(self.geom.chunk_count());
-        if !asked && !range.is_empty() {
-            self.fetch_urgent(range.clone());
-        }
         // Chunks before `next` have arrived (chunks never leave).
         let mut next = range.start;
         std::future::poll_fn(|cx| {
@@ -333,6 +330,10 @@ impl RemoteRegion {
             }
             if let Some(e) = self.failed() {
                 return Poll::Ready(Err(e));
+            }
+            if !asked {
+                asked = true;
+                self.fetch_urgent(next..range.end);
             }
             // Wait for the last chunk still missing: chunks mostly arrive in order, so one
             // wake-up covers the whole range.
