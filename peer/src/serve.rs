@@ -34,6 +34,14 @@ struct Slot {
 }
 
 impl Slot {
+    /// Marks of a new mount of this region, to be told of every write from now on.
+    fn watch(&self, marks: &Arc<Marks>) {
+        self.mounts
+            .lock()
+            .expect("slot lock")
+            .push(Arc::downgrade(marks));
+    }
+
     /// Tells every mount of this region that the replica's bytes `range` were written.
     fn written(&self, range: std::ops::Range<usize>) {
         let (offset, len) = (range.start as u64, (range.end - range.start) as u64);
@@ -235,12 +243,7 @@ async fn serve_mount(
     }
     // Marks are taken from before the first chunk is read: a write is either in the file when
     // its chunk is read or marked for sending again.
-    let watch = |marks: &Arc<Marks>| {
-        slot.mounts
-            .lock()
-            .expect("slot lock")
-            .push(Arc::downgrade(marks))
-    };
+    let watch = |marks: &Arc<Marks>| slot.watch(marks);
     let mut region = match SyncRegion::for_mount(&path, name, MOUNT_CHUNK_SHIFT, watch) {
         Ok(r) => r,
         Err(e) => {
