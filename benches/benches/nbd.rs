@@ -98,7 +98,7 @@ async fn bench() -> Result<()> {
         true,
     )?;
     let addr = server.local_addr();
-    let dir = replicas.clone();
+    let dir = memsync_peer::region::ReplicaDir::open(&replicas)?;
     tokio::spawn(async move { memsync_peer::serve::serve(&server, dir).await });
     let owned = tmp.path().join("region.raw");
     std::fs::File::create(&owned)?.set_len(size as u64)?;

@@ -53,7 +53,7 @@ async fn bench() -> Result<()> {
     write_random(&src, size)?;
     let server = PeerEndpoint::bind("127.0.0.1:0".parse()?, &b, trust_a.clone(), true)?;
     let addr = server.local_addr();
-    let dir = replicas.clone();
+    let dir = memsync_peer::region::ReplicaDir::open(&replicas)?;
     tokio::spawn(async move { memsync_peer::serve::serve(&server, dir).await });
     let client = PeerEndpoint::client_for(addr, &a, trust_b.clone())?;
     let once = SyncOptions {

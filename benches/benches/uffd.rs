@@ -183,7 +183,7 @@ fn lazy(size: usize) {
             .unwrap()
         });
         let addr = server.local_addr();
-        let d = dir.path().to_owned();
+        let d = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
         let opts = SyncOptions {
             max_rate,
             ..SyncOptions::default()
@@ -506,6 +506,7 @@ fn serve_child(dir: String) {
             max_rate: Some(std::env::var("UFFD_BENCH_RATE").unwrap().parse().unwrap()),
             ..SyncOptions::default()
         };
-        memsync_peer::serve::serve_with(&ep, dir.into(), opts).await
+        let dir = memsync_peer::region::ReplicaDir::open(std::path::Path::new(&dir)).unwrap();
+        memsync_peer::serve::serve_with(&ep, dir, opts).await
     });
 }

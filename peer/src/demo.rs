@@ -54,6 +54,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         "replica peer {} listening on {addr}",
         &replica_id.fingerprint().to_string()[..16]
     );
+    let replicas = memsync_peer::region::ReplicaDir::open(&replicas)?;
     let serving = tokio::spawn(async move { memsync_peer::serve::serve(&server, replicas).await });
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,10 +10,20 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("identity directory {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("identity {dir}: {problem}; restore it, or move the directory away to create a new identity (and a new fingerprint)")]
+    Damaged { dir: PathBuf, problem: String },
+    #[error("{0} is not a directory (an identity is a directory holding cert.der and key.der)")]
+    NotADirectory(PathBuf),
+    #[error("trust file {path}, line {line}: {reason}")]
+    TrustLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
     },
     #[error("generating a key: {0}")]
     Generate(#[from] rcgen::Error),
@@ -89,14 +99,47 @@ impl Identity {
         })
     }
 
-    /// Loads the identity in `dir`, creating it (key file mode 0600) when absent.
+    /// Loads the identity in `dir`, creating it (key file mode 0600) when absent. A certificate
+    /// or key that does not parse, or that do not belong together, is refused: a damaged
+    /// identity never gets a fingerprint.
     pub fn load_or_create(dir: &Path) -> Result<Self, IdentityError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(IdentityError::NotADirectory(dir.to_owned()));
+        }
         let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-        if cert_path.exists() {
-            return Ok(Identity {
-                cert: CertificateDer::from(fs::read(&cert_path).map_err(io(&cert_path))?),
-                key: PrivatePkcs8KeyDer::from(fs::read(&key_path).map_err(io(&key_path))?),
-            });
+        let damaged = |problem: String| IdentityError::Damaged {
+            dir: dir.to_owned(),
+            problem,
+        };
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => {
+                let id = Identity {
+                    cert: CertificateDer::from(fs::read(&cert_path).map_err(io(&cert_path))?),
+                    key: PrivatePkcs8KeyDer::from(fs::read(&key_path).map_err(io(&key_path))?),
+                };
+                rustls::sign::CertifiedKey::from_der(
+                    vec![id.cert.clone()],
+                    id.key(),
+                    &rustls::crypto::ring::default_provider(),
+                )
+                .map_err(|e| {
+                    damaged(format!(
+                        "{CERT_FILE} and {KEY_FILE} are not a valid pair ({e})"
+                    ))
+                })?;
+                return Ok(id);
+            }
+            (true, false) => {
+                return Err(damaged(format!(
+                    "{CERT_FILE} is there, {KEY_FILE} is missing"
+                )))
+            }
+            (false, true) => {
+                return Err(damaged(format!(
+                    "{KEY_FILE} is there, {CERT_FILE} is missing"
+                )))
+            }
+            (false, false) => {}
         }
         fs::create_dir_all(dir).map_err(io(dir))?;
         let id = Self::generate()?;
@@ -149,10 +192,15 @@ impl TrustSet {
     /// text after the fingerprint on a line is a free-form label.
     pub fn add_file(&mut self, path: &Path) -> Result<(), IdentityError> {
         let text = fs::read_to_string(path).map_err(io(path))?;
-        for line in text.lines() {
+        for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if let Some(fp) = line.split_whitespace().next() {
-                self.0.insert(Fingerprint::parse(fp)?);
+                let fp = Fingerprint::parse(fp).map_err(|e| IdentityError::TrustLine {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    reason: e.to_string(),
+                })?;
+                self.0.insert(fp);
             }
         }
         Ok(())
@@ -192,5 +240,30 @@ mod tests {
         let mut t = TrustSet::default();
         t.add_file(&trust).unwrap();
         assert!(t.contains(&a.fingerprint()));
+    }
+
+    #[test]
+    fn damaged_identities_and_bad_trust_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("id");
+        Identity::load_or_create(&id).unwrap();
+        let cert = fs::read(id.join(CERT_FILE)).unwrap();
+        fs::write(id.join(CERT_FILE), &cert[..cert.len() / 2]).unwrap();
+        let e = Identity::load_or_create(&id).err().unwrap().to_string();
+        assert!(e.contains("not a valid pair"), "{e}");
+        fs::remove_file(id.join(CERT_FILE)).unwrap();
+        let e = Identity::load_or_create(&id).err().unwrap().to_string();
+        assert!(e.contains("cert.der is missing"), "{e}");
+        let file = dir.path().join("plain");
+        fs::write(&file, b"").unwrap();
+        let e = Identity::load_or_create(&file).err().unwrap().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        let trust = dir.path().join("trust");
+        fs::write(&trust, "# peers\n\nnot-a-fingerprint laptop\n").unwrap();
+        let e = TrustSet::default()
+            .add_file(&trust)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trust file") && e.contains("line 3"), "{e}");
     }
 }

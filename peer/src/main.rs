@@ -172,9 +172,26 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli.cmd)) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", report(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each said once: many errors already include their
+/// source in their own message, and `{:#}` would repeat it.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 async fn run(cmd: Cmd) -> Result<()> {
@@ -198,13 +215,12 @@ async fn run(cmd: Cmd) -> Result<()> {
             };
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating replica directory {}", dir.display()))?;
+            let dir = memsync_peer::region::ReplicaDir::open(&dir).context("replica directory")?;
             let addr = resolve(&listen)?;
             let ep = PeerEndpoint::bind(addr, &ident, trust, true)?;
             tracing::info!(
                 "serving replicas into {} on {} as {}",
-                dir.display(),
+                dir.path().display(),
                 ep.local_addr(),
                 ident.fingerprint()
             );

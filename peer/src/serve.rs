@@ -3,13 +3,12 @@
 
 use crate::detector::Marks;
 use crate::identity::Fingerprint;
-use crate::region::ReplicaFile;
+use crate::region::{RegionError, ReplicaDir, ReplicaFile};
 use crate::sync::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use crate::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -117,16 +116,16 @@ impl Drop for Claim {
 }
 
 /// Serves replicas into `dir` until the endpoint closes.
-pub async fn serve(ep: &PeerEndpoint, dir: PathBuf) {
+pub async fn serve(ep: &PeerEndpoint, dir: ReplicaDir) {
     serve_with(ep, dir, SyncOptions::default()).await
 }
 
 /// [`serve`], with `mounts` for the owner side of the lazy mounts it serves (e.g. a rate limit
 /// on their background push).
-pub async fn serve_with(ep: &PeerEndpoint, dir: PathBuf, mounts: SyncOptions) {
+pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, mounts: SyncOptions) {
     let mounts = Arc::new(mounts);
     let active: Arc<Regions> = Arc::default();
-    let dir: Arc<Path> = dir.into();
+    let dir = Arc::new(dir);
     while let Some(incoming) = ep.endpoint.accept().await {
         let (dir, active, mounts) = (dir.clone(), active.clone(), mounts.clone());
         tokio::spawn(async move {
@@ -141,7 +140,7 @@ pub async fn serve_with(ep: &PeerEndpoint, dir: PathBuf, mounts: SyncOptions) {
 
 async fn serve_session(
     session: Session,
-    dir: Arc<Path>,
+    dir: Arc<ReplicaDir>,
     active: Arc<Regions>,
     mounts: Arc<SyncOptions>,
 ) {
@@ -179,7 +178,7 @@ async fn serve_session(
 
 /// What a region stream of a session is served with.
 struct Stream {
-    dir: Arc<Path>,
+    dir: Arc<ReplicaDir>,
     active: Arc<Regions>,
     /// The peer's fingerprint.
     who: Fingerprint,
@@ -229,22 +228,30 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
 async fn serve_mount(
     mut send: quinn::SendStream,
     mut reader: FrameReader,
-    dir: &Path,
+    dir: &ReplicaDir,
     name: &str,
     slot: &Slot,
     lane: Option<quinn::Connection>,
     opts: &SyncOptions,
 ) {
-    let path = dir.join(name);
-    if !path.is_file() {
-        let e = WireError::new(ErrorCode::NotFound, format!("no region named {name} here"));
-        fail_stream(&mut send, &mut reader, &e).await;
-        return;
-    }
+    let file = match dir.open_existing(name) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let e = WireError::new(ErrorCode::NotFound, format!("no region named {name} here"));
+            fail_stream(&mut send, &mut reader, &e).await;
+            return;
+        }
+        Err(e) => {
+            warn!("mount of {name} refused: {e}");
+            fail_stream(&mut send, &mut reader, &refusal(e)).await;
+            return;
+        }
+    };
     // Marks are taken from before the first chunk is read: a write is either in the file when
     // its chunk is read or marked for sending again.
     let watch = |marks: &Arc<Marks>| slot.watch(marks);
-    let mut region = match SyncRegion::for_mount(&path, name, MOUNT_CHUNK_SHIFT, watch) {
+    let path = dir.display(name);
+    let mut region = match SyncRegion::for_mount(file, &path, name, MOUNT_CHUNK_SHIFT, watch) {
         Ok(r) => r,
         Err(e) => {
             let e = WireError::new(ErrorCode::LocalIo, e.to_string());
@@ -260,6 +267,16 @@ async fn serve_mount(
     }
 }
 
+/// What the peer is told when DIR/NAME cannot be used: the replica's path stays this peer's own,
+/// only the reason goes out.
+fn refusal(e: RegionError) -> WireError {
+    let reason = match &e {
+        RegionError::Refused { reason, .. } => format!("the replica here {reason}"),
+        e => e.to_string(),
+    };
+    WireError::new(ErrorCode::LocalIo, reason)
+}
+
 /// Chunk size of mounts served from replicas: 64 KiB.
 const MOUNT_CHUNK_SHIFT: u8 = 16;
 
@@ -267,7 +284,7 @@ async fn receive(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
     replica: &mut Replica,
-    dir: &Path,
+    dir: &ReplicaDir,
     active: &Regions,
     who: Fingerprint,
     claim: &mut Option<Claim>,
@@ -294,10 +311,13 @@ async fn receive(
             ReplicaEvent::None => {}
             ReplicaEvent::Opened { name, geometry, .. } => {
                 *claim = Some(active.claim(name, who).await?);
-                // `name` passed check_name in the decoder: no separators, no leading dot.
-                let path = dir.join(name);
-                let f = tokio::task::block_in_place(|| ReplicaFile::open(&path, geometry))
-                    .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
+                // `name` passed check_name in the decoder (no separators, no leading dot), and
+                // the replica directory opens it without following links.
+                let f = tokio::task::block_in_place(|| ReplicaFile::open(dir, name, geometry))
+                    .map_err(|e| {
+                        warn!("region {name} refused: {e}");
+                        refusal(e)
+                    })?;
                 // Mounts of the region check its (possibly new) size.
                 if let Some(c) = claim {
                     c.slot.each_mount(Marks::wake);

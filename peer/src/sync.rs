@@ -4,7 +4,7 @@
 //! region reconciles again, so only differing chunks move.
 
 use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
-use crate::region::{hash_all, RegionError, Source, SourceFile};
+use crate::region::{RegionError, Source, SourceFile};
 use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -102,18 +102,19 @@ impl SyncRegion {
         Self::new(source, name, detector)
     }
 
-    /// Maps the file at `path` to serve a lazy mount. The replica holds nothing, so every chunk is
+    /// Maps `file` (at `path`) to serve a lazy mount. The replica holds nothing, so every chunk is
     /// sent and reconciliation never compares hashes: the initial hash pass is skipped (zeros
     /// stand in until each chunk is sent), which keeps a mount's first read fast. Changes are
     /// the writes marked on the [`Marks`] handed to `watch` before anything is read (the file's
     /// writer marks them).
     pub fn for_mount(
+        file: std::fs::File,
         path: &Path,
         name: &str,
         chunk_shift: u8,
         watch: impl FnOnce(&Arc<Marks>),
     ) -> Result<Self, SyncError> {
-        let source: Arc<dyn Source> = Arc::new(SourceFile::open(path, chunk_shift)?);
+        let source: Arc<dyn Source> = Arc::new(SourceFile::from_file(file, path, chunk_shift)?);
         let marks = Marks::new(source.geometry());
         watch(&marks);
         let detector = Box::new(MarksDetector::replica_writes(marks, source.clone()));
@@ -134,7 +135,8 @@ impl SyncRegion {
         detector: Box<dyn ChangeDetector>,
     ) -> Result<Self, SyncError> {
         let geom = source.geometry();
-        let known = tokio::task::block_in_place(|| hash_all(&geom, source.bytes()));
+        let known = tokio::task::block_in_place(|| source.hashes());
+        source.check()?;
         let owner = Owner::new(geom, name, known, 0)?;
         Ok(SyncRegion {
             source,
@@ -353,7 +355,13 @@ pub async fn drive_stream(
             }
         })
     };
-    let result = pump(r, &mut send, &mut rx, opts, stats, lane.as_deref()).await;
+    let result = match pump(r, &mut send, &mut rx, opts, stats, lane.as_deref()).await {
+        // A peer that stops reading tells why in an ERROR frame on its side of the stream.
+        Err(e @ StreamError::Write(quinn::WriteError::Stopped(_))) => {
+            Err(peer_reason(&mut rx).await.unwrap_or(e))
+        }
+        result => result,
+    };
     reader.abort();
     match result {
         Ok(()) => {
@@ -370,6 +378,24 @@ pub async fn drive_stream(
             Err(StreamError::Wire(w))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The peer's ERROR among the frames still arriving after it stopped reading our stream.
+async fn peer_reason(rx: &mut mpsc::Receiver<Result<Vec<u8>, StreamError>>) -> Option<StreamError> {
+    let wait = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(wait);
+    loop {
+        let bytes = tokio::select! {
+            item = rx.recv() => item?.ok()?,
+            _ = &mut wait => return None,
+        };
+        if let Ok(Some((Frame::Error { code, reason }, _))) = Frame::decode(&bytes, MAX_BODY) {
+            return Some(StreamError::Peer {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
     }
 }
 
@@ -452,6 +478,10 @@ async fn pump(
                 buf.extend_from_slice(&[0; HEADER_LEN + CHUNK_HEADER_LEN]);
                 buf.extend_from_slice(data);
                 drop(gate);
+                if !r.source.intact() {
+                    // The file shrank under this read: the copy holds zeros it does not.
+                    return Err(region_failed(r.source.check().err()));
+                }
                 let (hdr, with_payload) =
                     r.owner
                         .encode_chunk(index, fetched, &buf[HEADER_LEN + CHUNK_HEADER_LEN..]);
@@ -643,6 +673,10 @@ impl Lane {
             return None;
         }
         let chunk = self.source.chunk(index);
+        if !self.source.intact() {
+            // The region stream's copy reports the resize.
+            return None;
+        }
         let frame = |header: &[u8], with_payload: bool, data: &[u8]| {
             let mut f = Vec::with_capacity(header.len() + data.len());
             f.extend_from_slice(header);
@@ -720,14 +754,26 @@ fn detect(
     } = r;
     tokio::task::block_in_place(|| detector.collect(owner.known_hashes(), dirty)).map_err(|e| {
         match e {
-            DetectorError::Region(RegionError::Resized { .. }) => {
-                WireError::new(ErrorCode::Resized, e.to_string())
-            }
-            e => WireError::new(ErrorCode::LocalIo, e.to_string()),
+            DetectorError::Region(e) => region_failed(Some(e)),
+            e => WireError::new(ErrorCode::LocalIo, e.to_string()).into(),
         }
     })?;
     owner.on_dirty(dirty);
     Ok(())
+}
+
+/// The stream error for a region that can no longer be read as it was opened: RESIZED for a
+/// file that changed size (`None`: it shrank under a read and is gone again), LOCAL_IO else.
+fn region_failed(e: Option<RegionError>) -> StreamError {
+    let (code, reason) = match e {
+        Some(e @ RegionError::Resized { .. }) => (ErrorCode::Resized, e.to_string()),
+        Some(e) => (ErrorCode::LocalIo, e.to_string()),
+        None => (
+            ErrorCode::Resized,
+            "the region's file shrank while it was read".to_owned(),
+        ),
+    };
+    WireError::new(code, reason).into()
 }
 
 fn on_frame(

@@ -298,7 +298,7 @@ fn embedded_region_replicates_through_sync_run_and_serve() {
         .unwrap()
     });
     let addr = server.local_addr();
-    let replicas = dir.path().to_owned();
+    let replicas = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
     rt.spawn(async move { memsync_peer::serve::serve(&server, replicas).await });
 
     let size = 24 << 20;

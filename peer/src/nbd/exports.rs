@@ -4,6 +4,7 @@
 use super::server::Export;
 use crate::detector::Marks;
 use crate::mount::{MemorySink, RemoteRegion};
+use crate::region::{open_region, MappedFile};
 use memmap2::MmapMut;
 use std::io;
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 /// with `flush_waits_for_replica` also wait until the replica acknowledged the writes (like DRBD's
 /// protocol C).
 pub struct FileExport {
-    map: Mutex<MmapMut>,
+    map: Mutex<MappedFile<MmapMut>>,
     size: u64,
     marks: Arc<Marks>,
     flush_waits_for_replica: bool,
@@ -22,15 +23,10 @@ pub struct FileExport {
 
 impl FileExport {
     pub fn open(path: &Path, marks: Arc<Marks>, flush_waits_for_replica: bool) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)?;
-        let size = file.metadata()?.len();
-        // SAFETY: the mapping is shared with this process's read-only mapping of the same file
-        // (the sync loop), which only copies and hashes bytes; writes here are serialised by
-        // the mutex.
-        let map = unsafe { MmapMut::map_mut(&file)? };
+        let (file, size) = open_region(path, true).map_err(io::Error::other)?;
+        // Shared with this process's read-only mapping of the same file (the sync loop), which
+        // only copies and hashes bytes; writes here are serialised by the mutex.
+        let map = MappedFile::writable(&file, size, path).map_err(io::Error::other)?;
         Ok(FileExport {
             map: Mutex::new(map),
             size,
@@ -60,12 +56,15 @@ impl Export for FileExport {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let map = self.map.lock().expect("map lock");
         buf.copy_from_slice(&map[offset as usize..offset as usize + buf.len()]);
-        Ok(())
+        intact(&map)
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.map.lock().expect("map lock")[offset as usize..offset as usize + data.len()]
-            .copy_from_slice(data);
+        {
+            let mut map = self.map.lock().expect("map lock");
+            map[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            intact(&map)?;
+        }
         let pos = self.marks.mark(offset, data.len() as u64);
         if fua {
             self.durable(pos).await?;
@@ -74,7 +73,11 @@ impl Export for FileExport {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.map.lock().expect("map lock")[offset as usize..(offset + len) as usize].fill(0);
+        {
+            let mut map = self.map.lock().expect("map lock");
+            map[offset as usize..(offset + len) as usize].fill(0);
+            intact(&map)?;
+        }
         let pos = self.marks.mark(offset, len);
         if fua {
             self.durable(pos).await?;
@@ -85,6 +88,15 @@ impl Export for FileExport {
     async fn flush(&self) -> io::Result<()> {
         self.durable(self.marks.position()).await
     }
+}
+
+/// An I/O error once the backing file shrank under the mapping: the bytes read or written since
+/// were not the file's (the sync loop ends with RESIZED).
+fn intact(map: &MappedFile<MmapMut>) -> io::Result<()> {
+    if map.poisoned() {
+        return Err(io::Error::other("the export's backing file shrank"));
+    }
+    Ok(())
 }
 
 /// A lazy mount of a remote region, served read-only: a read of chunks not yet here fetches

@@ -1,13 +1,16 @@
 //! The NBD server: fixed-newstyle handshake (EXPORT_NAME, LIST, ABORT, INFO, GO with block
 //! sizes) and the transmission phase (READ, WRITE with FUA, FLUSH, TRIM, WRITE_ZEROES, CACHE,
-//! DISC) with simple replies, over TCP or a Unix socket, for any number of clients. Every length
-//! and offset from a client is checked before use (NBD `doc/proto.md`).
+//! DISC) with simple replies, over TCP or a Unix socket. Every length and offset from a client is
+//! checked before use (NBD `doc/proto.md`), and what a client can make the server hold is bounded
+//! ([`Limits`]): payloads move in pieces of [`PIECE`] bytes, handshakes time out, connections are
+//! capped, and a failing `accept` backs off.
 
 use super::wire::*;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tracing::{debug, info, warn};
 
@@ -65,9 +68,36 @@ impl std::fmt::Display for Listen {
     }
 }
 
+/// What one server lets its clients hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Clients served at once; more are closed as they connect.
+    pub max_connections: usize,
+    /// Time a client has from connecting to entering transmission.
+    pub handshake_timeout: Duration,
+    /// Time a client in transmission may send nothing before it is closed (`None`: no limit, as
+    /// a mounted block device may idle for hours).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+        }
+    }
+}
+
+/// The most payload bytes a connection holds at once: READ and WRITE data moves in pieces of
+/// this size, so memory is bounded by `max_connections` pieces whatever lengths clients send.
+pub const PIECE: usize = 256 << 10;
+
 /// A bound NBD listener serving one export.
 pub struct NbdServer {
     listener: Listener,
+    limits: Limits,
     /// Where clients connect, as an NBD URI base (`nbd://127.0.0.1:10809` or
     /// `nbd+unix:///?socket=PATH`), without the export name.
     pub uri_base: String,
@@ -86,6 +116,7 @@ impl NbdServer {
                 let uri_base = format!("nbd://{}", l.local_addr()?);
                 Ok(NbdServer {
                     listener: Listener::Tcp(l),
+                    limits: Limits::default(),
                     uri_base,
                 })
             }
@@ -94,10 +125,17 @@ impl NbdServer {
                 let l = tokio::net::UnixListener::bind(path)?;
                 Ok(NbdServer {
                     listener: Listener::Unix(l),
+                    limits: Limits::default(),
                     uri_base: format!("nbd+unix://?socket={}", path.display()),
                 })
             }
         }
+    }
+
+    /// Serves with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The URI of export `name` on this server.
@@ -111,6 +149,9 @@ impl NbdServer {
     /// Serves `export` as `name` to every client until the task is dropped.
     pub async fn serve<E: Export>(self, name: String, export: Arc<E>) {
         let name: Arc<str> = name.into();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let mut backoff = Backoff::default();
+        let mut refused = Backoff::default();
         loop {
             let accepted = match &self.listener {
                 Listener::Tcp(l) => l.accept().await.map(|(s, a)| {
@@ -131,22 +172,65 @@ impl NbdServer {
                     )
                 }),
             };
-            match accepted {
-                Ok((r, w, who)) => {
-                    let (name, export) = (name.clone(), export.clone());
-                    tokio::spawn(async move {
-                        match serve_client(r, w, &name, &*export).await {
-                            Ok(()) => debug!("nbd client {who} done"),
-                            Err(e) => info!("nbd client {who} dropped: {e}"),
-                        }
-                    });
+            let (r, w, who) = match accepted {
+                Ok(a) => {
+                    backoff = Backoff::default();
+                    a
                 }
                 Err(e) => {
-                    warn!("nbd accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    // EMFILE and its kin: wait for descriptors to come back, ever longer.
+                    let wait = backoff.next();
+                    if backoff.should_log() {
+                        warn!("nbd accept failed: {e}; retrying in {wait:?}");
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
-            }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused.next();
+                if refused.should_log() {
+                    warn!(
+                        "nbd client {who} refused: {} clients connected already (the limit)",
+                        self.limits.max_connections
+                    );
+                }
+                continue;
+            };
+            let (name, export, limits) = (name.clone(), export.clone(), self.limits.clone());
+            tokio::spawn(async move {
+                match serve_client(r, w, &name, &*export, &limits).await {
+                    Ok(()) => debug!("nbd client {who} done"),
+                    Err(e) => info!("nbd client {who} dropped: {e}"),
+                }
+                drop(slot);
+            });
         }
+    }
+}
+
+/// Exponential back-off from 10 ms to 1 s, with a log line at most every 10 s.
+#[derive(Default)]
+struct Backoff {
+    wait: Duration,
+    logged: Option<Instant>,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.wait = (self.wait * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.wait
+    }
+
+    fn should_log(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if due {
+            self.logged = Some(now);
+        }
+        due
     }
 }
 
@@ -163,11 +247,17 @@ pub async fn serve_client<E: Export>(
     w: impl AsyncWrite + Unpin,
     name: &str,
     export: &E,
+    limits: &Limits,
 ) -> io::Result<()> {
     let mut r = BufReader::new(r);
     let mut w = BufWriter::new(w);
-    if handshake(&mut r, &mut w, name, export).await? {
-        transmission(&mut r, &mut w, export).await?;
+    let shake = tokio::time::timeout(
+        limits.handshake_timeout,
+        handshake(&mut r, &mut w, name, export),
+    );
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "handshake timed out");
+    if shake.await.map_err(|_| timed_out())?? {
+        transmission(&mut r, &mut w, export, limits.idle_timeout).await?;
     }
     Ok(())
 }
@@ -327,51 +417,53 @@ async fn transmission<E: Export>(
     r: &mut (impl AsyncRead + Unpin),
     w: &mut (impl AsyncWrite + Unpin),
     export: &E,
+    idle_timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let mut buf = Vec::new();
+    let mut buf = vec![0u8; PIECE];
     loop {
         let mut hb = [0u8; REQUEST_LEN];
-        match r.read_exact(&mut hb).await {
+        let next = r.read_exact(&mut hb);
+        let read = match idle_timeout {
+            Some(t) => tokio::time::timeout(t, next)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))?,
+            None => next.await,
+        };
+        match read {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
         let req = parse_request(&hb).ok_or_else(|| invalid("request without NBD magic"))?;
         let check = check_request(&req, export.size(), export.read_only());
-        // A WRITE's payload follows its header whatever we make of it: read or skip it, so the
-        // stream stays in step, but never buffer more than MAX_REQUEST_LEN.
+        let fua = req.flags & CMD_FLAG_FUA != 0;
         if req.command == CMD_WRITE {
-            if req.len > MAX_REQUEST_LEN {
-                tokio::io::copy(&mut r.take(req.len as u64), &mut tokio::io::sink()).await?;
-            } else {
-                buf.resize(req.len as usize, 0);
-                r.read_exact(&mut buf).await?;
-            }
-        }
-        if let Err(e) = check {
-            simple_reply(w, e, req.cookie).await?;
-            w.flush().await?;
+            // The payload follows whatever we make of it: take it in pieces (applied when the
+            // request is valid, skipped when not), so the stream stays in step and nothing is
+            // held for a length the client only claims.
+            let result = match check {
+                Ok(()) => write_pieces(r, export, &req, fua, &mut buf).await?,
+                Err(e) => {
+                    tokio::io::copy(&mut r.take(req.len as u64), &mut tokio::io::sink()).await?;
+                    Err(e)
+                }
+            };
+            reply_result(w, result, req.cookie).await?;
             continue;
         }
-        let fua = req.flags & CMD_FLAG_FUA != 0;
+        if let Err(e) = check {
+            reply_result(w, Err(e), req.cookie).await?;
+            continue;
+        }
         let result = match req.command {
             CMD_DISC => {
                 w.flush().await?;
                 return Ok(());
             }
             CMD_READ => {
-                buf.resize(req.len as usize, 0);
-                match export.read(req.offset, &mut buf).await {
-                    Ok(()) => {
-                        simple_reply(w, 0, req.cookie).await?;
-                        w.write_all(&buf).await?;
-                        w.flush().await?;
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                }
+                read_pieces(w, export, &req, &mut buf).await?;
+                continue;
             }
-            CMD_WRITE => export.write(req.offset, &buf, fua).await,
             CMD_WRITE_ZEROES => export.write_zeroes(req.offset, req.len as u64, fua).await,
             // TRIM only says the range may be discarded; keeping the data is a valid answer.
             CMD_TRIM => Ok(()),
@@ -382,14 +474,87 @@ async fn transmission<E: Export>(
             }
             _ => Err(io::ErrorKind::Unsupported.into()),
         };
-        let err = match &result {
-            Ok(()) => 0,
-            Err(e) => {
-                warn!("nbd request failed: {e}");
-                errno(e)
-            }
-        };
-        simple_reply(w, err, req.cookie).await?;
-        w.flush().await?;
+        reply_result(w, result.map_err(|e| failed(&e)), req.cookie).await?;
     }
+}
+
+/// The errno for a failed request, logged.
+fn failed(e: &io::Error) -> u32 {
+    warn!("nbd request failed: {e}");
+    errno(e)
+}
+
+async fn reply_result(
+    w: &mut (impl AsyncWrite + Unpin),
+    result: Result<(), u32>,
+    cookie: u64,
+) -> io::Result<()> {
+    simple_reply(w, result.err().unwrap_or(0), cookie).await?;
+    w.flush().await
+}
+
+/// Reads a valid WRITE's payload piece by piece and writes each; after a failed piece the rest
+/// is read and dropped. The outer error is the connection's, the inner the request's errno.
+async fn write_pieces<E: Export>(
+    r: &mut (impl AsyncRead + Unpin),
+    export: &E,
+    req: &Request,
+    fua: bool,
+    buf: &mut [u8],
+) -> io::Result<Result<(), u32>> {
+    let len = req.len as usize;
+    let mut result = Ok(());
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        r.read_exact(&mut buf[..n]).await?;
+        if result.is_ok() {
+            // FUA with the last piece: making it durable covers the pieces before it.
+            let last = done + n == len;
+            let offset = req.offset + done as u64;
+            result = export
+                .write(offset, &buf[..n], fua && last)
+                .await
+                .map_err(|e| failed(&e));
+        }
+        done += n;
+    }
+    Ok(result)
+}
+
+/// Answers a valid READ piece by piece. A failure before the first byte is an error reply; one
+/// after it can only be told by closing the connection (proto.md, simple replies).
+async fn read_pieces<E: Export>(
+    w: &mut (impl AsyncWrite + Unpin),
+    export: &E,
+    req: &Request,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    let len = req.len as usize;
+    if len > buf.len() {
+        // Ask for the whole range at once (a lazy mount fetches it together).
+        export.cache(req.offset, req.len as u64);
+    }
+    let mut done = 0;
+    loop {
+        let n = (len - done).min(buf.len());
+        let offset = req.offset + done as u64;
+        if let Err(e) = export.read(offset, &mut buf[..n]).await {
+            if done == 0 {
+                return reply_result(w, Err(failed(&e)), req.cookie).await;
+            }
+            return Err(io::Error::other(format!(
+                "read failed after its reply began: {e}"
+            )));
+        }
+        if done == 0 {
+            simple_reply(w, 0, req.cookie).await?;
+        }
+        w.write_all(&buf[..n]).await?;
+        done += n;
+        if done >= len {
+            break;
+        }
+    }
+    w.flush().await
 }
