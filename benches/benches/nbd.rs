@@ -108,11 +108,8 @@ async fn bench() -> Result<()> {
     let nbd = NbdServer::bind(&Listen::Unix(tmp.path().join("memsync.sock"))).await?;
     let uri = nbd.uri("region.raw");
     tokio::spawn(nbd.serve("region.raw".into(), Arc::new(export)));
-    let region = SyncRegion::new(
-        source,
-        "region.raw",
-        Box::new(MarksDetector::nbd(marks.clone())),
-    )?;
+    let detector = Box::new(MarksDetector::nbd(marks.clone(), source.clone()));
+    let region = SyncRegion::new(source, "region.raw", detector)?;
     let stats = Arc::new(SyncStats::default());
     let client = PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()]))?;
     {

@@ -188,7 +188,8 @@ fn lazy(size: usize) {
             max_rate,
             ..SyncOptions::default()
         };
-        rt.spawn(async move { memsync_peer::serve::serve_with(&server, d, opts).await });
+        let policy = memsync_peer::serve::Policy::load(d.path(), vec![], vec![]).unwrap();
+        rt.spawn(async move { memsync_peer::serve::serve_with(&server, d, policy, opts).await });
         addr
     };
     let addr = serve(None);
@@ -507,6 +508,7 @@ fn serve_child(dir: String) {
             ..SyncOptions::default()
         };
         let dir = memsync_peer::region::ReplicaDir::open(std::path::Path::new(&dir)).unwrap();
-        memsync_peer::serve::serve_with(&ep, dir, opts).await
+        let policy = memsync_peer::serve::Policy::load(dir.path(), vec![], vec![]).unwrap();
+        memsync_peer::serve::serve_with(&ep, dir, policy, opts).await
     });
 }

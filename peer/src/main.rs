@@ -38,6 +38,31 @@ struct IdentityArgs {
     identity: Option<PathBuf>,
 }
 
+/// What one NBD export lets its clients hold.
+#[derive(clap::Args)]
+struct NbdLimitArgs {
+    /// Most NBD clients served at once; more are closed as they connect.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    nbd_max_connections: u64,
+    /// Seconds an NBD client has to finish its handshake.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    nbd_handshake_timeout: u64,
+    /// Close an NBD client that sends no request for this many seconds [default: never, as a
+    /// mounted block device may idle for hours].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    nbd_idle_timeout: Option<u64>,
+}
+
+impl NbdLimitArgs {
+    fn limits(&self) -> nbd::server::Limits {
+        nbd::server::Limits {
+            max_connections: self.nbd_max_connections as usize,
+            handshake_timeout: Duration::from_secs(self.nbd_handshake_timeout),
+            idle_timeout: self.nbd_idle_timeout.map(Duration::from_secs),
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct TrustArgs {
     /// Trust the peer with this fingerprint (as printed by `peer id`); repeatable.
@@ -68,6 +93,15 @@ enum Cmd {
         /// their wait short while the push runs.
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
         mount_max_rate: Option<u64>,
+        /// Let peer FP own regions matching PATTERN (a name, prefix* or *; FP a fingerprint or *),
+        /// repeatable. Without it every trusted peer may own a region nobody owns yet; a region
+        /// stays with its first owner either way (DIR/.memsync/owners).
+        #[arg(long, value_name = "PATTERN=FP")]
+        allow_owner: Vec<memsync_peer::serve::Rule>,
+        /// Let peer FP mount regions matching PATTERN, repeatable. Without it every trusted peer
+        /// may mount every region; with it, only the peers it names and each region's owner.
+        #[arg(long, value_name = "PATTERN=FP")]
+        allow_mount: Vec<memsync_peer::serve::Rule>,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -103,6 +137,8 @@ enum Cmd {
         /// writes through it are replicated without any scan.
         #[arg(long, value_name = "ADDR|unix:PATH")]
         nbd_listen: Option<nbd::Listen>,
+        #[command(flatten)]
+        nbd_limits: NbdLimitArgs,
         /// With --detector nbd: FLUSH and FUA writes complete only once the replica acknowledged
         /// them (like DRBD's protocol C), not just once they are durable here.
         #[arg(long)]
@@ -127,6 +163,8 @@ enum Cmd {
         /// Where to serve the NBD export (HOST:PORT or unix:PATH).
         #[arg(long, value_name = "ADDR|unix:PATH")]
         nbd_listen: nbd::Listen,
+        #[command(flatten)]
+        nbd_limits: NbdLimitArgs,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -206,6 +244,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             listen,
             dir,
             mount_max_rate,
+            allow_owner,
+            allow_mount,
             id,
             trust,
         } => {
@@ -216,6 +256,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let dir = memsync_peer::region::ReplicaDir::open(&dir).context("replica directory")?;
+            let policy = memsync_peer::serve::Policy::load(dir.path(), allow_owner, allow_mount)?;
             let addr = resolve(&listen)?;
             let ep = PeerEndpoint::bind(addr, &ident, trust, true)?;
             tracing::info!(
@@ -225,7 +266,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 ident.fingerprint()
             );
             tokio::select! {
-                _ = memsync_peer::serve::serve_with(&ep, dir, mounts) => Ok(()),
+                _ = memsync_peer::serve::serve_with(&ep, dir, policy, mounts) => Ok(()),
                 _ = tokio::signal::ctrl_c() => {
                     ep.endpoint.close(0u32.into(), b"shutdown");
                     Ok(())
@@ -242,6 +283,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             reconnect_for,
             once,
             nbd_listen,
+            nbd_limits,
             flush_waits_for_replica,
             max_rate,
             id,
@@ -286,8 +328,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                 check_region_name(&name)?;
                 let region = match (detector, &nbd_listen) {
                     (Detector::Nbd, Some(listen)) => {
-                        serve_nbd_region(path, &name, shift, listen, flush_waits_for_replica)
-                            .await?
+                        let flush = flush_waits_for_replica;
+                        let limits = nbd_limits.limits();
+                        serve_nbd_region(path, &name, shift, listen, limits, flush).await?
                     }
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
@@ -313,6 +356,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             peer,
             name,
             nbd_listen,
+            nbd_limits,
             id,
             trust,
         } => {
@@ -324,7 +368,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             let (remote, sink) = mount_remote(&ep, addr, &name).await?;
             let server = nbd::NbdServer::bind(&nbd_listen)
                 .await
-                .with_context(|| format!("listening for NBD on {nbd_listen}"))?;
+                .with_context(|| format!("listening for NBD on {nbd_listen}"))?
+                .with_limits(nbd_limits.limits());
             tracing::info!(
                 "{name} ({} bytes) mounted lazily from {addr}; NBD export at {}",
                 remote.geometry().size(),
@@ -353,6 +398,7 @@ async fn serve_nbd_region(
     name: &str,
     shift: u8,
     listen: &nbd::Listen,
+    limits: nbd::server::Limits,
     flush_waits_for_replica: bool,
 ) -> Result<SyncRegion> {
     let source = Arc::new(
@@ -364,18 +410,16 @@ async fn serve_nbd_region(
         .with_context(|| format!("opening {} for writing", path.display()))?;
     let server = nbd::NbdServer::bind(listen)
         .await
-        .with_context(|| format!("listening for NBD on {listen}"))?;
+        .with_context(|| format!("listening for NBD on {listen}"))?
+        .with_limits(limits);
     tracing::info!(
         "serving {} as NBD export {}",
         path.display(),
         server.uri(name)
     );
     tokio::spawn(server.serve(name.to_owned(), Arc::new(export)));
-    Ok(SyncRegion::new(
-        source,
-        name,
-        Box::new(MarksDetector::nbd(marks)),
-    )?)
+    let detector = Box::new(MarksDetector::nbd(marks, source.clone()));
+    Ok(SyncRegion::new(source, name, detector)?)
 }
 
 /// Mounts `name` from the peer at `addr` into memory.

@@ -19,7 +19,7 @@ fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("{cmd} is needed for this test ({e}); .ci/run installs it"));
+        .unwrap_or_else(|e| panic!("{cmd} is needed for this test ({e}); test.sh installs it"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -158,7 +158,7 @@ fn a_mapped_file_through_nbdfuse_replicates() {
         .arg(mnt.join("mem.bin"))
         .arg(&uri)
         .spawn()
-        .expect("nbdfuse is needed; .ci/run installs libnbd-bin and fuse3");
+        .expect("nbdfuse is needed; test.sh installs libnbd-bin and fuse3");
     let target = mnt.join("mem.bin");
     for _ in 0..200 {
         if std::fs::metadata(&target).is_ok_and(|m| m.len() == 4 << 20) {

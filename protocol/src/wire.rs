@@ -83,10 +83,11 @@ pub enum ErrorCode {
     Shutdown = 17,
     Internal = 18,
     PeerGone = 19,
+    Forbidden = 20,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::ProtocolViolation,
         ErrorCode::Malformed,
         ErrorCode::BadMagic,
@@ -106,6 +107,7 @@ impl ErrorCode {
         ErrorCode::Shutdown,
         ErrorCode::Internal,
         ErrorCode::PeerGone,
+        ErrorCode::Forbidden,
     ];
 
     pub fn from_u32(v: u32) -> Option<ErrorCode> {
@@ -133,6 +135,7 @@ impl ErrorCode {
             ErrorCode::Shutdown => "SHUTDOWN",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::PeerGone => "PEER_GONE",
+            ErrorCode::Forbidden => "FORBIDDEN",
         }
     }
 }

@@ -69,17 +69,17 @@ impl Marks {
 pub struct MarksDetector {
     marks: Arc<Marks>,
     name: &'static str,
-    /// Checked before each collection, when the region can change size under the writer.
-    source: Option<Arc<dyn Source>>,
+    /// Checked before each collection: another process may change the file's size.
+    source: Arc<dyn Source>,
 }
 
 impl MarksDetector {
-    /// The `nbd` detector: the marks of memsync's own NBD export.
-    pub fn nbd(marks: Arc<Marks>) -> Self {
+    /// The `nbd` detector: the marks of memsync's own NBD export of `source`.
+    pub fn nbd(marks: Arc<Marks>, source: Arc<dyn Source>) -> Self {
         MarksDetector {
             marks,
             name: "nbd",
-            source: None,
+            source,
         }
     }
 
@@ -89,7 +89,7 @@ impl MarksDetector {
         MarksDetector {
             marks,
             name: "replica-writes",
-            source: Some(source),
+            source,
         }
     }
 }
@@ -100,9 +100,7 @@ impl ChangeDetector for MarksDetector {
     }
 
     fn collect(&mut self, _known: &[u64], out: &mut DirtySet) -> Result<(), DetectorError> {
-        if let Some(s) = &self.source {
-            s.check()?;
-        }
+        self.source.check()?;
         let m = &self.marks;
         let mut d = m.dirty.lock().expect("marks lock");
         // Positions are taken under the lock, so every write counted is in `out`.

@@ -35,6 +35,16 @@ impl FileExport {
         })
     }
 
+    /// An I/O error once the backing file shrank under the mapping: the bytes read or written
+    /// since were not the file's. The sync loop is woken to find the file resized and end.
+    fn intact(&self, map: &MappedFile<MmapMut>) -> io::Result<()> {
+        if map.poisoned() {
+            self.marks.wake();
+            return Err(io::Error::other("the export's backing file shrank"));
+        }
+        Ok(())
+    }
+
     async fn durable(&self, position: u64) -> io::Result<()> {
         tokio::task::block_in_place(|| self.map.lock().expect("map lock").flush())?;
         if self.flush_waits_for_replica {
@@ -56,14 +66,14 @@ impl Export for FileExport {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let map = self.map.lock().expect("map lock");
         buf.copy_from_slice(&map[offset as usize..offset as usize + buf.len()]);
-        intact(&map)
+        self.intact(&map)
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         {
             let mut map = self.map.lock().expect("map lock");
             map[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-            intact(&map)?;
+            self.intact(&map)?;
         }
         let pos = self.marks.mark(offset, data.len() as u64);
         if fua {
@@ -76,7 +86,7 @@ impl Export for FileExport {
         {
             let mut map = self.map.lock().expect("map lock");
             map[offset as usize..(offset + len) as usize].fill(0);
-            intact(&map)?;
+            self.intact(&map)?;
         }
         let pos = self.marks.mark(offset, len);
         if fua {
@@ -88,15 +98,6 @@ impl Export for FileExport {
     async fn flush(&self) -> io::Result<()> {
         self.durable(self.marks.position()).await
     }
-}
-
-/// An I/O error once the backing file shrank under the mapping: the bytes read or written since
-/// were not the file's (the sync loop ends with RESIZED).
-fn intact(map: &MappedFile<MmapMut>) -> io::Result<()> {
-    if map.poisoned() {
-        return Err(io::Error::other("the export's backing file shrank"));
-    }
-    Ok(())
 }
 
 /// A lazy mount of a remote region, served read-only: a read of chunks not yet here fetches

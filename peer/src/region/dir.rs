@@ -92,6 +92,7 @@ impl ReplicaDir {
         let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::ISDIR) => return Err(refuse("is a directory, not a regular file")),
             Err(Errno::LOOP) => {
                 return Err(refuse(
                     "is a symbolic link; replicas are never read or written through links",

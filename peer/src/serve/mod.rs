@@ -1,5 +1,10 @@
 //! The replica side of `peer serve`: accepts connections from trusted peers and, for every region
-//! stream they open, keeps DIR/NAME identical to the owner's region.
+//! stream they open, keeps DIR/NAME identical to the owner's region, as far as the [`policy`]
+//! lets each peer own or mount it.
+
+pub mod policy;
+
+pub use policy::{Policy, PolicyError, Rule};
 
 use crate::detector::Marks;
 use crate::identity::Fingerprint;
@@ -16,8 +21,8 @@ use tracing::{debug, info, warn};
 /// Which stream holds each region name. One stream per name at a time: a newer stream from the
 /// same peer (a reconnect after a crash) takes the region over once the older one has stopped; a
 /// stream from another peer is refused with REGION_BUSY.
-#[derive(Default)]
 struct Regions {
+    policy: Policy,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
@@ -82,6 +87,7 @@ impl Regions {
     }
 
     async fn claim(&self, name: &str, who: Fingerprint) -> Result<Claim, WireError> {
+        self.policy.claim(name, &who)?;
         let slot = self.slot(name);
         if let Some((holder, cancel)) = &*slot.holder.lock().expect("slot lock") {
             if *holder != who {
@@ -115,16 +121,22 @@ impl Drop for Claim {
     }
 }
 
-/// Serves replicas into `dir` until the endpoint closes.
-pub async fn serve(ep: &PeerEndpoint, dir: ReplicaDir) {
-    serve_with(ep, dir, SyncOptions::default()).await
+/// Serves replicas into `dir` until the endpoint closes, to every trusted peer (no rules), each
+/// region kept for its first owner.
+pub async fn serve(ep: &PeerEndpoint, dir: ReplicaDir) -> Result<(), PolicyError> {
+    let policy = Policy::load(dir.path(), Vec::new(), Vec::new())?;
+    serve_with(ep, dir, policy, SyncOptions::default()).await;
+    Ok(())
 }
 
 /// [`serve`], with `mounts` for the owner side of the lazy mounts it serves (e.g. a rate limit
 /// on their background push).
-pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, mounts: SyncOptions) {
+pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, mounts: SyncOptions) {
     let mounts = Arc::new(mounts);
-    let active: Arc<Regions> = Arc::default();
+    let active = Arc::new(Regions {
+        policy,
+        slots: Mutex::default(),
+    });
     let dir = Arc::new(dir);
     while let Some(incoming) = ep.endpoint.accept().await {
         let (dir, active, mounts) = (dir.clone(), active.clone(), mounts.clone());
@@ -305,12 +317,21 @@ async fn receive(
             return Ok(None);
         };
         if let (Frame::Mount { name }, ReplicaState::AwaitOpen) = (&frame, replica.state()) {
+            active
+                .policy
+                .may_mount(name, &who)
+                .inspect_err(|e| warn!("{e}"))?;
             return Ok(Some((*name).to_owned()));
         }
         match replica.handle(&frame)? {
             ReplicaEvent::None => {}
             ReplicaEvent::Opened { name, geometry, .. } => {
-                *claim = Some(active.claim(name, who).await?);
+                *claim = Some(
+                    active
+                        .claim(name, who)
+                        .await
+                        .inspect_err(|e| warn!("{e}"))?,
+                );
                 // `name` passed check_name in the decoder (no separators, no leading dot), and
                 // the replica directory opens it without following links.
                 let f = tokio::task::block_in_place(|| ReplicaFile::open(dir, name, geometry))

@@ -1,0 +1,240 @@
+//! Who may own and who may mount each region a `peer serve` holds (spec §10, Authorization):
+//! rules by name or name prefix, and each region's owner, remembered in `DIR/.memsync/owners`
+//! across restarts. An OPEN never moves a region to another peer; a refusal is FORBIDDEN and names
+//! the refused fingerprint. Without rules of a kind, every trusted peer passes that kind's rules
+//! (trust is the grant), and ownership still sticks to the first owner.
+
+use crate::identity::{Fingerprint, IdentityError};
+use memsync_protocol::wire::{ErrorCode, WireError};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// `PATTERN=FP`: regions named PATTERN (a name, `prefix*`, or `*`) for the peer FP (or `*`, any
+/// trusted peer).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// The name, or with `prefix` the start of it.
+    name: String,
+    prefix: bool,
+    /// `None`: any trusted peer.
+    who: Option<Fingerprint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("rule {0:?}: expected PATTERN=FINGERPRINT (PATTERN a region name, prefix* or *; FINGERPRINT 64 hex digits or *)")]
+    BadRule(String),
+    #[error("rule {rule:?}: {source}")]
+    BadRuleFingerprint { rule: String, source: IdentityError },
+    #[error("{path}, line {line}: expected NAME FINGERPRINT")]
+    BadOwnerLine { path: PathBuf, line: usize },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::str::FromStr for Rule {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        let (pattern, fp) = s
+            .split_once('=')
+            .ok_or_else(|| PolicyError::BadRule(s.to_owned()))?;
+        let (name, prefix) = match pattern.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (pattern, false),
+        };
+        if (name.is_empty() && !prefix) || name.contains('*') {
+            return Err(PolicyError::BadRule(s.to_owned()));
+        }
+        let who =
+            match fp {
+                "*" => None,
+                fp => Some(Fingerprint::parse(fp).map_err(|source| {
+                    PolicyError::BadRuleFingerprint {
+                        rule: s.to_owned(),
+                        source,
+                    }
+                })?),
+            };
+        Ok(Rule {
+            name: name.to_owned(),
+            prefix,
+            who,
+        })
+    }
+}
+
+impl Rule {
+    fn grants(&self, name: &str, who: &Fingerprint) -> bool {
+        let named = match self.prefix {
+            true => name.starts_with(&self.name),
+            false => name == self.name,
+        };
+        named && self.who.is_none_or(|w| w == *who)
+    }
+}
+
+/// A serve's rules and the owners it remembers.
+#[derive(Debug)]
+pub struct Policy {
+    owner_rules: Vec<Rule>,
+    mount_rules: Vec<Rule>,
+    owners: Mutex<BTreeMap<String, Fingerprint>>,
+    /// `DIR/.memsync/owners`.
+    file: PathBuf,
+}
+
+const STATE_DIR: &str = ".memsync";
+const OWNERS_FILE: &str = "owners";
+
+impl Policy {
+    /// The policy of replica directory `dir`, with its remembered owners.
+    pub fn load(
+        dir: &Path,
+        owner_rules: Vec<Rule>,
+        mount_rules: Vec<Rule>,
+    ) -> Result<Self, PolicyError> {
+        let file = dir.join(STATE_DIR).join(OWNERS_FILE);
+        let mut owners = BTreeMap::new();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                for (i, line) in text.lines().enumerate() {
+                    let line = line.split('#').next().unwrap_or("").trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let bad = || PolicyError::BadOwnerLine {
+                        path: file.clone(),
+                        line: i + 1,
+                    };
+                    let mut words = line.split_whitespace();
+                    let (Some(name), Some(fp), None) = (words.next(), words.next(), words.next())
+                    else {
+                        return Err(bad());
+                    };
+                    owners.insert(name.to_owned(), Fingerprint::parse(fp).map_err(|_| bad())?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(PolicyError::Io { path: file, source }),
+        }
+        Ok(Policy {
+            owner_rules,
+            mount_rules,
+            owners: Mutex::new(owners),
+            file,
+        })
+    }
+
+    /// Lets `who` own `name` (its OPEN), remembering it as the owner if the region had none.
+    pub fn claim(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
+        let mut owners = self.owners.lock().expect("owners lock");
+        match owners.get(name) {
+            Some(owner) if owner == who => return Ok(()),
+            Some(owner) => {
+                return Err(forbidden(format!(
+                    "region {name} is owned by peer {owner}, not {who}: ownership moves only by handoff or promotion"
+                )))
+            }
+            None => {}
+        }
+        if !granted(&self.owner_rules, name, who) {
+            return Err(forbidden(format!(
+                "peer {who} may not own region {name} here (no --allow-owner rule grants it)"
+            )));
+        }
+        owners.insert(name.to_owned(), *who);
+        self.save(&owners).map_err(|e| {
+            owners.remove(name);
+            WireError::new(ErrorCode::LocalIo, format!("remembering the owner: {e}"))
+        })
+    }
+
+    /// Lets `who` mount `name`: its owner, or a peer the mount rules grant it to.
+    pub fn may_mount(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
+        let owner = self.owners.lock().expect("owners lock").get(name).copied();
+        if owner == Some(*who) || granted(&self.mount_rules, name, who) {
+            return Ok(());
+        }
+        Err(forbidden(format!(
+            "peer {who} may not mount region {name} here (no --allow-mount rule grants it)"
+        )))
+    }
+
+    /// Writes the owners file anew: a temporary file, synced, renamed over the old one.
+    fn save(&self, owners: &BTreeMap<String, Fingerprint>) -> Result<(), PolicyError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| PolicyError::Io { path, source }
+        };
+        let dir = self
+            .file
+            .parent()
+            .expect("the owners file is in a directory");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(format!("{OWNERS_FILE}.tmp"));
+        let mut text = String::from("# region owner (remove a line to let another peer own it)\n");
+        for (name, fp) in owners {
+            text.push_str(&format!("{name} {fp}\n"));
+        }
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &self.file).map_err(io(&self.file))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
+    }
+}
+
+/// No rules of a kind: every trusted peer passes.
+fn granted(rules: &[Rule], name: &str, who: &Fingerprint) -> bool {
+    rules.is_empty() || rules.iter().any(|r| r.grants(name, who))
+}
+
+fn forbidden(reason: String) -> WireError {
+    WireError::new(ErrorCode::Forbidden, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(b: u8) -> Fingerprint {
+        Fingerprint::parse(&format!("{b:02x}").repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn owners_stick_across_restarts_and_rules_restrict() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (fp(1), fp(2), fp(3));
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        p.claim("x", &a).unwrap();
+        p.claim("x", &a).unwrap();
+        let e = p.claim("x", &b).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert!(e.reason.contains(&b.to_string()) && e.reason.contains(&a.to_string()));
+        // Restarted: still a's.
+        let rules = vec![format!("vm-*={b}").parse().unwrap()];
+        let mounts = vec![format!("vm-1={c}").parse().unwrap()];
+        let p = Policy::load(dir.path(), rules, mounts).unwrap();
+        assert_eq!(p.claim("x", &b).unwrap_err().code, ErrorCode::Forbidden);
+        p.claim("x", &a).unwrap();
+        assert_eq!(p.claim("y", &a).unwrap_err().code, ErrorCode::Forbidden);
+        p.claim("vm-1", &b).unwrap();
+        p.may_mount("vm-1", &b).unwrap();
+        p.may_mount("vm-1", &c).unwrap();
+        assert_eq!(
+            p.may_mount("vm-1", &a).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+        assert_eq!(p.may_mount("x", &c).unwrap_err().code, ErrorCode::Forbidden);
+        for bad in ["x", "=*", "a*b=*", "x=nothex"] {
+            assert!(bad.parse::<Rule>().is_err(), "{bad}");
+        }
+    }
+}
