@@ -369,6 +369,30 @@ def codec_seeds(vectors):
         write(target, "ok_then_garbage", by["ack_basic"] + b"\xd5\x22\x00")
 
 
+def nbd_seeds():
+    """Client byte streams for nbd_server (NBD proto.md): a session of every command, options,
+    a WRITE that claims 32 MiB and sends nothing, ABORT, out-of-range and oversized requests."""
+    ihaveopt, request = 0x49484156454F5054, 0x25609513
+
+    def opt(o, data=b""):
+        return struct.pack(">QII", ihaveopt, o, len(data)) + data
+
+    def req(cmd, off, ln, flags=0):
+        return struct.pack(">IHHQQI", request, flags, cmd, 1, off, ln)
+
+    hello = struct.pack(">I", 3)  # FIXED_NEWSTYLE | NO_ZEROES
+    infos = struct.pack(">I", 1) + b"x" + struct.pack(">HH", 1, 3)
+    write("nbd_server", "session", hello + opt(1, b"x") + req(1, 0, 4096, 1) + bytes(range(256)) * 16
+          + req(0, 0, 4096) + req(3, 0, 0) + req(6, 8192, 65536) + req(4, 0, 4096)
+          + req(5, 0, 1 << 20) + req(0, (1 << 20) - 512, 512) + req(2, 0, 0))
+    write("nbd_server", "options", hello + opt(3) + opt(6, infos) + opt(5) + opt(8) + opt(7, infos)
+          + req(1, 0, 8192) + b"\xab" * 8192 + req(0, 4096, 600000) + req(2, 0, 0))
+    write("nbd_server", "lying_write", hello + opt(1, b"") + req(1, 0, 32 << 20))
+    write("nbd_server", "abort", hello + opt(2))
+    write("nbd_server", "out_of_range", hello + opt(1, b"x") + req(0, 1 << 20, 4096)
+          + req(1, (1 << 20) - 10, 100) + b"z" * 100 + req(9, 0, 0) + req(0, 0, (32 << 20) + 1))
+
+
 def main():
     vectors = load_vectors()
     assert vectors, f"no vectors in {VECTORS}"
@@ -378,6 +402,7 @@ def main():
     replica_seeds(vectors)
     owner_seeds(vectors)
     converge_seeds()
+    nbd_seeds()
     for d in sorted(SEEDS.iterdir()):
         print(f"{d.name}: {len(list(d.iterdir()))} seeds")
 

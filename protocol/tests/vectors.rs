@@ -203,6 +203,13 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
                 "chunk 3 does not match its hash",
             ),
         ),
+        (
+            "error_forbidden",
+            error(
+                ErrorCode::Forbidden as u32,
+                "region disk.img is owned by another peer",
+            ),
+        ),
         ("error_unknown_code", error(u32::MAX, "x")),
         (
             "error_reason_max",

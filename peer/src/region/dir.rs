@@ -172,7 +172,7 @@ mod tests {
         std::fs::create_dir(p("sub")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &p("fifo"),
+            p("fifo"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
