@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench -p memsync-benches --bench hash`
 
-use memsync_benches::{best_of, gbps};
+use memsync_benches::{best_of, cores, gbps};
 use memsync_protocol::hash::{hash_chunks, is_zero, scan_changes};
 use memsync_protocol::{DirtySet, Geometry};
 use rand::RngCore;
@@ -38,7 +38,7 @@ fn main() {
     let gib = size as f64 / (1 << 30) as f64;
     println!(
         "region: {gib:.2} GiB resident, 64 KiB chunks, {} cores",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        cores()
     );
     println!(
         "memory read, 1 core         {:>7.2} GB/s  (baseline)",

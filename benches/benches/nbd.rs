@@ -13,12 +13,12 @@
 use anyhow::{ensure, Context, Result};
 use memsync_benches::mibps;
 use memsync_peer::detector::{Marks, MarksDetector};
-use memsync_peer::identity::{Identity, TrustSet};
-use memsync_peer::mount::{MemorySink, RemoteRegion};
 use memsync_peer::nbd::{FileExport, Listen, MountExport, NbdServer};
+use memsync_peer::net::identity::{Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::region::{Source, SourceFile};
-use memsync_peer::sync::{SyncOptions, SyncRegion, SyncStats};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::roles::mount::{MemorySink, RemoteRegion};
+use memsync_peer::roles::owner::{SyncOptions, SyncRegion, SyncStats};
 use rand::RngCore;
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
@@ -91,15 +91,10 @@ async fn bench() -> Result<()> {
     let (a, b) = (Identity::generate()?, Identity::generate()?);
     let replicas = tmp.path().join("replicas");
     std::fs::create_dir_all(&replicas)?;
-    let server = PeerEndpoint::bind(
-        "127.0.0.1:0".parse()?,
-        &b,
-        TrustSet::new([a.fingerprint()]),
-        true,
-    )?;
+    let server = PeerEndpoint::loopback(&b, a.fingerprint())?;
     let addr = server.local_addr();
     let dir = memsync_peer::region::ReplicaDir::open(&replicas)?;
-    tokio::spawn(async move { memsync_peer::serve::serve(&server, dir).await });
+    tokio::spawn(async move { memsync_peer::roles::replica::serve(&server, dir).await });
     let owned = tmp.path().join("region.raw");
     std::fs::File::create(&owned)?.set_len(size as u64)?;
     let source = Arc::new(SourceFile::open(&owned, 16)?);
@@ -119,7 +114,7 @@ async fn bench() -> Result<()> {
             ..SyncOptions::default()
         };
         tokio::spawn(async move {
-            memsync_peer::sync::run(&client, addr, vec![region], &opts, stats).await
+            memsync_peer::roles::owner::run(&client, addr, vec![region], &opts, stats).await
         });
     }
     while stats.reconciles.load(Relaxed) == 0 {

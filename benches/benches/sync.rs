@@ -12,9 +12,9 @@
 
 use anyhow::{Context, Result};
 use memsync_benches::{mibps, raw_quinn};
-use memsync_peer::identity::{Identity, TrustSet};
-use memsync_peer::sync::{SyncOptions, SyncRegion, SyncStats};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::net::identity::{Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::roles::owner::{SyncOptions, SyncRegion, SyncStats};
 use rand::{Rng, RngCore};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -54,7 +54,7 @@ async fn bench() -> Result<()> {
     let server = PeerEndpoint::bind("127.0.0.1:0".parse()?, &b, trust_a.clone(), true)?;
     let addr = server.local_addr();
     let dir = memsync_peer::region::ReplicaDir::open(&replicas)?;
-    tokio::spawn(async move { memsync_peer::serve::serve(&server, dir).await });
+    tokio::spawn(async move { memsync_peer::roles::replica::serve(&server, dir).await });
     let client = PeerEndpoint::client_for(addr, &a, trust_b.clone())?;
     let once = SyncOptions {
         once: true,
@@ -66,7 +66,7 @@ async fn bench() -> Result<()> {
     let t_hash = t.elapsed();
     let stats = Arc::new(SyncStats::default());
     let t = Instant::now();
-    memsync_peer::sync::run(&client, addr, vec![region], &once, stats.clone()).await?;
+    memsync_peer::roles::owner::run(&client, addr, vec![region], &once, stats.clone()).await?;
     let full = t.elapsed();
     assert_identical(&src, &replicas.join("region.bin"))?;
     println!(
@@ -97,7 +97,7 @@ async fn bench() -> Result<()> {
             PeerEndpoint::client_for(addr, &a, trust_b.clone())?,
         );
         tokio::spawn(async move {
-            memsync_peer::sync::run(&client, addr, vec![region], &continuous, stats).await
+            memsync_peer::roles::owner::run(&client, addr, vec![region], &continuous, stats).await
         })
     };
     while stats.reconciles.load(Relaxed) == 0 {
@@ -145,7 +145,7 @@ async fn bench() -> Result<()> {
     let stats = Arc::new(SyncStats::default());
     let t = Instant::now();
     let region = SyncRegion::open(&src, "region.bin", 16)?;
-    memsync_peer::sync::run(&client, addr, vec![region], &once, stats.clone()).await?;
+    memsync_peer::roles::owner::run(&client, addr, vec![region], &once, stats.clone()).await?;
     let cold = t.elapsed();
     assert_identical(&src, &replicas.join("region.bin"))?;
     println!(

@@ -10,11 +10,11 @@
 //! Run: `cargo bench -p memsync-benches --bench uffd` (root, or vm.unprivileged_userfaultfd=1
 //! for part 2). `UFFD_BENCH_MIB` changes the region size.
 
-use memsync_benches::{cpu_time, raw_quinn};
-use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
-use memsync_peer::lazy::{LazyOptions, LazyRegion};
-use memsync_peer::sync::SyncOptions;
-use memsync_peer::transport::PeerEndpoint;
+use memsync_benches::{cores, cpu_time, raw_quinn};
+use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::roles::lazy::{LazyOptions, LazyRegion};
+use memsync_peer::roles::owner::SyncOptions;
 use memsync_peer::uffd::pagemap::WriteTracker;
 use memsync_peer::uffd::Mapping;
 use memsync_protocol::Geometry;
@@ -119,7 +119,7 @@ fn dirty_collection(size: usize) {
     let gib = size as f64 / (1 << 30) as f64;
     println!(
         "dirty collection, {gib:.2} GiB anonymous resident, {n} of {pages} pages written (1%), 64 KiB chunks, {} cores:",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        cores()
     );
     println!(
         "  write-protect whole region (once, at start): {:8.2} ms",
@@ -173,23 +173,17 @@ fn lazy(size: usize) {
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     // A `serve` peer holding the image, whose mounts push at `max_rate` bytes/s at most.
     let serve = |max_rate: Option<u64>| {
-        let server = rt.block_on(async {
-            PeerEndpoint::bind(
-                "127.0.0.1:0".parse().unwrap(),
-                &b,
-                TrustSet::new([a.fingerprint()]),
-                true,
-            )
-            .unwrap()
-        });
+        let server = rt.block_on(async { PeerEndpoint::loopback(&b, a.fingerprint()).unwrap() });
         let addr = server.local_addr();
         let d = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
         let opts = SyncOptions {
             max_rate,
             ..SyncOptions::default()
         };
-        let policy = memsync_peer::serve::Policy::load(d.path(), vec![], vec![]).unwrap();
-        rt.spawn(async move { memsync_peer::serve::serve_with(&server, d, policy, opts).await });
+        let policy = memsync_peer::roles::replica::Policy::load(d.path(), vec![], vec![]).unwrap();
+        rt.spawn(async move {
+            memsync_peer::roles::replica::serve_with(&server, d, policy, opts).await
+        });
         addr
     };
     let addr = serve(None);
@@ -508,7 +502,8 @@ fn serve_child(dir: String) {
             ..SyncOptions::default()
         };
         let dir = memsync_peer::region::ReplicaDir::open(std::path::Path::new(&dir)).unwrap();
-        let policy = memsync_peer::serve::Policy::load(dir.path(), vec![], vec![]).unwrap();
-        memsync_peer::serve::serve_with(&ep, dir, policy, opts).await
+        let policy =
+            memsync_peer::roles::replica::Policy::load(dir.path(), vec![], vec![]).unwrap();
+        memsync_peer::roles::replica::serve_with(&ep, dir, policy, opts).await
     });
 }

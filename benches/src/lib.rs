@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use memsync_peer::identity::{Identity, TrustSet};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::net::identity::{Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
 use rand::RngCore;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,11 @@ pub fn gbps(bytes: u64, d: Duration) -> f64 {
 }
 
 /// Bytes per second as MiB/s.
+/// Cores this process may run on, for the figures' headings.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub fn mibps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / (1 << 20) as f64
 }
@@ -35,12 +40,7 @@ pub fn mibps(bytes: u64, d: Duration) -> f64 {
 /// endpoints on loopback (same TLS and transport settings), written in 1 MiB blocks and
 /// discarded by the receiver. Returns the wall time and the process CPU time it took.
 pub async fn raw_quinn(size: u64, a: &Identity, b: &Identity) -> Result<(Duration, Duration)> {
-    let server = PeerEndpoint::bind(
-        "127.0.0.1:0".parse()?,
-        b,
-        TrustSet::new([a.fingerprint()]),
-        true,
-    )?;
+    let server = PeerEndpoint::loopback(b, a.fingerprint())?;
     let addr = server.local_addr();
     let sink = tokio::spawn(async move {
         let incoming = server.endpoint.accept().await.context("no connection")?;
@@ -94,12 +94,7 @@ pub fn raw_quinn_round_trips(
     busy: bool,
 ) -> Result<Vec<Duration>> {
     let (session, server) = rt.block_on(async {
-        let server = PeerEndpoint::bind(
-            "127.0.0.1:0".parse()?,
-            b,
-            TrustSet::new([a.fingerprint()]),
-            true,
-        )?;
+        let server = PeerEndpoint::loopback(b, a.fingerprint())?;
         let addr = server.local_addr();
         let server = tokio::spawn(async move {
             let incoming = server.endpoint.accept().await.context("no connection")?;

@@ -18,7 +18,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memsync_fuzz::pair::Pair;
+use memsync_protocol::sim::Pair;
 use memsync_fuzz::Input;
 use memsync_protocol::{Geometry, OwnerState, ReplicaState};
 

@@ -5,9 +5,9 @@
 //! Nothing here links libFuzzer; the targets do.
 
 pub mod model;
-pub mod pair;
 
-use memsync_protocol::wire::{Frame, MAX_BODY};
+pub use memsync_protocol::sim::decode_exact;
+
 
 /// Reads choices from fuzz input, little-endian. Past the end every read yields zeros, so any
 /// input is a complete scenario (`fuzz/gen_seeds.py` writes seeds in this format).
@@ -75,26 +75,6 @@ impl<'a> Input<'a> {
         } else {
             self.u32() as u64 % n
         }
-    }
-}
-
-/// Decodes `bytes` as exactly one frame; panics (a harness assertion) if they are anything else.
-/// Used on everything a state machine transmits.
-pub fn decode_exact(bytes: &[u8]) -> Frame<'_> {
-    match Frame::decode(bytes, MAX_BODY) {
-        Ok(Some((f, used))) => {
-            assert_eq!(
-                used,
-                bytes.len(),
-                "transmitted buffer holds more than one frame"
-            );
-            assert_eq!(f.to_vec(), bytes, "transmitted frame is not canonical");
-            f
-        }
-        other => panic!(
-            "transmitted bytes do not decode: {other:?} ({})",
-            hex(bytes)
-        ),
     }
 }
 

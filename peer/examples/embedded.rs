@@ -10,9 +10,9 @@
 //! ```
 
 use memsync_peer::embed::TrackedRegion;
-use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
-use memsync_peer::sync::{SyncOptions, SyncStats};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::roles::owner::{SyncOptions, SyncStats};
 use rand::{Rng, RngCore, SeedableRng};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let st = stats.clone();
     let sync = tokio::spawn(async move {
-        memsync_peer::sync::run(&ep, peer, vec![sync_region], &opts, st).await
+        memsync_peer::roles::owner::run(&ep, peer, vec![sync_region], &opts, st).await
     });
 
     // The application at work: small scattered writes, ten times a second.

@@ -4,7 +4,7 @@
 //! - **Embedded** ([`TrackedRegion`]): the application links memsync and gets a memfd-backed
 //!   region to write into. Writes are tracked exactly by userfaultfd WP_ASYNC + PAGEMAP_SCAN on
 //!   the application's mapping; [`TrackedRegion::sync_region`] builds a
-//!   [`crate::sync::SyncRegion`] for [`crate::sync::run`], which replicates it to a
+//!   [`crate::roles::owner::SyncRegion`] for [`crate::roles::owner::run`], which replicates it to a
 //!   `peer serve`. See `peer/examples/embedded.rs`.
 //! - **Handed over** ([`serve_track_handovers`], `peer uffd track`): another process sends its
 //!   uffd, a memfd and its pagemap over a Unix socket ([`crate::uffd::handover`] documents the
@@ -15,9 +15,9 @@
 //! Rust's sense, and only the application's mapping is registered for tracking.
 
 use crate::detector::{HashDetector, UffdDetector};
+use crate::net::transport::PeerEndpoint;
 use crate::region::{RegionError, Source};
-use crate::sync::{SyncError, SyncOptions, SyncRegion, SyncStats};
-use crate::transport::PeerEndpoint;
+use crate::roles::owner::{SyncError, SyncOptions, SyncRegion, SyncStats};
 use crate::uffd::handover::{self, HandoverError, TrackReply};
 use crate::uffd::pagemap::WriteTracker;
 use crate::uffd::{page_size, Mapping, Probe, Uffd, UffdError};
@@ -30,18 +30,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
+/// Why tracked memory could not be set up or replicated.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Uffd(#[from] UffdError),
+    /// Reported as "creating the region's memory: {0}".
     #[error("creating the region's memory: {0}")]
     Io(#[from] std::io::Error),
+    /// The region cannot have this size or chunk size; the reason says why.
     #[error("{0}")]
     Geometry(String),
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// Reported as "this region is already being synced; one SyncRegion per TrackedRegion".
     #[error("this region is already being synced; one SyncRegion per TrackedRegion")]
     AlreadySyncing,
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Handover(#[from] HandoverError),
 }
@@ -60,7 +67,7 @@ struct Memory {
 
 /// A memfd-backed region the application writes into and memsync replicates, with uffd write
 /// tracking. Dereferences to `[u8]` (the application's mapping). Build the replication with
-/// [`TrackedRegion::sync_region`] and run it with [`crate::sync::run`].
+/// [`TrackedRegion::sync_region`] and run it with [`crate::roles::owner::run`].
 pub struct TrackedRegion {
     mem: Arc<Memory>,
 }
@@ -94,6 +101,7 @@ impl TrackedRegion {
         })
     }
 
+    /// The region's geometry.
     pub fn geometry(&self) -> Geometry {
         self.mem.geom
     }
@@ -112,7 +120,7 @@ impl TrackedRegion {
     }
 
     /// Starts write tracking and returns the region, named `name`, ready for
-    /// [`crate::sync::run`] with the `uffd` detector. Once per region. Must run outside a
+    /// [`crate::roles::owner::run`] with the `uffd` detector. Once per region. Must run outside a
     /// single-threaded tokio runtime (it hashes the region once, as a baseline).
     pub fn sync_region(&self, name: &str) -> Result<SyncRegion, EmbedError> {
         if self.mem.syncing.swap(true, Ordering::SeqCst) {
@@ -250,7 +258,7 @@ async fn track_one(
     let mut gone = tokio::task::spawn_blocking(move || wait_eof(&s));
     let stats = Arc::new(SyncStats::default());
     let res = tokio::select! {
-        r = crate::sync::run(&ep, addr, vec![region], &opts, stats.clone()) => Some(r),
+        r = crate::roles::owner::run(&ep, addr, vec![region], &opts, stats.clone()) => Some(r),
         _ = &mut gone => None,
     };
     match res {
@@ -274,7 +282,7 @@ async fn track_one(
     let final_opts = SyncOptions { once: true, ..opts };
     let detector = Box::new(HashDetector::new(source.clone()));
     let region = tokio::task::block_in_place(|| SyncRegion::new(source, &name, detector))?;
-    crate::sync::run(&ep, addr, vec![region], &final_opts, stats).await?;
+    crate::roles::owner::run(&ep, addr, vec![region], &final_opts, stats).await?;
     info!("{name}: final state replicated; hand-over done");
     Ok(())
 }

@@ -1,15 +1,20 @@
-//! The memsync peer: QUIC transport with pinned mutual TLS, region stores, change detectors, and
-//! the owner (`sync`) and replica (`serve`) drivers around the sans-IO protocol core.
+//! The memsync peer: the drivers of the roles (owner, replica, lazy mounts) around the sans-IO
+//! protocol core, with what they run on: the QUIC network with pinned mutual TLS ([`net`]),
+//! region stores ([`region`]), change detectors ([`detector`]), NBD exports ([`nbd`]) and the
+//! embedding API ([`embed`]). The `peer` command (`src/cli/`) is a thin layer over this library.
+//!
+//! Data flows one way: detector → owner state machine → QUIC stream → replica state machine →
+//! store.
+
+#![warn(missing_docs)]
 
 pub mod detector;
 pub mod embed;
-pub mod identity;
-pub mod lazy;
-pub mod mount;
 pub mod nbd;
+pub mod net;
 pub mod region;
-pub mod serve;
-pub mod sync;
-pub mod tls;
-pub mod transport;
-pub mod uffd;
+pub mod roles;
+
+/// The userfaultfd layer ([`memsync_uffd`]), which the `uffd` detector, lazy regions and
+/// hand-overs are built on.
+pub use memsync_uffd as uffd;

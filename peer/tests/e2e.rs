@@ -1,7 +1,7 @@
 //! End-to-end tests with real `peer` processes over real QUIC on loopback.
 
-use memsync_peer::identity::{Identity, TrustSet};
-use memsync_peer::transport::{FrameReader, PeerEndpoint};
+use memsync_peer::net::identity::{Identity, TrustSet};
+use memsync_peer::net::transport::{FrameReader, PeerEndpoint};
 use memsync_protocol::wire::{ErrorCode, Frame, MAX_BODY};
 use std::path::Path;
 use std::process::Command;
@@ -17,10 +17,10 @@ async fn memory_mount(
     addr: std::net::SocketAddr,
     name: &str,
 ) -> (
-    memsync_peer::mount::RemoteRegion,
-    std::sync::Arc<memsync_peer::mount::MemorySink>,
+    memsync_peer::roles::mount::RemoteRegion,
+    std::sync::Arc<memsync_peer::roles::mount::MemorySink>,
 ) {
-    use memsync_peer::mount::{MemorySink, RemoteRegion, SinkFactory};
+    use memsync_peer::roles::mount::{MemorySink, RemoteRegion, SinkFactory};
     use std::sync::{Arc, Mutex};
     let sink: Arc<Mutex<Option<Arc<MemorySink>>>> = Arc::default();
     let keep = sink.clone();
@@ -61,8 +61,7 @@ fn reconciled(p: &Proc) -> Vec<(u64, u64)> {
 fn sync_keeps_replica_identical_under_a_concurrent_writer() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("region.bin");
-    random_file(&file, 64 << 20);
+    let file = w.random_file("region.bin", 64 << 20);
     let mut owner = w.sync(&file, &["--interval", "100"]);
     wait_identical(&file, &w.replica("region.bin"), Duration::from_secs(120));
     // A third process writes scattered bytes through a shared mapping while sync runs.
@@ -97,8 +96,7 @@ m.flush()
 fn killed_replica_resumes_with_only_missing_chunks() {
     let w = World::new();
     let mut server = w.serve();
-    let file = w.path("big.bin");
-    random_file(&file, 256 << 20);
+    let file = w.random_file("big.bin", 256 << 20);
     let src = std::fs::read(&file).unwrap();
     let total = src.len() / 65536;
     let mut owner = w.sync(&file, &["--once", "--reconnect-for", "60"]);
@@ -120,20 +118,14 @@ fn killed_replica_resumes_with_only_missing_chunks() {
     assert_eq!(std::fs::read(w.replica("big.bin")).unwrap(), src);
     let rec = reconciled(&owner);
     assert!(rec.len() >= 2, "expected a reconnect: {rec:?}");
-    let (differing, of) = *rec.last().unwrap();
-    assert_eq!(of as usize, total);
-    assert!(
-        differing as usize <= total - kept,
-        "resume sent {differing} chunks though the replica kept {kept} of {total}"
-    );
+    resent_only_missing(*rec.last().unwrap(), total, kept);
 }
 
 #[test]
 fn killed_owner_resumes_with_only_missing_chunks() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("big.bin");
-    random_file(&file, 128 << 20);
+    let file = w.random_file("big.bin", 128 << 20);
     let src = std::fs::read(&file).unwrap();
     let total = src.len() / 65536;
     let mut owner = w.sync(&file, &["--once"]);
@@ -152,7 +144,12 @@ fn killed_owner_resumes_with_only_missing_chunks() {
         again.output()
     );
     assert_eq!(std::fs::read(w.replica("big.bin")).unwrap(), src);
-    let (differing, of) = reconciled(&again)[0];
+    resent_only_missing(reconciled(&again)[0], total, kept);
+}
+
+/// A reconciliation `(differing, of)` of a region of `total` chunks whose replica kept `kept`
+/// sent none of the kept ones.
+fn resent_only_missing((differing, of): (u64, u64), total: usize, kept: usize) {
     assert_eq!(of as usize, total);
     assert!(
         differing as usize <= total - kept,
@@ -164,22 +161,10 @@ fn killed_owner_resumes_with_only_missing_chunks() {
 fn untrusted_peers_are_refused_with_a_useful_message() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("r.bin");
-    random_file(&file, 1 << 20);
+    let file = w.random_file("r.bin", 1 << 20);
     // The owner does not trust the server's identity.
     let stranger = peer_id(&w.path("stranger-id"));
-    let mut p = Proc::start(&[
-        "sync",
-        "--region",
-        file.to_str().unwrap(),
-        "--peer",
-        &w.addr(),
-        "--identity",
-        w.path("owner-id").to_str().unwrap(),
-        "--trust",
-        &stranger,
-        "--once",
-    ]);
+    let mut p = w.sync_as(&file, "owner-id", &stranger, &["--once"]);
     assert!(!p.wait(Duration::from_secs(30)).success());
     let out = p.output();
     assert!(
@@ -187,18 +172,7 @@ fn untrusted_peers_are_refused_with_a_useful_message() {
         "{out}"
     );
     // The server does not trust this owner.
-    let mut p = Proc::start(&[
-        "sync",
-        "--region",
-        file.to_str().unwrap(),
-        "--peer",
-        &w.addr(),
-        "--identity",
-        w.path("stranger-id").to_str().unwrap(),
-        "--trust",
-        &w.replica_fp,
-        "--once",
-    ]);
+    let mut p = w.sync_as(&file, "stranger-id", &w.replica_fp, &["--once"]);
     assert!(!p.wait(Duration::from_secs(30)).success());
     let out = p.output();
     assert!(
@@ -211,8 +185,7 @@ fn untrusted_peers_are_refused_with_a_useful_message() {
 #[test]
 fn names_that_escape_the_directory_are_refused() {
     let w = World::new();
-    let file = w.path("r.bin");
-    random_file(&file, 4096);
+    let file = w.random_file("r.bin", 4096);
     let mut p = w.sync(&file, &["--name", "../x", "--once"]);
     assert!(!p.wait(Duration::from_secs(30)).success());
     assert!(p.output().contains("region name"), "{}", p.output());
@@ -222,8 +195,7 @@ fn names_that_escape_the_directory_are_refused() {
 fn a_file_that_changes_size_is_reported() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("r.bin");
-    random_file(&file, 1 << 20);
+    let file = w.random_file("r.bin", 1 << 20);
     let mut p = w.sync(&file, &["--interval", "50"]);
     wait_identical(&file, &w.replica("r.bin"), Duration::from_secs(60));
     let f = std::fs::OpenOptions::new()
@@ -244,8 +216,9 @@ fn protocol_violations_close_the_stream_not_the_server() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let id = Identity::load_or_create(&w.path("owner-id")).unwrap();
-        let trust =
-            TrustSet::new([memsync_peer::identity::Fingerprint::parse(&w.replica_fp).unwrap()]);
+        let trust = TrustSet::new([
+            memsync_peer::net::identity::Fingerprint::parse(&w.replica_fp).unwrap(),
+        ]);
         let addr = w.addr().parse().unwrap();
         let ep = PeerEndpoint::client_for(addr, &id, trust).unwrap();
         let session = ep.connect(addr).await.unwrap();
@@ -291,8 +264,7 @@ fn protocol_violations_close_the_stream_not_the_server() {
         }
     });
     // And a real owner still syncs.
-    let file = w.path("after.bin");
-    random_file(&file, 1 << 20);
+    let file = w.random_file("after.bin", 1 << 20);
     let mut p = w.sync(&file, &["--once"]);
     assert!(p.wait(Duration::from_secs(60)).success(), "{}", p.output());
     assert_eq!(
@@ -343,15 +315,15 @@ fn several_regions_share_a_connection_and_several_owners_feed_one_server() {
 fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
     let w = World::new();
     let _server = w.serve();
-    let img = w.path("img");
-    random_file(&img, 256 << 20);
+    let img = w.random_file("img", 256 << 20);
     std::fs::copy(&img, w.replica("img")).unwrap();
     let img = std::fs::read(&img).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let id = Identity::load_or_create(&w.path("owner-id")).unwrap();
-        let trust =
-            TrustSet::new([memsync_peer::identity::Fingerprint::parse(&w.replica_fp).unwrap()]);
+        let trust = TrustSet::new([
+            memsync_peer::net::identity::Fingerprint::parse(&w.replica_fp).unwrap(),
+        ]);
         let addr = w.addr().parse().unwrap();
         let ep = PeerEndpoint::client_for(addr, &id, trust).unwrap();
         let (a, sink_a) = memory_mount(&ep, addr, "img").await;
@@ -386,8 +358,7 @@ fn mounts_share_one_connection_each_with_its_own_fetch_lane() {
 fn a_mount_follows_its_replica_as_the_owner_writes() {
     let w = World::new();
     let server = w.serve();
-    let file = w.path("live.bin");
-    random_file(&file, 8 << 20);
+    let file = w.random_file("live.bin", 8 << 20);
     let _owner = w.sync(&file, &["--interval", "50", "--chunk-size", "4096"]);
     wait_identical(&file, &w.replica("live.bin"), Duration::from_secs(60));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -396,7 +367,7 @@ fn a_mount_follows_its_replica_as_the_owner_writes() {
         let addr = w.addr().parse().unwrap();
         let (mount, sink) = memory_mount(&ep, addr, "live.bin").await;
         mount.complete().await.unwrap();
-        let read = |sink: &memsync_peer::mount::MemorySink| {
+        let read = |sink: &memsync_peer::roles::mount::MemorySink| {
             let mut got = vec![0u8; 8 << 20];
             sink.read(0, &mut got);
             got

@@ -28,6 +28,19 @@ fn error_line(out: &str) -> &str {
         .unwrap_or("")
 }
 
+/// Truncates `file` to `len` bytes in place, as another process would.
+fn shrink(file: &Path, len: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len(len).unwrap();
+}
+
+/// The sync `p` ends with its region's change of size, and nothing else.
+fn ends_resized(p: &mut Proc) {
+    let out = fails_with(p, Duration::from_secs(60));
+    let e = error_line(&out);
+    assert!(e.contains("changed size") || e.contains("shrank"), "{out}");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -71,8 +84,7 @@ fn links_in_the_replica_directory_are_never_followed() {
     std::fs::hard_link(&target, rep.join("hard")).unwrap();
     std::os::unix::fs::symlink(&secret, rep.join("leak")).unwrap();
     let _server = w.serve();
-    let file = w.path("r.bin");
-    random_file(&file, 2 << 20);
+    let file = w.random_file("r.bin", 2 << 20);
     for (name, why) in [
         ("evil", "symbolic link"),
         ("dangling", "symbolic link"),
@@ -95,44 +107,26 @@ fn links_in_the_replica_directory_are_never_followed() {
 fn a_region_that_shrinks_under_the_owner_is_reported_not_a_signal() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("r.bin");
-    random_file(&file, 256 << 20);
+    let file = w.random_file("r.bin", 256 << 20);
     // Paced, so the first round is still reading the file when it shrinks.
     let mut p = w.sync(&file, &["--max-rate", "16", "--interval", "50"]);
     p.wait_for("chunks differ", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let out = fails_with(&mut p, Duration::from_secs(60));
-    let e = error_line(&out);
-    assert!(e.contains("changed size") || e.contains("shrank"), "{out}");
+    shrink(&file, 1 << 20);
+    ends_resized(&mut p);
 }
 
 #[test]
 fn a_backing_file_that_shrinks_under_the_nbd_export_is_reported_not_a_signal() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("disk.img");
-    random_file(&file, 8 << 20);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let file = w.random_file("disk.img", 8 << 20);
+    let port = free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
     let args = ["--detector", "nbd", "--nbd-listen", &listen];
     let mut p = w.sync(&file, &args);
     p.wait_for("chunks differ", Duration::from_secs(30));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    shrink(&file, 1 << 20);
     // A read past the new end through the export: an I/O error to the client (or, once the
     // sync loop saw the resize first, no export), never bytes and never a signal.
     let uri = format!("nbd://127.0.0.1:{port}/disk.img");
@@ -147,17 +141,14 @@ fn a_backing_file_that_shrinks_under_the_nbd_export_is_reported_not_a_signal() {
     let _ = Command::new("qemu-io")
         .args(["-f", "raw", &uri, "-c", "write -P 1 0 4k"])
         .output();
-    let out = fails_with(&mut p, Duration::from_secs(60));
-    let e = error_line(&out);
-    assert!(e.contains("changed size") || e.contains("shrank"), "{out}");
+    ends_resized(&mut p);
 }
 
 #[test]
 fn a_replica_resynced_smaller_under_a_mount_ends_the_mount_not_the_server() {
     let w = World::new();
     let mut server = w.serve_with(&["--mount-max-rate", "8"]);
-    let file = w.path("img");
-    random_file(&file, 128 << 20);
+    let file = w.random_file("img", 128 << 20);
     let mut owner = w.sync(&file, &["--once"]);
     assert!(owner.wait(Duration::from_secs(120)).success());
     // The mount's background push is paced: it is still reading the replica below.
@@ -179,8 +170,7 @@ fn a_replica_resynced_smaller_under_a_mount_ends_the_mount_not_the_server() {
     assert!(server.child.try_wait().unwrap().is_none(), "serve exited");
     drop(m);
     // The server still serves.
-    let other = w.path("other");
-    random_file(&other, 1 << 20);
+    let other = w.random_file("other", 1 << 20);
     let mut owner = w.sync(&other, &["--once"]);
     assert!(owner.wait(Duration::from_secs(60)).success());
     wait_identical(&other, &w.replica("other"), Duration::from_secs(10));
@@ -214,22 +204,12 @@ fn lying_write(s: &mut std::net::TcpStream, len: u32) {
     s.write_all(&m).unwrap();
 }
 
-fn closed(s: &mut std::net::TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
-}
-
 #[test]
 fn slow_and_lying_nbd_clients_hold_bounded_memory_and_slots() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("disk.img");
-    random_file(&file, 64 << 20);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let file = w.random_file("disk.img", 64 << 20);
+    let port = free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
     let args = [
         "--detector",
@@ -345,8 +325,7 @@ fn a_full_disk_at_the_replica_is_reported_with_its_reason_every_time() {
     let w = World::new();
     let _fs = SmallFs::mount(&w.path("replicas"), "1M");
     let _server = w.serve();
-    let file = w.path("big");
-    random_file(&file, 8 << 20);
+    let file = w.random_file("big", 8 << 20);
     for run in 0..4 {
         let mut p = w.sync(&file, &["--once", "--reconnect-for", "0"]);
         let out = fails_with(&mut p, Duration::from_secs(60));
@@ -436,8 +415,7 @@ fn a_region_stays_with_its_owner_and_mounts_follow_the_rules() {
     let rule = format!("r.bin={}", w.owner_fp);
     let serve_args = ["--trust", &other_fp, "--allow-mount", &rule];
     let server = w.serve_with(&serve_args);
-    let file = w.path("r.bin");
-    random_file(&file, 1 << 20);
+    let file = w.random_file("r.bin", 1 << 20);
     let mut owner = w.sync(&file, &["--once"]);
     assert!(
         owner.wait(Duration::from_secs(60)).success(),
@@ -450,22 +428,8 @@ fn a_region_stays_with_its_owner_and_mounts_follow_the_rules() {
     std::fs::create_dir(&intruder).unwrap();
     let theirs = intruder.join("r.bin");
     random_file(&theirs, 2 << 20);
-    let sync_as_other = || {
-        Proc::start(&[
-            "sync",
-            "--region",
-            theirs.to_str().unwrap(),
-            "--peer",
-            &w.addr(),
-            "--identity",
-            w.path("other-id").to_str().unwrap(),
-            "--trust",
-            &w.replica_fp,
-            "--once",
-            "--reconnect-for",
-            "0",
-        ])
-    };
+    let once = ["--once", "--reconnect-for", "0"];
+    let sync_as_other = || w.sync_as(&theirs, "other-id", &w.replica_fp, &once);
     let out = fails_with(&mut sync_as_other(), Duration::from_secs(60));
     let e = error_line(&out);
     assert!(e.contains("FORBIDDEN") && e.contains(&other_fp), "{out}");

@@ -15,6 +15,15 @@ use std::time::Duration;
 use support::*;
 
 /// Runs a client tool; panics with its output if it fails.
+/// `qemu-img compare` of a raw file with a raw NBD export; panics if they differ.
+fn same_image(file: &Path, uri: &str) {
+    let file = file.to_str().unwrap();
+    run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", file, uri],
+    );
+}
+
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
@@ -27,14 +36,6 @@ fn run(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `peer sync --detector nbd` on a file, with a replica served by another process.
@@ -61,8 +62,7 @@ fn nbd_owner(w: &World, file: &Path, extra: &[&str]) -> (Proc, String) {
 fn qemu_writes_through_the_export_reach_the_replica() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("disk.img");
-    random_file(&file, 8 << 20);
+    let file = w.random_file("disk.img", 8 << 20);
     let (_owner, uri) = nbd_owner(&w, &file, &["--flush-waits-for-replica"]);
     run(
         "qemu-io",
@@ -91,46 +91,22 @@ fn qemu_writes_through_the_export_reach_the_replica() {
         std::fs::read(&file).unwrap(),
         std::fs::read(w.replica("disk.img")).unwrap()
     );
-    run(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            file.to_str().unwrap(),
-            &uri,
-        ],
-    );
-    run(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            w.replica("disk.img").to_str().unwrap(),
-            &uri,
-        ],
-    );
+    same_image(&file, &uri);
+    same_image(&w.replica("disk.img"), &uri);
 }
 
 #[test]
 fn nbdinfo_and_nbdcopy_in_and_out() {
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("vol.img");
-    random_file(&file, 4 << 20);
+    let file = w.random_file("vol.img", 4 << 20);
     let (_owner, uri) = nbd_owner(&w, &file, &[]);
     let info = run("nbdinfo", &["--json", &uri]);
     assert!(info.contains("\"export-size\": 4194304"), "{info}");
     assert!(info.contains("\"block_size_preferred\": 65536"), "{info}");
     assert!(info.contains("\"is_read_only\": false"), "{info}");
     // Copy new content in, then out again.
-    let incoming = w.path("incoming.img");
-    random_file(&incoming, 4 << 20);
+    let incoming = w.random_file("incoming.img", 4 << 20);
     run("nbdcopy", &[incoming.to_str().unwrap(), &uri]);
     run("nbdcopy", &["--flush", incoming.to_str().unwrap(), &uri]);
     let out = w.path("out.img");
@@ -149,8 +125,7 @@ fn a_mapped_file_through_nbdfuse_replicates() {
     }
     let w = World::new();
     let _server = w.serve();
-    let file = w.path("mem.bin");
-    random_file(&file, 4 << 20);
+    let file = w.random_file("mem.bin", 4 << 20);
     let (_owner, uri) = nbd_owner(&w, &file, &[]);
     let mnt = w.path("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -193,8 +168,7 @@ m.flush()
 fn a_lazy_mount_answers_reads_before_it_holds_the_data() {
     let w = World::new();
     let server = w.serve();
-    let file = w.path("big.img");
-    random_file(&file, 192 << 20);
+    let file = w.random_file("big.img", 192 << 20);
     // A known pattern at the very end: the last chunk the background pull would send.
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
@@ -238,18 +212,7 @@ fn a_lazy_mount_answers_reads_before_it_holds_the_data() {
         ],
     );
     let early = mount.all_with("every chunk is here").is_empty();
-    run(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            file.to_str().unwrap(),
-            &uri,
-        ],
-    );
+    same_image(&file, &uri);
     // Writes to a mount are refused: this peer does not own the region.
     let out = Command::new("qemu-io")
         .args(["-f", "raw", &uri, "-c", "write -P 1 0 4k"])
@@ -362,12 +325,6 @@ fn reply_error(s: &mut std::net::TcpStream) -> u32 {
     );
     assert_eq!(u64::from_be_bytes(r[8..].try_into().unwrap()), 7);
     u32::from_be_bytes(r[4..8].try_into().unwrap())
-}
-
-/// True once the server closed the connection.
-fn closed(s: &mut std::net::TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
 #[test]

@@ -9,10 +9,10 @@
 mod support;
 
 use memsync_peer::embed::TrackedRegion;
-use memsync_peer::identity::{Identity, TrustSet};
-use memsync_peer::lazy::{LazyOptions, LazyRegion};
-use memsync_peer::sync::{SyncOptions, SyncStats};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::net::identity::{Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::roles::lazy::{LazyOptions, LazyRegion};
+use memsync_peer::roles::owner::{SyncOptions, SyncStats};
 use memsync_peer::uffd::handover::{self, GuestRegionUffdMapping, HandedRegion};
 use memsync_peer::uffd::pagemap::{self, WriteTracker};
 use memsync_peer::uffd::{sys, Features, Mapping, OpenFlags, RegisterMode, Uffd};
@@ -288,18 +288,10 @@ fn embedded_region_replicates_through_sync_run_and_serve() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = rt.block_on(async {
-        PeerEndpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &b,
-            TrustSet::new([a.fingerprint()]),
-            true,
-        )
-        .unwrap()
-    });
+    let server = rt.block_on(async { PeerEndpoint::loopback(&b, a.fingerprint()).unwrap() });
     let addr = server.local_addr();
     let replicas = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
-    rt.spawn(async move { memsync_peer::serve::serve(&server, replicas).await });
+    rt.spawn(async move { memsync_peer::roles::replica::serve(&server, replicas).await });
 
     let size = 24 << 20;
     let mut region = TrackedRegion::new(size).unwrap();
@@ -318,7 +310,7 @@ fn embedded_region_replicates_through_sync_run_and_serve() {
     };
     let st = stats.clone();
     let task = rt.spawn(async move {
-        memsync_peer::sync::run(&client, addr, vec![sync_region], &opts, st).await
+        memsync_peer::roles::owner::run(&client, addr, vec![sync_region], &opts, st).await
     });
     let replica = dir.path().join("embedded");
     let expect = |r: &TrackedRegion| r.to_vec();
@@ -490,7 +482,7 @@ fn world_with_image(bytes: &[u8]) -> (World, Proc) {
 /// Mounts the world's region "img" lazily with `opts`.
 fn mount_img(
     rt: &tokio::runtime::Runtime,
-    ep: &memsync_peer::transport::PeerEndpoint,
+    ep: &memsync_peer::net::transport::PeerEndpoint,
     w: &World,
     opts: LazyOptions,
 ) -> Arc<LazyRegion> {
@@ -749,7 +741,8 @@ fn child_lazy_reader() {
     let env = |k: &str| std::env::var(k).unwrap();
     let rt = runtime();
     let id = Identity::load_or_create(Path::new(&env("IDENTITY"))).unwrap();
-    let trust = TrustSet::new([memsync_peer::identity::Fingerprint::parse(&env("TRUST")).unwrap()]);
+    let trust =
+        TrustSet::new([memsync_peer::net::identity::Fingerprint::parse(&env("TRUST")).unwrap()]);
     let addr = env("PEER").parse().unwrap();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

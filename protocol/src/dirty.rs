@@ -53,12 +53,14 @@ impl DirtySet {
         }
     }
 
+    /// Removes `index`; indices at or past the bound are ignored.
     pub fn remove(&mut self, index: u64) {
         if index < self.len {
             self.words[(index / 64) as usize] &= !(1 << (index % 64));
         }
     }
 
+    /// Whether `index` is in the set (false at or past the bound).
     pub fn contains(&self, index: u64) -> bool {
         index < self.len && self.words[(index / 64) as usize] & (1 << (index % 64)) != 0
     }
@@ -68,10 +70,12 @@ impl DirtySet {
         self.words.iter().map(|w| w.count_ones() as u64).sum()
     }
 
+    /// True when the set holds no index.
     pub fn is_empty(&self) -> bool {
         self.words.iter().all(|&w| w == 0)
     }
 
+    /// Removes every index, keeping the bound.
     pub fn clear(&mut self) {
         self.words.fill(0);
     }

@@ -59,10 +59,12 @@ impl Geometry {
         Self::new(size, shift)
     }
 
+    /// Region length in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// log2 of the chunk size.
     pub fn shift(&self) -> u8 {
         self.shift
     }

@@ -35,6 +35,7 @@ pub struct ZeroHashes {
 }
 
 impl ZeroHashes {
+    /// Computes the zero-chunk hashes for `geom`.
     pub fn new(geom: &Geometry) -> Self {
         let last_index = geom.chunk_count() - 1;
         let zeros = vec![0u8; geom.chunk_size() as usize];
@@ -86,10 +87,12 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of an empty generation.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends one CHUNK: its `index` and wire hash (0 for a ZERO chunk).
     pub fn add(&mut self, index: u64, hash: u64) {
         let mut rec = [0u8; 16];
         rec[..8].copy_from_slice(&index.to_le_bytes());
@@ -98,10 +101,12 @@ impl Summary {
         self.count = self.count.saturating_add(1);
     }
 
+    /// Number of CHUNK frames added (saturating at `u32::MAX`).
     pub fn count(&self) -> u32 {
         self.count
     }
 
+    /// The summary so far, as COMMIT carries it.
     pub fn digest(&self) -> u64 {
         self.hasher.digest()
     }

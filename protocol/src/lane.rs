@@ -22,6 +22,7 @@ pub struct LaneGate {
 }
 
 impl LaneGate {
+    /// A gate for a region stream that just opened: no chunk sent on it yet.
     pub fn new(geom: Geometry) -> Self {
         LaneGate {
             geom,

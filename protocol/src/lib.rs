@@ -2,8 +2,12 @@
 //!
 //! Bytes and events go in, bytes and actions come out; time, sockets and memory stay with the
 //! caller. The crate holds the wire codec ([`wire`]), region geometry ([`geometry`]), dirty-chunk
-//! sets ([`dirty`]), chunk hashing ([`hash`]) and the two role state machines ([`owner`],
-//! [`replica`]). `spec/PROTOCOL.md` is the normative description of everything here.
+//! sets ([`dirty`]), chunk hashing ([`hash`]), the two role state machines ([`owner`],
+//! [`replica`]) with the fetch-lane rules ([`lane`]), and [`sim`], both roles wired together in
+//! memory for tests, fuzzers and benches. `spec/PROTOCOL.md` is the normative description of
+//! everything here.
+
+#![warn(missing_docs)]
 
 pub mod dirty;
 pub mod geometry;
@@ -11,6 +15,7 @@ pub mod hash;
 pub mod lane;
 pub mod owner;
 pub mod replica;
+pub mod sim;
 pub mod wire;
 
 pub use dirty::DirtySet;

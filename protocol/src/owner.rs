@@ -23,13 +23,21 @@ pub enum OwnerState {
     /// OPEN sent; waiting for the replica's STATE.
     Opening,
     /// Receiving the replica's HASHES; `next` is the next chunk expected.
-    Reconciling { next: u64, replica_generation: u64 },
+    Reconciling {
+        /// The first chunk not yet described by HASHES.
+        next: u64,
+        /// The generation the replica reported in STATE.
+        replica_generation: u64,
+    },
     /// Sending generations.
     Streaming,
     /// A handoff was asked for: finishing and acknowledging the last generation first.
     Draining,
     /// HANDOFF sent for `generation`; this peer no longer writes the region.
-    HandingOff { generation: u64 },
+    HandingOff {
+        /// The generation HANDOFF named.
+        generation: u64,
+    },
     /// The replica accepted ownership; this stream now carries the reverse direction.
     HandedOff,
 }
@@ -40,7 +48,12 @@ pub enum Transmit {
     /// An encoded control frame.
     Frame(Vec<u8>),
     /// Chunk `index`: read its bytes and pass them to [`Owner::encode_chunk`].
-    Chunk { index: u64, fetched: bool },
+    Chunk {
+        /// Chunk index.
+        index: u64,
+        /// Send it as FETCHED: an answer to FETCH, outside any generation.
+        fetched: bool,
+    },
 }
 
 /// What a received frame meant to the owner.
@@ -50,15 +63,28 @@ pub enum OwnerEvent {
     None,
     /// Reconciliation finished; `differing` chunks will be sent.
     Reconciled {
+        /// Number of chunks found to differ, to be sent.
         differing: u64,
+        /// The generation the replica reported in STATE.
         replica_generation: u64,
     },
     /// The replica holds generation `generation`, verified.
-    Acked { generation: u64 },
+    Acked {
+        /// The generation acknowledged.
+        generation: u64,
+    },
     /// The replica accepted ownership at `generation`.
-    HandedOff { generation: u64 },
+    HandedOff {
+        /// The generation of the HANDOFF accepted.
+        generation: u64,
+    },
     /// The replica reported an error and will close the stream.
-    PeerError { code: u32, reason: String },
+    PeerError {
+        /// Error code (spec §7), kept raw.
+        code: u32,
+        /// The replica's human-readable reason.
+        reason: String,
+    },
 }
 
 /// One region's owner side. Lives across reconnects: call [`Owner::restart`] for a new stream.
@@ -184,14 +210,17 @@ impl Owner {
         Ok(())
     }
 
+    /// The region's geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geom
     }
 
+    /// The region's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Where the owner's side of the stream stands.
     pub fn state(&self) -> OwnerState {
         self.state
     }

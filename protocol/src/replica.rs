@@ -38,30 +38,40 @@ pub enum Local<'a> {
 /// What a received frame asks of the caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplicaEvent<'a> {
+    /// Nothing the caller needs to act on.
     None,
     /// The owner opened region `name` with this geometry; create or check the local copy, then call
     /// [`Replica::local_state`].
     Opened {
+        /// Region name (spec §5.3).
         name: &'a str,
+        /// The region's geometry, from OPEN's size and chunk shift.
         geometry: Geometry,
+        /// The owner's generation counter from OPEN; informational.
         generation: u64,
     },
     /// Write chunk `index`: `data`, or zeros when `None`. Verified against its hash already.
     Write {
+        /// Chunk index.
         index: u64,
+        /// The chunk's bytes, or `None` for zeros.
         data: Option<&'a [u8]>,
     },
     /// Generation `generation` is complete and verified; its ACK is queued.
     Committed {
+        /// The generation committed.
         generation: u64,
     },
     /// Ownership passed to this peer at `generation`; HANDOFF_ACK is queued.
     BecameOwner {
+        /// The generation of the HANDOFF accepted.
         generation: u64,
     },
     /// The owner reported an error and will close the stream.
     PeerError {
+        /// Error code (spec §7), kept raw.
         code: u32,
+        /// The owner's human-readable reason.
         reason: &'a str,
     },
 }
@@ -72,13 +82,22 @@ pub enum LaneEvent<'a> {
     /// The region stream's copy arrived first: nothing to do.
     Discard,
     /// Show chunk `index` to readers: `data`, or zeros when `None`. Verified already.
-    Chunk { index: u64, data: Option<&'a [u8]> },
+    Chunk {
+        /// Chunk index.
+        index: u64,
+        /// The chunk's bytes, or `None` for zeros.
+        data: Option<&'a [u8]>,
+    },
     /// Show bytes `offset .. offset + len` of chunk `index` to readers: `data`, or zeros when
     /// `None`. Verified already.
     Part {
+        /// Chunk index.
         index: u64,
+        /// Offset within the chunk of the first byte.
         offset: u32,
+        /// Number of bytes.
         len: u32,
+        /// The bytes, or `None` for zeros.
         data: Option<&'a [u8]>,
     },
 }
@@ -125,10 +144,12 @@ impl Replica {
         self.max_body = max_body;
     }
 
+    /// Where the replica's side of the stream stands.
     pub fn state(&self) -> ReplicaState {
         self.state
     }
 
+    /// The region's geometry, once OPEN was handled.
     pub fn geometry(&self) -> Option<&Geometry> {
         self.geom.as_ref()
     }

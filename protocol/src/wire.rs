@@ -7,10 +7,13 @@ use std::fmt;
 
 /// ALPN protocol name; the digit is the major version.
 pub const ALPN: &[u8] = b"memsync/1";
+/// Protocol major version: HELLO's `major` and the ALPN digit (spec §5.1, §11).
 pub const VERSION_MAJOR: u16 = 1;
+/// Protocol minor version sent in HELLO; informational only (spec §5.1, §11).
 pub const VERSION_MINOR: u16 = 0;
 /// First byte of every frame.
 pub const FRAME_MAGIC: u8 = 0xD5;
+/// Bytes of the frame header (spec §4.1).
 pub const HEADER_LEN: usize = 8;
 /// Bytes of a CHUNK body before its payload.
 pub const CHUNK_HEADER_LEN: usize = 16;
@@ -20,27 +23,44 @@ pub const PART_HEADER_LEN: usize = 24;
 pub const MAX_BODY: u32 = (1 << MAX_CHUNK_SHIFT) + CHUNK_HEADER_LEN as u32;
 /// Smallest `max_body` a peer may advertise in HELLO.
 pub const MIN_MAX_BODY: u32 = (1 << 16) + CHUNK_HEADER_LEN as u32;
+/// Longest region name, in bytes (spec §5.3).
 pub const MAX_NAME_LEN: usize = 255;
+/// Longest ERROR reason, in bytes (spec §5.2).
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most regions (streams) a peer accepts on one connection unless HELLO says fewer.
 pub const DEFAULT_MAX_REGIONS: u32 = 1024;
 
 /// Frame type codes (spec §5).
 pub mod kind {
+    /// HELLO: version, limits and features, on the control stream (spec §5.1).
     pub const HELLO: u8 = 0x01;
+    /// ERROR: an error code and reason; closes the stream it travels on (spec §5.2).
     pub const ERROR: u8 = 0x02;
+    /// OPEN: the owner announces a region and its geometry (spec §5.4).
     pub const OPEN: u8 = 0x10;
+    /// MOUNT: a lazy replica asks the owner to serve a region (spec §5.5).
     pub const MOUNT: u8 = 0x11;
+    /// STATE: the replica's answer to OPEN, saying what it holds (spec §5.6).
     pub const STATE: u8 = 0x12;
+    /// HASHES: the replica's hashes of a run of chunks (spec §5.7).
     pub const HASHES: u8 = 0x13;
+    /// LANE: first frame of a fetch lane, naming the region stream it serves (spec §5.16).
     pub const LANE: u8 = 0x14;
+    /// CHUNK: one chunk's bytes from the owner (spec §5.8).
     pub const CHUNK: u8 = 0x20;
+    /// COMMIT: closes a generation with its count and summary (spec §5.9).
     pub const COMMIT: u8 = 0x21;
+    /// ACK: the replica applied and verified a generation (spec §5.10).
     pub const ACK: u8 = 0x22;
+    /// PART: a byte range of one chunk, on a fetch lane (spec §5.17).
     pub const PART: u8 = 0x23;
+    /// FETCH: the replica asks for a run of chunks (spec §5.11).
     pub const FETCH: u8 = 0x30;
+    /// FETCH_PART: an urgent FETCH of one chunk naming the bytes a reader waits for (spec §5.18).
     pub const FETCH_PART: u8 = 0x31;
+    /// HANDOFF: the owner offers ownership at a generation (spec §5.12).
     pub const HANDOFF: u8 = 0x40;
+    /// HANDOFF_ACK: the replica accepts ownership at that generation (spec §5.13).
     pub const HANDOFF_ACK: u8 = 0x41;
 }
 
@@ -64,29 +84,53 @@ pub mod flag {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum ErrorCode {
+    /// A well-formed frame not allowed in the current state or on this stream, or breaking a
+    /// rule of spec §8.
     ProtocolViolation = 1,
+    /// A body that does not match its layout (short, trailing bytes, undefined flags, bad UTF-8…).
     Malformed = 2,
+    /// A header's first byte is not [`FRAME_MAGIC`]; the stream's framing is lost.
     BadMagic = 3,
+    /// A header's type is not defined (or not negotiated).
     UnknownType = 4,
+    /// A header's length exceeds the receiver's `max_body`.
     FrameTooLarge = 5,
+    /// A chunk index or range past the region's last chunk, or a byte range past its chunk's end.
     OutOfRange = 6,
+    /// A CHUNK or PART payload's XXH3-64 differs from its hash field.
     HashMismatch = 7,
+    /// A COMMIT's count or summary differs from what the replica received.
     SummaryMismatch = 8,
+    /// An OPEN size or shift outside spec §3, a STATE chunk count different from the region's, or a
+    /// geometry the receiver cannot use.
     BadGeometry = 9,
+    /// A region name breaking spec §5.3.
     BadName = 10,
+    /// The region already has a stream on this connection, or the receiver holds it in a
+    /// conflicting role.
     RegionBusy = 11,
+    /// HELLO major versions differ.
     VersionMismatch = 12,
+    /// A region stream beyond the receiver's `max_regions`.
     TooManyRegions = 13,
+    /// MOUNT of a region the receiver does not own, or OPEN of one it is not configured to accept.
     NotFound = 14,
+    /// The owner's region changed size; the owner reopens it on a new stream.
     Resized = 15,
+    /// The sender failed to read or write its local copy (mapping, file, device).
     LocalIo = 16,
+    /// Orderly stop: the sender stops serving the region, or is shutting down.
     Shutdown = 17,
+    /// An unexpected condition or bug in the sender; receivers treat unknown codes as this.
     Internal = 18,
+    /// The connection to the peer was lost: a local status, not sent; received, it means SHUTDOWN.
     PeerGone = 19,
+    /// Local policy does not let this peer own (OPEN) or mount (MOUNT) the region (spec §10).
     Forbidden = 20,
 }
 
 impl ErrorCode {
+    /// Every assigned code, in numeric order.
     pub const ALL: [ErrorCode; 20] = [
         ErrorCode::ProtocolViolation,
         ErrorCode::Malformed,
@@ -110,10 +154,12 @@ impl ErrorCode {
         ErrorCode::Forbidden,
     ];
 
+    /// The code with numeric value `v`, or `None` for a value not assigned.
     pub fn from_u32(v: u32) -> Option<ErrorCode> {
         Self::ALL.iter().copied().find(|c| *c as u32 == v)
     }
 
+    /// The code's name as spec §7 spells it, e.g. `PROTOCOL_VIOLATION`.
     pub fn name(self) -> &'static str {
         match self {
             ErrorCode::ProtocolViolation => "PROTOCOL_VIOLATION",
@@ -150,11 +196,14 @@ impl fmt::Display for ErrorCode {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {reason}")]
 pub struct WireError {
+    /// The code to send to the peer (spec §7).
     pub code: ErrorCode,
+    /// Human-readable explanation, sent as the ERROR reason.
     pub reason: String,
 }
 
 impl WireError {
+    /// An error with `code` and `reason`.
     pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
         WireError {
             code,
@@ -170,8 +219,11 @@ fn err(code: ErrorCode, reason: impl Into<String>) -> WireError {
 /// The fixed 8-byte frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Frame type code ([`kind`]).
     pub kind: u8,
+    /// Flag bits ([`flag`]).
     pub flags: u16,
+    /// Body length in bytes.
     pub len: u32,
 }
 
@@ -229,6 +281,7 @@ impl Header {
         Ok(Header { kind, flags, len })
     }
 
+    /// Encodes the header, magic included, as its 8 wire bytes.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0] = FRAME_MAGIC;
@@ -242,7 +295,9 @@ impl Header {
 /// HELLO body: version, limits and features (spec §5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// Major protocol version; negotiation requires both peers' to be equal.
     pub major: u16,
+    /// Minor protocol version; informational.
     pub minor: u16,
     /// Largest frame body this peer accepts.
     pub max_body: u32,
@@ -276,8 +331,11 @@ impl Default for Hello {
 /// Limits agreed by a HELLO exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Negotiated {
+    /// Largest frame body either peer may send: the smaller of the two HELLOs' limits.
     pub max_body: u32,
+    /// Most region streams per direction: the smaller of the two HELLOs' limits.
     pub max_regions: u32,
+    /// Features both peers advertised: the intersection of their feature bits.
     pub features: u64,
 }
 
@@ -318,20 +376,24 @@ impl<'a> HashList<'a> {
         bytes.len().is_multiple_of(8).then_some(HashList(bytes))
     }
 
+    /// Number of hashes in the list.
     pub fn len(&self) -> usize {
         self.0.len() / 8
     }
 
+    /// True when the list holds no hash.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The hashes, in wire order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + 'a {
         self.0
             .chunks_exact(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte slice")))
     }
 
+    /// The list's wire bytes.
     pub fn as_wire(&self) -> &'a [u8] {
         self.0
     }
@@ -346,74 +408,122 @@ impl<'a> HashList<'a> {
 /// One decoded frame. Borrowed fields point into the decoded buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// HELLO: version, limits and features (spec §5.1).
     Hello(Hello),
     /// `code` is kept raw so codes from newer peers still decode; see [`ErrorCode::from_u32`].
     Error {
+        /// Error code (spec §7), possibly one this peer does not know.
         code: u32,
+        /// Human-readable reason, at most [`MAX_REASON_LEN`] bytes on the wire.
         reason: &'a str,
     },
+    /// OPEN: the owner announces a region and its geometry (spec §5.4).
     Open {
+        /// Region length in bytes.
         size: u64,
+        /// The owner's generation counter: the last round it started (spec §8.4).
         generation: u64,
+        /// log2 of the chunk size (spec §3).
         chunk_shift: u8,
+        /// Region name (spec §5.3).
         name: &'a str,
     },
+    /// MOUNT: a lazy replica asks the owner to serve region `name` (spec §5.5).
     Mount {
+        /// Region name (spec §5.3).
         name: &'a str,
     },
     /// First frame of a fetch lane: the QUIC stream ID of the region stream it serves.
     Lane {
+        /// QUIC stream ID of the region stream the lane serves.
         stream: u64,
     },
+    /// STATE: the replica's answer to OPEN, saying what it holds (spec §5.6).
     State {
+        /// EMPTY flag: the replica holds nothing usable; no HASHES follow.
         empty: bool,
+        /// LAZY flag: the replica is lazy and will FETCH chunks it needs.
         lazy: bool,
+        /// The last generation the replica committed (0 if none).
         generation: u64,
+        /// The region's chunk count, or 0 with EMPTY.
         chunk_count: u64,
     },
+    /// HASHES: the replica's hashes of chunks `first ..` (spec §5.7).
     Hashes {
+        /// Index of the chunk the first hash describes.
         first: u64,
+        /// XXH3-64 of the replica's bytes of each chunk from `first` on; never empty.
         hashes: HashList<'a>,
     },
+    /// CHUNK: one chunk's bytes from the owner (spec §5.8).
     Chunk {
+        /// Chunk index.
         index: u64,
+        /// XXH3-64 of the payload, or 0 with ZERO.
         hash: u64,
+        /// ZERO flag: the chunk is all zeros; no payload.
         zero: bool,
+        /// FETCHED flag: the chunk answers a FETCH and belongs to no generation.
         fetched: bool,
+        /// The chunk's bytes; empty with ZERO.
         payload: &'a [u8],
     },
+    /// COMMIT: closes the round of generation `generation` (spec §5.9).
     Commit {
+        /// The generation closed.
         generation: u64,
+        /// Number of CHUNK frames of the generation.
         count: u32,
+        /// Summary of the generation's CHUNK frames (spec §6).
         summary: u64,
     },
+    /// ACK: the replica applied and verified `generation` and every earlier one (spec §5.10).
     Ack {
+        /// The generation acknowledged.
         generation: u64,
     },
     /// Bytes `offset .. offset + len` of chunk `index`, ahead of the chunk (fetch lanes only).
     Part {
+        /// Chunk index.
         index: u64,
+        /// Offset within the chunk of the first byte carried.
         offset: u32,
+        /// Number of bytes carried, at least 1.
         len: u32,
+        /// XXH3-64 of the payload, or 0 with ZERO.
         hash: u64,
+        /// ZERO flag: the bytes are all zeros; no payload.
         zero: bool,
+        /// The `len` bytes; empty with ZERO.
         payload: &'a [u8],
     },
+    /// FETCH: the replica asks for chunks `first .. first + count` (spec §5.11).
     Fetch {
+        /// First chunk asked for.
         first: u64,
+        /// Number of chunks asked for, at least 1.
         count: u32,
+        /// URGENT flag: a reader is blocked on these chunks.
         urgent: bool,
     },
     /// An urgent FETCH of chunk `index` whose reader waits for bytes `offset .. offset + len`.
     FetchPart {
+        /// Chunk asked for.
         index: u64,
+        /// Offset within the chunk of the first byte the reader waits for.
         offset: u32,
+        /// Number of bytes the reader waits for, at least 1.
         len: u32,
     },
+    /// HANDOFF: the owner offers ownership at `generation` (spec §5.12).
     Handoff {
+        /// The owner's last generation, acknowledged by the replica.
         generation: u64,
     },
+    /// HANDOFF_ACK: the replica accepts ownership at `generation` (spec §5.13).
     HandoffAck {
+        /// The generation of the HANDOFF accepted.
         generation: u64,
     },
 }

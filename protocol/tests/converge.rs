@@ -1,160 +1,17 @@
 //! An owner and a replica wired through an in-memory channel converge to identical bytes, for
 //! arbitrary writes racing sync rounds, disconnects in the middle, lazy fetches and a handoff.
 
-use memsync_protocol::hash::{hash_chunks, scan_changes};
+use memsync_protocol::sim::{hashes, Pair};
 use memsync_protocol::wire::MAX_BODY;
 use memsync_protocol::*;
 use proptest::prelude::*;
-use std::collections::VecDeque;
 
-/// Both roles, their memories and the frames in flight each way.
-struct Pair {
-    geom: Geometry,
-    a: Vec<u8>,
-    b: Vec<u8>,
-    owner: Owner,
-    replica: Replica,
-    lazy: bool,
-    /// Writes are reported as they happen (uffd, nbd) instead of found by scans (hash).
-    precise: bool,
-    to_replica: VecDeque<Vec<u8>>,
-    to_owner: VecDeque<Vec<u8>>,
-    acks: Vec<u64>,
-}
-
-fn hashes(geom: &Geometry, mem: &[u8]) -> Vec<u64> {
-    let mut h = vec![0; geom.chunk_count() as usize];
-    hash_chunks(geom, 0, mem, &mut h);
-    h
-}
-
-impl Pair {
-    fn new(size: usize, shift: u8, seed: u8, lazy: bool) -> Pair {
-        let geom = Geometry::new(size as u64, shift).unwrap();
-        let a: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(seed)).collect();
-        let known = hashes(&geom, &a);
-        Pair {
-            geom,
-            b: vec![0xEE; size],
-            owner: Owner::new(geom, "r", known, 0).unwrap(),
-            replica: Replica::new(0),
-            lazy,
-            precise: false,
-            a,
-            to_replica: VecDeque::new(),
-            to_owner: VecDeque::new(),
-            acks: vec![],
-        }
-    }
-
-    fn owner_send(&mut self) -> bool {
-        match self.owner.poll_transmit() {
-            None => false,
-            Some(Transmit::Frame(f)) => {
-                self.to_replica.push_back(f);
-                true
-            }
-            Some(Transmit::Chunk { index, fetched }) => {
-                let data = self.a[self.geom.range(index)].to_vec();
-                let (hdr, with_payload) = self.owner.encode_chunk(index, fetched, &data);
-                let mut f = hdr.to_vec();
-                if with_payload {
-                    f.extend_from_slice(&data);
-                }
-                self.to_replica.push_back(f);
-                true
-            }
-        }
-    }
-
-    fn replica_recv(&mut self) -> bool {
-        let Some(bytes) = self.to_replica.pop_front() else {
-            return false;
-        };
-        let (frame, used) = Frame::decode(&bytes, MAX_BODY).unwrap().unwrap();
-        assert_eq!(used, bytes.len());
-        match self.replica.handle(&frame).unwrap() {
-            ReplicaEvent::Opened { geometry, .. } => {
-                assert_eq!(geometry, self.geom);
-                let local = if self.lazy {
-                    Local::Lazy
-                } else {
-                    Local::Hashes(&hashes(&self.geom, &self.b))
-                };
-                self.replica.local_state(local).unwrap();
-            }
-            ReplicaEvent::Write { index, data } => {
-                let r = self.geom.range(index);
-                match data {
-                    Some(d) => self.b[r].copy_from_slice(d),
-                    None => self.b[r].fill(0),
-                }
-            }
-            ReplicaEvent::Committed { generation } => self.acks.push(generation),
-            e => panic!("unexpected {e:?}"),
-        }
-        while let Some(f) = self.replica.poll_transmit() {
-            self.to_owner.push_back(f);
-        }
-        true
-    }
-
-    fn owner_recv(&mut self) -> bool {
-        let Some(bytes) = self.to_owner.pop_front() else {
-            return false;
-        };
-        let (frame, _) = Frame::decode(&bytes, MAX_BODY).unwrap().unwrap();
-        match self.owner.handle(&frame).unwrap() {
-            OwnerEvent::PeerError { .. } | OwnerEvent::HandedOff { .. } => panic!("unexpected"),
-            _ => true,
-        }
-    }
-
-    fn write(&mut self, offset: usize, len: usize, byte: u8) {
-        let offset = offset % self.a.len();
-        let end = (offset + len).min(self.a.len());
-        self.a[offset..end].fill(byte);
-        if self.precise {
-            let chunks = self
-                .geom
-                .chunks_of_range(offset as u64, (end - offset) as u64);
-            self.owner.mark_dirty(chunks);
-        }
-    }
-
-    fn scan(&mut self) {
-        if self.precise {
-            return;
-        }
-        let mut d = DirtySet::new(self.geom.chunk_count());
-        scan_changes(&self.geom, 0, &self.a, self.owner.known_hashes(), &mut d);
-        self.owner.on_dirty(&d);
-    }
-
-    fn disconnect(&mut self) {
-        self.to_replica.clear();
-        self.to_owner.clear();
-        self.owner.restart().unwrap();
-        // A lazy replica keeps what it fetched but restarts as an eager one holding it all only
-        // once complete; the simplest honest model is: reconnect eagerly with its bytes.
-        self.lazy = false;
-        self.replica = Replica::new(self.replica.committed());
-    }
-
-    fn settle(&mut self) {
-        self.scan();
-        for _ in 0..100_000 {
-            let progressed = self.owner_send() | self.replica_recv() | self.owner_recv();
-            if !progressed {
-                break;
-            }
-        }
-        assert!(
-            self.owner.is_synced(),
-            "owner not synced: {:?}",
-            self.owner.state()
-        );
-    }
+/// An owner of a region of `size` bytes in chunks of `2^shift` whose bytes follow `seed`, and a
+/// replica holding other bytes, both at generation 0.
+fn pair(size: usize, shift: u8, seed: u8, lazy: bool) -> Pair {
+    let geom = Geometry::new(size as u64, shift).unwrap();
+    let a: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(seed)).collect();
+    Pair::new(geom, a, vec![0xEE; size], 0, lazy)
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +36,7 @@ fn arb_op(size: usize) -> impl Strategy<Value = Op> {
 }
 
 fn run(size: usize, shift: u8, seed: u8, lazy: bool, precise: bool, ops: Vec<Op>) {
-    let mut p = Pair::new(size, shift, seed, lazy);
+    let mut p = pair(size, shift, seed, lazy);
     p.precise = precise;
     for op in ops {
         match op {
@@ -206,7 +63,7 @@ fn run(size: usize, shift: u8, seed: u8, lazy: bool, precise: bool, ops: Vec<Op>
                     }
                 }
             }
-            Op::Disconnect => p.disconnect(),
+            Op::Disconnect => p.disconnect(false),
         }
     }
     p.settle();
@@ -239,13 +96,13 @@ proptest! {
 
 #[test]
 fn resume_sends_only_differences() {
-    let mut p = Pair::new(1 << 20, 12, 7, false);
+    let mut p = pair(1 << 20, 12, 7, false);
     p.settle();
     let full = p.owner.bytes_sent();
     assert!(full >= 1 << 20);
     p.a[5000] ^= 1;
     p.a[900_000] ^= 1;
-    p.disconnect();
+    p.disconnect(false);
     p.settle();
     assert_eq!(p.a, p.b);
     // two changed chunks, each a 4 KiB payload plus 24 header bytes
@@ -254,7 +111,7 @@ fn resume_sends_only_differences() {
 
 #[test]
 fn zero_chunks_travel_without_payload() {
-    let mut p = Pair::new(64 * 4096, 12, 3, false);
+    let mut p = pair(64 * 4096, 12, 3, false);
     p.a[..32 * 4096].fill(0);
     p.owner = Owner::new(p.geom, "r", hashes(&p.geom, &p.a), 0).unwrap();
     p.settle();
@@ -264,7 +121,7 @@ fn zero_chunks_travel_without_payload() {
 
 #[test]
 fn handoff_moves_ownership_and_back() {
-    let mut p = Pair::new(16 * 4096, 12, 5, false);
+    let mut p = pair(16 * 4096, 12, 5, false);
     p.settle();
     p.a[100] = 42;
     p.scan();
@@ -312,7 +169,7 @@ fn handoff_moves_ownership_and_back() {
 
 #[test]
 fn corrupt_chunk_is_refused() {
-    let mut p = Pair::new(8 * 4096, 12, 9, false);
+    let mut p = pair(8 * 4096, 12, 9, false);
     p.settle();
     p.a[10] ^= 0xff;
     p.scan();
@@ -329,20 +186,20 @@ fn corrupt_chunk_is_refused() {
 
 #[test]
 fn reconnect_keeps_unsent_chunks_of_a_round() {
-    let mut p = Pair::new(16 * 4096, 12, 5, false);
+    let mut p = pair(16 * 4096, 12, 5, false);
     p.precise = true;
     p.settle();
     p.write(3 * 4096, 10, 1);
     p.write(5 * 4096, 10, 2);
     assert!(p.owner_send()); // the round starts and chunk 3 leaves; chunk 5 is still queued
-    p.disconnect();
+    p.disconnect(false);
     p.settle();
     assert!(p.a == p.b, "a chunk of the interrupted round was lost");
 }
 
 #[test]
 fn owner_restarted_with_an_older_generation_continues_above_the_replica() {
-    let mut p = Pair::new(8 * 4096, 12, 5, false);
+    let mut p = pair(8 * 4096, 12, 5, false);
     p.settle();
     for k in 0..3u8 {
         p.a[k as usize * 4096] = k + 1;
@@ -363,7 +220,7 @@ fn owner_restarted_with_an_older_generation_continues_above_the_replica() {
 
 #[test]
 fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
-    let mut p = Pair::new(8 * 4096, 12, 5, false);
+    let mut p = pair(8 * 4096, 12, 5, false);
     p.settle();
     p.a[0] = 9;
     p.scan();
@@ -372,7 +229,7 @@ fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
     p.to_replica.clear();
     let behind = p.replica.committed();
     assert!(p.owner.generation() > behind);
-    p.disconnect();
+    p.disconnect(false);
     p.settle();
     assert_eq!(
         p.replica.committed(),
@@ -400,7 +257,7 @@ fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
 
 #[test]
 fn urgent_fetch_overtakes_the_background_round() {
-    let mut p = Pair::new(64 * 4096, 12, 5, true);
+    let mut p = pair(64 * 4096, 12, 5, true);
     // OPEN, lazy STATE: the owner queues every chunk as the background round.
     p.owner_send();
     p.replica_recv();

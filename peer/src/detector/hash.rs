@@ -7,11 +7,13 @@ use crate::region::Source;
 use memsync_protocol::DirtySet;
 use std::sync::Arc;
 
+/// The `hash` detector over a region's bytes.
 pub struct HashDetector {
     source: Arc<dyn Source>,
 }
 
 impl HashDetector {
+    /// A detector that hashes `source` at every collection.
     pub fn new(source: Arc<dyn Source>) -> Self {
         HashDetector { source }
     }

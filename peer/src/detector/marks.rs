@@ -25,6 +25,7 @@ pub struct Marks {
 }
 
 impl Marks {
+    /// No marks yet, for a region of `geom`.
     pub fn new(geom: Geometry) -> Arc<Self> {
         Arc::new(Marks {
             geom,

@@ -11,10 +11,13 @@ pub use uffd::UffdDetector;
 
 use memsync_protocol::DirtySet;
 
+/// Why a detector could not collect.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectorError {
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Region(#[from] crate::region::RegionError),
+    /// Reported as "uffd write tracking: {0}".
     #[error("uffd write tracking: {0}")]
     Uffd(#[from] crate::uffd::UffdError),
 }

@@ -15,6 +15,7 @@ use crate::uffd::pagemap::WriteTracker;
 use memsync_protocol::DirtySet;
 use std::sync::Arc;
 
+/// The `uffd` detector: the pages written since its last collection, from PAGEMAP_SCAN.
 pub struct UffdDetector {
     source: Arc<dyn Source>,
     tracker: WriteTracker,

@@ -3,8 +3,8 @@
 
 use super::server::Export;
 use crate::detector::Marks;
-use crate::mount::{MemorySink, RemoteRegion};
 use crate::region::{open_region, MappedFile};
+use crate::roles::mount::{MemorySink, RemoteRegion};
 use memmap2::MmapMut;
 use std::io;
 use std::path::Path;
@@ -22,6 +22,7 @@ pub struct FileExport {
 }
 
 impl FileExport {
+    /// Maps the region file at `path` writable; every write marks `marks`.
     pub fn open(path: &Path, marks: Arc<Marks>, flush_waits_for_replica: bool) -> io::Result<Self> {
         let (file, size) = open_region(path, true).map_err(io::Error::other)?;
         // Shared with this process's read-only mapping of the same file (the sync loop), which
@@ -108,10 +109,12 @@ pub struct MountExport {
 }
 
 impl MountExport {
+    /// Serves the mount `remote`, whose chunks land in `sink`.
     pub fn new(remote: RemoteRegion, sink: Arc<MemorySink>) -> Self {
         MountExport { remote, sink }
     }
 
+    /// The mount behind the export.
     pub fn remote(&self) -> &RemoteRegion {
         &self.remote
     }

@@ -57,6 +57,7 @@ impl ReplicaDir {
         })
     }
 
+    /// The directory's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }

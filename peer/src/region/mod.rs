@@ -16,24 +16,55 @@ use memsync_protocol::{DirtySet, Geometry};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// Why a region could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
+    /// Reported as "{path}: {source}".
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What failed underneath.
         source: std::io::Error,
     },
+    /// Reported as "{path} is empty; a region needs at least one byte".
     #[error("{path} is empty; a region needs at least one byte")]
-    Empty { path: PathBuf },
+    Empty {
+        /// The file or directory concerned.
+        path: PathBuf,
+    },
+    /// Reported as "{path}: {reason}".
     #[error("{path}: {reason}")]
-    Geometry { path: PathBuf, reason: String },
+    Geometry {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The reason given.
+        reason: String,
+    },
+    /// Reported as "{path} changed size from {was} to {now} bytes while being synced; resizing a region is not supported yet: restart the sync to replicate the new size".
     #[error("{path} changed size from {was} to {now} bytes while being synced; resizing a region is not supported yet: restart the sync to replicate the new size")]
-    Resized { path: PathBuf, was: u64, now: u64 },
+    Resized {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The size when the sync started.
+        was: u64,
+        /// The size now.
+        now: u64,
+    },
+    /// Reported as "{path} {reason}".
     #[error("{path} {reason}")]
-    Refused { path: PathBuf, reason: String },
+    Refused {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The reason given.
+        reason: String,
+    },
+    /// Reported as "{path}: {source}".
     #[error("{path}: {source}")]
     Guard {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What failed underneath.
         source: guard::TooManyGuards,
     },
 }
@@ -49,6 +80,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegionError + '_ {
 /// NBD export's backing store. Readers copy and hash these bytes while writers may be changing
 /// them; a racing write is caught by the next detector run.
 pub trait Source: Send + Sync {
+    /// The region's geometry.
     fn geometry(&self) -> Geometry;
     /// The whole region, `geometry().size()` bytes.
     fn bytes(&self) -> &[u8];
@@ -219,6 +251,7 @@ impl SourceFile {
         })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -286,6 +319,7 @@ impl ReplicaFile {
         })
     }
 
+    /// The replica's bytes, through its read-only mapping.
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }

@@ -184,6 +184,15 @@ impl World {
         p
     }
 
+    /// `peer sync` of `file` with the identity in directory `id` of the world, trusting `trust`.
+    pub fn sync_as(&self, file: &Path, id: &str, trust: &str, extra: &[&str]) -> Proc {
+        let (addr, id) = (self.addr(), self.path(id));
+        let mut args = vec!["sync", "--region", file.to_str().unwrap(), "--peer", &addr];
+        args.extend(["--identity", id.to_str().unwrap(), "--trust", trust]);
+        args.extend_from_slice(extra);
+        Proc::start(&args)
+    }
+
     pub fn sync(&self, file: &Path, extra: &[&str]) -> Proc {
         let mut args = vec![
             "sync",
@@ -205,12 +214,16 @@ impl World {
     }
 
     /// A client endpoint with the owner identity, trusting the server.
-    pub fn owner_endpoint(&self) -> memsync_peer::transport::PeerEndpoint {
-        use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
+    pub fn owner_endpoint(&self) -> memsync_peer::net::transport::PeerEndpoint {
+        use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
         let id = Identity::load_or_create(&self.path("owner-id")).unwrap();
         let trust = TrustSet::new([Fingerprint::parse(&self.replica_fp).unwrap()]);
-        memsync_peer::transport::PeerEndpoint::client_for(self.addr().parse().unwrap(), &id, trust)
-            .unwrap()
+        memsync_peer::net::transport::PeerEndpoint::client_for(
+            self.addr().parse().unwrap(),
+            &id,
+            trust,
+        )
+        .unwrap()
     }
 
     /// The `--peer/--identity/--trust` arguments of an owner process.
@@ -223,6 +236,13 @@ impl World {
             "--trust".into(),
             self.replica_fp.clone(),
         ]
+    }
+
+    /// A file `name` of the world holding `size` random bytes.
+    pub fn random_file(&self, name: &str, size: usize) -> PathBuf {
+        let path = self.path(name);
+        random_file(&path, size);
+        path
     }
 
     pub fn replica(&self, name: &str) -> PathBuf {
@@ -255,4 +275,20 @@ pub fn wait_identical(a: &Path, b: &Path, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A TCP port free on loopback a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// True once the server closed the connection.
+pub fn closed(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
 }

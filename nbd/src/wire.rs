@@ -8,72 +8,113 @@ pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 /// Prefix of every option reply.
 pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// `NBD_REQUEST_MAGIC` (proto.md).
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// `NBD_SIMPLE_REPLY_MAGIC` (proto.md).
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 
-/// Handshake flags (server → client).
+/// `NBD_FLAG_FIXED_NEWSTYLE`, a handshake flag (server → client).
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+/// `NBD_FLAG_NO_ZEROES`, a handshake flag (server → client).
 pub const FLAG_NO_ZEROES: u16 = 1 << 1;
-/// Client flags (client → server).
+/// `NBD_FLAG_C_FIXED_NEWSTYLE`, a client handshake flag.
 pub const CLIENT_FIXED_NEWSTYLE: u32 = 1 << 0;
+/// `NBD_FLAG_C_NO_ZEROES`, a client handshake flag.
 pub const CLIENT_NO_ZEROES: u32 = 1 << 1;
 
-/// Options.
+/// `NBD_OPT_EXPORT_NAME`, an option.
 pub const OPT_EXPORT_NAME: u32 = 1;
+/// `NBD_OPT_ABORT`, an option.
 pub const OPT_ABORT: u32 = 2;
+/// `NBD_OPT_LIST`, an option.
 pub const OPT_LIST: u32 = 3;
+/// `NBD_OPT_STARTTLS`, an option.
 pub const OPT_STARTTLS: u32 = 5;
+/// `NBD_OPT_INFO`, an option.
 pub const OPT_INFO: u32 = 6;
+/// `NBD_OPT_GO`, an option.
 pub const OPT_GO: u32 = 7;
+/// `NBD_OPT_STRUCTURED_REPLY`, an option.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
 
-/// Option reply types.
+/// `NBD_REP_ACK`, an option reply type.
 pub const REP_ACK: u32 = 1;
+/// `NBD_REP_SERVER`, an option reply type.
 pub const REP_SERVER: u32 = 2;
+/// `NBD_REP_INFO`, an option reply type.
 pub const REP_INFO: u32 = 3;
+/// `NBD_REP_ERR_UNSUP`, an option reply type.
 pub const REP_ERR_UNSUP: u32 = 0x8000_0001;
+/// `NBD_REP_ERR_POLICY`, an option reply type.
 pub const REP_ERR_POLICY: u32 = 0x8000_0002;
+/// `NBD_REP_ERR_INVALID`, an option reply type.
 pub const REP_ERR_INVALID: u32 = 0x8000_0003;
+/// `NBD_REP_ERR_UNKNOWN`, an option reply type.
 pub const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
+/// `NBD_REP_ERR_TOO_BIG`, an option reply type.
 pub const REP_ERR_TOO_BIG: u32 = 0x8000_0009;
 
-/// Information types in REP_INFO.
+/// `NBD_INFO_EXPORT`, an information type of REP_INFO.
 pub const INFO_EXPORT: u16 = 0;
+/// `NBD_INFO_NAME`, an information type of REP_INFO.
 pub const INFO_NAME: u16 = 1;
+/// `NBD_INFO_DESCRIPTION`, an information type of REP_INFO.
 pub const INFO_DESCRIPTION: u16 = 2;
+/// `NBD_INFO_BLOCK_SIZE`, an information type of REP_INFO.
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
-/// Transmission flags.
+/// `NBD_FLAG_HAS_FLAGS`, a transmission flag.
 pub const TFLAG_HAS_FLAGS: u16 = 1 << 0;
+/// `NBD_FLAG_READ_ONLY`, a transmission flag.
 pub const TFLAG_READ_ONLY: u16 = 1 << 1;
+/// `NBD_FLAG_SEND_FLUSH`, a transmission flag.
 pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+/// `NBD_FLAG_SEND_FUA`, a transmission flag.
 pub const TFLAG_SEND_FUA: u16 = 1 << 3;
+/// `NBD_FLAG_SEND_TRIM`, a transmission flag.
 pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
+/// `NBD_FLAG_SEND_WRITE_ZEROES`, a transmission flag.
 pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// `NBD_FLAG_CAN_MULTI_CONN`, a transmission flag.
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// `NBD_FLAG_SEND_CACHE`, a transmission flag.
 pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
 
-/// Command flags.
+/// `NBD_CMD_FLAG_FUA`, a command flag.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// `NBD_CMD_FLAG_NO_HOLE`, a command flag.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// `NBD_CMD_FLAG_DF`, a command flag.
 pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// `NBD_CMD_FLAG_REQ_ONE`, a command flag.
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// `NBD_CMD_FLAG_FAST_ZERO`, a command flag.
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
-/// Commands.
+/// `NBD_CMD_READ`, a command.
 pub const CMD_READ: u16 = 0;
+/// `NBD_CMD_WRITE`, a command.
 pub const CMD_WRITE: u16 = 1;
+/// `NBD_CMD_DISC`, a command.
 pub const CMD_DISC: u16 = 2;
+/// `NBD_CMD_FLUSH`, a command.
 pub const CMD_FLUSH: u16 = 3;
+/// `NBD_CMD_TRIM`, a command.
 pub const CMD_TRIM: u16 = 4;
+/// `NBD_CMD_CACHE`, a command.
 pub const CMD_CACHE: u16 = 5;
+/// `NBD_CMD_WRITE_ZEROES`, a command.
 pub const CMD_WRITE_ZEROES: u16 = 6;
 
-/// Error values in replies (Linux errno numbering, as proto.md fixes them).
+/// `NBD_EPERM`, an error value in replies (Linux errno numbering, as proto.md fixes it).
 pub const EPERM: u32 = 1;
+/// `NBD_EIO`, an error value in replies (Linux errno numbering, as proto.md fixes it).
 pub const EIO: u32 = 5;
+/// `NBD_EINVAL`, an error value in replies (Linux errno numbering, as proto.md fixes it).
 pub const EINVAL: u32 = 22;
+/// `NBD_ENOSPC`, an error value in replies (Linux errno numbering, as proto.md fixes it).
 pub const ENOSPC: u32 = 28;
+/// `NBD_ENOTSUP`, an error value in replies (Linux errno numbering, as proto.md fixes it).
 pub const ENOTSUP: u32 = 95;
 
 /// Longest option payload read into memory; longer ones are skipped and refused with
@@ -85,13 +126,19 @@ pub const MAX_REQUEST_LEN: u32 = 32 << 20;
 /// A transmission-phase request header (28 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// Command flags (`CMD_FLAG_*`).
     pub flags: u16,
+    /// The command (`CMD_*`).
     pub command: u16,
+    /// The client's handle, echoed in the reply.
     pub cookie: u64,
+    /// First byte of the export the command acts on.
     pub offset: u64,
+    /// Bytes the command acts on (a WRITE's payload length).
     pub len: u32,
 }
 
+/// Length of a request header: magic, flags, type, cookie, offset, length.
 pub const REQUEST_LEN: usize = 28;
 
 /// Parses a request header; `None` on a bad magic, after which the stream cannot be trusted.
@@ -138,7 +185,9 @@ pub fn check_request(req: &Request, size: u64, read_only: bool) -> Result<(), u3
 /// An INFO or GO option's payload: the export name and the information types asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub struct InfoRequest<'a> {
+    /// The export asked for (empty: the default export).
     pub name: &'a [u8],
+    /// The `INFO_*` items the client asks for.
     pub infos: Vec<u16>,
 }
 

@@ -1,34 +1,63 @@
-//! An owner and a replica wired through in-memory queues, each with its own memory: the idea of
-//! protocol/tests/converge.rs, re-implemented here because a fuzz crate cannot import a test file.
-//! Every frame crosses the wire codec; any error, unexpected event or undecodable frame panics.
+//! An in-memory simulation of an owner and a replica: both state machines, each with its own
+//! memory, wired through queues of encoded frames, for tests, fuzzers and benches (no I/O, like
+//! the rest of this crate). Every frame crosses the wire codec; any error, unexpected event or
+//! undecodable or non-canonical frame panics, so a caller only has to drive it and compare.
 
-use crate::decode_exact;
-use memsync_protocol::hash::{hash_chunks, scan_changes};
-use memsync_protocol::*;
+use crate::hash::{hash_chunks, scan_changes};
+use crate::wire::{ErrorCode, Frame, MAX_BODY};
+use crate::{DirtySet, Geometry, Local, Owner, OwnerEvent, Replica, ReplicaEvent, Transmit};
 use std::collections::VecDeque;
 
+/// Decodes exactly one canonical frame from `bytes` (a transmitted buffer), or panics.
+pub fn decode_exact(bytes: &[u8]) -> Frame<'_> {
+    match Frame::decode(bytes, MAX_BODY) {
+        Ok(Some((f, used))) => {
+            assert_eq!(
+                used,
+                bytes.len(),
+                "transmitted buffer holds more than one frame"
+            );
+            assert_eq!(f.to_vec(), bytes, "transmitted frame is not canonical");
+            f
+        }
+        other => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            panic!("transmitted bytes do not decode: {other:?} ({hex})")
+        }
+    }
+}
+
+/// Both roles, their memories and the frames in flight each way.
 pub struct Pair {
+    /// The region's geometry.
     pub geom: Geometry,
     /// The owner's memory.
     pub a: Vec<u8>,
     /// The replica's memory.
     pub b: Vec<u8>,
+    /// The owner's state machine.
     pub owner: Owner,
+    /// The replica's state machine.
     pub replica: Replica,
+    /// The replica answers OPEN as lazy (STATE EMPTY LAZY) instead of with its hashes.
     pub lazy: bool,
     /// Writes are reported as they happen (`mark_dirty`) instead of found by hash scans.
     pub precise: bool,
+    /// Frames in flight from the owner.
     pub to_replica: VecDeque<Vec<u8>>,
+    /// Frames in flight from the replica.
     pub to_owner: VecDeque<Vec<u8>>,
     /// Generations the replica committed, in order.
     pub acks: Vec<u64>,
     /// Set when the replica accepted a handoff / the owner saw it accepted.
     pub became_owner: Option<u64>,
+    /// Set when the owner saw its handoff accepted.
     pub handed_off: Option<u64>,
     /// A HANDOFF the replica refused (the documented Appendix A #2 case), with its code.
     pub handoff_refused: Option<ErrorCode>,
 }
 
+/// The hash of every chunk of `mem`.
 pub fn hashes(geom: &Geometry, mem: &[u8]) -> Vec<u64> {
     let mut h = vec![0; geom.chunk_count() as usize];
     hash_chunks(geom, 0, mem, &mut h);
@@ -36,6 +65,8 @@ pub fn hashes(geom: &Geometry, mem: &[u8]) -> Vec<u64> {
 }
 
 impl Pair {
+    /// An owner of `a` and a replica holding `b`, both at `generation`, the region named
+    /// "region".
     pub fn new(geom: Geometry, a: Vec<u8>, b: Vec<u8>, generation: u64, lazy: bool) -> Pair {
         assert_eq!(a.len() as u64, geom.size());
         assert_eq!(b.len() as u64, geom.size());
@@ -142,6 +173,8 @@ impl Pair {
         true
     }
 
+    /// The owner's application writes `byte` over `len` bytes from `offset` (wrapped into the
+    /// region), marking the chunks at once when `precise`.
     pub fn write(&mut self, offset: usize, len: usize, byte: u8) {
         let offset = offset % self.a.len();
         let end = (offset + len).min(self.a.len());
@@ -154,6 +187,7 @@ impl Pair {
         }
     }
 
+    /// A hash scan of the owner's memory against what it last sent (nothing when `precise`).
     pub fn scan(&mut self) {
         if self.precise {
             return;

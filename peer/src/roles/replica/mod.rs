@@ -7,10 +7,10 @@ pub mod policy;
 pub use policy::{Policy, PolicyError, Rule};
 
 use crate::detector::Marks;
-use crate::identity::Fingerprint;
+use crate::net::identity::Fingerprint;
+use crate::net::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use crate::region::{RegionError, ReplicaDir, ReplicaFile};
-use crate::sync::{drive_stream, SyncOptions, SyncRegion, SyncStats};
-use crate::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
+use crate::roles::owner::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;

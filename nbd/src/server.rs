@@ -1,11 +1,9 @@
-//! The NBD server: fixed-newstyle handshake (EXPORT_NAME, LIST, ABORT, INFO, GO with block
-//! sizes) and the transmission phase (READ, WRITE with FUA, FLUSH, TRIM, WRITE_ZEROES, CACHE,
-//! DISC) with simple replies, over TCP or a Unix socket. Every length and offset from a client is
-//! checked before use (NBD `doc/proto.md`), and what a client can make the server hold is bounded
-//! ([`Limits`]): payloads move in pieces of [`PIECE`] bytes, handshakes time out, connections are
-//! capped, and a failing `accept` backs off.
+//! The protocol engine: the handshake and the transmission phase for one [`Export`], over TCP or a
+//! Unix socket. Rule: nothing a client claims is trusted before it is checked; every length and
+//! offset is checked before use, payloads move in pieces of [`PIECE`] bytes, and [`Limits`]
+//! bounds handshakes, connections and idle clients.
 
-use super::wire::*;
+use crate::wire::*;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -16,12 +14,15 @@ use tracing::{debug, info, warn};
 
 /// What an NBD export serves. Offsets and lengths are checked against `size` before any call.
 pub trait Export: Send + Sync + 'static {
+    /// The export's size in bytes.
     fn size(&self) -> u64;
+    /// Whether writes are refused (EPERM) and NBD_FLAG_READ_ONLY is advertised.
     fn read_only(&self) -> bool;
     /// Preferred I/O size, advertised in NBD_INFO_BLOCK_SIZE.
     fn preferred_block(&self) -> u32 {
         64 << 10
     }
+    /// Fills `buf` with the bytes from `offset`.
     fn read(&self, offset: u64, buf: &mut [u8]) -> impl Future<Output = io::Result<()>> + Send;
     /// Writes `data`; with `fua`, returns only once it is durable (as FLUSH would make it).
     fn write(
@@ -30,6 +31,7 @@ pub trait Export: Send + Sync + 'static {
         data: &[u8],
         fua: bool,
     ) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes `len` zero bytes from `offset`; with `fua`, returns once they are durable.
     fn write_zeroes(
         &self,
         offset: u64,
@@ -45,7 +47,9 @@ pub trait Export: Send + Sync + 'static {
 /// Where the server listens: `HOST:PORT` or `unix:PATH`.
 #[derive(Clone, Debug)]
 pub enum Listen {
+    /// A TCP address, `HOST:PORT`.
     Tcp(String),
+    /// A Unix socket at this path (an existing file there is replaced).
     Unix(PathBuf),
 }
 
@@ -109,6 +113,7 @@ enum Listener {
 }
 
 impl NbdServer {
+    /// Binds `listen`; no client is served until [`NbdServer::serve`].
     pub async fn bind(listen: &Listen) -> io::Result<Self> {
         match listen {
             Listen::Tcp(addr) => {

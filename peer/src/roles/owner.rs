@@ -4,8 +4,8 @@
 //! region reconciles again, so only differing chunks move.
 
 use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
+use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use crate::region::{RegionError, Source, SourceFile};
-use crate::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
 use memsync_protocol::lane::LaneGate;
@@ -21,23 +21,42 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+/// Why a sync ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// Reported as "region {region}: {source}".
     #[error("region {region}: {source}")]
-    Stream { region: String, source: StreamError },
+    Stream {
+        /// The region's name.
+        region: String,
+        /// What failed underneath.
+        source: StreamError,
+    },
+    /// Reported as "region {region}: {source}".
     #[error("region {region}: {source}")]
     Detector {
+        /// The region's name.
         region: String,
+        /// What failed underneath.
         source: DetectorError,
     },
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Region(#[from] RegionError),
+    /// A protocol error of the owner state machine.
     #[error("{0}")]
     Protocol(#[from] WireError),
+    /// Reported as "the peer accepts at most {max} regions on one connection; {asked} were given".
     #[error("the peer accepts at most {max} regions on one connection; {asked} were given")]
-    TooManyRegions { max: u32, asked: usize },
+    TooManyRegions {
+        /// The most the peer accepts.
+        max: u32,
+        /// How many were given.
+        asked: usize,
+    },
 }
 
 /// How a sync runs.
@@ -75,6 +94,7 @@ impl Default for SyncOptions {
 pub struct SyncStats {
     /// Bytes of CHUNK frames written to streams.
     pub bytes_sent: AtomicU64,
+    /// CHUNK frames written to streams.
     pub chunks_sent: AtomicU64,
     /// Rounds acknowledged by the replica.
     pub rounds_acked: AtomicU64,
@@ -84,13 +104,17 @@ pub struct SyncStats {
     pub last_lag_us: AtomicU64,
     /// Reconciliations completed (one per stream start).
     pub reconciles: AtomicU64,
+    /// Connections made (the first and every reconnect).
     pub connections: AtomicU64,
 }
 
 /// A region this peer owns and replicates.
 pub struct SyncRegion {
+    /// Where the region's bytes are read.
     pub source: Arc<dyn Source>,
+    /// The owner's state machine.
     pub owner: Owner,
+    /// What finds the chunks that changed.
     pub detector: Box<dyn ChangeDetector>,
 }
 
@@ -145,6 +169,7 @@ impl SyncRegion {
         })
     }
 
+    /// The region's name on the replica.
     pub fn name(&self) -> &str {
         self.owner.name()
     }
@@ -320,7 +345,7 @@ pub async fn drive_stream(
     let reader = {
         let mut lane = lane.clone();
         tokio::spawn(async move {
-            let mut reader = crate::transport::FrameReader::new(recv, MAX_BODY);
+            let mut reader = crate::net::transport::FrameReader::new(recv, MAX_BODY);
             let mut lane_stream = None;
             loop {
                 let (item, urgent) = match reader.next().await {

@@ -5,10 +5,10 @@
 use super::{identity_dir, resolve, trust_set, IdentityArgs, TrustArgs};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use memsync_peer::identity::Identity;
-use memsync_peer::lazy::LazyOptions;
-use memsync_peer::sync::SyncOptions;
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::net::identity::Identity;
+use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::roles::lazy::LazyOptions;
+use memsync_peer::roles::owner::SyncOptions;
 use memsync_peer::uffd::Probe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,7 +125,9 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
                 readahead_max: readahead,
                 ..LazyOptions::default()
             };
-            match memsync_peer::lazy::serve_fault_handover(listener, &ep, addr, &name, opts).await {
+            match memsync_peer::roles::lazy::serve_fault_handover(listener, &ep, addr, &name, opts)
+                .await
+            {
                 Ok(()) => {
                     tracing::info!("the VMM exited; every fault was served");
                     Ok(())

@@ -8,27 +8,45 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Why an identity or a trust set could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// Reported as "{path}: {source}".
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What failed underneath.
         source: std::io::Error,
     },
+    /// Reported as "identity {dir}: {problem}; restore it, or move the directory away to create a new identity (and a new fingerprint)".
     #[error("identity {dir}: {problem}; restore it, or move the directory away to create a new identity (and a new fingerprint)")]
-    Damaged { dir: PathBuf, problem: String },
+    Damaged {
+        /// The identity directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Reported as "{0} is not a directory (an identity is a directory holding cert.der and key.der)".
     #[error("{0} is not a directory (an identity is a directory holding cert.der and key.der)")]
     NotADirectory(PathBuf),
+    /// Reported as "trust file {path}, line {line}: {reason}".
     #[error("trust file {path}, line {line}: {reason}")]
     TrustLine {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The line, counting from 1.
         line: usize,
+        /// The reason given.
         reason: String,
     },
+    /// Reported as "generating a key: {0}".
     #[error("generating a key: {0}")]
     Generate(#[from] rcgen::Error),
+    /// Reported as "{0:?} is not a fingerprint: expected 64 hex digits (as printed by `peer id`)".
     #[error("{0:?} is not a fingerprint: expected 64 hex digits (as printed by `peer id`)")]
     BadFingerprint(String),
+    /// Reported as "no identity directory given and neither XDG_CONFIG_HOME nor HOME is set".
     #[error("no identity directory given and neither XDG_CONFIG_HOME nor HOME is set")]
     NoHome,
 }
@@ -45,6 +63,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// The fingerprint of a certificate given as DER.
     pub fn of(cert: &[u8]) -> Self {
         Fingerprint(Sha256::digest(cert).into())
     }
@@ -73,6 +92,7 @@ impl std::fmt::Debug for Fingerprint {
 
 /// This peer's certificate and key.
 pub struct Identity {
+    /// The self-signed certificate (DER), presented in every handshake.
     pub cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
 }
@@ -159,10 +179,12 @@ impl Identity {
         Ok(base.join("memsync").join("identity"))
     }
 
+    /// This identity's fingerprint: its name on the network.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.cert)
     }
 
+    /// The private key, for TLS.
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
@@ -184,6 +206,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
 pub struct TrustSet(BTreeSet<Fingerprint>);
 
 impl TrustSet {
+    /// A trust set of `fps`.
     pub fn new(fps: impl IntoIterator<Item = Fingerprint>) -> Self {
         TrustSet(fps.into_iter().collect())
     }
@@ -206,14 +229,17 @@ impl TrustSet {
         Ok(())
     }
 
+    /// Trusts `fp` too.
     pub fn insert(&mut self, fp: Fingerprint) {
         self.0.insert(fp);
     }
 
+    /// Whether `fp` is trusted.
     pub fn contains(&self, fp: &Fingerprint) -> bool {
         self.0.contains(fp)
     }
 
+    /// Whether nobody is trusted.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -1,53 +1,9 @@
-//! Handing memory to the peer across processes over a Unix socket (SCM_RIGHTS).
-//!
-//! Two hand-overs are spoken, both as one message whose file descriptors travel as
-//! `SCM_RIGHTS` ancillary data on a `SOCK_STREAM` Unix socket:
-//!
-//! ## Write tracking (`peer uffd track --socket PATH`)
-//! A process that wants a memory region of its own replicated sends one line of JSON, ended by
-//! `\n`, with 2 or 3 descriptors attached to its first byte:
-//!
-//! ```text
-//! {"version":1,"name":"cache","addr":140187032231936,"size":67108864,"chunk_size":65536}\n
-//! fds: [uffd, memfd, pagemap?]
-//! ```
-//! - `name`: the region's name on the replica (a file name: no `/`, no leading `.`).
-//! - `addr`, `size`: the page-aligned range, in the sender's address space, of a `MAP_SHARED`
-//!   mapping of `memfd` from offset 0 (`size` bytes of the memfd). The application writes its
-//!   data there.
-//! - `chunk_size` (optional, default 65536): a power of two from 4096 to 4194304.
-//! - `uffd`: a userfaultfd the sender created (`userfaultfd(2)`, `UFFD_USER_MODE_ONLY` is
-//!   enough) on which **UFFDIO_API has not been called**: the peer negotiates the features it
-//!   needs (WP_ASYNC, WP_UNPOPULATED), registers the range for write protection and protects it.
-//!   A uffd acts on its creator's address space wherever it is used, which is what makes this
-//!   work from another process.
-//! - `memfd`: the memory itself; the peer maps it read-only to read chunk bytes.
-//! - `pagemap` (optional): the sender's `/proc/self/pagemap`, opened read-only, on which the
-//!   peer runs PAGEMAP_SCAN. When absent the peer opens `/proc/PID/pagemap` of the socket's
-//!   peer (SO_PEERCRED), which needs ptrace permission over it.
-//!
-//! The peer answers with one line: `{"ok":true}` once writes are being tracked (every write
-//! after the answer is seen; earlier contents are reconciled by hash), or
-//! `{"ok":false,"error":"..."}`. The sender then writes at will. Closing the socket (or
-//! exiting) ends the hand-over: the peer reconciles the replica once more by hashes (writes
-//! since its last scan cannot be read from an address space that is gone) and stops.
-//!
-//! ## Firecracker's page-fault-handler hand-over (`peer uffd restore --socket PATH`)
-//! As documented in Firecracker's `docs/snapshotting/handling-page-faults-on-snapshot-resume.md`:
-//! the VMM creates a uffd, registers its guest memory regions in MISSING mode, connects, and
-//! sends in one `sendmsg` a JSON array of `GuestRegionUffdMapping` objects with the uffd as the
-//! single SCM_RIGHTS descriptor, and nothing else afterwards:
-//!
-//! ```text
-//! [{"base_host_virt_addr":140187032231936,"size":134217728,"offset":0,"page_size":4096,
-//!   "page_size_kib":4096}, ...]
-//! ```
-//! `offset` is where the region's contents start in the memory image (here: the remote
-//! region), `page_size` the region's page size in bytes (`page_size_kib`, despite its name, is
-//! the same value in bytes and deprecated; older Firecrackers send neither). The handler learns
-//! the VMM's PID from SO_PEERCRED.
+//! Handing a uffd and memory between processes over a Unix socket (SCM_RIGHTS): memsync's
+//! write-tracking hand-over (one line of JSON, then a uffd, a memfd and optionally a pagemap) and
+//! Firecracker's page-fault-handler hand-over (`GuestRegionUffdMapping` objects and the VMM's
+//! uffd). Both messages are specified in this crate's README.
 
-use super::{page_size, Mapping, UffdError};
+use crate::{page_size, Mapping, UffdError};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -65,14 +21,19 @@ pub const MAX_FDS: usize = 4;
 /// Longest hand-over message accepted.
 pub const MAX_MESSAGE: usize = 64 << 10;
 
+/// Errors of a hand-over.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
+    /// An I/O error, on the socket or while setting up the hand-over.
     #[error("hand-over socket: {0}")]
     Io(#[from] io::Error),
+    /// The message received is not a valid hand-over, or did not arrive complete in time.
     #[error("hand-over message: {0}")]
     Malformed(String),
+    /// The peer answered `ok: false`; holds the reason it gave.
     #[error("the peer refused the hand-over: {0}")]
     Refused(String),
+    /// A userfaultfd operation failed.
     #[error(transparent)]
     Uffd(#[from] UffdError),
 }
@@ -171,10 +132,15 @@ fn recv_message(
 /// The JSON line a process sends to hand a region over for write tracking.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TrackRequest {
+    /// Protocol version; only 1 is accepted.
     pub version: u32,
+    /// The region's name on the replica.
     pub name: String,
+    /// Start of the region in the sender's address space, page-aligned.
     pub addr: u64,
+    /// Region size in bytes, a non-zero multiple of the page size.
     pub size: u64,
+    /// Replication chunk size in bytes (65536 when absent).
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u64,
 }
@@ -186,15 +152,20 @@ fn default_chunk_size() -> u64 {
 /// The peer's one-line answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackReply {
+    /// Whether the peer now tracks writes.
     pub ok: bool,
+    /// Why the peer refused, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 /// A write-tracking hand-over as received: the request and its descriptors.
 pub struct ReceivedTrack {
+    /// The request line.
     pub request: TrackRequest,
+    /// The sender's uffd, on which the protocol says UFFDIO_API has not been called.
     pub uffd: OwnedFd,
+    /// The memfd holding the region's memory.
     pub memfd: OwnedFd,
     /// The sender's pagemap, or ours of its PID when it sent none.
     pub pagemap: OwnedFd,
@@ -292,7 +263,7 @@ impl HandedRegion {
             unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), map.as_ptr(), n) };
         }
         // The peer calls UFFDIO_API itself, so the uffd goes over without it.
-        let uffd = super::open_fd(super::OpenFlags::default())?;
+        let uffd = crate::open_fd(crate::OpenFlags::default())?;
         let pagemap = std::fs::File::open("/proc/self/pagemap")?;
         let request = TrackRequest {
             version: 1,
@@ -378,7 +349,9 @@ impl GuestRegionUffdMapping {
 
 /// A Firecracker-style hand-over as received.
 pub struct ReceivedFaults {
+    /// The VMM's guest memory regions.
     pub mappings: Vec<GuestRegionUffdMapping>,
+    /// The VMM's uffd.
     pub uffd: OwnedFd,
     /// The VMM's PID (SO_PEERCRED).
     pub pid: i32,

@@ -3,9 +3,9 @@
 //! second shows throughput and lag, and the end checks the replica byte for byte.
 
 use anyhow::{bail, Context, Result};
-use memsync_peer::identity::{Identity, TrustSet};
-use memsync_peer::sync::{human_bytes, SyncOptions, SyncRegion, SyncStats};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::net::identity::{Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::roles::owner::{human_bytes, SyncOptions, SyncRegion, SyncStats};
 use rand::{Rng, RngCore};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -43,19 +43,15 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     );
 
     let (owner_id, replica_id) = (Identity::generate()?, Identity::generate()?);
-    let server = PeerEndpoint::bind(
-        "127.0.0.1:0".parse()?,
-        &replica_id,
-        TrustSet::new([owner_id.fingerprint()]),
-        true,
-    )?;
+    let server = PeerEndpoint::loopback(&replica_id, owner_id.fingerprint())?;
     let addr = server.local_addr();
     info!(
         "replica peer {} listening on {addr}",
         &replica_id.fingerprint().to_string()[..16]
     );
     let replicas = memsync_peer::region::ReplicaDir::open(&replicas)?;
-    let serving = tokio::spawn(async move { memsync_peer::serve::serve(&server, replicas).await });
+    let serving =
+        tokio::spawn(async move { memsync_peer::roles::replica::serve(&server, replicas).await });
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
@@ -76,7 +72,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let syncing = {
         let stats = stats.clone();
         tokio::spawn(async move {
-            memsync_peer::sync::run(&client, addr, vec![opened], &opts, stats).await
+            memsync_peer::roles::owner::run(&client, addr, vec![opened], &opts, stats).await
         })
     };
 

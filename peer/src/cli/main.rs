@@ -1,17 +1,17 @@
 //! The `peer` command: identities, serving replicas, syncing regions, and the demo.
 
 mod demo;
-mod uffd_cmd;
+mod uffd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use memsync_peer::detector::{Marks, MarksDetector};
-use memsync_peer::identity::{Fingerprint, Identity, TrustSet};
-use memsync_peer::mount::MemorySink;
 use memsync_peer::nbd;
+use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
+use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::region::Source;
-use memsync_peer::sync::{SyncOptions, SyncRegion, SyncStats};
-use memsync_peer::transport::PeerEndpoint;
+use memsync_peer::roles::mount::MemorySink;
+use memsync_peer::roles::owner::{SyncOptions, SyncRegion, SyncStats};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,11 +97,11 @@ enum Cmd {
         /// repeatable. Without it every trusted peer may own a region nobody owns yet; a region
         /// stays with its first owner either way (DIR/.memsync/owners).
         #[arg(long, value_name = "PATTERN=FP")]
-        allow_owner: Vec<memsync_peer::serve::Rule>,
+        allow_owner: Vec<memsync_peer::roles::replica::Rule>,
         /// Let peer FP mount regions matching PATTERN, repeatable. Without it every trusted peer
         /// may mount every region; with it, only the peers it names and each region's owner.
         #[arg(long, value_name = "PATTERN=FP")]
-        allow_mount: Vec<memsync_peer::serve::Rule>,
+        allow_mount: Vec<memsync_peer::roles::replica::Rule>,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -173,7 +173,7 @@ enum Cmd {
     /// userfaultfd: probe the kernel, replicate memory other processes hand over, serve a VMM's
     /// page faults from a remote peer.
     #[command(subcommand)]
-    Uffd(uffd_cmd::UffdCmd),
+    Uffd(uffd::UffdCmd),
     /// Two peers in one process on loopback: a generated region, a writer mutating it, live
     /// throughput and lag, and a final byte-for-byte check.
     Demo(demo::DemoArgs),
@@ -256,7 +256,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let dir = memsync_peer::region::ReplicaDir::open(&dir).context("replica directory")?;
-            let policy = memsync_peer::serve::Policy::load(dir.path(), allow_owner, allow_mount)?;
+            let policy =
+                memsync_peer::roles::replica::Policy::load(dir.path(), allow_owner, allow_mount)?;
             let addr = resolve(&listen)?;
             let ep = PeerEndpoint::bind(addr, &ident, trust, true)?;
             tracing::info!(
@@ -266,7 +267,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 ident.fingerprint()
             );
             tokio::select! {
-                _ = memsync_peer::serve::serve_with(&ep, dir, policy, mounts) => Ok(()),
+                _ = memsync_peer::roles::replica::serve_with(&ep, dir, policy, mounts) => Ok(()),
                 _ = tokio::signal::ctrl_c() => {
                     ep.endpoint.close(0u32.into(), b"shutdown");
                     Ok(())
@@ -347,7 +348,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             };
             let stats = Arc::new(SyncStats::default());
             tokio::select! {
-                r = memsync_peer::sync::run(&ep, addr, opened, &opts, stats) => r?,
+                r = memsync_peer::roles::owner::run(&ep, addr, opened, &opts, stats) => r?,
                 _ = tokio::signal::ctrl_c() => {}
             }
             Ok(())
@@ -387,7 +388,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Uffd(cmd) => uffd_cmd::run(cmd).await,
+        Cmd::Uffd(cmd) => uffd::run(cmd).await,
         Cmd::Demo(args) => demo::run(args).await,
     }
 }
@@ -427,14 +428,14 @@ async fn mount_remote(
     ep: &PeerEndpoint,
     addr: SocketAddr,
     name: &str,
-) -> Result<(memsync_peer::mount::RemoteRegion, Arc<MemorySink>)> {
+) -> Result<(memsync_peer::roles::mount::RemoteRegion, Arc<MemorySink>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let make = Box::new(move |geom| {
         let sink = Arc::new(MemorySink::new(geom));
         let _ = tx.send(sink.clone());
-        sink as Arc<dyn memsync_peer::mount::ChunkSink>
+        sink as Arc<dyn memsync_peer::roles::mount::ChunkSink>
     });
-    let remote = memsync_peer::mount::RemoteRegion::mount_with(ep, addr, name, make).await?;
+    let remote = memsync_peer::roles::mount::RemoteRegion::mount_with(ep, addr, name, make).await?;
     let sink = rx
         .recv()
         .context("the mount closed before describing the region")?;

@@ -4,7 +4,7 @@
 //! the refused fingerprint. Without rules of a kind, every trusted peer passes that kind's rules
 //! (trust is the grant), and ownership still sticks to the first owner.
 
-use crate::identity::{Fingerprint, IdentityError};
+use crate::net::identity::{Fingerprint, IdentityError};
 use memsync_protocol::wire::{ErrorCode, WireError};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,17 +22,34 @@ pub struct Rule {
     who: Option<Fingerprint>,
 }
 
+/// Why a rule or the owners file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// Reported as "rule {0:?}: expected PATTERN=FINGERPRINT (PATTERN a region name, prefix* or *; FINGERPRINT 64 hex digits or *)".
     #[error("rule {0:?}: expected PATTERN=FINGERPRINT (PATTERN a region name, prefix* or *; FINGERPRINT 64 hex digits or *)")]
     BadRule(String),
+    /// Reported as "rule {rule:?}: {source}".
     #[error("rule {rule:?}: {source}")]
-    BadRuleFingerprint { rule: String, source: IdentityError },
+    BadRuleFingerprint {
+        /// The rule as written.
+        rule: String,
+        /// What failed underneath.
+        source: IdentityError,
+    },
+    /// Reported as "{path}, line {line}: expected NAME FINGERPRINT".
     #[error("{path}, line {line}: expected NAME FINGERPRINT")]
-    BadOwnerLine { path: PathBuf, line: usize },
+    BadOwnerLine {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The line, counting from 1.
+        line: usize,
+    },
+    /// Reported as "{path}: {source}".
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// What failed underneath.
         source: std::io::Error,
     },
 }

@@ -5,7 +5,7 @@
 //! never wait behind the stream's backlog. Chunks land in a [`ChunkSink`] (a memory buffer for
 //! NBD, UFFDIO_COPY for uffd).
 
-use crate::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
+use crate::net::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
 use memsync_protocol::wire::{feature, ErrorCode, MAX_BODY};
 use memsync_protocol::{
     DirtySet, Frame, Geometry, LaneEvent, Local, Replica, ReplicaEvent, WireError,
@@ -20,16 +20,27 @@ use std::task::{Poll, Waker};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+/// Why a mount failed, or a read of it cannot be answered.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MountError {
+    /// Reported as "mounting {name} from {addr}: {reason}".
     #[error("mounting {name} from {addr}: {reason}")]
     Connect {
+        /// The name concerned.
         name: String,
+        /// The peer's address.
         addr: SocketAddr,
+        /// The reason given.
         reason: String,
     },
+    /// Reported as "mount of {name} failed: {reason}".
     #[error("mount of {name} failed: {reason}")]
-    Failed { name: String, reason: String },
+    Failed {
+        /// The region's name.
+        name: String,
+        /// The reason given.
+        reason: String,
+    },
 }
 
 /// Where a mounted region's chunks land as they arrive.
@@ -51,6 +62,7 @@ pub struct MemorySink {
 }
 
 impl MemorySink {
+    /// Zeroed memory for a region of `geom`.
     pub fn new(geom: Geometry) -> Self {
         MemorySink {
             geom,
@@ -239,14 +251,17 @@ impl RemoteRegion {
         })
     }
 
+    /// The region's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The region's geometry.
     pub fn geometry(&self) -> Geometry {
         self.geom
     }
 
+    /// Whether chunk `index` has arrived.
     pub fn is_present(&self, index: u64) -> bool {
         self.shared
             .present

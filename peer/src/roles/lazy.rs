@@ -1,54 +1,15 @@
-//! Lazy (post-copy) replicas backed by userfaultfd: memory that can be read before it holds
-//! the data.
+//! Lazy (post-copy) replicas backed by userfaultfd: memory of a remote region's size, registered
+//! in MISSING mode and readable at once. Arriving chunks are placed with `UFFDIO_COPY`; a fault on
+//! a page not yet here becomes an urgent fetch, and a fault that can never be answered (the peer is
+//! gone) gets SIGBUS, never zeros. [`serve_fault_handover`] runs the same engine for a VMM's
+//! memory (Firecracker's hand-over). How the pull is ordered, read ahead and failed: README.md,
+//! "How lazy replicas work".
 //!
-//! A [`LazyRegion`] maps anonymous memory of the remote region's size and registers it with a
-//! uffd in MISSING mode, then mounts the region from a `peer serve` that holds it
-//! ([`crate::mount::RemoteRegion`]). The owner pushes every chunk in the background; each
-//! arriving chunk is placed with `UFFDIO_COPY` (or `UFFDIO_ZEROPAGE` for an all-zero chunk, or a
-//! plain copy when the pages are already present because the chunk came again). A read of a
-//! page not there yet faults; the fault-handling thread turns it into an urgent FETCH that
-//! overtakes the background transfer, and the `UFFDIO_COPY` of the arriving chunk wakes the
-//! reader.
-//!
-//! **Order of the background pull.** The owner's background queue serves non-urgent FETCHes
-//! before the rest of its in-order push, so the pull is steered by asking early:
-//! [`LazyOptions::priority`] lists chunk ranges fetched first, in order, and
-//! [`LazyRegion::prefetch`] adds ranges at any time. [`LazyRegion::touch_order`] returns the
-//! chunks in the order they were first touched, which a later mount of the same workload can
-//! pass back as its priority ("first-touched first"), the way VM restore tools replay a
-//! recorded working set.
-//!
-//! **Read-ahead.** Faults on neighbouring chunks (within two chunks of the previous fault, or
-//! inside the window already read ahead) start a read-ahead window of 4 chunks beyond the fault that doubles with every
-//! further sequential fault up to [`LazyOptions::readahead_max`]; a fault elsewhere resets it.
-//!
-//! **When the remote peer disappears.** The fault handler never leaves a faulting thread
-//! waiting forever. The mount notices a lost peer within QUIC's idle timeout (5 s); from then
-//! on a fault on a chunk that never arrived is answered by sending **SIGBUS to the faulting
-//! thread** (the thread id comes with the fault, `UFFD_FEATURE_THREAD_ID`; without it, the
-//! faulting process), after logging the error. This is the signal the kernel sends for a mapped
-//! file whose backing store failed, and unlike filling the page with zeros (what closing the
-//! uffd would do) it never lets a reader continue with wrong data. Its default action ends the
-//! process with a core dump. The faulting thread is then woken, so if the signal went to another
-//! thread or to a handler that returned (Rust's runtime catches the first SIGBUS of a process to
-//! tell stack overflows apart, then restores the default), the access faults again and is
-//! answered the same way: as with a failed mapped file, the access never completes. Chunks that did arrive stay readable. Code that would rather get
-//! an error than a signal reads through [`LazyRegion::read`], which returns
-//! [`crate::mount::MountError`], or waits for [`LazyRegion::complete`] before touching memory
-//! directly.
-//!
-//! The same engine serves another process's memory: [`serve_fault_handover`] speaks
-//! Firecracker's page-fault-handler hand-over ([`crate::uffd::handover`]), so a VMM restoring a
-//! snapshot gets its guest memory from a remote peer. There the failure rule above sends SIGBUS
-//! to the VMM (whose PID comes from SO_PEERCRED: Firecracker's uffd has no THREAD_ID), and the
-//! handler keeps answering faults that way until the VMM exits, then exits with the error.
-//!
-//! Reading lazy memory blocks the reading thread until the chunk arrives: do it from ordinary
-//! threads (or `spawn_blocking`), not from tasks on the tokio runtime whose workers also drive
-//! the mount.
+//! Rule: reading lazy memory blocks the reading thread until its chunk arrives, so read it from
+//! ordinary threads, never from tasks of the runtime that drives the mount.
 
-use crate::mount::{ChunkSink, MountError, RemoteRegion};
-use crate::transport::PeerEndpoint;
+use crate::net::transport::PeerEndpoint;
+use crate::roles::mount::{ChunkSink, MountError, RemoteRegion};
 use crate::uffd::handover::{self, GuestRegionUffdMapping, HandoverError};
 use crate::uffd::{
     page_size, Event, Features, FillError, Mapping, OpenFlags, RegisterMode, Uffd, UffdError,
@@ -63,16 +24,22 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
+/// Why a lazy region could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LazyError {
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Uffd(#[from] UffdError),
+    /// Reported as "mapping memory for the lazy region: {0}".
     #[error("mapping memory for the lazy region: {0}")]
     Io(#[from] std::io::Error),
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Handover(#[from] HandoverError),
+    /// The memory layout given cannot be served; the reason says why.
     #[error("{0}")]
     Layout(String),
 }
@@ -295,6 +262,28 @@ struct Handler {
 }
 
 impl Handler {
+    /// A handler of faults in `target`, filled from `remote`; SIGBUS goes to process `pid` when a
+    /// fault comes without a thread id.
+    fn new(
+        target: Arc<Target>,
+        remote: Arc<RemoteRegion>,
+        pid: i32,
+        fetch_parts: bool,
+    ) -> Arc<Handler> {
+        Arc::new(Handler {
+            target,
+            remote,
+            rt: tokio::runtime::Handle::current(),
+            pid,
+            stats: Arc::default(),
+            inflight: Mutex::default(),
+            failure: Mutex::default(),
+            touched: Mutex::default(),
+            stop: AtomicBool::new(false),
+            fetch_parts,
+        })
+    }
+
     fn run(self: Arc<Self>, readahead_max: u64) {
         let mut events = Vec::new();
         let mut ra = Readahead::new(readahead_max);
@@ -603,18 +592,8 @@ impl LazyRegion {
         for r in &opts.priority {
             remote.prefetch(r.clone());
         }
-        let handler = Arc::new(Handler {
-            target,
-            remote,
-            rt: tokio::runtime::Handle::current(),
-            pid: std::process::id() as i32,
-            stats: Arc::default(),
-            inflight: Mutex::default(),
-            failure: Mutex::default(),
-            touched: Mutex::default(),
-            stop: AtomicBool::new(false),
-            fetch_parts: opts.fetch_parts,
-        });
+        let pid = std::process::id() as i32;
+        let handler = Handler::new(target, remote, pid, opts.fetch_parts);
         let thread = Some(start_handler(&handler, opts.readahead_max)?);
         Ok(LazyRegion {
             handler,
@@ -623,14 +602,17 @@ impl LazyRegion {
         })
     }
 
+    /// The remote region's geometry.
     pub fn geometry(&self) -> Geometry {
         self.handler.target.geom
     }
 
+    /// The region's size in bytes.
     pub fn len(&self) -> usize {
         self.geometry().size() as usize
     }
 
+    /// Whether the region has no bytes (never, for a mounted region).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -646,6 +628,7 @@ impl LazyRegion {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len()) }
     }
 
+    /// The region's first byte; reading through it blocks until the page's chunk is here.
     pub fn as_ptr(&self) -> *const u8 {
         self.map.as_ptr()
     }
@@ -716,6 +699,7 @@ impl LazyRegion {
         self.handler.remote.lane_parts()
     }
 
+    /// Counters of faults, fetches and SIGBUS answers.
     pub fn stats(&self) -> &LazyStats {
         &self.handler.stats
     }
@@ -851,18 +835,7 @@ pub async fn serve_fault_handover(
     for r in &opts.priority {
         remote.prefetch(r.clone());
     }
-    let handler = Arc::new(Handler {
-        target,
-        remote: remote.clone(),
-        rt: tokio::runtime::Handle::current(),
-        pid: got.pid,
-        stats: Arc::default(),
-        inflight: Mutex::default(),
-        failure: Mutex::default(),
-        touched: Mutex::default(),
-        stop: AtomicBool::new(false),
-        fetch_parts: opts.fetch_parts,
-    });
+    let handler = Handler::new(target, remote.clone(), got.pid, opts.fetch_parts);
     let thread = start_handler(&handler, opts.readahead_max)?;
     // Note the end of the pull (or its failure) while waiting for the VMM to exit.
     let r2 = remote.clone();

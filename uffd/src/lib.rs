@@ -1,21 +1,15 @@
-//! A thin, documented layer over Linux userfaultfd and the PAGEMAP_SCAN ioctl.
+//! Linux userfaultfd and PAGEMAP_SCAN, as a thin documented layer: feature probing ([`Probe`]),
+//! registration of ranges for MISSING, MINOR and write-protect faults, fault events and their
+//! resolution ([`Uffd`]), exact write tracking with `UFFD_FEATURE_WP_ASYNC` plus `PAGEMAP_SCAN`
+//! (Linux 6.7, [`pagemap::WriteTracker`]), and the hand-over of a uffd and its memory between
+//! processes over a Unix socket ([`handover`]). The ABI lives in [`sys`], transcribed from the
+//! kernel's uapi headers with size assertions.
 //!
-//! userfaultfd lets a process (or a helper it hands the file descriptor to) take part in page
-//! faults of a memory range: MISSING faults (a page with nothing behind it) are delivered as
-//! events and resolved by filling the page (`UFFDIO_COPY`, `UFFDIO_ZEROPAGE`), and write
-//! protection (`UFFDIO_REGISTER_MODE_WP`) reports writes. With `UFFD_FEATURE_WP_ASYNC` (Linux
-//! 6.7) the kernel resolves write-protect faults itself and only clears the page's protection,
-//! and `PAGEMAP_SCAN` on `/proc/PID/pagemap` (also Linux 6.7) returns the pages written since
-//! they were last protected and protects them again in the same walk: exact write tracking
-//! with no fault ever reaching user space. memsync uses both: [`pagemap::WriteTracker`] feeds
-//! the `uffd` change detector, and MISSING faults drive lazy replicas (`crate::lazy`).
-//!
-//! This module is written over `libc`/`rustix` directly rather than the `userfaultfd` crate,
-//! which needs libclang to build and has neither WP_ASYNC nor PAGEMAP_SCAN. The ABI lives in
-//! [`sys`], transcribed from the kernel's uapi headers with size assertions.
-//!
-//! Submodules: [`sys`] (ABI), [`pagemap`] (PAGEMAP_SCAN and write tracking), [`handover`]
-//! (passing a uffd and memory between processes over a Unix socket).
+//! It knows nothing of memsync: any program may use it. It is written over `libc`/`rustix`
+//! rather than the `userfaultfd` crate, which needs libclang to build and has neither WP_ASYNC
+//! nor PAGEMAP_SCAN.
+
+#![warn(missing_docs)]
 
 pub mod handover;
 pub mod pagemap;
@@ -28,20 +22,35 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// The kernel version that brought what write tracking needs (WP_ASYNC and PAGEMAP_SCAN).
 pub const WRITE_TRACKING_KERNEL: &str = "6.7";
 
+/// Errors of this crate's userfaultfd and PAGEMAP_SCAN operations.
 #[derive(Debug, thiserror::Error)]
 pub enum UffdError {
+    /// No userfaultfd could be opened.
     #[error("cannot open a userfaultfd: {0}; memsync needs the userfaultfd(2) system call (CONFIG_USERFAULTFD) and, for faults from kernel mode, root or CAP_SYS_PTRACE (or sysctl vm.unprivileged_userfaultfd=1)")]
     Open(io::Error),
+    /// An ioctl on a uffd or a pagemap file failed.
     #[error("{op}: {source}")]
-    Ioctl { op: &'static str, source: io::Error },
+    Ioctl {
+        /// The ioctl's name.
+        op: &'static str,
+        /// The error it returned.
+        source: io::Error,
+    },
     #[error("this kernel (Linux {running}) lacks {what}, which {purpose} needs (Linux {needed} or newer); {hint}")]
+    /// The running kernel lacks a feature that an operation needs.
     Unsupported {
+        /// The missing feature.
         what: &'static str,
+        /// What needs it.
         purpose: &'static str,
+        /// The Linux version that brought it.
         needed: &'static str,
+        /// The running kernel's release.
         running: String,
+        /// What to do instead.
         hint: &'static str,
     },
+    /// Any other I/O error.
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -70,22 +79,41 @@ pub fn page_size() -> usize {
 pub struct Features(pub u64);
 
 impl Features {
+    /// Write-protect mode (`RegisterMode::WP`) is supported.
     pub const PAGEFAULT_FLAG_WP: Features = Features(sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP);
+    /// `fork` of a process with registered ranges gives the child a uffd of its own and delivers
+    /// [`Event::Fork`].
     pub const EVENT_FORK: Features = Features(sys::UFFD_FEATURE_EVENT_FORK);
+    /// `mremap` of a registered range delivers [`Event::Remap`].
     pub const EVENT_REMAP: Features = Features(sys::UFFD_FEATURE_EVENT_REMAP);
+    /// `madvise(MADV_REMOVE/MADV_DONTNEED)` on a registered range delivers [`Event::Remove`].
     pub const EVENT_REMOVE: Features = Features(sys::UFFD_FEATURE_EVENT_REMOVE);
+    /// MISSING mode can be registered on hugetlbfs ranges.
     pub const MISSING_HUGETLBFS: Features = Features(sys::UFFD_FEATURE_MISSING_HUGETLBFS);
+    /// MISSING mode can be registered on shmem (tmpfs, memfd) ranges.
     pub const MISSING_SHMEM: Features = Features(sys::UFFD_FEATURE_MISSING_SHMEM);
+    /// `munmap` of a registered range delivers [`Event::Unmap`].
     pub const EVENT_UNMAP: Features = Features(sys::UFFD_FEATURE_EVENT_UNMAP);
+    /// Faults deliver no event but send SIGBUS to the faulting process.
     pub const SIGBUS: Features = Features(sys::UFFD_FEATURE_SIGBUS);
+    /// Page-fault events carry the faulting thread's ID.
     pub const THREAD_ID: Features = Features(sys::UFFD_FEATURE_THREAD_ID);
+    /// MINOR mode can be registered on hugetlbfs-backed pages.
     pub const MINOR_HUGETLBFS: Features = Features(sys::UFFD_FEATURE_MINOR_HUGETLBFS);
+    /// MINOR mode can be registered on shmem-backed pages.
     pub const MINOR_SHMEM: Features = Features(sys::UFFD_FEATURE_MINOR_SHMEM);
+    /// Page-fault events report the exact address, offset within the page included.
     pub const EXACT_ADDRESS: Features = Features(sys::UFFD_FEATURE_EXACT_ADDRESS);
+    /// Write-protect mode is supported on shmem and hugetlbfs as well.
     pub const WP_HUGETLBFS_SHMEM: Features = Features(sys::UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+    /// Write protection also applies to unpopulated anonymous pages (empty PTEs).
     pub const WP_UNPOPULATED: Features = Features(sys::UFFD_FEATURE_WP_UNPOPULATED);
+    /// The kernel supports resolving faults with `UFFDIO_POISON`.
     pub const POISON: Features = Features(sys::UFFD_FEATURE_POISON);
+    /// Asynchronous write protection: the kernel resolves a write fault itself by removing the
+    /// protection, and no event is delivered. Implies WP_UNPOPULATED.
     pub const WP_ASYNC: Features = Features(sys::UFFD_FEATURE_WP_ASYNC);
+    /// The kernel supports moving existing pages into a range with `UFFDIO_MOVE`.
     pub const MOVE: Features = Features(sys::UFFD_FEATURE_MOVE);
 
     const NAMES: [(&'static str, Features); 17] = [
@@ -108,6 +136,7 @@ impl Features {
         ("MOVE", Self::MOVE),
     ];
 
+    /// Whether every bit of `other` is set in `self`.
     pub fn contains(self, other: Features) -> bool {
         self.0 & other.0 == other.0
     }
@@ -354,25 +383,52 @@ pub enum Event {
     /// A fault at `address` (not page-aligned unless EXACT_ADDRESS was not asked for, in which
     /// case the kernel rounds it down). `ptid` is the faulting thread when THREAD_ID is on.
     Pagefault {
+        /// The faulting address.
         address: u64,
+        /// The access was a write (`UFFD_PAGEFAULT_FLAG_WRITE`).
         write: bool,
+        /// A write-protect fault (`UFFD_PAGEFAULT_FLAG_WP`).
         wp: bool,
+        /// A minor fault: the page is in the page cache but not mapped
+        /// (`UFFD_PAGEFAULT_FLAG_MINOR`).
         minor: bool,
+        /// The faulting thread's ID; 0 unless THREAD_ID is enabled.
         ptid: u32,
     },
     /// `madvise(MADV_DONTNEED/REMOVE)` dropped `start..end` (EVENT_REMOVE).
-    Remove { start: u64, end: u64 },
+    Remove {
+        /// Start of the dropped range.
+        start: u64,
+        /// End of the dropped range (exclusive).
+        end: u64,
+    },
     /// `munmap` of `start..end` (EVENT_UNMAP).
-    Unmap { start: u64, end: u64 },
+    Unmap {
+        /// Start of the unmapped range.
+        start: u64,
+        /// End of the unmapped range (exclusive).
+        end: u64,
+    },
     /// `mremap` moved `from` to `to` (EVENT_REMAP).
-    Remap { from: u64, to: u64, len: u64 },
+    Remap {
+        /// The old start address.
+        from: u64,
+        /// The new start address.
+        to: u64,
+        /// Length in bytes of the range at `from`.
+        len: u64,
+    },
     /// `fork` created a child whose uffd is `ufd` (EVENT_FORK).
-    Fork { ufd: u32 },
+    Fork {
+        /// The child's uffd: a descriptor number in the process that read the event.
+        ufd: u32,
+    },
     /// An event this module does not know.
     Unknown(u8),
 }
 
 impl Event {
+    /// Decodes a message read from a uffd.
     pub fn from_msg(m: &sys::uffd_msg) -> Event {
         let [a0, a1, a2] = m.arg;
         match m.event {
@@ -404,8 +460,12 @@ impl Event {
 pub struct RegisterMode(pub u64);
 
 impl RegisterMode {
+    /// `UFFDIO_REGISTER_MODE_MISSING`: faults on pages not yet mapped.
     pub const MISSING: RegisterMode = RegisterMode(sys::UFFDIO_REGISTER_MODE_MISSING);
+    /// `UFFDIO_REGISTER_MODE_WP`: write faults on write-protected pages.
     pub const WP: RegisterMode = RegisterMode(sys::UFFDIO_REGISTER_MODE_WP);
+    /// `UFFDIO_REGISTER_MODE_MINOR`: faults on pages present in the page cache but not mapped
+    /// (shmem, hugetlbfs).
     pub const MINOR: RegisterMode = RegisterMode(sys::UFFDIO_REGISTER_MODE_MINOR);
 }
 
@@ -415,12 +475,16 @@ impl RegisterMode {
 #[derive(Debug, thiserror::Error)]
 #[error("{op} stopped after {done} bytes: {source}")]
 pub struct FillError {
+    /// The ioctl's name.
     pub op: &'static str,
+    /// Bytes filled from the start of the range before it stopped.
     pub done: usize,
+    /// The error that stopped it.
     pub source: io::Error,
 }
 
 impl FillError {
+    /// The errno of `source`, if it carries one.
     pub fn kind_errno(&self) -> Option<i32> {
         self.source.raw_os_error()
     }
@@ -657,7 +721,7 @@ impl Uffd {
         }
     }
 
-    /// Reads pending events into `out` (at most `out.len()`). With a nonblocking uffd, returns
+    /// Appends pending events to `out`, at most `max` (1 to 64) at once. With a nonblocking uffd, returns
     /// `Ok(0)` when none is pending; a blocking one waits for the first.
     pub fn read_events(&self, out: &mut Vec<Event>, max: usize) -> Result<usize, UffdError> {
         let mut msgs = [sys::uffd_msg::default(); 64];
@@ -710,8 +774,8 @@ impl AsFd for Uffd {
     }
 }
 
-/// A private mapping owned by this process (anonymous memory, or a view of a memfd), unmapped
-/// on drop. Holds no Rust references to its bytes: users go through raw pointers.
+/// A mapping owned by this process (private anonymous memory, or a shared view of a memfd),
+/// unmapped on drop. Holds no Rust references to its bytes: users go through raw pointers.
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
@@ -764,10 +828,12 @@ impl Mapping {
         })
     }
 
+    /// The mapping's start address, as a pointer.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
     }
 
+    /// The mapping's start address.
     pub fn addr(&self) -> u64 {
         self.ptr as u64
     }
@@ -777,6 +843,7 @@ impl Mapping {
         self.len
     }
 
+    /// Whether the length is zero; never, since a mapping holds at least one page.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -14,7 +14,7 @@
 //! [`SCAN_VEC_LEN`] = 512 entries and treat a vector that came back not full as the end of the
 //! walk; only a full vector resumes from `walk_end`.
 
-use super::{sys, Mapping, RegisterMode, Uffd, UffdError};
+use crate::{sys, Mapping, RegisterMode, Uffd, UffdError};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -82,7 +82,7 @@ pub fn probe_pagemap_scan() -> bool {
     let Ok(f) = File::open("/proc/self/pagemap") else {
         return false;
     };
-    let Ok(m) = Mapping::anonymous(super::page_size()) else {
+    let Ok(m) = Mapping::anonymous(crate::page_size()) else {
         return false;
     };
     let mut vec = Vec::new();
@@ -114,18 +114,18 @@ pub struct WriteTracker {
 impl WriteTracker {
     /// Features a tracking uffd asks for: WP_ASYNC (required), WP_UNPOPULATED and
     /// WP_HUGETLBFS_SHMEM where the kernel has them.
-    pub fn wanted_features(available: super::Features) -> super::Features {
-        use super::Features as F;
+    pub fn wanted_features(available: crate::Features) -> crate::Features {
+        use crate::Features as F;
         F::WP_ASYNC | (available & (F::WP_UNPOPULATED | F::WP_HUGETLBFS_SHMEM))
     }
 
     /// A uffd of this process ready for tracking (probes the kernel and fails with a message
     /// naming Linux 6.7 and `--detector hash` when WP_ASYNC or PAGEMAP_SCAN is missing).
     pub fn open_uffd() -> Result<Uffd, UffdError> {
-        let probe = super::Probe::run();
+        let probe = crate::Probe::run();
         probe.require_write_tracking()?;
         Uffd::new(
-            super::OpenFlags::default(),
+            crate::OpenFlags::default(),
             Self::wanted_features(probe.features),
         )
     }
@@ -139,12 +139,12 @@ impl WriteTracker {
         start: u64,
         len: u64,
     ) -> Result<WriteTracker, UffdError> {
-        if !uffd.features().contains(super::Features::WP_ASYNC) {
+        if !uffd.features().contains(crate::Features::WP_ASYNC) {
             return Err(UffdError::Unsupported {
                 what: "userfaultfd WP_ASYNC",
                 purpose: "uffd write tracking",
-                needed: super::WRITE_TRACKING_KERNEL,
-                running: super::kernel_release(),
+                needed: crate::WRITE_TRACKING_KERNEL,
+                running: crate::kernel_release(),
                 hint: "use --detector hash instead",
             });
         }

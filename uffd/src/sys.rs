@@ -5,8 +5,10 @@
 //! WP_ASYNC and PAGEMAP_SCAN; the `libc` crate has no uffd structs). Every struct is `repr(C)`
 //! with only `u64`/`i64` fields (or the packed `uffd_msg` built from fixed-width fields), and a
 //! compile-time assertion pins its size to the kernel's, which is also what the ioctl numbers
-//! encode.
+//! encode. The constants and structs keep the kernel's names and layouts and are documented by
+//! the uapi headers they are transcribed from.
 
+#![allow(missing_docs)]
 #![allow(non_camel_case_types)]
 
 use std::mem::size_of;
@@ -167,7 +169,7 @@ pub struct uffdio_continue {
 /// `struct uffd_msg` (declared `__packed` in the header; every field sits at its natural
 /// alignment anyway): an 8-byte header `{ __u8 event; __u8 reserved1; __u16 reserved2;
 /// __u32 reserved3; }` and a 24-byte union `arg`, kept here as raw words and decoded by
-/// [`super::Event::from_msg`]. For `UFFD_EVENT_PAGEFAULT`, `arg` is `{ __u64 flags; __u64
+/// [`crate::Event::from_msg`]. For `UFFD_EVENT_PAGEFAULT`, `arg` is `{ __u64 flags; __u64
 /// address; __u32 ptid; }`; for REMOVE and UNMAP `{ __u64 start; __u64 end; }`; for REMAP
 /// `{ __u64 from; __u64 to; __u64 len; }`; for FORK `{ __u32 ufd; }`.
 #[repr(C)]

@@ -1,8 +1,8 @@
 //! QUIC transport (quinn): endpoints with pinned mutual TLS, the HELLO exchange on the control
 //! stream, and framed reading and writing of protocol frames on a stream (spec/PROTOCOL.md §2).
 
-use crate::identity::{Fingerprint, Identity, TrustSet};
-use crate::tls::{client_config, server_config, PinnedVerifier};
+use crate::net::identity::{Fingerprint, Identity, TrustSet};
+use crate::net::tls::{client_config, server_config, PinnedVerifier};
 use memsync_protocol::wire::{
     feature, ErrorCode, Frame, Header, Negotiated, WireError, HEADER_LEN, MAX_BODY,
 };
@@ -15,31 +15,51 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// Why a connection could not be made or kept.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// Reported as "TLS setup: {0}".
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
+    /// Reported as "QUIC setup: {0}".
     #[error("QUIC setup: {0}")]
     Quic(String),
+    /// Reported as "cannot use {addr}: {source}".
     #[error("cannot use {addr}: {source}")]
     Bind {
+        /// The peer's address.
         addr: SocketAddr,
+        /// What failed underneath.
         source: std::io::Error,
     },
+    /// Reported as "peer {addr} presented identity {fingerprint}, which is not trusted; if it is the peer you mean, pass --trust {fingerprint}".
     #[error("peer {addr} presented identity {fingerprint}, which is not trusted; if it is the peer you mean, pass --trust {fingerprint}")]
     Untrusted {
+        /// The peer's address.
         addr: SocketAddr,
+        /// The refused peer's fingerprint.
         fingerprint: Fingerprint,
     },
+    /// Reported as "peer {addr} refused our identity {ours}; its operator must trust it (`peer serve --trust {ours}`)".
     #[error("peer {addr} refused our identity {ours}; its operator must trust it (`peer serve --trust {ours}`)")]
-    RefusedByPeer { addr: SocketAddr, ours: Fingerprint },
+    RefusedByPeer {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Our fingerprint, which the peer refused.
+        ours: Fingerprint,
+    },
+    /// Reported as "cannot reach peer {addr}: {source}".
     #[error("cannot reach peer {addr}: {source}")]
     Connect {
+        /// The peer's address.
         addr: SocketAddr,
+        /// What failed underneath.
         source: quinn::ConnectionError,
     },
+    /// Reported as "connection lost: {0}".
     #[error("connection lost: {0}")]
     Lost(#[from] quinn::ConnectionError),
+    /// The underlying error, shown as it is.
     #[error(transparent)]
     Stream(#[from] StreamError),
 }
@@ -47,18 +67,30 @@ pub enum TransportError {
 /// Failures of one region stream.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
+    /// Reported as "protocol error: {0}".
     #[error("protocol error: {0}")]
     Wire(#[from] WireError),
+    /// Reported as "peer closed the stream with {}: {reason}".
     #[error("peer closed the stream with {}: {reason}", ErrorCode::from_u32(*.code).map_or("an unknown error".to_owned(), |c| c.to_string()))]
-    Peer { code: u32, reason: String },
+    Peer {
+        /// The error code (spec §7).
+        code: u32,
+        /// The reason given.
+        reason: String,
+    },
+    /// Reported as "reading: {0}".
     #[error("reading: {0}")]
     Read(#[from] quinn::ReadExactError),
+    /// Reported as "writing: {0}".
     #[error("writing: {0}")]
     Write(#[from] quinn::WriteError),
+    /// Reported as "stream ended in the middle of a frame".
     #[error("stream ended in the middle of a frame")]
     Truncated,
+    /// Reported as "stream: {0}".
     #[error("stream: {0}")]
     Closed(#[from] quinn::ClosedStream),
+    /// Reported as "connection: {0}".
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
 }
@@ -116,6 +148,7 @@ fn transport_config(client: bool) -> quinn::TransportConfig {
 /// A bound QUIC endpoint with this peer's identity, able to connect and (if listening) accept.
 /// Connections it opens are shared: one per peer, carrying every region and mount to it.
 pub struct PeerEndpoint {
+    /// The quinn endpoint.
     pub endpoint: Endpoint,
     verifier: Arc<PinnedVerifier>,
     ours: Fingerprint,
@@ -162,6 +195,13 @@ impl PeerEndpoint {
         })
     }
 
+    /// A listening endpoint on an ephemeral loopback port that trusts only `peer` (tests, benches,
+    /// the demo).
+    pub fn loopback(id: &Identity, peer: Fingerprint) -> Result<Self, TransportError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::bind(addr, id, TrustSet::new([peer]), true)
+    }
+
     /// A client-only endpoint on an ephemeral port of the family of `peer`.
     pub fn client_for(
         peer: SocketAddr,
@@ -176,6 +216,7 @@ impl PeerEndpoint {
         Self::bind(any, id, trust, false)
     }
 
+    /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound socket")
     }
@@ -293,7 +334,9 @@ async fn read_hello(recv: RecvStream) -> Result<Negotiated, StreamError> {
 /// dropping the last finishes the control stream.
 #[derive(Clone)]
 pub struct Session {
+    /// The QUIC connection.
     pub conn: Connection,
+    /// What the two HELLOs agreed on (spec §5.1).
     pub negotiated: Negotiated,
     lanes: Arc<LaneRoutes>,
     _control: Arc<SendStream>,
@@ -414,6 +457,7 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// Reads frames from `recv`, refusing bodies over `max_body` bytes before reading them.
     pub fn new(recv: RecvStream, max_body: u32) -> Self {
         FrameReader {
             recv,
@@ -475,6 +519,7 @@ impl FrameReader {
     }
 }
 
+/// Encodes `frame` and writes it to `send`.
 pub async fn write_frame(send: &mut SendStream, frame: &Frame<'_>) -> Result<(), StreamError> {
     send.write_all(&frame.to_vec()).await?;
     Ok(())
