@@ -182,7 +182,7 @@ fn lazy(size: usize) {
         };
         let policy = memsync_peer::roles::replica::Policy::load(d.path(), vec![], vec![]).unwrap();
         rt.spawn(async move {
-            memsync_peer::roles::replica::serve_with(&server, d, policy, opts).await
+            memsync_peer::roles::replica::serve_with(&server, d, policy, opts.into()).await
         });
         addr
     };
@@ -504,6 +504,6 @@ fn serve_child(dir: String) {
         let dir = memsync_peer::region::ReplicaDir::open(std::path::Path::new(&dir)).unwrap();
         let policy =
             memsync_peer::roles::replica::Policy::load(dir.path(), vec![], vec![]).unwrap();
-        memsync_peer::roles::replica::serve_with(&ep, dir, policy, opts).await
+        memsync_peer::roles::replica::serve_with(&ep, dir, policy, opts.into()).await
     });
 }

@@ -102,6 +102,10 @@ enum Cmd {
         /// may mount every region; with it, only the peers it names and each region's owner.
         #[arg(long, value_name = "PATTERN=FP")]
         allow_mount: Vec<memsync_peer::roles::replica::Rule>,
+        /// Run this shell command when this peer takes a region over in a handoff (`peer
+        /// migrate` at its owner), with MEMSYNC_REGION, MEMSYNC_PATH and MEMSYNC_GENERATION set.
+        #[arg(long, value_name = "CMD")]
+        on_handoff: Option<String>,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -146,6 +150,61 @@ enum Cmd {
         /// Most MiB/s a round may send (like rsync's --bwlimit); default: as fast as QUIC goes.
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
         max_rate: Option<u64>,
+        #[command(flatten)]
+        id: IdentityArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Move a region's ownership to the peer that replicates it, while it is written: pre-copy
+    /// rounds until what is dirty fits the downtime target, then the writers are frozen, the last
+    /// changes sent, and the replica becomes the owner (spec §8.6). Prints a report.
+    Migrate {
+        /// The region file.
+        #[arg(long, value_name = "FILE")]
+        region: PathBuf,
+        /// The `peer serve` that replicates it and will own it.
+        #[arg(long, value_name = "ADDR")]
+        peer: String,
+        /// The region's name at the peer [default: the file's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Chunk size in bytes (a power of two, 4096 to 4194304).
+        #[arg(long, default_value_t = 65536, value_name = "N")]
+        chunk_size: u64,
+        /// The pause the writers may see, in milliseconds (QEMU's downtime-limit).
+        #[arg(long, default_value_t = 300, value_name = "MS")]
+        downtime_ms: u64,
+        /// Pre-copy rounds at most before the writers are frozen anyway.
+        #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_rounds: u32,
+        /// Freeze this process (SIGSTOP) for the handoff; it stays stopped afterwards. Repeatable.
+        #[arg(long, value_name = "PID")]
+        freeze_pid: Vec<i32>,
+        /// Freeze this cgroup v2 (cgroup.freeze) for the handoff; it stays frozen afterwards.
+        #[arg(long, value_name = "DIR")]
+        freeze_cgroup: Vec<PathBuf>,
+        /// Shell command that stops the writers; it must return once they stopped.
+        #[arg(long, value_name = "CMD")]
+        before_freeze: Option<String>,
+        /// Shell command run once the peer owns the region.
+        #[arg(long, value_name = "CMD")]
+        after_handoff: Option<String>,
+        /// Shell command run when the handoff failed and the writers may go on.
+        #[arg(long, value_name = "CMD")]
+        on_thaw: Option<String>,
+        /// Seconds to keep trying to reconnect after a lost connection.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        reconnect_for: u64,
+        /// How changes are found: `hash` scans the file; `nbd` serves it as an NBD export whose
+        /// writes are marks, held at the freeze and refused (EPERM) once the peer owns the
+        /// region, while this process keeps serving the export read-only until stopped.
+        #[arg(long, value_enum, default_value = "hash")]
+        detector: Detector,
+        /// Where the NBD export listens, with `--detector nbd`.
+        #[arg(long, value_name = "ADDR|unix:PATH")]
+        nbd_listen: Option<nbd::Listen>,
+        #[command(flatten)]
+        nbd_limits: NbdLimitArgs,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -246,12 +305,16 @@ async fn run(cmd: Cmd) -> Result<()> {
             mount_max_rate,
             allow_owner,
             allow_mount,
+            on_handoff,
             id,
             trust,
         } => {
-            let mounts = SyncOptions {
-                max_rate: mount_max_rate.map(mib_per_sec),
-                ..SyncOptions::default()
+            let opts = memsync_peer::roles::replica::ServeOptions {
+                mounts: SyncOptions {
+                    max_rate: mount_max_rate.map(mib_per_sec),
+                    ..SyncOptions::default()
+                },
+                on_handoff,
             };
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
@@ -267,7 +330,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 ident.fingerprint()
             );
             tokio::select! {
-                _ = memsync_peer::roles::replica::serve_with(&ep, dir, policy, mounts) => Ok(()),
+                _ = memsync_peer::roles::replica::serve_with(&ep, dir, policy, opts) => Ok(()),
                 _ = tokio::signal::ctrl_c() => {
                     ep.endpoint.close(0u32.into(), b"shutdown");
                     Ok(())
@@ -290,9 +353,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             id,
             trust,
         } => {
-            if !chunk_size.is_power_of_two() || !(4096..=4 << 20).contains(&chunk_size) {
-                bail!("--chunk-size {chunk_size} must be a power of two from 4096 to 4194304");
-            }
+            let shift = chunk_shift(chunk_size)?;
             if name.is_some() && regions.len() > 1 {
                 bail!("--name applies to a single --region; with several, each is named after its file");
             }
@@ -309,7 +370,6 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
-            let shift = chunk_size.trailing_zeros() as u8;
             match (detector, &nbd_listen, regions.len()) {
                 (Detector::Nbd, None, _) => {
                     bail!("--detector nbd needs --nbd-listen ADDR|unix:PATH")
@@ -331,7 +391,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                     (Detector::Nbd, Some(listen)) => {
                         let flush = flush_waits_for_replica;
                         let limits = nbd_limits.limits();
-                        serve_nbd_region(path, &name, shift, listen, limits, flush).await?
+                        serve_nbd_region(path, &name, shift, listen, limits, flush)
+                            .await?
+                            .0
                     }
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
@@ -388,6 +450,103 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Migrate {
+            region,
+            peer,
+            name,
+            chunk_size,
+            downtime_ms,
+            max_rounds,
+            freeze_pid,
+            freeze_cgroup,
+            before_freeze,
+            after_handoff,
+            on_thaw,
+            reconnect_for,
+            detector,
+            nbd_listen,
+            nbd_limits,
+            id,
+            trust,
+        } => {
+            use memsync_peer::roles::migrate::{
+                CgroupFreezer, Freezer, HookFreezer, MigrateOptions, Migration, ProcessFreezer,
+            };
+            let shift = chunk_shift(chunk_size)?;
+            let name = match name {
+                Some(n) => n,
+                None => file_name(&region)?,
+            };
+            check_region_name(&name)?;
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let trust = trust_set(&trust)?;
+            let addr = resolve(&peer)?;
+            let mut freezers: Vec<Box<dyn Freezer>> = Vec::new();
+            if before_freeze.is_some() || after_handoff.is_some() || on_thaw.is_some() {
+                freezers.push(Box::new(HookFreezer {
+                    before: before_freeze,
+                    after: after_handoff,
+                    thaw: on_thaw,
+                }));
+            }
+            for pid in freeze_pid {
+                freezers.push(Box::new(ProcessFreezer::new(pid)));
+            }
+            for dir in freeze_cgroup {
+                freezers.push(Box::new(CgroupFreezer::new(dir)));
+            }
+            let (mut r, export) = match (detector, &nbd_listen) {
+                (Detector::Nbd, Some(listen)) => {
+                    let limits = nbd_limits.limits();
+                    let (r, export) =
+                        serve_nbd_region(&region, &name, shift, listen, limits, false).await?;
+                    freezers.push(Box::new(nbd::ExportFreezer(export.clone())));
+                    (r, Some(export))
+                }
+                (Detector::Nbd, None) => bail!("--detector nbd needs --nbd-listen ADDR|unix:PATH"),
+                (Detector::Uffd, _) => bail!(
+                    "`peer migrate` watches a file; memory tracked with uffd migrates through \
+                     memsync_peer::roles::migrate from the application that embeds it"
+                ),
+                (Detector::Hash, Some(_)) => bail!("--nbd-listen needs --detector nbd"),
+                (Detector::Hash, None) => {
+                    let r = SyncRegion::open(&region, &name, shift)
+                        .with_context(|| format!("opening {}", region.display()))?;
+                    (r, None)
+                }
+            };
+            if freezers.is_empty() {
+                tracing::warn!(
+                    "no writer to freeze was named (--freeze-pid, --freeze-cgroup, --before-freeze): \
+                     whoever writes {} must have stopped before the handoff",
+                    region.display()
+                );
+            }
+            let opts = MigrateOptions {
+                downtime: Duration::from_millis(downtime_ms),
+                max_rounds,
+            };
+            let migration = Migration::new(opts, freezers);
+            let report = migration.report();
+            r.migration = Some(migration);
+            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
+            let opts = SyncOptions {
+                reconnect_for: Duration::from_secs(reconnect_for),
+                progress: true,
+                ..SyncOptions::default()
+            };
+            memsync_peer::roles::owner::run(&ep, addr, vec![r], &opts, Arc::default()).await?;
+            let report = report.lock().expect("report lock").to_string();
+            tracing::info!("{name}: migrated: {report}");
+            println!("{name}: {report}");
+            if export.is_some() {
+                tracing::info!(
+                    "{name}: the NBD export stays up read-only (writes get EPERM); Ctrl-C ends it"
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            Ok(())
+        }
         Cmd::Uffd(cmd) => uffd::run(cmd).await,
         Cmd::Demo(args) => demo::run(args).await,
     }
@@ -401,7 +560,7 @@ async fn serve_nbd_region(
     listen: &nbd::Listen,
     limits: nbd::server::Limits,
     flush_waits_for_replica: bool,
-) -> Result<SyncRegion> {
+) -> Result<(SyncRegion, Arc<nbd::FileExport>)> {
     let source = Arc::new(
         memsync_peer::region::SourceFile::open(path, shift)
             .with_context(|| format!("opening {}", path.display()))?,
@@ -418,9 +577,10 @@ async fn serve_nbd_region(
         path.display(),
         server.uri(name)
     );
-    tokio::spawn(server.serve(name.to_owned(), Arc::new(export)));
+    let export = Arc::new(export);
+    tokio::spawn(server.serve(name.to_owned(), export.clone()));
     let detector = Box::new(MarksDetector::nbd(marks, source.clone()));
-    Ok(SyncRegion::new(source, name, detector)?)
+    Ok((SyncRegion::new(source, name, detector)?, export))
 }
 
 /// Mounts `name` from the peer at `addr` into memory.
@@ -447,6 +607,14 @@ fn check_region_name(name: &str) -> Result<()> {
     memsync_protocol::wire::check_name(name)
         .map_err(|e| anyhow::anyhow!("{}", e.reason))
         .with_context(|| format!("region name {name:?}"))
+}
+
+/// The shift of a `--chunk-size`.
+fn chunk_shift(chunk_size: u64) -> Result<u8> {
+    if !chunk_size.is_power_of_two() || !(4096..=4 << 20).contains(&chunk_size) {
+        bail!("--chunk-size {chunk_size} must be a power of two from 4096 to 4194304");
+    }
+    Ok(chunk_size.trailing_zeros() as u8)
 }
 
 fn identity_dir(a: &IdentityArgs) -> Result<PathBuf> {

@@ -1,5 +1,6 @@
 //! The exports memsync serves over NBD: an owner's region file, where every write marks its
-//! chunks for the sync loop, and a lazy mount of a remote region.
+//! chunks for the sync loop (and which holds writes while a migration hands the region over), and
+//! a lazy mount of a remote region.
 
 use super::server::Export;
 use crate::detector::Marks;
@@ -9,6 +10,19 @@ use memmap2::MmapMut;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Whether an owner's export takes writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writes {
+    /// Writes go through.
+    Open,
+    /// A migration froze the writers: writes wait (queued, not failed) until it ends.
+    Held,
+    /// The region was handed over: this peer holds a copy it no longer owns, and writes are
+    /// refused with EPERM, as a read-only replica's export would.
+    Refused,
+}
 
 /// An owner's region file served read-write. Writes go to a shared mapping (so the sync loop's
 /// read-only mapping of the same file sees them) and mark their chunks; FLUSH and FUA msync, and
@@ -19,6 +33,7 @@ pub struct FileExport {
     size: u64,
     marks: Arc<Marks>,
     flush_waits_for_replica: bool,
+    writes: watch::Sender<Writes>,
 }
 
 impl FileExport {
@@ -33,7 +48,51 @@ impl FileExport {
             size,
             marks,
             flush_waits_for_replica,
+            writes: watch::Sender::new(Writes::Open),
         })
+    }
+
+    /// Holds every write from now on; returns once no write is under way.
+    pub fn hold_writes(&self) {
+        self.set_writes(Writes::Held)
+    }
+
+    /// Lets held and new writes through again.
+    pub fn release_writes(&self) {
+        self.set_writes(Writes::Open)
+    }
+
+    /// Refuses held and new writes with EPERM: the region belongs to another peer now.
+    pub fn refuse_writes(&self) {
+        self.set_writes(Writes::Refused)
+    }
+
+    fn set_writes(&self, w: Writes) {
+        // Under the map's lock, so no write is between its check and its copy.
+        let _map = self.map.lock().expect("map lock");
+        self.writes.send_replace(w);
+    }
+
+    /// Runs `f` on the mapping once writes are let through (waiting while they are held).
+    async fn write_with(&self, f: impl Fn(&mut [u8])) -> io::Result<()> {
+        let mut gate = self.writes.subscribe();
+        loop {
+            let state = *gate.borrow_and_update();
+            match state {
+                Writes::Refused => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+                Writes::Held => {
+                    gate.changed().await.map_err(io::Error::other)?;
+                }
+                Writes::Open => {
+                    let mut map = self.map.lock().expect("map lock");
+                    // The gate may have closed between the check and the lock.
+                    if *self.writes.borrow() == Writes::Open {
+                        f(&mut map);
+                        return self.intact(&map);
+                    }
+                }
+            }
+        }
     }
 
     /// An I/O error once the backing file shrank under the mapping: the bytes read or written
@@ -60,8 +119,9 @@ impl Export for FileExport {
         self.size
     }
 
+    /// Read-only once the region was handed over (clients connecting after learn it at once).
     fn read_only(&self) -> bool {
-        false
+        *self.writes.borrow() == Writes::Refused
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -71,11 +131,9 @@ impl Export for FileExport {
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        {
-            let mut map = self.map.lock().expect("map lock");
-            map[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-            self.intact(&map)?;
-        }
+        let range = offset as usize..offset as usize + data.len();
+        self.write_with(|map| map[range.clone()].copy_from_slice(data))
+            .await?;
         let pos = self.marks.mark(offset, data.len() as u64);
         if fua {
             self.durable(pos).await?;
@@ -84,11 +142,8 @@ impl Export for FileExport {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        {
-            let mut map = self.map.lock().expect("map lock");
-            map[offset as usize..(offset + len) as usize].fill(0);
-            self.intact(&map)?;
-        }
+        let range = offset as usize..(offset + len) as usize;
+        self.write_with(|map| map[range.clone()].fill(0)).await?;
         let pos = self.marks.mark(offset, len);
         if fua {
             self.durable(pos).await?;
@@ -98,6 +153,31 @@ impl Export for FileExport {
 
     async fn flush(&self) -> io::Result<()> {
         self.durable(self.marks.position()).await
+    }
+}
+
+/// Freezes the writers of an owner's NBD export for a migration: their writes are held, then
+/// refused (EPERM) once the region was handed over, or let through if the handoff failed.
+pub struct ExportFreezer(pub Arc<FileExport>);
+
+impl crate::roles::migrate::Freezer for ExportFreezer {
+    fn describe(&self) -> String {
+        "the NBD export's writes".into()
+    }
+
+    fn freeze(&mut self) -> io::Result<()> {
+        self.0.hold_writes();
+        Ok(())
+    }
+
+    fn thaw(&mut self) -> io::Result<()> {
+        self.0.release_writes();
+        Ok(())
+    }
+
+    fn handed_off(&mut self) -> io::Result<()> {
+        self.0.refuse_writes();
+        Ok(())
     }
 }
 
@@ -161,5 +241,54 @@ impl Export for MountExport {
     fn cache(&self, offset: u64, len: u64) {
         self.remote
             .prefetch(self.remote.geometry().chunks_of_range(offset, len));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::{Source, SourceFile};
+    use std::time::Duration;
+
+    fn export() -> (tempfile::TempDir, Arc<FileExport>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        let marks = Marks::new(SourceFile::open(&path, 16).unwrap().geometry());
+        (
+            dir,
+            Arc::new(FileExport::open(&path, marks, false).unwrap()),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_writes_wait_then_are_refused_or_released() {
+        let (_dir, e) = export();
+        e.hold_writes();
+        let held = tokio::spawn({
+            let e = e.clone();
+            async move { e.write(0, &[7; 4096], false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!held.is_finished(), "a write went through while held");
+        let mut b = [0u8; 1];
+        e.read(0, &mut b).await.unwrap();
+        assert_eq!(b, [0], "reads go on, and see no held write");
+        e.refuse_writes();
+        let err = held.await.unwrap().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        assert!(e.read_only());
+
+        let (_dir, e) = export();
+        e.hold_writes();
+        let held = tokio::spawn({
+            let e = e.clone();
+            async move { e.write(4096, &[9; 4096], false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        e.release_writes();
+        held.await.unwrap().unwrap();
+        e.read(4096, &mut b).await.unwrap();
+        assert_eq!(b, [9]);
     }
 }

@@ -4,5 +4,5 @@
 
 pub mod exports;
 
-pub use exports::{FileExport, MountExport};
+pub use exports::{ExportFreezer, FileExport, MountExport};
 pub use memsync_nbd::{server, wire, Export, Limits, Listen, NbdServer};

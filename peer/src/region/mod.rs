@@ -324,6 +324,11 @@ impl ReplicaFile {
         &self.map
     }
 
+    /// fsync(2): every chunk written so far is on stable storage once it returns.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// The hash of every chunk. Chunks that lie wholly in holes of a sparse file (a new replica)
     /// are known to be zeros and are not read: reading them would fill the page cache with zero
     /// pages for nothing.

@@ -6,6 +6,7 @@
 use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
 use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use crate::region::{RegionError, Source, SourceFile};
+use crate::roles::migrate::{Migration, Phase, RoundReport};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
 use memsync_protocol::lane::LaneGate;
@@ -116,6 +117,8 @@ pub struct SyncRegion {
     pub owner: Owner,
     /// What finds the chunks that changed.
     pub detector: Box<dyn ChangeDetector>,
+    /// A migration of the region to the replica, when one was asked for.
+    pub migration: Option<Migration>,
 }
 
 impl SyncRegion {
@@ -148,6 +151,7 @@ impl SyncRegion {
             source,
             owner,
             detector,
+            migration: None,
         })
     }
 
@@ -166,6 +170,7 @@ impl SyncRegion {
             source,
             owner,
             detector,
+            migration: None,
         })
     }
 
@@ -332,6 +337,18 @@ pub async fn drive_stream(
     stats: &SyncStats,
     lane: Option<Connection>,
 ) -> Result<(), StreamError> {
+    if let OwnerState::HandingOff { generation } = r.owner.state() {
+        return Err(WireError::new(
+            ErrorCode::Internal,
+            format!(
+                "the handoff at generation {generation} was sent and never acknowledged before the \
+                 stream broke: the replica may own the region now, so this peer will neither write \
+                 nor stream it again (spec §8.6); ask the replica's peer (its log says whether it \
+                 took ownership) before resuming here"
+            ),
+        )
+        .into());
+    }
     r.owner.restart()?;
     let lane = lane.map(|conn| {
         Arc::new(Lane {
@@ -448,12 +465,17 @@ async fn pump(
     let mut since_yield = 0;
     let mut pacer = opts.max_rate.map(Pacer::new);
     loop {
-        loop {
+        // Nothing after HANDOFF_ACK is ours to read: the stream is the new owner's (spec §8.6).
+        while r.owner.state() != OwnerState::HandedOff {
             match rx.try_recv() {
                 Ok(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return Err(StreamError::Truncated),
             }
+        }
+        if r.owner.state() == OwnerState::HandedOff {
+            flush_batch(send, &mut batch, &mut batched).await?;
+            return Ok(());
         }
         let gen_before = r.owner.generation();
         let t = match pacer.as_ref().and_then(Pacer::due) {
@@ -544,6 +566,9 @@ async fn pump(
             }
             None => {
                 flush_batch(send, &mut batch, &mut batched).await?;
+                if migration_step(r, &mut dirty, &mut last_detect)? {
+                    continue;
+                }
                 let streaming = r.owner.state() == OwnerState::Streaming;
                 let wake = r.detector.wakeup();
                 if opts.once && r.owner.is_synced() {
@@ -767,6 +792,41 @@ async fn flush_batch(
     Ok(())
 }
 
+/// Moves a migration on while the stream is idle: after each acknowledged pre-copy round, a scan
+/// and the decision to go on or freeze; once frozen, the handoff. True when something was queued
+/// to send.
+fn migration_step(
+    r: &mut SyncRegion,
+    dirty: &mut DirtySet,
+    last_detect: &mut Instant,
+) -> Result<bool, StreamError> {
+    let Some(phase) = r.migration.as_ref().map(Migration::phase) else {
+        return Ok(false);
+    };
+    let streaming = r.owner.state() == OwnerState::Streaming;
+    match phase {
+        Phase::PreCopy if streaming && r.owner.is_synced() => {
+            detect(r, dirty, last_detect)?;
+            let bytes = dirty.count() * r.owner.geometry().chunk_size();
+            let m = r.migration.as_mut().expect("checked above");
+            if let Some(why) = m.should_freeze(bytes) {
+                tokio::task::block_in_place(|| m.freeze(why, bytes))
+                    .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
+                // The writers' last changes, made between the scan above and the freeze.
+                detect(r, dirty, last_detect)?;
+                r.owner.begin_handoff()?;
+            }
+            Ok(true)
+        }
+        // Frozen, and the stream restarted (a reconnect) before HANDOFF went out: offer it again.
+        Phase::Frozen if streaming => {
+            r.owner.begin_handoff()?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 fn detect(
     r: &mut SyncRegion,
     dirty: &mut DirtySet,
@@ -862,9 +922,33 @@ fn on_frame(
                 human_bytes(bytes),
                 lag.as_secs_f64() * 1e3
             );
+            if let Some(m) = &mut r.migration {
+                let duration = lag;
+                m.round_acked(RoundReport {
+                    generation,
+                    chunks,
+                    bytes,
+                    duration,
+                });
+            }
         }
-        OwnerEvent::PeerError { code, reason } => return Err(StreamError::Peer { code, reason }),
-        OwnerEvent::HandedOff { .. } => {}
+        OwnerEvent::PeerError { code, reason } => {
+            let name = r.owner.name().to_owned();
+            if let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) {
+                warn!("{name}: the replica refused the handoff; writers thawed");
+                m.refused();
+            }
+            return Err(StreamError::Peer { code, reason });
+        }
+        OwnerEvent::HandedOff { generation } => {
+            info!(
+                "{}: ownership handed to the replica at generation {generation}",
+                r.name()
+            );
+            if let Some(m) = &mut r.migration {
+                m.handed_off(generation);
+            }
+        }
     }
     Ok(())
 }

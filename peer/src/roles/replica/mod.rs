@@ -125,14 +125,33 @@ impl Drop for Claim {
 /// region kept for its first owner.
 pub async fn serve(ep: &PeerEndpoint, dir: ReplicaDir) -> Result<(), PolicyError> {
     let policy = Policy::load(dir.path(), Vec::new(), Vec::new())?;
-    serve_with(ep, dir, policy, SyncOptions::default()).await;
+    serve_with(ep, dir, policy, ServeOptions::default()).await;
     Ok(())
 }
 
-/// [`serve`], with `mounts` for the owner side of the lazy mounts it serves (e.g. a rate limit
-/// on their background push).
-pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, mounts: SyncOptions) {
-    let mounts = Arc::new(mounts);
+/// How `serve` runs.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// The owner side of the lazy mounts it serves (e.g. a rate limit on their background push).
+    pub mounts: SyncOptions,
+    /// A shell command run once this peer took a region over in a handoff (to start the workload
+    /// here), with `MEMSYNC_REGION` (the name), `MEMSYNC_PATH` (DIR/NAME) and
+    /// `MEMSYNC_GENERATION` in its environment.
+    pub on_handoff: Option<String>,
+}
+
+impl From<SyncOptions> for ServeOptions {
+    fn from(mounts: SyncOptions) -> Self {
+        ServeOptions {
+            mounts,
+            on_handoff: None,
+        }
+    }
+}
+
+/// [`serve`], with `policy` and `opts`.
+pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts: ServeOptions) {
+    let mounts = Arc::new(opts);
     let active = Arc::new(Regions {
         policy,
         slots: Mutex::default(),
@@ -154,7 +173,7 @@ async fn serve_session(
     session: Session,
     dir: Arc<ReplicaDir>,
     active: Arc<Regions>,
-    mounts: Arc<SyncOptions>,
+    mounts: Arc<ServeOptions>,
 ) {
     let addr = session.conn.remote_address();
     let Some(who) = session.peer_fingerprint() else {
@@ -198,7 +217,7 @@ struct Stream {
     max_body: u32,
     /// The connection, when the peer takes fetch lanes.
     lane: Option<quinn::Connection>,
-    mounts: Arc<SyncOptions>,
+    mounts: Arc<ServeOptions>,
 }
 
 async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s: Stream) {
@@ -207,20 +226,19 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
     let mut replica = Replica::new(0);
     // HASHES frames must fit the body size the owner accepts.
     replica.set_max_body(s.max_body);
-    match receive(
-        &mut send,
-        &mut reader,
-        &mut replica,
-        &s.dir,
-        &s.active,
-        s.who,
-        &mut claim,
-    )
-    .await
-    {
+    match receive(&mut send, &mut reader, &mut replica, &s, &mut claim).await {
         Ok(Some(mount)) => {
             let slot = s.active.slot(&mount);
-            serve_mount(send, reader, &s.dir, &mount, &slot, s.lane, &s.mounts).await
+            serve_mount(
+                send,
+                reader,
+                &s.dir,
+                &mount,
+                &slot,
+                s.lane,
+                &s.mounts.mounts,
+            )
+            .await
         }
         Ok(None) => {
             let _ = send.finish();
@@ -279,6 +297,55 @@ async fn serve_mount(
     }
 }
 
+/// Takes region `name` over before the handoff is acknowledged: only from its recorded owner,
+/// with the replica's bytes on stable storage, and recorded as owned here (so no peer's OPEN writes
+/// it again, across restarts too).
+async fn take_over(
+    file: &ReplicaFile,
+    name: &str,
+    generation: u64,
+    s: &Stream,
+) -> Result<(), WireError> {
+    if !s.active.policy.may_take_over(name, &s.who) {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "peer {} does not own region {name} here and cannot hand it over",
+                s.who
+            ),
+        ));
+    }
+    tokio::task::block_in_place(|| file.sync())
+        .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}")))?;
+    s.active.policy.became_owner(name)?;
+    debug!("region {name}: taking it over at generation {generation}");
+    Ok(())
+}
+
+/// Starts the `--on-handoff` command for region `name`, now owned here at `path`; its exit is
+/// logged.
+fn run_on_handoff(cmd: &str, name: &str, path: &std::path::Path, generation: u64) {
+    let spawned = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("MEMSYNC_REGION", name)
+        .env("MEMSYNC_PATH", path)
+        .env("MEMSYNC_GENERATION", generation.to_string())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(s) => info!("region {name}: on-handoff command ended: {s}"),
+                    Err(e) => warn!("region {name}: on-handoff command: {e}"),
+                }
+            });
+        }
+        Err(e) => warn!("region {name}: starting the on-handoff command: {e}"),
+    }
+}
+
 /// What the peer is told when DIR/NAME cannot be used: the replica's path stays this peer's own,
 /// only the reason goes out.
 fn refusal(e: RegionError) -> WireError {
@@ -296,12 +363,11 @@ async fn receive(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
     replica: &mut Replica,
-    dir: &ReplicaDir,
-    active: &Regions,
-    who: Fingerprint,
+    s: &Stream,
     claim: &mut Option<Claim>,
 ) -> Result<Option<String>, StreamError> {
-    let mut file: Option<ReplicaFile> = None;
+    let (dir, active, who) = (&*s.dir, &*s.active, s.who);
+    let mut file: Option<(ReplicaFile, String)> = None;
     loop {
         let next = match claim.as_ref().map(|c| c.cancel.clone()) {
             Some(cancel) => tokio::select! {
@@ -350,10 +416,10 @@ async fn receive(
                     geometry.size(),
                     geometry.chunk_count()
                 );
-                file = Some(f);
+                file = Some((f, name.to_owned()));
             }
             ReplicaEvent::Write { index, data } => {
-                let f = file.as_mut().ok_or_else(|| {
+                let (f, _) = file.as_mut().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "write before the region opened")
                 })?;
                 f.write_chunk(index, data)
@@ -367,12 +433,23 @@ async fn receive(
             ReplicaEvent::Committed { generation } => {
                 debug!("generation {generation} applied");
             }
-            ReplicaEvent::BecameOwner { .. } => {
-                return Err(WireError::new(
-                    ErrorCode::ProtocolViolation,
-                    "`peer serve` does not take ownership of regions",
-                )
-                .into());
+            ReplicaEvent::BecameOwner { generation } => {
+                let (f, name) = file.as_ref().ok_or_else(|| {
+                    WireError::new(ErrorCode::Internal, "handoff before the region opened")
+                })?;
+                take_over(f, name, generation, s).await?;
+                // HANDOFF_ACK: from now on this peer owns the region (spec §8.6 step 4).
+                while let Some(f) = replica.poll_transmit() {
+                    send.write_all(&f).await?;
+                }
+                info!(
+                    "region {name}: this peer owns it now (handed over at generation {generation})"
+                );
+                if let Some(cmd) = &s.mounts.on_handoff {
+                    run_on_handoff(cmd, name, &dir.display(name), generation);
+                }
+                // The old owner ends the stream; replicating from here is a new sync's job.
+                return Ok(None);
             }
             ReplicaEvent::PeerError { code, reason } => {
                 return Err(StreamError::Peer {

@@ -2,7 +2,8 @@
 //! rules by name or name prefix, and each region's owner, remembered in `DIR/.memsync/owners`
 //! across restarts. An OPEN never moves a region to another peer; a refusal is FORBIDDEN and names
 //! the refused fingerprint. Without rules of a kind, every trusted peer passes that kind's rules
-//! (trust is the grant), and ownership still sticks to the first owner.
+//! (trust is the grant), and ownership still sticks to the first owner. A region handed over to
+//! this peer (spec §8.6) is recorded as `self`: no peer's OPEN writes it again.
 
 use crate::net::identity::{Fingerprint, IdentityError};
 use memsync_protocol::wire::{ErrorCode, WireError};
@@ -100,10 +101,31 @@ impl Rule {
 pub struct Policy {
     owner_rules: Vec<Rule>,
     mount_rules: Vec<Rule>,
-    owners: Mutex<BTreeMap<String, Fingerprint>>,
+    owners: Mutex<BTreeMap<String, Owner>>,
     /// `DIR/.memsync/owners`.
     file: PathBuf,
 }
+
+/// Who owns a region this peer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// The peer streaming it here.
+    Peer(Fingerprint),
+    /// This peer, since a handoff.
+    Here,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Peer(fp) => write!(f, "{fp}"),
+            Owner::Here => f.write_str(HERE),
+        }
+    }
+}
+
+/// How the owners file names this peer.
+const HERE: &str = "self";
 
 const STATE_DIR: &str = ".memsync";
 const OWNERS_FILE: &str = "owners";
@@ -133,7 +155,11 @@ impl Policy {
                     else {
                         return Err(bad());
                     };
-                    owners.insert(name.to_owned(), Fingerprint::parse(fp).map_err(|_| bad())?);
+                    let owner = match fp {
+                        HERE => Owner::Here,
+                        fp => Owner::Peer(Fingerprint::parse(fp).map_err(|_| bad())?),
+                    };
+                    owners.insert(name.to_owned(), owner);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -151,10 +177,15 @@ impl Policy {
     pub fn claim(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
         let mut owners = self.owners.lock().expect("owners lock");
         match owners.get(name) {
-            Some(owner) if owner == who => return Ok(()),
-            Some(owner) => {
+            Some(Owner::Peer(owner)) if owner == who => return Ok(()),
+            Some(Owner::Peer(owner)) => {
                 return Err(forbidden(format!(
                     "region {name} is owned by peer {owner}, not {who}: ownership moves only by handoff or promotion"
+                )))
+            }
+            Some(Owner::Here) => {
+                return Err(forbidden(format!(
+                    "region {name} was handed over to this peer, which owns it now; peer {who} may not write it"
                 )))
             }
             None => {}
@@ -164,9 +195,34 @@ impl Policy {
                 "peer {who} may not own region {name} here (no --allow-owner rule grants it)"
             )));
         }
-        owners.insert(name.to_owned(), *who);
-        self.save(&owners).map_err(|e| {
-            owners.remove(name);
+        self.record(&mut owners, name, Owner::Peer(*who))
+    }
+
+    /// `who`, the owner of `name`, offers it in a handoff: true if this peer may take it. Only the
+    /// recorded owner can hand a region over, and the owner rules must grant it nothing more.
+    pub fn may_take_over(&self, name: &str, who: &Fingerprint) -> bool {
+        self.owners.lock().expect("owners lock").get(name) == Some(&Owner::Peer(*who))
+    }
+
+    /// This peer owns `name` from now on (it accepted a handoff).
+    pub fn became_owner(&self, name: &str) -> Result<(), WireError> {
+        let mut owners = self.owners.lock().expect("owners lock");
+        self.record(&mut owners, name, Owner::Here)
+    }
+
+    /// Records `owner` of `name` and writes the file, or leaves both as they were.
+    fn record(
+        &self,
+        owners: &mut BTreeMap<String, Owner>,
+        name: &str,
+        owner: Owner,
+    ) -> Result<(), WireError> {
+        let before = owners.insert(name.to_owned(), owner);
+        self.save(owners).map_err(|e| {
+            match before {
+                Some(b) => owners.insert(name.to_owned(), b),
+                None => owners.remove(name),
+            };
             WireError::new(ErrorCode::LocalIo, format!("remembering the owner: {e}"))
         })
     }
@@ -174,7 +230,7 @@ impl Policy {
     /// Lets `who` mount `name`: its owner, or a peer the mount rules grant it to.
     pub fn may_mount(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
         let owner = self.owners.lock().expect("owners lock").get(name).copied();
-        if owner == Some(*who) || granted(&self.mount_rules, name, who) {
+        if owner == Some(Owner::Peer(*who)) || granted(&self.mount_rules, name, who) {
             return Ok(());
         }
         Err(forbidden(format!(
@@ -183,7 +239,7 @@ impl Policy {
     }
 
     /// Writes the owners file anew: a temporary file, synced, renamed over the old one.
-    fn save(&self, owners: &BTreeMap<String, Fingerprint>) -> Result<(), PolicyError> {
+    fn save(&self, owners: &BTreeMap<String, Owner>) -> Result<(), PolicyError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| PolicyError::Io { path, source }
@@ -194,7 +250,9 @@ impl Policy {
             .expect("the owners file is in a directory");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = dir.join(format!("{OWNERS_FILE}.tmp"));
-        let mut text = String::from("# region owner (remove a line to let another peer own it)\n");
+        let mut text = String::from(
+            "# region owner (a fingerprint, or self after a handoff; remove a line to let another peer own it)\n",
+        );
         for (name, fp) in owners {
             text.push_str(&format!("{name} {fp}\n"));
         }

@@ -1,0 +1,399 @@
+//! Live migration of a region its owner streams (spec §8.6): pre-copy rounds while the writers run,
+//! until the bytes still dirty fit the downtime target at the send rate measured on the last round
+//! (or the rounds run out, or the dirty set stops shrinking); then the writers are frozen, their
+//! last changes sent, and ownership handed to the replica. The owner driver runs it
+//! ([`crate::roles::owner`]); [`Freezer`]s say how writers stop.
+//!
+//! Rule: after the freeze nothing at this peer writes the region again, unless the replica refused
+//! the handoff; a handoff that was sent and never acknowledged leaves the writers frozen.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How a migration decides to stop pre-copying.
+#[derive(Clone, Debug)]
+pub struct MigrateOptions {
+    /// The pause the workload may see: writers are frozen once the bytes still dirty would cross
+    /// in this time at the measured rate (QEMU's `downtime-limit`, 300 ms by default there too).
+    pub downtime: Duration,
+    /// Pre-copy rounds at most, counting the first full one; then the writers are frozen however
+    /// much is dirty.
+    pub max_rounds: u32,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            downtime: Duration::from_millis(300),
+            max_rounds: 30,
+        }
+    }
+}
+
+/// Stops the writers of a region, and lets them go on or keeps them stopped afterwards.
+pub trait Freezer: Send {
+    /// What is frozen, for logs and reports.
+    fn describe(&self) -> String;
+    /// Stops every writer; returns once none can write any more.
+    fn freeze(&mut self) -> io::Result<()>;
+    /// The handoff failed and this peer still owns the region: the writers may go on.
+    fn thaw(&mut self) -> io::Result<()>;
+    /// Ownership moved to the replica: the writers here must never write again.
+    fn handed_off(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A process stopped with SIGSTOP (and SIGCONT on thaw); after a handoff it stays stopped, for
+/// the operator (or an `--after` hook) to end.
+pub struct ProcessFreezer {
+    pid: i32,
+}
+
+impl ProcessFreezer {
+    /// Freezes process `pid`.
+    pub fn new(pid: i32) -> Self {
+        ProcessFreezer { pid }
+    }
+
+    fn signal(&self, sig: i32) -> io::Result<()> {
+        // SAFETY: kill(2) with a pid the user named; it touches no memory of ours.
+        match unsafe { libc::kill(self.pid, sig) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// Waits until the kernel reports the process stopped (state `T` in /proc/PID/stat), so
+    /// no write of it is under way once `freeze` returns.
+    fn wait_stopped(&self) -> io::Result<()> {
+        let stat = format!("/proc/{}/stat", self.pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&stat)?;
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            let state = text
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            if matches!(state, Some("T" | "t")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "process {} did not stop within 5 s",
+                    self.pid
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+impl Freezer for ProcessFreezer {
+    fn describe(&self) -> String {
+        format!("process {}", self.pid)
+    }
+
+    fn freeze(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        self.wait_stopped()
+    }
+
+    fn thaw(&mut self) -> io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+}
+
+/// A cgroup v2 frozen through `cgroup.freeze`, as CRIU and runc do; `freeze` returns once
+/// `cgroup.events` reports `frozen 1`.
+pub struct CgroupFreezer {
+    dir: PathBuf,
+}
+
+impl CgroupFreezer {
+    /// Freezes the cgroup at `dir` (e.g. `/sys/fs/cgroup/vm1`).
+    pub fn new(dir: PathBuf) -> Self {
+        CgroupFreezer { dir }
+    }
+
+    fn set(&self, frozen: bool) -> io::Result<()> {
+        let value = if frozen { "1" } else { "0" };
+        std::fs::write(self.dir.join("cgroup.freeze"), value)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let want = format!("frozen {value}");
+        loop {
+            let events = std::fs::read_to_string(self.dir.join("cgroup.events"))?;
+            if events.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "cgroup {} did not report {want} within 5 s",
+                    self.dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+}
+
+impl Freezer for CgroupFreezer {
+    fn describe(&self) -> String {
+        format!("cgroup {}", self.dir.display())
+    }
+
+    fn freeze(&mut self) -> io::Result<()> {
+        self.set(true)
+    }
+
+    fn thaw(&mut self) -> io::Result<()> {
+        self.set(false)
+    }
+}
+
+/// Shell commands run at the freeze (which must return only once the writers stopped), after a
+/// handoff, and on thaw (drafter's agent hooks).
+pub struct HookFreezer {
+    /// Run at the freeze.
+    pub before: Option<String>,
+    /// Run once ownership moved.
+    pub after: Option<String>,
+    /// Run when the handoff failed and the writers may go on.
+    pub thaw: Option<String>,
+}
+
+fn run_hook(what: &str, cmd: &Option<String>) -> io::Result<()> {
+    let Some(cmd) = cmd else { return Ok(()) };
+    let status = Command::new("sh").arg("-c").arg(cmd).status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "{what} hook `{cmd}` failed ({status})"
+        )));
+    }
+    Ok(())
+}
+
+impl Freezer for HookFreezer {
+    fn describe(&self) -> String {
+        "hook commands".into()
+    }
+
+    fn freeze(&mut self) -> io::Result<()> {
+        run_hook("freeze", &self.before)
+    }
+
+    fn thaw(&mut self) -> io::Result<()> {
+        run_hook("thaw", &self.thaw)
+    }
+
+    fn handed_off(&mut self) -> io::Result<()> {
+        run_hook("after-handoff", &self.after)
+    }
+}
+
+/// One pre-copy round, as reported.
+#[derive(Clone, Debug)]
+pub struct RoundReport {
+    /// The generation the round committed.
+    pub generation: u64,
+    /// Chunks sent.
+    pub chunks: u64,
+    /// Bytes of CHUNK frames sent.
+    pub bytes: u64,
+    /// From the detector run that found the round's changes to its acknowledgement.
+    pub duration: Duration,
+}
+
+/// What a migration did.
+#[derive(Clone, Debug, Default)]
+pub struct MigrationReport {
+    /// The pre-copy rounds, the first (the initial transfer) included.
+    pub rounds: Vec<RoundReport>,
+    /// Why the writers were frozen when they were.
+    pub froze_because: String,
+    /// Bytes dirty when the writers were frozen, as the last scan found them.
+    pub dirty_at_freeze: u64,
+    /// Bytes the writers dirtied per second during the last pre-copy round.
+    pub dirty_rate: f64,
+    /// The last round, sent while frozen.
+    pub final_round: Option<RoundReport>,
+    /// From the freeze until the replica acknowledged the handoff and may write.
+    pub downtime: Duration,
+    /// From the start of the migration to the handoff.
+    pub total: Duration,
+    /// The generation ownership moved at.
+    pub generation: u64,
+}
+
+impl std::fmt::Display for MigrationReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let sent: u64 = self.rounds.iter().map(|r| r.bytes).sum();
+        write!(
+            f,
+            "handed over at generation {} after {} pre-copy rounds ({:.1} MiB); froze because {}: \
+             {:.1} MiB dirty, writers dirtying {:.1} MiB/s; final round {:.1} MiB; downtime {:.1} ms; \
+             total {:.2} s",
+            self.generation,
+            self.rounds.len(),
+            mib(sent),
+            self.froze_because,
+            mib(self.dirty_at_freeze),
+            self.dirty_rate / (1 << 20) as f64,
+            mib(self.final_round.as_ref().map_or(0, |r| r.bytes)),
+            self.downtime.as_secs_f64() * 1e3,
+            self.total.as_secs_f64()
+        )
+    }
+}
+
+/// Where a migration stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Rounds run while the writers write.
+    PreCopy,
+    /// Writers frozen; the last changes are being sent, then HANDOFF.
+    Frozen,
+    /// The replica owns the region.
+    HandedOff,
+}
+
+/// A migration of one region, run by the owner driver that streams it.
+pub struct Migration {
+    opts: MigrateOptions,
+    freezers: Vec<Box<dyn Freezer>>,
+    phase: Phase,
+    started: Instant,
+    frozen_at: Option<Instant>,
+    /// Bytes dirty after each round, to see whether the dirty set still shrinks.
+    dirty_trend: Vec<u64>,
+    report: Arc<Mutex<MigrationReport>>,
+}
+
+impl Migration {
+    /// A migration with `opts` that stops writers with `freezers` (none: the caller's writers
+    /// have stopped already, or there are none).
+    pub fn new(opts: MigrateOptions, freezers: Vec<Box<dyn Freezer>>) -> Self {
+        Migration {
+            opts,
+            freezers,
+            phase: Phase::PreCopy,
+            started: Instant::now(),
+            frozen_at: None,
+            dirty_trend: Vec::new(),
+            report: Arc::default(),
+        }
+    }
+
+    /// The report, filled in as the migration goes; complete once the phase is `HandedOff`.
+    pub fn report(&self) -> Arc<Mutex<MigrationReport>> {
+        self.report.clone()
+    }
+
+    /// Where the migration stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// A pre-copy round was acknowledged.
+    pub(crate) fn round_acked(&mut self, round: RoundReport) {
+        let mut report = self.report.lock().expect("report lock");
+        info!(
+            "migration: round {} (generation {}): {} chunks, {:.1} MiB in {:.1} ms",
+            report.rounds.len() + 1,
+            round.generation,
+            round.chunks,
+            round.bytes as f64 / (1 << 20) as f64,
+            round.duration.as_secs_f64() * 1e3
+        );
+        match self.phase {
+            Phase::PreCopy => report.rounds.push(round),
+            _ => report.final_round = Some(round),
+        }
+    }
+
+    /// After a round, with `dirty` bytes found by the scan that followed it: whether to freeze
+    /// now, and why.
+    pub(crate) fn should_freeze(&mut self, dirty: u64) -> Option<String> {
+        self.dirty_trend.push(dirty);
+        let report = self.report.lock().expect("report lock");
+        let last = report.rounds.last()?;
+        let secs = last.duration.as_secs_f64().max(1e-6);
+        let rate = last.bytes as f64 / secs;
+        let dirty_rate = dirty as f64 / secs;
+        drop(report);
+        self.report.lock().expect("report lock").dirty_rate = dirty_rate;
+        let estimate = if dirty == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(dirty as f64 / rate.max(1.0))
+        };
+        let rounds = self.dirty_trend.len() as u32;
+        let t = &self.dirty_trend;
+        let stalled = t.len() >= 4 && t[t.len() - 3..].iter().all(|&d| d >= t[t.len() - 4]);
+        if estimate <= self.opts.downtime {
+            Some(format!(
+                "the {:.1} ms to send what is dirty fit the {} ms target",
+                estimate.as_secs_f64() * 1e3,
+                self.opts.downtime.as_millis()
+            ))
+        } else if rounds >= self.opts.max_rounds {
+            Some(format!("{rounds} rounds were the most allowed"))
+        } else if stalled {
+            Some("the dirty set stopped shrinking".into())
+        } else {
+            None
+        }
+    }
+
+    /// Freezes every writer; on a failure, thaws the ones already frozen.
+    pub(crate) fn freeze(&mut self, why: String, dirty: u64) -> io::Result<()> {
+        for i in 0..self.freezers.len() {
+            if let Err(e) = self.freezers[i].freeze() {
+                let what = self.freezers[i].describe();
+                for f in self.freezers[..i].iter_mut().rev() {
+                    let _ = f.thaw();
+                }
+                return Err(io::Error::other(format!("freezing {what}: {e}")));
+            }
+        }
+        info!("migration: writers frozen ({why}); sending the last changes, then HANDOFF");
+        self.frozen_at = Some(Instant::now());
+        self.phase = Phase::Frozen;
+        let mut report = self.report.lock().expect("report lock");
+        report.froze_because = why;
+        report.dirty_at_freeze = dirty;
+        Ok(())
+    }
+
+    /// The replica acknowledged the handoff at `generation`.
+    pub(crate) fn handed_off(&mut self, generation: u64) {
+        let now = Instant::now();
+        self.phase = Phase::HandedOff;
+        {
+            let mut report = self.report.lock().expect("report lock");
+            report.generation = generation;
+            report.downtime = self.frozen_at.map_or(Duration::ZERO, |t| now - t);
+            report.total = now - self.started;
+        }
+        for f in &mut self.freezers {
+            if let Err(e) = f.handed_off() {
+                warn!("after the handoff, {}: {e}", f.describe());
+            }
+        }
+    }
+
+    /// The replica refused the handoff: this peer still owns the region and its writers go on.
+    pub(crate) fn refused(&mut self) {
+        self.phase = Phase::PreCopy;
+        for f in self.freezers.iter_mut().rev() {
+            if let Err(e) = f.thaw() {
+                warn!("thawing {}: {e}", f.describe());
+            }
+        }
+    }
+}

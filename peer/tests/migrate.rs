@@ -1,0 +1,245 @@
+//! Live migration between real `peer` processes: a writer in the style of QEMU's migration test
+//! (it increments a counter in pages of a mapped file, at random, without pause) runs at A while
+//! `peer migrate` moves the region to B; it is frozen at the handoff, continues at B on B's copy,
+//! and the region is migrated back. No page may be lost or stale at any step.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+use support::*;
+
+const PAGES: usize = 4096;
+
+/// A writer process incrementing the u64 at the start of random pages of `file`, forever.
+fn writer(w: &World, file: &Path) -> Child {
+    let script = w.path("writer.py");
+    std::fs::write(
+        &script,
+        r#"
+import mmap, random, struct, sys
+f = open(sys.argv[1], "r+b")
+m = mmap.mmap(f.fileno(), 0)
+pages = len(m) // 4096
+while True:
+    i = random.randrange(pages) * 4096
+    struct.pack_into("<Q", m, i, struct.unpack_from("<Q", m, i)[0] + 1)
+"#,
+    )
+    .unwrap();
+    Command::new("python3")
+        .arg(&script)
+        .arg(file)
+        .spawn()
+        .expect("python3 runs the writer")
+}
+
+fn counters(file: &Path) -> Vec<u64> {
+    let b = std::fs::read(file).unwrap();
+    (0..PAGES)
+        .map(|p| u64::from_le_bytes(b[p * 4096..p * 4096 + 8].try_into().unwrap()))
+        .collect()
+}
+
+/// `peer migrate` of `file` from the identity `id` to the serve at `addr` trusting `trust`,
+/// freezing `pid`; returns its report line.
+fn migrate(file: &Path, addr: &str, id: &Path, trust: &str, pid: u32) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "migrate",
+            "--region",
+            file.to_str().unwrap(),
+            "--peer",
+            addr,
+        ])
+        .args(["--identity", id.to_str().unwrap(), "--trust", trust])
+        .args(["--freeze-pid", &pid.to_string(), "--downtime-ms", "50"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "migrate failed:\n{stderr}{stdout}");
+    assert!(stdout.contains("downtime"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
+    let w = World::new();
+    let hook = w.path("handed-over");
+    let on_handoff = format!(
+        "echo $MEMSYNC_REGION $MEMSYNC_GENERATION > {}",
+        hook.display()
+    );
+    let server_b = w.serve_with(&["--on-handoff", &on_handoff]);
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let mut at_a = writer(&w, &file);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = migrate(
+        &file,
+        &w.addr(),
+        &w.path("owner-id"),
+        &w.replica_fp,
+        at_a.id(),
+    );
+    eprintln!("A -> B: {report}");
+    // The writer at A is stopped: its file is final, and B holds exactly it.
+    let at_handoff = counters(&file);
+    let b_copy = w.replica("mem");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
+    assert!(
+        at_handoff.iter().sum::<u64>() > 0,
+        "the writer wrote nothing"
+    );
+    server_b.wait_for("this peer owns it now", Duration::from_secs(10));
+    let owners = std::fs::read_to_string(w.path("replicas/.memsync/owners")).unwrap();
+    assert!(owners.contains("mem self"), "{owners}");
+    let hooked = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(&hook)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    assert!(
+        hooked.is_some_and(|h| h.starts_with("mem ")),
+        "no on-handoff run"
+    );
+    // A may not write B's region any more, now that B owns it.
+    let mut again = w.sync(&file, &["--once", "--reconnect-for", "0"]);
+    assert!(!again.wait(Duration::from_secs(30)).success());
+    assert!(again.output().contains("FORBIDDEN"), "{}", again.output());
+    at_a.kill().unwrap();
+    at_a.wait().unwrap();
+
+    // The workload continues at B on B's copy, and moves back to a serve at A.
+    let mut at_b = writer(&w, &b_copy);
+    std::thread::sleep(Duration::from_millis(300));
+    let port_a = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr_a = format!("127.0.0.1:{port_a}");
+    let dir_a = w.path("back");
+    let id_a = w.path("owner-id");
+    let server_a = Proc::start(&[
+        "serve",
+        "--listen",
+        &addr_a,
+        "--dir",
+        dir_a.to_str().unwrap(),
+        "--identity",
+        id_a.to_str().unwrap(),
+        "--trust",
+        &w.replica_fp,
+    ]);
+    server_a.wait_for("serving replicas", Duration::from_secs(20));
+    let report = migrate(
+        &b_copy,
+        &addr_a,
+        &w.path("replica-id"),
+        &w.owner_fp,
+        at_b.id(),
+    );
+    eprintln!("B -> A: {report}");
+    let at_end = counters(&b_copy);
+    assert_eq!(
+        std::fs::read(&b_copy).unwrap(),
+        std::fs::read(dir_a.join("mem")).unwrap()
+    );
+    // Every page went on from where the handoff left it: none lost, none stale.
+    assert!(at_handoff.iter().zip(&at_end).all(|(a, b)| b >= a));
+    assert!(at_end.iter().sum::<u64>() > at_handoff.iter().sum::<u64>());
+    at_b.kill().unwrap();
+    at_b.wait().unwrap();
+}
+
+#[test]
+fn an_nbd_export_holds_writes_at_the_freeze_and_refuses_them_once_handed_over() {
+    let w = World::new();
+    let _server_b = w.serve();
+    let file = w.random_file("disk.img", 64 << 20);
+    let port = free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut m = Proc::start(&[
+        "migrate",
+        "--region",
+        file.to_str().unwrap(),
+        "--peer",
+        &w.addr(),
+        "--identity",
+        w.path("owner-id").to_str().unwrap(),
+        "--trust",
+        &w.replica_fp,
+        "--detector",
+        "nbd",
+        "--nbd-listen",
+        &listen,
+        "--downtime-ms",
+        "20",
+    ]);
+    m.wait_for("as NBD export", Duration::from_secs(30));
+    // A client writing through the export while the region migrates.
+    let uri = format!("nbd://127.0.0.1:{port}/disk.img");
+    let writes: Vec<String> = (0..2000u64)
+        .map(|i| format!("write -P {} {} 4k", i % 251, (i * 7919 % 16384) * 4096))
+        .collect();
+    let mut client = Command::new("qemu-io");
+    client.args(["-f", "raw", &uri]);
+    for c in &writes {
+        client.args(["-c", c]);
+    }
+    let client = client.output().expect("qemu-io (test.sh installs it)");
+    m.wait_for("migrated:", Duration::from_secs(60));
+    // After the handoff: A's copy is B's, writes are refused, reads still served.
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("disk.img")).unwrap()
+    );
+    let late = Command::new("qemu-io")
+        .args(["-f", "raw", &uri, "-c", "write -P 0xee 0 4k"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&late.stdout).into_owned() + &String::from_utf8_lossy(&late.stderr);
+    // New clients see a read-only export; a write is refused either way.
+    assert!(
+        said.contains("Operation not permitted") || said.contains("Permission denied"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("disk.img")).unwrap()
+    );
+    let read = Command::new("qemu-io")
+        .args(["-f", "raw", "-r", &uri, "-c", "read 0 64k"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&read.stdout).contains("read 65536/65536"),
+        "{read:?}"
+    );
+    // Every write the client saw succeed before the handoff is in B's copy (checked above);
+    // the client saw no other error than the refusal.
+    let out = String::from_utf8_lossy(&client.stdout).into_owned()
+        + &String::from_utf8_lossy(&client.stderr);
+    assert!(
+        out.lines()
+            .filter(|l| l.contains("failed"))
+            .all(|l| l.contains("Operation not permitted")),
+        "{out}"
+    );
+    m.signal(libc::SIGINT);
+    let _ = m.wait(Duration::from_secs(10));
+}
