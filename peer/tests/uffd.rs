@@ -277,6 +277,104 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Migration of an embedded region
+
+/// An application writing its tracked memory migrates it to a `serve`: pre-copy with the `uffd`
+/// detector while its writer thread runs, the application's own callback stops the writer at the
+/// freeze, and the replica holds exactly what the writer last wrote.
+#[test]
+fn an_embedded_region_migrates_with_the_applications_own_freeze() {
+    use memsync_peer::roles::migrate::{FnFreezer, MigrateOptions, Migration};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let server = rt.block_on(async { PeerEndpoint::loopback(&b, a.fingerprint()).unwrap() });
+    let addr = server.local_addr();
+    let replicas = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
+    rt.spawn(async move { memsync_peer::roles::replica::serve(&server, replicas).await });
+
+    let size = 16 << 20;
+    let mut region = TrackedRegion::new(size).unwrap();
+    let mut sync_region = region.sync_region("app").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            while !stop.load(Ordering::Acquire) {
+                for _ in 0..64 {
+                    let page = rng.random_range(0..size / 4096) * 4096;
+                    let v = u64::from_le_bytes(region[page..page + 8].try_into().unwrap());
+                    region[page..page + 8].copy_from_slice(&(v + 1).to_le_bytes());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            region
+        })
+    };
+    let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let freeze = {
+        let (stop, writer, stopped) = (stop.clone(), writer.clone(), stopped.clone());
+        move || {
+            stop.store(true, Ordering::Release);
+            let region = writer
+                .lock()
+                .unwrap()
+                .take()
+                .expect("frozen once")
+                .join()
+                .unwrap();
+            *stopped.lock().unwrap() = Some(region);
+            Ok(())
+        }
+    };
+    let freezer = FnFreezer {
+        freeze,
+        thaw: || Ok(()),
+    };
+    let opts = MigrateOptions {
+        downtime: Duration::from_millis(20),
+        max_rounds: 50,
+    };
+    let migration = Migration::new(opts, vec![Box::new(freezer)]);
+    let report = migration.report();
+    sync_region.migration = Some(migration);
+    let client = rt.block_on(async {
+        PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
+    });
+    let opts = SyncOptions {
+        interval: Duration::from_millis(20),
+        ..SyncOptions::default()
+    };
+    rt.block_on(memsync_peer::roles::owner::run(
+        &client,
+        addr,
+        vec![sync_region],
+        &opts,
+        Arc::default(),
+    ))
+    .unwrap();
+    let report = report.lock().unwrap().clone();
+    eprintln!("embedded migration: {report}");
+    assert!(report.downtime > Duration::ZERO);
+    let region = stopped
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the writer was frozen");
+    let written: u64 = (0..size / 4096)
+        .map(|p| u64::from_le_bytes(region[p * 4096..p * 4096 + 8].try_into().unwrap()))
+        .sum();
+    assert!(written > 0, "the writer wrote nothing before the freeze");
+    assert!(std::fs::read(dir.path().join("app")).unwrap() == region[..]);
+}
+
 // Replication of an embedded region
 
 #[test]

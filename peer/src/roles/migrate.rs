@@ -195,6 +195,33 @@ impl Freezer for HookFreezer {
     }
 }
 
+/// An application's own callbacks as a [`Freezer`]: an application that embeds memsync pauses its
+/// writer threads in `freeze` (returning once none writes) and lets them go on in `thaw`.
+pub struct FnFreezer<F, T> {
+    /// Stops the writers; returns once none writes.
+    pub freeze: F,
+    /// Lets them go on (the handoff failed).
+    pub thaw: T,
+}
+
+impl<F, T> Freezer for FnFreezer<F, T>
+where
+    F: FnMut() -> io::Result<()> + Send,
+    T: FnMut() -> io::Result<()> + Send,
+{
+    fn describe(&self) -> String {
+        "the application's writers".into()
+    }
+
+    fn freeze(&mut self) -> io::Result<()> {
+        (self.freeze)()
+    }
+
+    fn thaw(&mut self) -> io::Result<()> {
+        (self.thaw)()
+    }
+}
+
 /// One pre-copy round, as reported.
 #[derive(Clone, Debug)]
 pub struct RoundReport {
@@ -320,18 +347,18 @@ impl Migration {
     /// now, and why.
     pub(crate) fn should_freeze(&mut self, dirty: u64) -> Option<String> {
         self.dirty_trend.push(dirty);
+        if dirty == 0 {
+            return Some("nothing was dirty".into());
+        }
         let report = self.report.lock().expect("report lock");
+        // No round yet (the replica held everything): send what is dirty and measure that.
         let last = report.rounds.last()?;
         let secs = last.duration.as_secs_f64().max(1e-6);
         let rate = last.bytes as f64 / secs;
         let dirty_rate = dirty as f64 / secs;
         drop(report);
         self.report.lock().expect("report lock").dirty_rate = dirty_rate;
-        let estimate = if dirty == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(dirty as f64 / rate.max(1.0))
-        };
+        let estimate = Duration::from_secs_f64(dirty as f64 / rate.max(1.0));
         let rounds = self.dirty_trend.len() as u32;
         let t = &self.dirty_trend;
         let stalled = t.len() >= 4 && t[t.len() - 3..].iter().all(|&d| d >= t[t.len() - 4]);

@@ -295,6 +295,8 @@ async fn run_session(
 /// A round in flight: when its changes were found, and what it sent so far.
 struct Round {
     detected: Instant,
+    /// When its first frame was queued.
+    started: Instant,
     /// The detector's position when the round began: the round carries every change up to it.
     position: u64,
     chunks: u64,
@@ -501,6 +503,7 @@ async fn pump(
                 r.owner.generation(),
                 Round {
                     detected: last_detect,
+                    started: Instant::now(),
                     position: r.detector.position(),
                     chunks: 0,
                     bytes: 0,
@@ -570,6 +573,7 @@ async fn pump(
                     continue;
                 }
                 let streaming = r.owner.state() == OwnerState::Streaming;
+                let migrating = r.migration.is_some();
                 let wake = r.detector.wakeup();
                 if opts.once && r.owner.is_synced() {
                     if final_scan_done {
@@ -585,8 +589,9 @@ async fn pump(
                         Some(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
                         None => return Err(StreamError::Truncated),
                     },
-                    _ = tick.tick(), if streaming && !opts.once => detect(r, &mut dirty, &mut last_detect)?,
-                    _ = async { wake.as_ref().expect("guarded").notified().await }, if streaming && wake.is_some() => {
+                    // A migration scans after each of its rounds instead (`migration_step`).
+                    _ = tick.tick(), if streaming && !opts.once && !migrating => detect(r, &mut dirty, &mut last_detect)?,
+                    _ = async { wake.as_ref().expect("guarded").notified().await }, if streaming && wake.is_some() && !migrating => {
                         detect(r, &mut dirty, &mut last_detect)?
                     }
                 }
@@ -895,6 +900,7 @@ fn on_frame(
             let mut chunks = 0;
             let mut bytes = 0;
             let mut detected = None;
+            let mut started = None;
             let mut position = None;
             while let Some(e) = rounds.first_entry() {
                 if *e.key() > generation {
@@ -904,6 +910,7 @@ fn on_frame(
                 chunks += round.chunks;
                 bytes += round.bytes;
                 detected.get_or_insert(round.detected);
+                started.get_or_insert(round.started);
                 position = Some(round.position);
             }
             if let Some(p) = position {
@@ -923,7 +930,8 @@ fn on_frame(
                 lag.as_secs_f64() * 1e3
             );
             if let Some(m) = &mut r.migration {
-                let duration = lag;
+                // Sending time, for the rate: from the round's first frame to its ACK.
+                let duration = started.map_or(lag, |s| s.elapsed());
                 m.round_acked(RoundReport {
                     generation,
                     chunks,
