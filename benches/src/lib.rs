@@ -26,12 +26,12 @@ pub fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
-/// Bytes per second as MiB/s.
 /// Cores this process may run on, for the figures' headings.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Bytes per second as MiB/s.
 pub fn mibps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / (1 << 20) as f64
 }

@@ -432,6 +432,11 @@ async fn receive(
             }
             ReplicaEvent::Committed { generation } => {
                 debug!("generation {generation} applied");
+                // Each generation starts on its way to the disk, so that a handoff (which waits
+                // for stable storage) finds little left to write.
+                if let Some((f, _)) = &file {
+                    f.start_writeback();
+                }
             }
             ReplicaEvent::BecameOwner { generation } => {
                 let (f, name) = file.as_ref().ok_or_else(|| {
