@@ -131,20 +131,8 @@ fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
         .unwrap()
         .port();
     let addr_a = format!("127.0.0.1:{port_a}");
+    let _server_a = w.serve_as(&addr_a, "back", "owner-id", &["--trust", &w.replica_fp]);
     let dir_a = w.path("back");
-    let id_a = w.path("owner-id");
-    let server_a = Proc::start(&[
-        "serve",
-        "--listen",
-        &addr_a,
-        "--dir",
-        dir_a.to_str().unwrap(),
-        "--identity",
-        id_a.to_str().unwrap(),
-        "--trust",
-        &w.replica_fp,
-    ]);
-    server_a.wait_for("serving replicas", Duration::from_secs(20));
     let report = migrate(
         &b_copy,
         &addr_a,

@@ -277,15 +277,14 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Migration of an embedded region
-
-/// An application writing its tracked memory migrates it to a `serve`: pre-copy with the `uffd`
-/// detector while its writer thread runs, the application's own callback stops the writer at the
-/// freeze, and the replica holds exactly what the writer last wrote.
-#[test]
-fn an_embedded_region_migrates_with_the_applications_own_freeze() {
-    use memsync_peer::roles::migrate::{FnFreezer, MigrateOptions, Migration};
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// A runtime, a `serve` on loopback into a temporary directory, its address, and a client
+/// endpoint trusted by it.
+fn serve_in_process() -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    std::net::SocketAddr,
+    PeerEndpoint,
+) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -297,6 +296,21 @@ fn an_embedded_region_migrates_with_the_applications_own_freeze() {
     let addr = server.local_addr();
     let replicas = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
     rt.spawn(async move { memsync_peer::roles::replica::serve(&server, replicas).await });
+    let trust = TrustSet::new([b.fingerprint()]);
+    let client = rt.block_on(async { PeerEndpoint::client_for(addr, &a, trust).unwrap() });
+    (rt, dir, addr, client)
+}
+
+// Migration of an embedded region
+
+/// An application writing its tracked memory migrates it to a `serve`: pre-copy with the `uffd`
+/// detector while its writer thread runs, the application's own callback stops the writer at the
+/// freeze, and the replica holds exactly what the writer last wrote.
+#[test]
+fn an_embedded_region_migrates_with_the_applications_own_freeze() {
+    use memsync_peer::roles::migrate::{FnFreezer, MigrateOptions, Migration};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (rt, dir, addr, client) = serve_in_process();
 
     let size = 16 << 20;
     let mut region = TrackedRegion::new(size).unwrap();
@@ -345,9 +359,6 @@ fn an_embedded_region_migrates_with_the_applications_own_freeze() {
     let migration = Migration::new(opts, vec![Box::new(freezer)]);
     let report = migration.report();
     sync_region.migration = Some(migration);
-    let client = rt.block_on(async {
-        PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
-    });
     let opts = SyncOptions {
         interval: Duration::from_millis(20),
         ..SyncOptions::default()
@@ -379,26 +390,13 @@ fn an_embedded_region_migrates_with_the_applications_own_freeze() {
 
 #[test]
 fn embedded_region_replicates_through_sync_run_and_serve() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = rt.block_on(async { PeerEndpoint::loopback(&b, a.fingerprint()).unwrap() });
-    let addr = server.local_addr();
-    let replicas = memsync_peer::region::ReplicaDir::open(dir.path()).unwrap();
-    rt.spawn(async move { memsync_peer::roles::replica::serve(&server, replicas).await });
+    let (rt, dir, addr, client) = serve_in_process();
 
     let size = 24 << 20;
     let mut region = TrackedRegion::new(size).unwrap();
     region.copy_from_slice(&pattern(size, 10));
     let sync_region = region.sync_region("embedded").unwrap();
     let stats = Arc::new(SyncStats::default());
-    let client = rt.block_on(async {
-        PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
-    });
     let opts = SyncOptions {
         interval: Duration::from_millis(20),
         once: false,

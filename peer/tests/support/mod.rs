@@ -166,18 +166,17 @@ impl World {
 
     /// `peer serve` with `extra` arguments.
     pub fn serve_with(&self, extra: &[&str]) -> Proc {
-        let (addr, dir, id) = (self.addr(), self.path("replicas"), self.path("replica-id"));
-        let mut args = vec![
-            "serve",
-            "--listen",
-            &addr,
-            "--dir",
-            dir.to_str().unwrap(),
-            "--identity",
-            id.to_str().unwrap(),
-            "--trust",
-            &self.owner_fp,
-        ];
+        let mut args = vec!["--trust", &self.owner_fp];
+        args.extend_from_slice(extra);
+        self.serve_as(&self.addr(), "replicas", "replica-id", &args)
+    }
+
+    /// `peer serve` on `addr` into directory `dir` of the world, with the identity in `id` and
+    /// `extra` arguments (its `--trust` among them).
+    pub fn serve_as(&self, addr: &str, dir: &str, id: &str, extra: &[&str]) -> Proc {
+        let (dir, id) = (self.path(dir), self.path(id));
+        let mut args = vec!["serve", "--listen", addr, "--dir", dir.to_str().unwrap()];
+        args.extend(["--identity", id.to_str().unwrap()]);
         args.extend_from_slice(extra);
         let p = Proc::start(&args);
         p.wait_for("serving replicas", Duration::from_secs(20));
