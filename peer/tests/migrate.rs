@@ -35,6 +35,19 @@ while True:
         .expect("python3 runs the writer")
 }
 
+/// Waits until the writer has written to `file` (python can take a while to start on a busy
+/// machine, and a migration of an unwritten region is over at once).
+fn wait_written(file: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counters(file).iter().sum::<u64>() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn counters(file: &Path) -> Vec<u64> {
     let b = std::fs::read(file).unwrap();
     (0..PAGES)
@@ -45,16 +58,17 @@ fn counters(file: &Path) -> Vec<u64> {
 /// `peer migrate` of `file` from the identity `id` to the serve at `addr` trusting `trust`,
 /// freezing `pid`; returns its report line.
 fn migrate(file: &Path, addr: &str, id: &Path, trust: &str, pid: u32) -> String {
+    migrate_freezing(file, addr, id, trust, &["--freeze-pid", &pid.to_string()])
+}
+
+/// `peer migrate` with the freeze options `freeze`.
+fn migrate_freezing(file: &Path, addr: &str, id: &Path, trust: &str, freeze: &[&str]) -> String {
+    let region = file.to_str().unwrap();
     let out = Command::new(BIN)
-        .args([
-            "migrate",
-            "--region",
-            file.to_str().unwrap(),
-            "--peer",
-            addr,
-        ])
+        .args(["migrate", "--region", region, "--peer", addr])
         .args(["--identity", id.to_str().unwrap(), "--trust", trust])
-        .args(["--freeze-pid", &pid.to_string(), "--downtime-ms", "50"])
+        .args(freeze)
+        .args(["--downtime-ms", "50"])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -82,7 +96,7 @@ fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
         .set_len((PAGES * 4096) as u64)
         .unwrap();
     let mut at_a = writer(&w, &file);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_written(&file);
     let report = migrate(
         &file,
         &w.addr(),
@@ -124,7 +138,15 @@ fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
 
     // The workload continues at B on B's copy, and moves back to a serve at A.
     let mut at_b = writer(&w, &b_copy);
-    std::thread::sleep(Duration::from_millis(300));
+    let written_at_b = counters(&b_copy).iter().sum::<u64>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counters(&b_copy).iter().sum::<u64>() == written_at_b {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer at B never wrote"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let port_a = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -230,4 +252,73 @@ fn an_nbd_export_holds_writes_at_the_freeze_and_refuses_them_once_handed_over() 
     );
     m.signal(libc::SIGINT);
     let _ = m.wait(Duration::from_secs(10));
+}
+
+/// A cgroup v2 of this test's own, removed on drop (its processes killed first).
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new(name: &str) -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+            })
+            .expect("a cgroup v2 hierarchy is mounted (cgroup.freeze)");
+        let dir = Path::new(&root).join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        Cgroup(dir)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_cgroup_is_frozen_for_the_handoff_and_stays_frozen() {
+    let w = World::new();
+    let _server = w.serve();
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let cg = Cgroup::new("memsync-migrate");
+    let mut at_a = writer(&w, &file);
+    std::fs::write(cg.0.join("cgroup.procs"), at_a.id().to_string()).unwrap();
+    wait_written(&file);
+    let cgroup = cg.0.to_str().unwrap();
+    let report = migrate_freezing(
+        &file,
+        &w.addr(),
+        &w.path("owner-id"),
+        &w.replica_fp,
+        &["--freeze-cgroup", cgroup],
+    );
+    eprintln!("cgroup: {report}");
+    let events = std::fs::read_to_string(cg.0.join("cgroup.events")).unwrap();
+    assert!(events.contains("frozen 1"), "{events}");
+    let before = std::fs::read(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the frozen writer wrote"
+    );
+    assert_eq!(before, std::fs::read(w.replica("mem")).unwrap());
+    assert!(
+        counters(&file).iter().sum::<u64>() > 0,
+        "the writer wrote nothing"
+    );
+    drop(cg);
+    let _ = at_a.kill();
+    let _ = at_a.wait();
 }

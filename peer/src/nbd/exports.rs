@@ -73,8 +73,11 @@ impl FileExport {
         self.writes.send_replace(w);
     }
 
-    /// Runs `f` on the mapping once writes are let through (waiting while they are held).
-    async fn write_with(&self, f: impl Fn(&mut [u8])) -> io::Result<()> {
+    /// Runs `f` on bytes `offset..offset + len` of the mapping once writes are let through
+    /// (waiting while they are held), and marks them; returns the marks' position. The mark is
+    /// made under the map's lock, with the write: a freeze that takes the lock after it finds
+    /// the write marked, so the last scan of a migration cannot miss it.
+    async fn write_with(&self, offset: u64, len: u64, f: impl Fn(&mut [u8])) -> io::Result<u64> {
         let mut gate = self.writes.subscribe();
         loop {
             let state = *gate.borrow_and_update();
@@ -87,8 +90,9 @@ impl FileExport {
                     let mut map = self.map.lock().expect("map lock");
                     // The gate may have closed between the check and the lock.
                     if *self.writes.borrow() == Writes::Open {
-                        f(&mut map);
-                        return self.intact(&map);
+                        f(&mut map[offset as usize..(offset + len) as usize]);
+                        self.intact(&map)?;
+                        return Ok(self.marks.mark(offset, len));
                     }
                 }
             }
@@ -131,10 +135,10 @@ impl Export for FileExport {
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        let range = offset as usize..offset as usize + data.len();
-        self.write_with(|map| map[range.clone()].copy_from_slice(data))
+        let len = data.len() as u64;
+        let pos = self
+            .write_with(offset, len, |b| b.copy_from_slice(data))
             .await?;
-        let pos = self.marks.mark(offset, data.len() as u64);
         if fua {
             self.durable(pos).await?;
         }
@@ -142,9 +146,7 @@ impl Export for FileExport {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        let range = offset as usize..(offset + len) as usize;
-        self.write_with(|map| map[range.clone()].fill(0)).await?;
-        let pos = self.marks.mark(offset, len);
+        let pos = self.write_with(offset, len, |b| b.fill(0)).await?;
         if fua {
             self.durable(pos).await?;
         }
