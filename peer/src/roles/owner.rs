@@ -817,9 +817,14 @@ fn migration_step(
             if let Some(why) = m.should_freeze(bytes) {
                 tokio::task::block_in_place(|| m.freeze(why, bytes))
                     .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
-                // The writers' last changes, made between the scan above and the freeze.
-                detect(r, dirty, last_detect)?;
-                r.owner.begin_handoff()?;
+                // The writers' last changes, made between the scan above and the freeze. If that
+                // fails, no HANDOFF went out: this peer still owns the region and thaws them.
+                let offered = detect(r, dirty, last_detect)
+                    .and_then(|()| r.owner.begin_handoff().map_err(StreamError::from));
+                if offered.is_err() {
+                    r.migration.as_mut().expect("checked above").refused();
+                }
+                offered?;
             }
             Ok(true)
         }

@@ -151,18 +151,18 @@ impl From<SyncOptions> for ServeOptions {
 
 /// [`serve`], with `policy` and `opts`.
 pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts: ServeOptions) {
-    let mounts = Arc::new(opts);
+    let opts = Arc::new(opts);
     let active = Arc::new(Regions {
         policy,
         slots: Mutex::default(),
     });
     let dir = Arc::new(dir);
     while let Some(incoming) = ep.endpoint.accept().await {
-        let (dir, active, mounts) = (dir.clone(), active.clone(), mounts.clone());
+        let (dir, active, opts) = (dir.clone(), active.clone(), opts.clone());
         tokio::spawn(async move {
             let addr = incoming.remote_address();
             match PeerEndpoint::accept(incoming).await {
-                Ok(session) => serve_session(session, dir, active, mounts).await,
+                Ok(session) => serve_session(session, dir, active, opts).await,
                 Err(e) => warn!("connection from {addr} refused: {e}"),
             }
         });
@@ -173,7 +173,7 @@ async fn serve_session(
     session: Session,
     dir: Arc<ReplicaDir>,
     active: Arc<Regions>,
-    mounts: Arc<ServeOptions>,
+    opts: Arc<ServeOptions>,
 ) {
     let addr = session.conn.remote_address();
     let Some(who) = session.peer_fingerprint() else {
@@ -184,7 +184,7 @@ async fn serve_session(
     loop {
         match session.conn.accept_bi().await {
             Ok((send, recv)) => {
-                let (dir, active, mounts) = (dir.clone(), active.clone(), mounts.clone());
+                let (dir, active, opts) = (dir.clone(), active.clone(), opts.clone());
                 // Mounts get a fetch lane when the peer takes them (spec §8.7).
                 let lane = (session.negotiated.features & feature::FETCH_LANE != 0)
                     .then(|| session.conn.clone());
@@ -195,7 +195,7 @@ async fn serve_session(
                     who,
                     max_body,
                     lane,
-                    mounts,
+                    opts,
                 };
                 tokio::spawn(replica_stream(send, recv, stream));
             }
@@ -217,7 +217,7 @@ struct Stream {
     max_body: u32,
     /// The connection, when the peer takes fetch lanes.
     lane: Option<quinn::Connection>,
-    mounts: Arc<ServeOptions>,
+    opts: Arc<ServeOptions>,
 }
 
 async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s: Stream) {
@@ -229,16 +229,7 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
     match receive(&mut send, &mut reader, &mut replica, &s, &mut claim).await {
         Ok(Some(mount)) => {
             let slot = s.active.slot(&mount);
-            serve_mount(
-                send,
-                reader,
-                &s.dir,
-                &mount,
-                &slot,
-                s.lane,
-                &s.mounts.mounts,
-            )
-            .await
+            serve_mount(send, reader, &s.dir, &mount, &slot, s.lane, &s.opts.mounts).await
         }
         Ok(None) => {
             let _ = send.finish();
@@ -450,7 +441,7 @@ async fn receive(
                 info!(
                     "region {name}: this peer owns it now (handed over at generation {generation})"
                 );
-                if let Some(cmd) = &s.mounts.on_handoff {
+                if let Some(cmd) = &s.opts.on_handoff {
                     run_on_handoff(cmd, name, &dir.display(name), generation);
                 }
                 // The old owner ends the stream; replicating from here is a new sync's job.
