@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 /// A `peer` run that must fail with a message (exit status 1, never a signal).
@@ -256,9 +256,7 @@ fn slow_and_lying_nbd_clients_hold_bounded_memory_and_slots() {
         .unwrap();
     let mut greeting = [0u8; 18];
     silent.read_exact(&mut greeting).unwrap();
-    let t = Instant::now();
-    assert!(closed(&mut silent));
-    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(closed(&mut silent), "a silent client was not closed");
     // Freed slots serve real clients again.
     liars.clear();
     more.clear();

@@ -285,9 +285,17 @@ pub fn free_tcp_port() -> u16 {
         .port()
 }
 
-/// True once the server closed the connection.
+/// True once the server closed the connection: end of stream or a reset, not our own read
+/// timeout (a server that never closes fails this, it does not pass it by waiting).
 pub fn closed(s: &mut std::net::TcpStream) -> bool {
-    use std::io::Read;
+    use std::io::{ErrorKind, Read};
     let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+        ),
+        Ok(_) => false,
+    }
 }
