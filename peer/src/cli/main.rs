@@ -4,7 +4,7 @@ mod demo;
 mod uffd;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use memsync_peer::detector::{Marks, MarksDetector};
 use memsync_peer::nbd;
 use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
@@ -12,6 +12,7 @@ use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::region::Source;
 use memsync_peer::roles::mount::MemorySink;
 use memsync_peer::roles::owner::{SyncOptions, SyncRegion, SyncStats};
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,6 +237,13 @@ enum Cmd {
     /// Two peers in one process on loopback: a generated region, a writer mutating it, live
     /// throughput and lag, and a final byte-for-byte check.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff, for `man -l -`) to stdout.
+    Man,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -247,6 +255,12 @@ enum Detector {
     /// userfaultfd write tracking: only for memory written through the tracking process's own
     /// mapping (embedded `memsync_peer::embed`, or `peer uffd track`); refused for files.
     Uffd,
+}
+
+/// Colour (ANSI escapes) in log lines only on a terminal, and never with `NO_COLOR` set to
+/// anything non-empty (no-color.org).
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn main() {
@@ -262,6 +276,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .with_target(cli.verbose > 0)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -293,6 +308,14 @@ fn report(e: &anyhow::Error) -> String {
 
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "peer", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
         Cmd::Id { id } => {
             let dir = identity_dir(&id)?;
             let ident = Identity::load_or_create(&dir)?;
