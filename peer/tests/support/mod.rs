@@ -135,7 +135,12 @@ pub fn peer_id(dir: &Path) -> String {
 
 impl World {
     pub fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// A world whose files live under `base` (e.g. /dev/shm for memory-backed files).
+    pub fn new_in(base: &Path) -> World {
+        let dir = tempfile::tempdir_in(base).unwrap();
         let owner_fp = peer_id(&dir.path().join("owner-id"));
         let replica_fp = peer_id(&dir.path().join("replica-id"));
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
