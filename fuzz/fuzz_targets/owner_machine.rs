@@ -27,8 +27,10 @@
 //!   `acked() ≤ generation()`; `is_synced()` implies `backlog() == 0`; state(), generation(),
 //!   acked(), backlog(), is_synced() and known_hashes() match the model.
 //!
-//! `restart` must be refused once a handoff was offered (§8.6). After an error or a PeerError the
-//! stream is dead: the harness restarts the owner (a new stream), or stops if it may not.
+//! `restart` after HANDOFF went out is a probe (§8.6: state Probing, OPEN queued), which an ERROR
+//! HANDED_OVER answers with HandedOff and a STATE like Opening's; it is refused once handed off.
+//! After an error or a PeerError the stream is dead: the harness restarts the owner (a new
+//! stream), or stops if it may not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -117,17 +119,20 @@ impl Harness {
         assert_eq!(o.known_hashes(), &self.known[..]);
     }
 
-    /// Restarts on a new stream; false when the owner may not (a handoff was offered).
+    /// Restarts on a new stream; false when the owner may not (it handed off).
     fn restart(&mut self) -> bool {
         let r = self.owner.restart();
-        if matches!(
-            self.state,
-            OwnerState::HandingOff { .. } | OwnerState::HandedOff
-        ) {
-            assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
-            self.check();
-            return false;
-        }
+        let next = match self.state {
+            OwnerState::HandedOff => {
+                assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
+                self.check();
+                return false;
+            }
+            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
+                OwnerState::Probing { generation }
+            }
+            _ => OwnerState::Opening,
+        };
         r.expect("restart");
         for i in 0..self.n as usize {
             self.pending[i] |= self.round[i];
@@ -143,7 +148,7 @@ impl Harness {
         self.urgent.clear();
         self.background.clear();
         self.on_stream.fill(false);
-        self.state = OwnerState::Opening;
+        self.state = next;
         self.open_queued = Some(self.g);
         self.last_commit_stream = None;
         self.check();
@@ -165,6 +170,12 @@ impl Harness {
             f => f,
         };
         match (frame, self.state) {
+            (Frame::Error { code, .. }, Probing { generation })
+                if code == ErrorCode::HandedOver as u32 =>
+            {
+                self.state = HandedOff;
+                Ok(OwnerEvent::HandedOff { generation })
+            }
             (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
                 code,
                 reason: reason.to_owned(),
@@ -176,7 +187,7 @@ impl Harness {
                     chunk_count,
                     ..
                 },
-                Opening,
+                Opening | Probing { .. },
             ) => {
                 if !empty && chunk_count != self.n {
                     return Err(ErrorCode::BadGeometry);
@@ -551,7 +562,12 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
             Frame::HandoffAck { generation }.to_vec()
         }
         6 => Frame::Error {
-            code: input.u32(),
+            // HANDED_OVER often: the answer that settles a probe (§8.6).
+            code: if input.bool() {
+                ErrorCode::HandedOver as u32
+            } else {
+                input.u32()
+            },
             reason: "replica failed",
         }
         .to_vec(),

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 use support::*;
@@ -61,24 +61,82 @@ fn migrate(file: &Path, addr: &str, id: &Path, trust: &str, pid: u32) -> String 
     migrate_freezing(file, addr, id, trust, &["--freeze-pid", &pid.to_string()])
 }
 
-/// `peer migrate` with the freeze options `freeze`.
-fn migrate_freezing(file: &Path, addr: &str, id: &Path, trust: &str, freeze: &[&str]) -> String {
-    let region = file.to_str().unwrap();
-    let out = Command::new(BIN)
-        .args(["migrate", "--region", region, "--peer", addr])
-        .args(["--identity", id.to_str().unwrap(), "--trust", trust])
-        .args(freeze)
-        .args(["--downtime-ms", "50"])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
+/// The `peer migrate` command of `file` to `addr` as identity `id` trusting `trust`, with `extra`
+/// arguments.
+fn migrate_cmd(file: &Path, addr: &str, id: &Path, trust: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "migrate",
+        "--region",
+        file.to_str().unwrap(),
+        "--peer",
+        addr,
+    ])
+    .args(["--identity", id.to_str().unwrap(), "--trust", trust])
+    .args(["--downtime-ms", "50"])
+    .args(extra)
+    .env("NO_COLOR", "1");
+    c
+}
+
+/// Runs `peer migrate` to its end: (success, stdout, stderr).
+fn migrate_run(
+    file: &Path,
+    addr: &str,
+    id: &Path,
+    trust: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let out = migrate_cmd(file, addr, id, trust, extra).output().unwrap();
+    (
+        out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "migrate failed:\n{stderr}{stdout}");
+    )
+}
+
+/// `peer migrate` with the freeze options `freeze`.
+fn migrate_freezing(file: &Path, addr: &str, id: &Path, trust: &str, freeze: &[&str]) -> String {
+    let (ok, stdout, stderr) = migrate_run(file, addr, id, trust, freeze);
+    assert!(ok, "migrate failed:\n{stderr}{stdout}");
     assert!(stdout.contains("downtime"), "{stdout}");
     stdout
+}
+
+/// Whether process `pid` is stopped (SIGSTOP), waiting a little for a signal just sent to land.
+fn stopped(pid: u32) -> bool {
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // pid (comm) STATE …; comm may hold spaces, so take what follows the last ')'.
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('T')
+    };
+    (0..100).any(|_| state() || (std::thread::sleep(Duration::from_millis(20)), false).1)
+}
+
+/// Whether the serve of world `w` (directory `replicas`) owns `name`.
+fn owned_at_b(w: &World, name: &str) -> bool {
+    std::fs::read_to_string(w.path("replicas/.memsync/owners"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == format!("{name} self"))
+}
+
+/// A world with a serve at B and a writer at A already writing its region `mem`.
+fn migrating_world() -> (World, Proc, PathBuf, Child) {
+    let w = World::new();
+    let b = w.serve();
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let at_a = writer(&w, &file);
+    wait_written(&file);
+    (w, b, file, at_a)
 }
 
 #[test]
@@ -132,7 +190,7 @@ fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
     // A may not write B's region any more, now that B owns it.
     let mut again = w.sync(&file, &["--once", "--reconnect-for", "0"]);
     assert!(!again.wait(Duration::from_secs(30)).success());
-    assert!(again.output().contains("FORBIDDEN"), "{}", again.output());
+    assert!(again.output().contains("HANDED_OVER"), "{}", again.output());
     at_a.kill().unwrap();
     at_a.wait().unwrap();
 
@@ -319,6 +377,167 @@ fn a_cgroup_is_frozen_for_the_handoff_and_stays_frozen() {
         "the writer wrote nothing"
     );
     drop(cg);
+    let _ = at_a.kill();
+    let _ = at_a.wait();
+}
+
+#[test]
+fn a_migrate_killed_while_frozen_is_finished_by_running_it_again() {
+    let (w, _b, file, mut at_a) = migrating_world();
+    let (id, pid) = (w.path("owner-id"), at_a.id());
+    // The writer is frozen, then `peer migrate` is killed before any HANDOFF went out.
+    let crash = format!("kill -STOP {pid}; kill -9 $PPID");
+    let (ok, _, stderr) = migrate_run(
+        &file,
+        &w.addr(),
+        &id,
+        &w.replica_fp,
+        &["--before-freeze", &crash],
+    );
+    assert!(!ok, "the killed migrate succeeded");
+    assert!(stopped(pid), "the writer was not left frozen: {stderr}");
+    assert!(!owned_at_b(&w, "mem"), "B owns a region it never accepted");
+    // The operator's resolution: the same command again. It finishes the move.
+    let freeze = ["--freeze-pid", &pid.to_string()];
+    let report = migrate_freezing(&file, &w.addr(), &id, &w.replica_fp, &freeze);
+    eprintln!("{report}");
+    assert!(owned_at_b(&w, "mem"));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+    // Once more: B owns the region already; nothing moves and nothing thaws.
+    let (ok, stdout, stderr) = migrate_run(&file, &w.addr(), &id, &w.replica_fp, &freeze);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("already handed over"), "{stdout}");
+    assert!(
+        stopped(pid),
+        "the writer was thawed although B owns the region"
+    );
+    let _ = at_a.kill();
+    let _ = at_a.wait();
+}
+
+#[test]
+fn a_replica_killed_while_the_owner_is_frozen_takes_the_handoff_after_its_restart() {
+    let (w, mut b, file, mut at_a) = migrating_world();
+    let pid = at_a.id();
+    let kill_b = format!("kill -9 {}", b.child.id());
+    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &kill_b];
+    let mut m = Proc::spawn(&mut migrate_cmd(
+        &file,
+        &w.addr(),
+        &w.path("owner-id"),
+        &w.replica_fp,
+        &freeze,
+    ));
+    let _ = b.child.wait();
+    // A's writers stay frozen while B is gone; A still owns the region and retries.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(stopped(pid));
+    assert!(!owned_at_b(&w, "mem"));
+    let _b = w.serve();
+    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    assert!(owned_at_b(&w, "mem"));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+    assert!(stopped(pid));
+    let _ = at_a.kill();
+    let _ = at_a.wait();
+}
+
+/// Migrates through a relay, and once HANDOFF went out cuts the link for longer than QUIC's
+/// 5 s idle timeout, while the relay holds the frames of one direction for 300 ms after the
+/// freeze (so the cut finds HANDOFF, or its acknowledgement, in flight). Returns A's log.
+fn cut_at_the_handoff(hold_handoff: bool) -> String {
+    let (w, _b, file, mut at_a) = migrating_world();
+    let relay = Relay::new(&w.addr());
+    let (pid, mark) = (at_a.id(), w.path("frozen"));
+    let touch = format!("touch {}", mark.display());
+    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &touch];
+    let cmd = &mut migrate_cmd(
+        &file,
+        &relay.addr,
+        &w.path("owner-id"),
+        &w.replica_fp,
+        &freeze,
+    );
+    let mut m = Proc::spawn(cmd);
+    wait_file(&mark, Duration::from_secs(60));
+    relay.delay(hold_handoff, Duration::from_millis(300));
+    m.wait_for("offering ownership", Duration::from_secs(30));
+    relay.cut(true);
+    relay.delay(hold_handoff, Duration::ZERO);
+    // Nobody owns the region now: A's writer is frozen, and B did or did not accept.
+    assert!(stopped(pid));
+    std::thread::sleep(Duration::from_secs(7));
+    relay.cut(false);
+    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    // The probe settled it: B is the only owner, with A's final bytes; A's writer stays frozen.
+    assert!(owned_at_b(&w, "mem"));
+    assert!(stopped(pid), "the writer at A was thawed");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+    let _ = at_a.kill();
+    let _ = at_a.wait();
+    m.output()
+}
+
+#[test]
+fn a_handoff_acknowledgement_lost_with_the_link_is_settled_by_the_probe() {
+    // B accepted; its HANDOFF_ACK was lost. A's probe hears HANDED_OVER.
+    let log = cut_at_the_handoff(false);
+    assert!(
+        log.contains("asking the replica whether it took the handoff"),
+        "{log}"
+    );
+    assert!(log.contains("the replica had taken the handoff"), "{log}");
+}
+
+#[test]
+fn a_handoff_lost_with_the_link_is_probed_and_offered_again() {
+    // HANDOFF itself was lost: B answers the probe as a replica, A offers the handoff again.
+    let log = cut_at_the_handoff(true);
+    assert!(
+        log.contains("asking the replica whether it took the handoff"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the replica did not take the handoff"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
+    let (w, _b, file, mut at_a) = migrating_world();
+    let relay = Relay::new(&w.addr());
+    let (pid, mark) = (at_a.id(), w.path("frozen"));
+    let touch = format!("touch {}", mark.display());
+    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &touch];
+    let cmd = &mut migrate_cmd(
+        &file,
+        &relay.addr,
+        &w.path("owner-id"),
+        &w.replica_fp,
+        &freeze,
+    );
+    let mut m = Proc::spawn(cmd);
+    wait_file(&mark, Duration::from_secs(60));
+    relay.cut(true);
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(!owned_at_b(&w, "mem") && stopped(pid));
+    relay.cut(false);
+    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    assert!(owned_at_b(&w, "mem") && stopped(pid));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
     let _ = at_a.kill();
     let _ = at_a.wait();
 }

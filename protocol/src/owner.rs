@@ -38,6 +38,13 @@ pub enum OwnerState {
         /// The generation HANDOFF named.
         generation: u64,
     },
+    /// The stream broke in HandingOff and OPEN went out on a new one (a probe): the replica's
+    /// answer tells whether it took ownership at `generation` (ERROR HANDED_OVER) or not (STATE:
+    /// this peer owns the region again, writers still stopped, and reconciles as after Opening).
+    Probing {
+        /// The generation the lost HANDOFF named.
+        generation: u64,
+    },
     /// The replica accepted ownership; this stream now carries the reverse direction.
     HandedOff,
 }
@@ -180,19 +187,23 @@ impl Owner {
 
     /// Starts over on a new stream after the old one broke: chunks of the unfinished round go
     /// back to pending, reconciliation will find whatever the replica missed, and the replica's
-    /// STATE says which generation it holds. Queues OPEN. Refused once a handoff was offered:
-    /// whether the other side took ownership is then unknown, and assuming it did not could make
-    /// two owners (spec/PROTOCOL.md §8.6).
+    /// STATE says which generation it holds. Queues OPEN. After a HANDOFF whose answer was lost
+    /// the OPEN is a probe ([`OwnerState::Probing`]): whether the other side took ownership is
+    /// unknown until it answers, and the caller must keep its writers stopped (spec/PROTOCOL.md
+    /// §8.6). Refused once handed off.
     pub fn restart(&mut self) -> Result<(), WireError> {
-        if matches!(
-            self.state,
-            OwnerState::HandingOff { .. } | OwnerState::HandedOff
-        ) {
-            return Err(WireError::new(
-                ErrorCode::ProtocolViolation,
-                "ownership was offered to the replica; this peer must not resume as owner",
-            ));
-        }
+        let next = match self.state {
+            OwnerState::HandedOff => {
+                return Err(WireError::new(
+                    ErrorCode::ProtocolViolation,
+                    "ownership was handed to the replica; this peer must not resume as owner",
+                ))
+            }
+            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
+                OwnerState::Probing { generation }
+            }
+            _ => OwnerState::Opening,
+        };
         let rest = self.round.take();
         self.pending.union_with(&rest);
         self.in_round = false;
@@ -205,7 +216,7 @@ impl Owner {
         self.urgent.clear();
         self.background.clear();
         self.on_stream.clear();
-        self.state = OwnerState::Opening;
+        self.state = next;
         self.queue_open();
         Ok(())
     }
@@ -303,6 +314,13 @@ impl Owner {
             (f, _) => f,
         };
         match (frame, self.state) {
+            // The probe's answer: the replica took ownership before the stream broke.
+            (Frame::Error { code, .. }, OwnerState::Probing { generation })
+                if code == ErrorCode::HandedOver as u32 =>
+            {
+                self.state = OwnerState::HandedOff;
+                Ok(OwnerEvent::HandedOff { generation })
+            }
             (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
                 code,
                 reason: reason.to_owned(),
@@ -314,7 +332,9 @@ impl Owner {
                     chunk_count,
                     ..
                 },
-                OwnerState::Opening,
+                // A probe answered with STATE: the replica did not take ownership (it answers
+                // OPEN only once no older stream can deliver the lost HANDOFF, spec §8.6).
+                OwnerState::Opening | OwnerState::Probing { .. },
             ) => {
                 if !empty && chunk_count != self.geom.chunk_count() {
                     return Err(WireError::new(

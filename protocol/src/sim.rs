@@ -204,7 +204,9 @@ impl Pair {
     pub fn disconnect(&mut self, stay_lazy: bool) {
         self.to_replica.clear();
         self.to_owner.clear();
-        self.owner.restart().expect("restart outside a handoff");
+        self.owner
+            .restart()
+            .expect("restart before a handoff completed");
         self.lazy = self.lazy && stay_lazy;
         self.replica = Replica::new(self.replica.committed());
     }

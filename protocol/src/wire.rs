@@ -127,11 +127,14 @@ pub enum ErrorCode {
     PeerGone = 19,
     /// Local policy does not let this peer own (OPEN) or mount (MOUNT) the region (spec §10).
     Forbidden = 20,
+    /// The receiver owns the region: it was handed over to it (spec §8.6). Answers the OPEN of
+    /// an owner whose HANDOFF_ACK was lost, which then knows the handoff completed.
+    HandedOver = 21,
 }
 
 impl ErrorCode {
     /// Every assigned code, in numeric order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::ProtocolViolation,
         ErrorCode::Malformed,
         ErrorCode::BadMagic,
@@ -152,6 +155,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::PeerGone,
         ErrorCode::Forbidden,
+        ErrorCode::HandedOver,
     ];
 
     /// The code with numeric value `v`, or `None` for a value not assigned.
@@ -182,6 +186,7 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::PeerGone => "PEER_GONE",
             ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::HandedOver => "HANDED_OVER",
         }
     }
 }

@@ -249,10 +249,73 @@ fn a_commit_lost_with_the_connection_is_closed_again_before_sync_and_handoff() {
         }
     }
     assert!(became);
+    // HANDOFF_ACK is lost with the connection. The owner's OPEN on a new stream is a probe: the
+    // replica, owner now, answers HANDED_OVER, and the handoff is complete.
+    p.to_owner.clear();
+    p.owner.restart().unwrap();
+    let g = p.replica.committed();
+    assert_eq!(p.owner.state(), OwnerState::Probing { generation: g });
+    assert!(!p.owner.is_synced() && p.owner.poll_transmit().is_some()); // OPEN
+    let answer = Frame::Error {
+        code: ErrorCode::HandedOver as u32,
+        reason: "owned here",
+    };
+    assert_eq!(
+        p.owner.handle(&answer).unwrap(),
+        OwnerEvent::HandedOff { generation: g }
+    );
+    assert_eq!(p.owner.state(), OwnerState::HandedOff);
     assert!(
         p.owner.restart().is_err(),
-        "no resuming as owner mid-handoff"
+        "no resuming as owner once handed off"
     );
+}
+
+#[test]
+fn a_handoff_lost_before_the_replica_saw_it_is_probed_and_offered_again() {
+    let mut p = pair(8 * 4096, 12, 5, false);
+    p.settle();
+    p.a[0] = 7;
+    p.scan();
+    p.owner.begin_handoff().unwrap();
+    // Run until HANDOFF is queued for the replica, then lose the connection with it.
+    for _ in 0..100 {
+        p.owner_send();
+        if matches!(p.owner.state(), OwnerState::HandingOff { .. }) {
+            break;
+        }
+        p.replica_recv();
+        p.owner_recv();
+    }
+    let OwnerState::HandingOff { generation } = p.owner.state() else {
+        panic!("no HANDOFF sent: {:?}", p.owner.state());
+    };
+    p.disconnect(false);
+    assert_eq!(p.owner.state(), OwnerState::Probing { generation });
+    // The replica answers OPEN as a replica: it did not take ownership, the owner reconciles.
+    p.run(1000);
+    assert_eq!(p.owner.state(), OwnerState::Streaming);
+    assert_eq!(p.replica.state(), ReplicaState::Receiving);
+    assert_eq!(p.a, p.b);
+    // Offered again, it completes.
+    p.owner.begin_handoff().unwrap();
+    p.run(1000);
+    assert_eq!(p.owner.state(), OwnerState::HandedOff);
+    assert_eq!(p.replica.state(), ReplicaState::BecameOwner);
+}
+
+#[test]
+fn a_fresh_owner_told_handed_over_reports_it_as_a_peer_error() {
+    let mut p = pair(8 * 4096, 12, 5, false);
+    let answer = Frame::Error {
+        code: ErrorCode::HandedOver as u32,
+        reason: "owned here",
+    };
+    assert!(matches!(
+        p.owner.handle(&answer).unwrap(),
+        OwnerEvent::PeerError { code: 21, .. }
+    ));
+    assert_eq!(p.owner.state(), OwnerState::Opening);
 }
 
 #[test]

@@ -210,6 +210,13 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
                 "region disk.img is owned by another peer",
             ),
         ),
+        (
+            "error_handed_over",
+            error(
+                ErrorCode::HandedOver as u32,
+                "region disk.img was handed over to this peer",
+            ),
+        ),
         ("error_unknown_code", error(u32::MAX, "x")),
         (
             "error_reason_max",

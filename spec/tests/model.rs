@@ -284,6 +284,14 @@ fn broken_resume_after_handoff_is_caught() {
 }
 
 #[test]
+fn broken_late_handoff_after_probe_is_caught() {
+    expect_counterexample(
+        broken(Variant::LateHandoffAfterProbe, Detector::Precise),
+        name(P_ONE_OWNER),
+    );
+}
+
+#[test]
 fn broken_handoff_without_final_scan_is_caught() {
     expect_counterexample(
         broken(Variant::HandoffWithoutFinalScan, Detector::HashScan),

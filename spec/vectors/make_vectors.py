@@ -130,6 +130,11 @@ case("error_empty_reason", "ERROR PROTOCOL_VIOLATION (1) with a zero-length reas
      frame(ERROR, error(1, b"")))
 case("error_reason", "ERROR HASH_MISMATCH (7) with an ASCII reason.",
      frame(ERROR, error(7, b"chunk 3 does not match its hash")))
+case("error_forbidden", "ERROR FORBIDDEN (20): the receiver's policy refuses this peer the region.",
+     frame(ERROR, error(20, b"region disk.img is owned by another peer")))
+case("error_handed_over", "ERROR HANDED_OVER (21): the answer to an old owner's OPEN (a probe) "
+     "once the receiver took the region over (section 8.6).",
+     frame(ERROR, error(21, b"region disk.img was handed over to this peer")))
 case("error_unknown_code", "ERROR with code 0xffffffff, unknown to version 1.0: decodes (the "
      "code is kept raw).", frame(ERROR, error(U32_MAX, b"x")))
 case("error_reason_max", "ERROR with a reason of exactly 1024 bytes: 512 two-byte UTF-8 "

@@ -9,9 +9,11 @@ use memsync_peer::detector::{Marks, MarksDetector};
 use memsync_peer::nbd;
 use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
 use memsync_peer::net::transport::PeerEndpoint;
+use memsync_peer::net::transport::StreamError;
 use memsync_peer::region::Source;
 use memsync_peer::roles::mount::MemorySink;
-use memsync_peer::roles::owner::{SyncOptions, SyncRegion, SyncStats};
+use memsync_peer::roles::owner::{SyncError, SyncOptions, SyncRegion, SyncStats};
+use memsync_protocol::wire::ErrorCode;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -558,7 +560,22 @@ async fn run(cmd: Cmd) -> Result<()> {
                 progress: true,
                 ..SyncOptions::default()
             };
-            memsync_peer::roles::owner::run(&ep, addr, vec![r], &opts, Arc::default()).await?;
+            let ran = memsync_peer::roles::owner::run(&ep, addr, vec![r], &opts, Arc::default());
+            match ran.await {
+                Ok(()) => {}
+                // The peer owns the region already: an earlier `peer migrate` (killed, or whose
+                // HANDOFF_ACK was lost) handed it over. Nothing moved now, and nothing thaws.
+                Err(SyncError::Stream {
+                    source: StreamError::Peer { code, reason },
+                    ..
+                }) if code == ErrorCode::HandedOver as u32 => {
+                    println!(
+                        "{name}: already handed over: {peer} owns it ({reason}); nothing to move"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
             let report = report.lock().expect("report lock").to_string();
             tracing::info!("{name}: migrated: {report}");
             println!("{name}: {report}");

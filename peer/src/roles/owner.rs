@@ -58,6 +58,22 @@ pub enum SyncError {
         /// How many were given.
         asked: usize,
     },
+    /// A handoff was offered and its answer lost, and the peer could not be asked since: it may
+    /// own the region now (spec §8.6). The writers stay frozen.
+    #[error(
+        "region {region}: the handoff at generation {generation} went out and its answer was lost \
+         ({source}); the peer may own the region now, so its writers stay frozen. Run the same \
+         `peer migrate` again once the peer is reachable: it asks the peer, and either finishes the \
+         move or learns that the peer owns the region"
+    )]
+    HandoffUnsettled {
+        /// The region's name.
+        region: String,
+        /// The generation the HANDOFF named.
+        generation: u64,
+        /// Why the peer could not be asked.
+        source: Box<SyncError>,
+    },
 }
 
 /// How a sync runs.
@@ -180,11 +196,49 @@ impl SyncRegion {
     }
 }
 
-/// Replicates `regions` to the peer at `addr` until done (`once`) or a fatal error.
+/// Replicates `regions` to the peer at `addr` until done (`once`) or a fatal error. A migration
+/// that fails settles its writers first: thawed while this peer still owns the region, frozen
+/// when a HANDOFF went out unanswered ([`SyncError::HandoffUnsettled`]).
 pub async fn run(
     ep: &PeerEndpoint,
     addr: SocketAddr,
     mut regions: Vec<SyncRegion>,
+    opts: &SyncOptions,
+    stats: Arc<SyncStats>,
+) -> Result<(), SyncError> {
+    let Err(e) = run_regions(ep, addr, &mut regions, opts, stats).await else {
+        return Ok(());
+    };
+    for r in &mut regions {
+        let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) else {
+            continue;
+        };
+        match r.owner.state() {
+            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
+                return Err(SyncError::HandoffUnsettled {
+                    region: r.owner.name().to_owned(),
+                    generation,
+                    source: Box::new(e),
+                });
+            }
+            // No HANDOFF is outstanding: this peer owns the region, and its writers go on.
+            _ => {
+                warn!(
+                    "{}: the migration failed before the handoff; this peer still owns the region \
+                     and thaws its writers",
+                    r.owner.name()
+                );
+                m.refused();
+            }
+        }
+    }
+    Err(e)
+}
+
+async fn run_regions(
+    ep: &PeerEndpoint,
+    addr: SocketAddr,
+    regions: &mut Vec<SyncRegion>,
     opts: &SyncOptions,
     stats: Arc<SyncStats>,
 ) -> Result<(), SyncError> {
@@ -214,7 +268,7 @@ pub async fn run(
                 asked: regions.len(),
             });
         }
-        match run_session(&session, &mut regions, opts, &stats).await {
+        match run_session(&session, regions, opts, &stats).await {
             Ok(()) => {
                 session
                     .conn
@@ -339,19 +393,15 @@ pub async fn drive_stream(
     stats: &SyncStats,
     lane: Option<Connection>,
 ) -> Result<(), StreamError> {
-    if let OwnerState::HandingOff { generation } = r.owner.state() {
-        return Err(WireError::new(
-            ErrorCode::Internal,
-            format!(
-                "the handoff at generation {generation} was sent and never acknowledged before the \
-                 stream broke: the replica may own the region now, so this peer will neither write \
-                 nor stream it again (spec §8.6); ask the replica's peer (its log says whether it \
-                 took ownership) before resuming here"
-            ),
-        )
-        .into());
-    }
+    // After a HANDOFF whose answer was lost, this OPEN is a probe: the replica's answer settles
+    // who owns the region (spec §8.6).
     r.owner.restart()?;
+    if let OwnerState::Probing { generation } = r.owner.state() {
+        info!(
+            "{}: asking the replica whether it took the handoff at generation {generation}",
+            r.owner.name()
+        );
+    }
     let lane = lane.map(|conn| {
         Arc::new(Lane {
             conn,
@@ -480,6 +530,7 @@ async fn pump(
             return Ok(());
         }
         let gen_before = r.owner.generation();
+        let handing_off = matches!(r.owner.state(), OwnerState::HandingOff { .. });
         let t = match pacer.as_ref().and_then(Pacer::due) {
             // The round waits for the pacer; frames and fetched chunks do not.
             Some(due) => match r.owner.poll_fetched() {
@@ -498,6 +549,12 @@ async fn pump(
             },
             None => r.owner.poll_transmit(),
         };
+        if let (false, OwnerState::HandingOff { generation }) = (handing_off, r.owner.state()) {
+            info!(
+                "{}: offering ownership at generation {generation} (HANDOFF)",
+                r.name()
+            );
+        }
         if r.owner.generation() != gen_before {
             rounds.insert(
                 r.owner.generation(),
@@ -880,7 +937,21 @@ fn on_frame(
     stats: &SyncStats,
 ) -> Result<(), StreamError> {
     let (frame, _) = Frame::decode(bytes, MAX_BODY)?.ok_or(StreamError::Truncated)?;
-    match r.owner.handle(&frame)? {
+    let probing = matches!(r.owner.state(), OwnerState::Probing { .. });
+    let event = r.owner.handle(&frame)?;
+    match (probing, r.owner.state()) {
+        (true, OwnerState::HandedOff) => info!(
+            "{}: the replica had taken the handoff before the link broke (HANDED_OVER)",
+            r.name()
+        ),
+        (true, s) if !matches!(s, OwnerState::Probing { .. }) => info!(
+            "{}: the replica did not take the handoff (it answered as a replica): this peer still \
+             owns the region and offers it again once reconciled",
+            r.name()
+        ),
+        _ => {}
+    }
+    match event {
         OwnerEvent::None => {}
         OwnerEvent::Reconciled { differing, .. } => {
             let total = r.owner.geometry().chunk_count();
@@ -947,9 +1018,14 @@ fn on_frame(
         }
         OwnerEvent::PeerError { code, reason } => {
             let name = r.owner.name().to_owned();
+            // HANDED_OVER: the replica owns the region (a handoff this peer does not remember),
+            // so the writers must not go on here.
+            let handed_over = code == ErrorCode::HandedOver as u32;
             if let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) {
-                warn!("{name}: the replica refused the handoff; writers thawed");
-                m.refused();
+                if !handed_over {
+                    warn!("{name}: the replica refused the handoff; writers thawed");
+                    m.refused();
+                }
             }
             return Err(StreamError::Peer { code, reason });
         }

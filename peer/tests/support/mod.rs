@@ -304,3 +304,115 @@ pub fn closed(s: &mut std::net::TcpStream) -> bool {
         Ok(_) => false,
     }
 }
+
+/// A UDP relay between QUIC peers on loopback that can delay and cut the link: datagrams from the
+/// one client to `target` and back are forwarded after each direction's delay, or dropped while
+/// the link is cut (a cable pulled, not a reset: neither side is told). A datagram in flight when
+/// the cut starts is lost too.
+pub struct Relay {
+    pub addr: String,
+    state: Arc<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    /// One-way delay in microseconds: [client → target, target → client].
+    delay_us: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl Relay {
+    pub fn new(target: &str) -> Relay {
+        use std::net::UdpSocket;
+        use std::sync::atomic::Ordering::Relaxed;
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(target).unwrap();
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let addr = front.local_addr().unwrap().to_string();
+        let state = Arc::new(RelayState::default());
+        let client = Arc::new(Mutex::new(None));
+        let (front, back) = (Arc::new(front), Arc::new(back));
+        for dir in 0..2 {
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let (front2, back2, client2, st) =
+                (front.clone(), back.clone(), client.clone(), state.clone());
+            // Receiver: stamps each datagram with its release time.
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !st.stop.load(Relaxed) {
+                    let got = if dir == 0 {
+                        front2.recv_from(&mut buf).map(|(n, from)| {
+                            *client2.lock().unwrap() = Some(from);
+                            n
+                        })
+                    } else {
+                        back2.recv(&mut buf)
+                    };
+                    if let Ok(n) = got {
+                        let delay = Duration::from_micros(st.delay_us[dir].load(Relaxed));
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+            let st = state.clone();
+            let (front, back, client) = (front.clone(), back.clone(), client.clone());
+            // Sender: forwards at the release time, unless the link is cut then.
+            std::thread::spawn(move || {
+                while let Ok((at, data)) = rx.recv() {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    if st.cut.load(Relaxed) {
+                        continue;
+                    }
+                    if dir == 0 {
+                        let _ = back.send(&data);
+                    } else if let Some(to) = *client.lock().unwrap() {
+                        let _ = front.send_to(&data, to);
+                    }
+                }
+            });
+        }
+        Relay { addr, state }
+    }
+
+    pub fn cut(&self, cut: bool) {
+        self.state
+            .cut
+            .store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Delays datagrams towards the target (`to_target`) or back towards the client by `d`.
+    pub fn delay(&self, to_target: bool, d: Duration) {
+        let dir = if to_target { 0 } else { 1 };
+        self.state.delay_us[dir].store(d.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits until `path` exists.
+pub fn wait_file(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

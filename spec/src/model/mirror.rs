@@ -131,6 +131,7 @@ pub enum OwnerState {
     Streaming,
     Draining,
     HandingOff { generation: u64 },
+    Probing { generation: u64 },
     HandedOff,
 }
 
@@ -149,6 +150,7 @@ impl From<memsync_protocol::OwnerState> for OwnerState {
             R::Streaming => OwnerState::Streaming,
             R::Draining => OwnerState::Draining,
             R::HandingOff { generation } => OwnerState::HandingOff { generation },
+            R::Probing { generation } => OwnerState::Probing { generation },
             R::HandedOff => OwnerState::HandedOff,
         }
     }
@@ -226,12 +228,13 @@ impl Owner {
     }
 
     pub fn restart(&mut self) -> Result<(), ErrorCode> {
-        if matches!(
-            self.state,
-            OwnerState::HandingOff { .. } | OwnerState::HandedOff
-        ) {
-            return Err(ErrorCode::ProtocolViolation);
-        }
+        let next = match self.state {
+            OwnerState::HandedOff => return Err(ErrorCode::ProtocolViolation),
+            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
+                OwnerState::Probing { generation }
+            }
+            _ => OwnerState::Opening,
+        };
         self.pending |= std::mem::take(&mut self.round);
         self.in_round = false;
         self.needs_commit = false;
@@ -243,7 +246,7 @@ impl Owner {
         self.urgent.clear();
         self.background.clear();
         self.on_stream = 0;
-        self.state = OwnerState::Opening;
+        self.state = next;
         self.queued.push_back(Msg::Open {
             generation: self.generation,
         });
@@ -314,7 +317,7 @@ impl Owner {
                     chunk_count,
                     ..
                 },
-                OwnerState::Opening,
+                OwnerState::Opening | OwnerState::Probing { .. },
             ) => {
                 if !empty && chunk_count != N as u64 {
                     return Err(ErrorCode::BadGeometry);

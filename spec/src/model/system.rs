@@ -51,6 +51,10 @@ pub enum Variant {
     ForgetPendingOnRestart,
     /// After losing the connection in HandingOff, the old owner resumes ownership on its own.
     ResumeOwnershipAfterHandoff,
+    /// The replica answers the old owner's probe while the lost HANDOFF can still reach it:
+    /// the HANDOFF in flight when the connection died arrives after the probe's OPEN (breaks
+    /// PROTOCOL.md §8.2 "One stream per region and owner").
+    LateHandoffAfterProbe,
     /// The old owner begins the handoff without a final scan after stopping its writers.
     HandoffWithoutFinalScan,
     /// The replica's harness writes every chunk as a full chunk, ignoring the short last one.
@@ -208,7 +212,7 @@ pub const SEEN: [&str; 15] = [
     "a connection was lost while draining for the handoff",
     "ownership passed to B (HANDOFF_ACK received)",
     "B took over on reconnect after the connection was lost in HandingOff",
-    "the connection was lost before B saw HANDOFF: no owner (spec §8.6)",
+    "the connection was lost before B saw HANDOFF: A's probe found B a replica (spec §8.6)",
     "C was re-homed from A to B",
     "a write by the new owner reached a replica",
     "a FETCH was not answered again: the chunk was already sent on the stream",
@@ -222,9 +226,6 @@ pub enum Status {
     /// Not opened yet (B–C before the handoff).
     NotYet,
     Up,
-    /// Lost while the owner was in HandingOff and the replica had not accepted: nobody opens it
-    /// again (spec §8.6).
-    Dead,
     /// Closed for good: the old owner stopped serving its other replicas.
     Closed,
 }
@@ -365,6 +366,8 @@ pub struct Link {
     /// The last generation the replica acknowledged on this link (across connections) and its
     /// content, `K` at its COMMIT.
     pub acked_content: Option<(u64, Mem)>,
+    /// `LateHandoffAfterProbe` only: the lost HANDOFF, to arrive after the probe's OPEN.
+    pub late_handoff: Option<u64>,
 }
 
 impl Link {
@@ -378,6 +381,7 @@ impl Link {
             round: None,
             commits: Vec::new(),
             acked_content: None,
+            late_handoff: None,
         }
     }
 
@@ -396,6 +400,8 @@ pub enum Handoff {
     NotAsked,
     /// A stopped its writers and asked for the handoff.
     Asked,
+    /// A gave the handoff up after a reconnect (its probe found B a replica) and writes again.
+    Abandoned,
 }
 
 /// One state of the whole system.
@@ -490,6 +496,9 @@ pub enum Action {
     BeginHandoff,
     /// After a reconnect while draining, A calls `begin_handoff` again once streaming.
     ResumeHandoff,
+    /// After a reconnect while draining or handing off, A gives the handoff up once streaming
+    /// again and lets its writers write (spec §8.6: a probe answered with STATE allows it).
+    AbandonHandoff,
     /// A read of chunk `chunk` on a lazy replica asks for it (`fetch(chunk, 1, urgent)`).
     Fetch { peer: u8, chunk: u64, urgent: bool },
     /// With FETCH_PARTS, a read of the last byte of chunk `chunk` on a lazy replica asks for it
@@ -770,7 +779,11 @@ impl Run<'_> {
             }
             _ => {}
         }
+        let open = matches!(msg, Msg::Open { .. });
         link.queues[e].push_back(msg);
+        if let (true, Some(g)) = (open, link.late_handoff.take()) {
+            link.queues[e].push_back(Msg::Handoff { generation: g });
+        }
     }
 
     fn deliver(&mut self, l: usize, from: usize) {
@@ -946,36 +959,47 @@ impl Run<'_> {
                 continue;
             };
             let (known, generation, state) = (m.known, m.generation, m.state);
-            let handing_off = matches!(state, OwnerState::HandingOff { .. });
+            let handing_off = matches!(
+                state,
+                OwnerState::HandingOff { .. } | OwnerState::Probing { .. }
+            );
             if self.cfg().variant == Variant::ForgetPendingOnRestart && !handing_off {
                 Arc::make_mut(&mut self.s.links[l]).ends[e] = End::new_owner(known, generation);
                 continue;
             }
-            if let OwnerOutput::Unit(Ok(())) = self.owner(l, e, OwnerInput::Restart) {
-                continue;
-            }
-            let OwnerState::HandingOff { generation: g } = state else {
-                panic!("restart refused in {state:?}");
-            };
             let p = Sys::peer(l, e);
-            if self.cfg().variant == Variant::ResumeOwnershipAfterHandoff {
+            if handing_off && self.cfg().variant == Variant::ResumeOwnershipAfterHandoff {
                 Arc::make_mut(&mut self.s.links[l]).ends[e] =
                     End::new_owner(self.s.mem[p], generation);
                 self.s.may_write[p] = true;
                 self.s.handoff = Handoff::NotAsked;
-            } else if matches!(self.s.links[l].ends[1 - e], End::Owner { .. }) {
-                // The other side accepted and opens the region as owner; this peer, which
-                // remembers it handed off at g, answers as a replica (spec §8.6).
+                continue;
+            }
+            if handing_off && matches!(self.s.links[l].ends[1 - e], End::Owner { .. }) {
+                // The other side accepted: it answers the probe with HANDED_OVER and opens the
+                // region as owner; this peer, which handed off at g, answers as a replica (spec
+                // §8.6). One step here.
+                let (OwnerState::HandingOff { generation: g }
+                | OwnerState::Probing { generation: g }) = state
+                else {
+                    unreachable!()
+                };
                 see(self.model, 8);
                 self.become_replica(l, e, g);
                 renewed.push(e);
-            } else {
-                // The other side never saw HANDOFF: nobody opens the stream again.
+                continue;
+            }
+            if let OwnerOutput::Unit(Err(_)) = self.owner(l, e, OwnerInput::Restart) {
+                panic!("restart refused in {state:?}");
+            }
+            if let OwnerState::HandingOff { generation: g } = state {
+                // The other side never saw HANDOFF: the restart is a probe (OPEN), which the
+                // replica below answers as a replica, with STATE.
                 see(self.model, 9);
-                let link = Arc::make_mut(&mut self.s.links[l]);
-                link.status = Status::Dead;
-                link.ends[1 - e] = End::Idle;
-                return;
+                if self.cfg().variant == Variant::LateHandoffAfterProbe {
+                    // Delivered after the probe's OPEN (see `send`).
+                    Arc::make_mut(&mut self.s.links[l]).late_handoff = Some(g);
+                }
             }
         }
         for e in 0..2 {
@@ -1035,6 +1059,10 @@ impl Run<'_> {
                 self.begin_handoff();
             }
             Action::ResumeHandoff => self.begin_handoff(),
+            Action::AbandonHandoff => {
+                self.s.may_write[A] = true;
+                self.s.handoff = Handoff::Abandoned;
+            }
             Action::Fetch {
                 peer,
                 chunk,
@@ -1250,6 +1278,7 @@ impl MemsyncModel {
         }
         if s.handoff == Handoff::Asked && a_streaming {
             out.push(Action::ResumeHandoff);
+            out.push(Action::AbandonHandoff);
         }
         if s.fetches_left > 0 {
             let run = Run {
@@ -1313,17 +1342,12 @@ impl MemsyncModel {
         if self.cfg.lazy_replica {
             peers.push(C);
         }
-        if s.links[0].status == Status::Dead {
-            // B never saw HANDOFF and nobody reopens the stream: the region has no owner until
-            // an operator steps in (spec §8.6); B keeps what it had.
-            peers.retain(|&p| p != B);
-        }
         if peers.iter().any(|&p| s.mem[p] != src) {
             return false;
         }
         s.links.iter().all(|link| match link.status {
             Status::NotYet => !(self.cfg.lazy_replica && s.may_write[B]),
-            Status::Dead | Status::Closed => true,
+            Status::Closed => true,
             Status::Up => {
                 link.queues.iter().all(|q| q.is_empty())
                     && (0..2).any(|e| {
@@ -1523,6 +1547,9 @@ fn describe_action(before: &Sys, action: &Action, after: &Sys) -> String {
         ),
         Action::BeginHandoff => "A stops writers, reports last changes, begin_handoff".into(),
         Action::ResumeHandoff => "A calls begin_handoff again after the reconnect".into(),
+        Action::AbandonHandoff => {
+            "A gives the handoff up after the reconnect and writes again".into()
+        }
         Action::Fetch {
             peer,
             chunk,

@@ -99,6 +99,10 @@ impl Regions {
             cancel.notify_one();
         }
         let writer = slot.writer.clone().lock_owned().await;
+        // Again, now that the older stream of the region ended: it may have taken the region
+        // over meanwhile, and answering OPEN would then be a second owner's STATE (spec §8.2,
+        // "One stream per region and owner").
+        self.policy.claim(name, &who)?;
         let cancel = Arc::new(Notify::new());
         *slot.holder.lock().expect("slot lock") = Some((who, cancel.clone()));
         Ok(Claim {

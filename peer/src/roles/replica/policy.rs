@@ -3,7 +3,8 @@
 //! across restarts. An OPEN never moves a region to another peer; a refusal is FORBIDDEN and names
 //! the refused fingerprint. Without rules of a kind, every trusted peer passes that kind's rules
 //! (trust is the grant), and ownership still sticks to the first owner. A region handed over to
-//! this peer (spec §8.6) is recorded as `self`: no peer's OPEN writes it again.
+//! this peer (spec §8.6) is recorded as `self`: no peer's OPEN writes it again, and the refusal is
+//! HANDED_OVER, which tells a former owner whose HANDOFF_ACK was lost that the handoff completed.
 
 use crate::net::identity::{Fingerprint, IdentityError};
 use memsync_protocol::wire::{ErrorCode, WireError};
@@ -183,10 +184,14 @@ impl Policy {
                     "region {name} is owned by peer {owner}, not {who}: ownership moves only by handoff or promotion"
                 )))
             }
+            // The answer that settles a probe (spec §8.6).
             Some(Owner::Here) => {
-                return Err(forbidden(format!(
-                    "region {name} was handed over to this peer, which owns it now; peer {who} may not write it"
-                )))
+                return Err(WireError::new(
+                    ErrorCode::HandedOver,
+                    format!(
+                        "region {name} was handed over to this peer, which owns it now; peer {who} may not write it"
+                    ),
+                ))
             }
             None => {}
         }
