@@ -12,6 +12,7 @@ pub mod detector;
 pub mod embed;
 pub mod nbd;
 pub mod net;
+pub mod ops;
 pub mod region;
 pub mod roles;
 

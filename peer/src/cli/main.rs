@@ -41,6 +41,35 @@ struct IdentityArgs {
     identity: Option<PathBuf>,
 }
 
+/// Where a running peer reports to its operator.
+#[derive(clap::Args)]
+struct OpsArgs {
+    /// Serve metrics (OpenMetrics text, for Prometheus) over HTTP on ADDR, e.g. 127.0.0.1:9477.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// The control socket `peer status` asks [default: DIR/COMMAND-PID.sock, DIR as `peer status`
+    /// says].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+impl OpsArgs {
+    /// Opens the control socket and the metrics endpoint; both close when the guard drops.
+    async fn start(self, command: &str) -> Result<memsync_peer::ops::control::ControlSocket> {
+        use memsync_peer::ops::control;
+        if let Some(addr) = self.metrics {
+            let at = control::serve_metrics(addr)
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!("metrics at http://{at}/metrics");
+        }
+        let socket = control::ControlSocket::bind(command, self.control)
+            .context("opening the control socket")?;
+        tracing::debug!("control socket {}", socket.path().display());
+        Ok(socket)
+    }
+}
+
 /// What one NBD export lets its clients hold.
 #[derive(clap::Args)]
 struct NbdLimitArgs {
@@ -110,6 +139,8 @@ enum Cmd {
         #[arg(long, value_name = "CMD")]
         on_handoff: Option<String>,
         #[command(flatten)]
+        ops: OpsArgs,
+        #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
         trust: TrustArgs,
@@ -153,6 +184,8 @@ enum Cmd {
         /// Most MiB/s a round may send (like rsync's --bwlimit); default: as fast as QUIC goes.
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
         max_rate: Option<u64>,
+        #[command(flatten)]
+        ops: OpsArgs,
         #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
@@ -209,6 +242,8 @@ enum Cmd {
         #[command(flatten)]
         nbd_limits: NbdLimitArgs,
         #[command(flatten)]
+        ops: OpsArgs,
+        #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
         trust: TrustArgs,
@@ -228,6 +263,8 @@ enum Cmd {
         #[command(flatten)]
         nbd_limits: NbdLimitArgs,
         #[command(flatten)]
+        ops: OpsArgs,
+        #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
         trust: TrustArgs,
@@ -246,6 +283,18 @@ enum Cmd {
     },
     /// Print the manual page (roff, for `man -l -`) to stdout.
     Man,
+    /// Show every region of the peers running here (serve, sync, migrate, mount): role, peer,
+    /// state, generations, lag and bytes, as a table or as JSON. Asks the control sockets in
+    /// $MEMSYNC_CONTROL_DIR, else $XDG_RUNTIME_DIR/memsync, else /run/memsync (root) or
+    /// /tmp/memsync-UID.
+    Status {
+        /// One control socket, or a directory of them, instead of the default directory.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Print JSON (an array with one object per process) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -315,6 +364,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "peer", &mut std::io::stdout());
             Ok(())
         }
+        Cmd::Status { control, json } => status(control, json),
         Cmd::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .context("writing the manual page"),
@@ -333,7 +383,9 @@ async fn run(cmd: Cmd) -> Result<()> {
             on_handoff,
             id,
             trust,
+            ops,
         } => {
+            let _ops = ops.start("serve").await?;
             let opts = memsync_peer::roles::replica::ServeOptions {
                 mounts: SyncOptions {
                     max_rate: mount_max_rate.map(mib_per_sec),
@@ -377,7 +429,9 @@ async fn run(cmd: Cmd) -> Result<()> {
             max_rate,
             id,
             trust,
+            ops,
         } => {
+            let _ops = ops.start("sync").await?;
             let shift = chunk_shift(chunk_size)?;
             if name.is_some() && regions.len() > 1 {
                 bail!("--name applies to a single --region; with several, each is named after its file");
@@ -447,7 +501,9 @@ async fn run(cmd: Cmd) -> Result<()> {
             nbd_limits,
             id,
             trust,
+            ops,
         } => {
+            let _ops = ops.start("mount").await?;
             check_region_name(&name)?;
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
@@ -493,7 +549,9 @@ async fn run(cmd: Cmd) -> Result<()> {
             nbd_limits,
             id,
             trust,
+            ops,
         } => {
+            let _ops = ops.start("migrate").await?;
             use memsync_peer::roles::migrate::{
                 CgroupFreezer, Freezer, HookFreezer, MigrateOptions, Migration, ProcessFreezer,
             };
@@ -590,6 +648,83 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Uffd(cmd) => uffd::run(cmd).await,
         Cmd::Demo(args) => demo::run(args).await,
     }
+}
+
+/// `peer status`: asks the control sockets and prints what they answer. A socket nobody answers
+/// on was left by a killed process: it is reported and removed.
+fn status(control: Option<PathBuf>, json: bool) -> Result<()> {
+    use memsync_peer::ops::control::{self, Answer};
+    let dir = control.unwrap_or_else(control::dir);
+    let answers = if dir.exists() {
+        control::query_all(&dir).with_context(|| format!("reading {}", dir.display()))?
+    } else {
+        Vec::new()
+    };
+    let mut live = Vec::new();
+    for a in answers {
+        match a {
+            Answer::Live(p) => live.push(p),
+            Answer::Stale(path) => {
+                eprintln!(
+                    "{}: nobody answers (its process was killed); removed",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&live)?);
+        return Ok(());
+    }
+    if live.is_empty() {
+        println!("no peer is running (control sockets in {})", dir.display());
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<8} {:<20} {:<8} {:<22} {:>6} {:>6} {:>9} {:>10} {:>10} {:>9}",
+        "PID",
+        "COMMAND",
+        "REGION",
+        "ROLE",
+        "PEER",
+        "GEN",
+        "ACKED",
+        "LAG",
+        "SENT",
+        "RECEIVED",
+        "MISSING"
+    );
+    for p in &live {
+        for r in &p.regions {
+            let peer: String = if r.peer.len() > 22 {
+                format!("{}…", &r.peer[..21])
+            } else {
+                r.peer.clone()
+            };
+            let missing = if r.chunks > 0 {
+                format!("{}/{}", r.missing_chunks, r.chunks)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:<8} {:<8} {:<20} {:<8} {:<22} {:>6} {:>6} {:>7.1}ms {:>10} {:>10} {:>9}",
+                p.pid,
+                p.command,
+                r.region,
+                r.role,
+                peer,
+                r.generation,
+                r.acked,
+                r.lag_ms,
+                memsync_peer::roles::owner::human_bytes(r.bytes_sent),
+                memsync_peer::roles::owner::human_bytes(r.bytes_received),
+                missing
+            );
+            println!("{:<8} {:<8} └ {}", "", "", r.state);
+        }
+    }
+    Ok(())
 }
 
 /// Opens `path` for `--detector nbd`: an NBD export whose writes mark chunks for the sync loop.

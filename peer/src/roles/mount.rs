@@ -6,6 +6,7 @@
 //! NBD, UFFDIO_COPY for uffd).
 
 use crate::net::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
+use crate::ops::metrics::{RegionMetrics, Role};
 use memsync_protocol::wire::{feature, ErrorCode, MAX_BODY};
 use memsync_protocol::{
     DirtySet, Frame, Geometry, LaneEvent, Local, Replica, ReplicaEvent, WireError,
@@ -100,6 +101,8 @@ struct Shared {
     /// Valid parts received on the fetch lane (shown to readers, or discarded as for copies).
     lane_parts: AtomicU64,
     failure: Mutex<Option<String>>,
+    /// The mount's figures (missing chunks, fetch latency), for `--metrics` and `peer status`.
+    metrics: RegionMetrics,
 }
 
 /// Which chunks have arrived, and who waits for which: an arrival wakes only the tasks waiting
@@ -107,11 +110,16 @@ struct Shared {
 /// every waiter on each one was a wake-up per chunk per waiter).
 struct Presence {
     chunks: DirtySet,
+    /// Chunks not yet here.
+    missing: u64,
     waiting: HashMap<u64, Vec<Waker>>,
 }
 
 impl Presence {
     fn arrived(&mut self, index: u64) {
+        if !self.chunks.contains(index) {
+            self.missing = self.missing.saturating_sub(1);
+        }
         self.chunks.insert(index);
         for w in self.waiting.remove(&index).unwrap_or_default() {
             w.wake();
@@ -129,7 +137,17 @@ impl Presence {
 impl Shared {
     /// Chunk `index` arrived: it is present from now on, and its waiters wake.
     fn arrived(&self, index: u64) {
-        self.present.lock().expect("lock").arrived(index);
+        let mut p = self.present.lock().expect("lock");
+        let before = p.missing;
+        p.arrived(index);
+        let missing = p.missing;
+        drop(p);
+        if missing != before {
+            self.metrics.lazy_missing(missing);
+            if missing == 0 {
+                self.metrics.set_state("complete: every chunk here");
+            }
+        }
     }
 }
 
@@ -200,12 +218,16 @@ impl RemoteRegion {
         let shared = Arc::new(Shared {
             present: Mutex::new(Presence {
                 chunks: DirtySet::new(0),
+                missing: 0,
                 waiting: HashMap::new(),
             }),
             lane_copies: AtomicU64::new(0),
             lane_parts: AtomicU64::new(0),
             failure: Mutex::new(None),
+            metrics: RegionMetrics::new(name, Role::Mount),
         });
+        shared.metrics.set_peer(addr.to_string());
+        shared.metrics.set_state("opening");
         let task = {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -227,6 +249,7 @@ impl RemoteRegion {
                     Err(e) => e.to_string(),
                 };
                 warn!("mount ended: {reason}");
+                shared.metrics.set_state(&format!("failed: {reason}"));
                 *shared.failure.lock().expect("lock") = Some(reason);
                 shared.present.lock().expect("lock").wake_all();
                 drop(session);
@@ -333,6 +356,7 @@ impl RemoteRegion {
         let range = range.start..range.end.min(self.geom.chunk_count());
         // Chunks before `next` have arrived (chunks never leave).
         let mut next = range.start;
+        let mut blocked: Option<std::time::Instant> = None;
         std::future::poll_fn(|cx| {
             // The driver records a failure, then wakes every waiter under the presence lock:
             // looking for it under that lock, before registering, never misses the wake-up.
@@ -341,8 +365,12 @@ impl RemoteRegion {
                 next += 1;
             }
             if next == range.end {
+                if let Some(t) = blocked {
+                    self.shared.metrics.fetched(t.elapsed());
+                }
                 return Poll::Ready(Ok(()));
             }
+            blocked.get_or_insert_with(std::time::Instant::now);
             if let Some(e) = self.failed() {
                 return Poll::Ready(Err(e));
             }
@@ -470,8 +498,16 @@ impl Driver {
     fn on_region_frame(&mut self, frame: &Frame<'_>) -> Result<(), StreamError> {
         match self.replica.handle(frame)? {
             ReplicaEvent::Opened { geometry, .. } => {
-                self.shared.present.lock().expect("lock").chunks =
-                    DirtySet::new(geometry.chunk_count());
+                let n = geometry.chunk_count();
+                {
+                    let mut p = self.shared.present.lock().expect("lock");
+                    p.chunks = DirtySet::new(n);
+                    p.missing = n;
+                }
+                self.shared.metrics.lazy(n, n);
+                self.shared
+                    .metrics
+                    .set_state("lazy: pulling in the background");
                 if let Some(make) = self.make_sink.take() {
                     self.sink = Some(make(geometry));
                 }

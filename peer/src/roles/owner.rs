@@ -5,6 +5,7 @@
 
 use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
 use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
+use crate::ops::metrics::{RegionMetrics, Role};
 use crate::region::{RegionError, Source, SourceFile};
 use crate::roles::migrate::{Migration, Phase, RoundReport};
 use bytes::{Bytes, BytesMut};
@@ -135,6 +136,8 @@ pub struct SyncRegion {
     pub detector: Box<dyn ChangeDetector>,
     /// A migration of the region to the replica, when one was asked for.
     pub migration: Option<Migration>,
+    /// Its figures, for `--metrics` and `peer status`.
+    pub metrics: RegionMetrics,
 }
 
 impl SyncRegion {
@@ -168,6 +171,7 @@ impl SyncRegion {
             owner,
             detector,
             migration: None,
+            metrics: RegionMetrics::new(name, Role::Owner),
         })
     }
 
@@ -187,12 +191,32 @@ impl SyncRegion {
             owner,
             detector,
             migration: None,
+            metrics: RegionMetrics::new(name, Role::Owner),
         })
     }
 
     /// The region's name on the replica.
     pub fn name(&self) -> &str {
         self.owner.name()
+    }
+
+    /// Shows what the region is doing in `peer status`.
+    fn show_state(&self) {
+        let migrating = self.migration.as_ref().map(Migration::phase);
+        let state = match (self.owner.state(), migrating) {
+            (OwnerState::Opening, _) => "opening",
+            (OwnerState::Probing { .. }, _) => "asking whether the replica took the handoff",
+            (OwnerState::Reconciling { .. }, _) => "reconciling",
+            (OwnerState::Streaming, Some(Phase::PreCopy)) => "migrating: pre-copy",
+            (OwnerState::Streaming | OwnerState::Draining, Some(Phase::Frozen)) => {
+                "migrating: frozen, last round"
+            }
+            (OwnerState::Streaming, _) => "streaming",
+            (OwnerState::Draining, _) => "draining for the handoff",
+            (OwnerState::HandingOff { .. }, _) => "handing off",
+            (OwnerState::HandedOff, _) => "handed off",
+        };
+        self.metrics.set_state(state);
     }
 }
 
@@ -261,6 +285,9 @@ async fn run_regions(
         if lost_at.take().is_some() {
             info!("reconnected to {addr}");
         }
+        for r in regions.iter() {
+            r.metrics.set_peer(addr.to_string());
+        }
         stats.connections.fetch_add(1, Relaxed);
         if regions.len() > session.negotiated.max_regions as usize {
             return Err(SyncError::TooManyRegions {
@@ -279,6 +306,10 @@ async fn run_regions(
             Err(e) if is_connection_lost(&e) => {
                 warn!("connection to {addr} lost ({e}); reconnecting");
                 lost_at = Some(Instant::now());
+                for r in regions.iter() {
+                    r.metrics.reconnect();
+                    r.metrics.set_state("disconnected, reconnecting");
+                }
             }
             Err(e) => {
                 let code = match &e {
@@ -396,6 +427,7 @@ pub async fn drive_stream(
     // After a HANDOFF whose answer was lost, this OPEN is a probe: the replica's answer settles
     // who owns the region (spec §8.6).
     r.owner.restart()?;
+    r.show_state();
     if let OwnerState::Probing { generation } = r.owner.state() {
         info!(
             "{}: asking the replica whether it took the handoff at generation {generation}",
@@ -556,6 +588,7 @@ async fn pump(
             );
         }
         if r.owner.generation() != gen_before {
+            r.metrics.generation(r.owner.generation());
             rounds.insert(
                 r.owner.generation(),
                 Round {
@@ -616,6 +649,7 @@ async fn pump(
                 }
                 stats.bytes_sent.fetch_add(n, Relaxed);
                 stats.chunks_sent.fetch_add(1, Relaxed);
+                r.metrics.sent(n);
                 if let Some(round) = rounds.get_mut(&r.owner.generation()) {
                     round.chunks += 1;
                     round.bytes += n;
@@ -882,6 +916,7 @@ fn migration_step(
                     r.migration.as_mut().expect("checked above").refused();
                 }
                 offered?;
+                r.show_state();
             }
             Ok(true)
         }
@@ -939,6 +974,7 @@ fn on_frame(
     let (frame, _) = Frame::decode(bytes, MAX_BODY)?.ok_or(StreamError::Truncated)?;
     let probing = matches!(r.owner.state(), OwnerState::Probing { .. });
     let event = r.owner.handle(&frame)?;
+    r.show_state();
     match (probing, r.owner.state()) {
         (true, OwnerState::HandedOff) => info!(
             "{}: the replica had taken the handoff before the link broke (HANDED_OVER)",
@@ -996,6 +1032,7 @@ fn on_frame(
             stats.bytes_acked.fetch_add(bytes, Relaxed);
             stats.rounds_acked.fetch_add(1, Relaxed);
             stats.last_lag_us.store(lag.as_micros() as u64, Relaxed);
+            r.metrics.acked(generation, lag);
             if let Some(pb) = progress.take() {
                 pb.finish_and_clear();
             }

@@ -9,6 +9,7 @@ pub use policy::{Policy, PolicyError, Rule};
 use crate::detector::Marks;
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
+use crate::ops::metrics::{RegionMetrics, Role};
 use crate::region::{RegionError, ReplicaDir, ReplicaFile};
 use crate::roles::owner::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
@@ -35,9 +36,20 @@ struct Slot {
     /// The write marks of the mounts served from the replica file: the stream writing it marks
     /// every write there, which is how those mounts learn what changed (nothing is scanned).
     mounts: Mutex<Vec<Weak<Marks>>>,
+    /// The replica's figures, kept across its streams (`peer status` lists it while serve runs).
+    metrics: Mutex<Option<RegionMetrics>>,
 }
 
 impl Slot {
+    /// The replica's metrics, created with its first stream.
+    fn metrics(&self, name: &str) -> RegionMetrics {
+        self.metrics
+            .lock()
+            .expect("slot lock")
+            .get_or_insert_with(|| RegionMetrics::new(name, Role::Replica))
+            .clone()
+    }
+
     /// Marks of a new mount of this region, to be told of every write from now on.
     fn watch(&self, marks: &Arc<Marks>) {
         self.mounts
@@ -363,6 +375,16 @@ async fn receive(
 ) -> Result<Option<String>, StreamError> {
     let (dir, active, who) = (&*s.dir, &*s.active, s.who);
     let mut file: Option<(ReplicaFile, String)> = None;
+    // Shown as disconnected once the stream ends, unless this peer took the region over.
+    struct Shown(Option<RegionMetrics>);
+    impl Drop for Shown {
+        fn drop(&mut self) {
+            if let Some(m) = &self.0 {
+                m.set_state("disconnected");
+            }
+        }
+    }
+    let mut shown = Shown(None);
     loop {
         let next = match claim.as_ref().map(|c| c.cancel.clone()) {
             Some(cancel) => tokio::select! {
@@ -403,6 +425,11 @@ async fn receive(
                 // Mounts of the region check its (possibly new) size.
                 if let Some(c) = claim {
                     c.slot.each_mount(Marks::wake);
+                    let m = c.slot.metrics(name);
+                    m.set_peer(who.to_string());
+                    m.set_state("receiving");
+                    m.generation(replica.committed());
+                    shown.0 = Some(m);
                 }
                 let hashes = tokio::task::block_in_place(|| f.hashes());
                 replica.local_state(Local::Hashes(&hashes))?;
@@ -419,6 +446,9 @@ async fn receive(
                 })?;
                 f.write_chunk(index, data)
                     .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("writing: {e}")))?;
+                if let Some(m) = &shown.0 {
+                    m.received(data.map_or(0, |d| d.len() as u64));
+                }
                 if let Some(c) = claim {
                     if let Some(g) = replica.geometry() {
                         c.slot.written(g.range(index));
@@ -427,6 +457,10 @@ async fn receive(
             }
             ReplicaEvent::Committed { generation } => {
                 debug!("generation {generation} applied");
+                if let Some(m) = &shown.0 {
+                    m.generation(generation);
+                    m.set_state("receiving");
+                }
                 // Each generation starts on its way to the disk, so that a handoff (which waits
                 // for stable storage) finds little left to write.
                 if let Some((f, _)) = &file {
@@ -438,6 +472,9 @@ async fn receive(
                     WireError::new(ErrorCode::Internal, "handoff before the region opened")
                 })?;
                 take_over(f, name, generation, s).await?;
+                if let Some(m) = shown.0.take() {
+                    m.set_state("owned here (handed over)");
+                }
                 // HANDOFF_ACK: from now on this peer owns the region (spec §8.6 step 4).
                 while let Some(f) = replica.poll_transmit() {
                     send.write_all(&f).await?;
