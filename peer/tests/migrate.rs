@@ -12,8 +12,31 @@ use support::*;
 
 const PAGES: usize = 4096;
 
+/// A child process killed when dropped (a failing test leaves no writer behind).
+struct Killed(Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A writer process incrementing the u64 at the start of random pages of `file`, forever.
-fn writer(w: &World, file: &Path) -> Child {
+fn writer(w: &World, file: &Path) -> Killed {
     let script = w.path("writer.py");
     std::fs::write(
         &script,
@@ -28,11 +51,13 @@ while True:
 "#,
     )
     .unwrap();
-    Command::new("python3")
-        .arg(&script)
-        .arg(file)
-        .spawn()
-        .expect("python3 runs the writer")
+    Killed(
+        Command::new("python3")
+            .arg(&script)
+            .arg(file)
+            .spawn()
+            .expect("python3 runs the writer"),
+    )
 }
 
 /// Waits until the writer has written to `file` (python can take a while to start on a busy
@@ -126,7 +151,7 @@ fn owned_at_b(w: &World, name: &str) -> bool {
 }
 
 /// A world with a serve at B and a writer at A already writing its region `mem`.
-fn migrating_world() -> (World, Proc, PathBuf, Child) {
+fn migrating_world() -> (World, Proc, PathBuf, Killed) {
     let w = World::new();
     let b = w.serve();
     let file = w.path("mem");
@@ -538,6 +563,70 @@ fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
         std::fs::read(&file).unwrap(),
         std::fs::read(w.replica("mem")).unwrap()
     );
+    let _ = at_a.kill();
+    let _ = at_a.wait();
+}
+
+#[test]
+fn a_running_sync_migrates_its_region_when_asked_through_its_control_socket() {
+    let (w, _b, file, mut at_a) = migrating_world();
+    let ctl = w.path("ctl");
+    let mut sync = Proc::spawn(
+        Command::new(BIN)
+            .args(["sync", "--region", file.to_str().unwrap()])
+            .args(w.owner_args())
+            .args(["--interval", "100"])
+            .env("MEMSYNC_CONTROL_DIR", &ctl),
+    );
+    sync.wait_for("acknowledged", Duration::from_secs(30));
+    let (writer, sync_pid) = (at_a.id().to_string(), sync.child.id().to_string());
+    let out = Command::new(BIN)
+        .args(["migrate", "--sync", &sync_pid, "--name", "mem"])
+        .args(["--freeze-pid", &writer, "--downtime-ms", "50"])
+        .env("MEMSYNC_CONTROL_DIR", &ctl)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("mem: handed over at generation"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("downtime"), "{stdout}");
+    // The sync went on from its stream: one reconciliation, at its start, none for the migration.
+    assert_eq!(
+        sync.all_with("replica reconciled").len(),
+        1,
+        "{}",
+        sync.output()
+    );
+    // Its only region handed over, the sync is done.
+    assert!(
+        sync.wait(Duration::from_secs(30)).success(),
+        "{}",
+        sync.output()
+    );
+    assert!(owned_at_b(&w, "mem"));
+    assert!(stopped(at_a.id()));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+    // Asking a process that replicates no such region is an error that says so.
+    let out = Command::new(BIN)
+        .args([
+            "migrate",
+            "--sync",
+            &ctl.join("nobody.sock").display().to_string(),
+        ])
+        .args(["--name", "mem"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     let _ = at_a.kill();
     let _ = at_a.wait();
 }

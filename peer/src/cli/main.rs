@@ -11,6 +11,7 @@ use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
 use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::net::transport::StreamError;
 use memsync_peer::region::Source;
+use memsync_peer::roles::migrate::{Freezer, MigrateRequest};
 use memsync_peer::roles::mount::MemorySink;
 use memsync_peer::roles::owner::{SyncError, SyncOptions, SyncRegion, SyncStats};
 use memsync_protocol::wire::ErrorCode;
@@ -196,11 +197,16 @@ enum Cmd {
     /// changes sent, and the replica becomes the owner (spec §8.6). Prints a report.
     Migrate {
         /// The region file.
-        #[arg(long, value_name = "FILE")]
-        region: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "sync")]
+        region: Option<PathBuf>,
         /// The `peer serve` that replicates it and will own it.
-        #[arg(long, value_name = "ADDR")]
-        peer: String,
+        #[arg(long, value_name = "ADDR", required_unless_present = "sync")]
+        peer: Option<String>,
+        /// Instead of streaming the region itself, ask the running `peer sync` with this control
+        /// socket (a path, or its PID) to migrate its region --name to the peer it replicates it
+        /// to: the sync goes on from where its stream is, with no new reconciliation.
+        #[arg(long, value_name = "SOCKET|PID", conflicts_with_all = ["region", "peer", "detector", "nbd_listen"])]
+        sync: Option<String>,
         /// The region's name at the peer [default: the file's name].
         #[arg(long)]
         name: Option<String>,
@@ -431,7 +437,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             trust,
             ops,
         } => {
-            let _ops = ops.start("sync").await?;
+            let control = ops.start("sync").await?;
             let shift = chunk_shift(chunk_size)?;
             if name.is_some() && regions.len() > 1 {
                 bail!("--name applies to a single --region; with several, each is named after its file");
@@ -470,14 +476,19 @@ async fn run(cmd: Cmd) -> Result<()> {
                     (Detector::Nbd, Some(listen)) => {
                         let flush = flush_waits_for_replica;
                         let limits = nbd_limits.limits();
-                        serve_nbd_region(path, &name, shift, listen, limits, flush)
-                            .await?
-                            .0
+                        let (mut r, export) =
+                            serve_nbd_region(path, &name, shift, listen, limits, flush).await?;
+                        // A migration asked for through the control socket holds the export's
+                        // writes at the freeze too.
+                        r.freeze_also = Some(Arc::new(move || {
+                            Box::new(nbd::ExportFreezer(export.clone())) as Box<dyn Freezer>
+                        }));
+                        r
                     }
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
                 };
-                opened.push(region);
+                opened.push(region.askable());
             }
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let opts = SyncOptions {
@@ -492,6 +503,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 r = memsync_peer::roles::owner::run(&ep, addr, opened, &opts, stats) => r?,
                 _ = tokio::signal::ctrl_c() => {}
             }
+            control.finish().await;
             Ok(())
         }
         Cmd::Mount {
@@ -547,14 +559,26 @@ async fn run(cmd: Cmd) -> Result<()> {
             detector,
             nbd_listen,
             nbd_limits,
+            sync,
             id,
             trust,
             ops,
         } => {
-            let _ops = ops.start("migrate").await?;
-            use memsync_peer::roles::migrate::{
-                CgroupFreezer, Freezer, HookFreezer, MigrateOptions, Migration, ProcessFreezer,
+            let req = MigrateRequest {
+                downtime_ms,
+                max_rounds,
+                freeze_pid,
+                freeze_cgroup,
+                before_freeze,
+                after_handoff,
+                on_thaw,
             };
+            if let Some(sync) = sync {
+                let name = name.context("--sync needs --name: the region to migrate")?;
+                return migrate_running_sync(&sync, &name, &req).await;
+            }
+            let (region, peer) = (region.expect("clap"), peer.expect("clap"));
+            let _ops = ops.start("migrate").await?;
             let shift = chunk_shift(chunk_size)?;
             let name = match name {
                 Some(n) => n,
@@ -564,26 +588,13 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
-            let mut freezers: Vec<Box<dyn Freezer>> = Vec::new();
-            if before_freeze.is_some() || after_handoff.is_some() || on_thaw.is_some() {
-                freezers.push(Box::new(HookFreezer {
-                    before: before_freeze,
-                    after: after_handoff,
-                    thaw: on_thaw,
-                }));
-            }
-            for pid in freeze_pid {
-                freezers.push(Box::new(ProcessFreezer::new(pid)));
-            }
-            for dir in freeze_cgroup {
-                freezers.push(Box::new(CgroupFreezer::new(dir)));
-            }
+            let mut migration = req.migration();
             let (mut r, export) = match (detector, &nbd_listen) {
                 (Detector::Nbd, Some(listen)) => {
                     let limits = nbd_limits.limits();
                     let (r, export) =
                         serve_nbd_region(&region, &name, shift, listen, limits, false).await?;
-                    freezers.push(Box::new(nbd::ExportFreezer(export.clone())));
+                    migration.freeze_also(Box::new(nbd::ExportFreezer(export.clone())));
                     (r, Some(export))
                 }
                 (Detector::Nbd, None) => bail!("--detector nbd needs --nbd-listen ADDR|unix:PATH"),
@@ -598,18 +609,13 @@ async fn run(cmd: Cmd) -> Result<()> {
                     (r, None)
                 }
             };
-            if freezers.is_empty() {
+            if !req.freezes_anything() && export.is_none() {
                 tracing::warn!(
                     "no writer to freeze was named (--freeze-pid, --freeze-cgroup, --before-freeze): \
                      whoever writes {} must have stopped before the handoff",
                     region.display()
                 );
             }
-            let opts = MigrateOptions {
-                downtime: Duration::from_millis(downtime_ms),
-                max_rounds,
-            };
-            let migration = Migration::new(opts, freezers);
             let report = migration.report();
             r.migration = Some(migration);
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
@@ -647,6 +653,28 @@ async fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Uffd(cmd) => uffd::run(cmd).await,
         Cmd::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// `peer migrate --sync`: asks the running `peer sync` at `sync` (a control socket, or a PID in
+/// the control directory) to migrate its region `name`, and prints the report.
+async fn migrate_running_sync(sync: &str, name: &str, req: &MigrateRequest) -> Result<()> {
+    let path = match sync.parse::<u32>() {
+        Ok(pid) => memsync_peer::ops::control::dir().join(format!("sync-{pid}.sock")),
+        Err(_) => PathBuf::from(sync),
+    };
+    let (region, req, at) = (name.to_owned(), req.clone(), path.clone());
+    let answer = tokio::task::spawn_blocking(move || {
+        memsync_peer::ops::control::ask_migrate(&at, &region, &req)
+    })
+    .await?
+    .with_context(|| format!("asking the sync at {}", path.display()))?;
+    match answer {
+        Ok(report) => {
+            println!("{name}: {report}");
+            Ok(())
+        }
+        Err(e) => bail!("the sync at {} did not migrate: {e}", path.display()),
     }
 }
 

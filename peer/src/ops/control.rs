@@ -1,16 +1,22 @@
 //! The control socket of a running `serve`, `sync`, `migrate` or `mount`, and the HTTP endpoint
 //! of `--metrics`. The socket is a Unix stream socket in [`dir`] named `COMMAND-PID.sock`; a
-//! client writes one line, `status`, and reads one line of JSON ([`ProcessStatus`]). It is
-//! removed when the process ends; one left by a killed process is found stale by `peer status`.
+//! client writes one request line and reads one line of JSON: `status` ([`ProcessStatus`]), or
+//! `migrate NAME {request}` (a [`MigrateRequest`] for a region this process owns; answered with
+//! the report once the replica owns it, or the error). A Unix socket, not a TCP port: only local
+//! users the directory's permissions admit can ask, and no address must be chosen. It is removed
+//! when the process ends; one left by a killed process is found stale by `peer status`.
 //! The metrics endpoint answers `GET /metrics` (any path, in fact) with OpenMetrics text; it is
 //! written here rather than with an HTTP framework because it serves one document to GET
 //! requests and nothing else.
 
 use super::metrics::{self, RegionStatus};
+use crate::roles::migrate::MigrateRequest;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{debug, warn};
 
@@ -46,6 +52,7 @@ pub fn dir() -> PathBuf {
 pub struct ControlSocket {
     path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    answering: Arc<AtomicUsize>,
 }
 
 impl ControlSocket {
@@ -65,20 +72,38 @@ impl ControlSocket {
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path)?;
         let command = command.to_owned();
+        let answering = Arc::new(AtomicUsize::new(0));
+        let busy = answering.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let command = command.clone();
+                let busy = busy.clone();
+                busy.fetch_add(1, Relaxed);
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &command).await {
                         debug!("control socket client: {e}");
                     }
+                    busy.fetch_sub(1, Relaxed);
                 });
             }
         });
-        Ok(ControlSocket { path, task })
+        Ok(ControlSocket {
+            path,
+            task,
+            answering,
+        })
+    }
+
+    /// Waits (a few seconds at most) until the answers being written are out, e.g. the report
+    /// of a migration that ended this process's last region.
+    pub async fn finish(self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.answering.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The socket's path.
@@ -97,19 +122,36 @@ impl Drop for ControlSocket {
 async fn answer(stream: tokio::net::UnixStream, command: &str) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    // One short request line; anything longer is not a request of ours.
-    BufReader::new(r.take(256)).read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "status" => serde_json::to_string(&ProcessStatus {
+    // One request line (a migrate request's JSON included); anything longer is not ours.
+    BufReader::new(r.take(64 * 1024))
+        .read_line(&mut line)
+        .await?;
+    let error = |e: String| serde_json::json!({ "error": e }).to_string();
+    let line = line.trim();
+    let reply = match line.split_once(' ').unwrap_or((line, "")) {
+        ("status", "") => serde_json::to_string(&ProcessStatus {
             pid: std::process::id(),
             command: command.to_owned(),
             regions: metrics::snapshot(),
         })
         .map_err(io::Error::other)?,
-        other => format!(
-            "{{\"error\":{}}}",
-            serde_json::Value::from(format!("unknown request {other:?}"))
-        ),
+        ("migrate", rest) => {
+            let (name, request) = rest.split_once(' ').unwrap_or((rest, "{}"));
+            match serde_json::from_str::<MigrateRequest>(request) {
+                Err(e) => error(format!("a migrate request that does not parse: {e}")),
+                Ok(req) => match crate::roles::owner::ask_migration(name, req.migration()) {
+                    Err(e) => error(e),
+                    Ok(outcome) => match outcome.await {
+                        Ok(Ok(report)) => {
+                            serde_json::json!({ "report": report.to_string() }).to_string()
+                        }
+                        Ok(Err(e)) => error(e),
+                        Err(_) => error("the region's driver ended without a report".into()),
+                    },
+                },
+            }
+        }
+        (other, _) => error(format!("unknown request {other:?}")),
     };
     w.write_all(reply.as_bytes()).await?;
     w.write_all(b"\n").await?;
@@ -134,6 +176,28 @@ pub fn query(path: &Path) -> io::Result<ProcessStatus> {
     let mut line = String::new();
     std::io::BufReader::new(s).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Asks the process whose control socket is at `path` to migrate its region `name`; returns
+/// the report once the replica owns the region, or the process's reason it did not.
+pub fn ask_migrate(
+    path: &Path,
+    name: &str,
+    req: &MigrateRequest,
+) -> io::Result<Result<String, String>> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    let req = serde_json::to_string(req).map_err(io::Error::other)?;
+    writeln!(s, "migrate {name} {req}")?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(match (v["report"].as_str(), v["error"].as_str()) {
+        (Some(r), _) => Ok(r.to_owned()),
+        (_, Some(e)) => Err(e.to_owned()),
+        _ => Err(format!("an answer without report or error: {line}")),
+    })
 }
 
 /// Asks every control socket in `dir` (or the one socket `dir` names).

@@ -34,6 +34,60 @@ impl Default for MigrateOptions {
     }
 }
 
+/// A migration as an operator asks for it: its options and how to freeze the writers. `peer
+/// migrate` builds one from its flags, and sends one as JSON to a running `peer sync` through its
+/// control socket.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct MigrateRequest {
+    /// The downtime target, in milliseconds.
+    pub downtime_ms: u64,
+    /// Pre-copy rounds at most.
+    pub max_rounds: u32,
+    /// Processes to freeze with SIGSTOP.
+    pub freeze_pid: Vec<i32>,
+    /// cgroup v2 directories to freeze.
+    pub freeze_cgroup: Vec<PathBuf>,
+    /// Shell command that stops the writers.
+    pub before_freeze: Option<String>,
+    /// Shell command run once the peer owns the region.
+    pub after_handoff: Option<String>,
+    /// Shell command run when the handoff failed and the writers may go on.
+    pub on_thaw: Option<String>,
+}
+
+impl MigrateRequest {
+    /// The migration it asks for, freezing the writers it names (hooks first, then processes,
+    /// then cgroups).
+    pub fn migration(&self) -> Migration {
+        let mut freezers: Vec<Box<dyn Freezer>> = Vec::new();
+        if self.before_freeze.is_some() || self.after_handoff.is_some() || self.on_thaw.is_some() {
+            freezers.push(Box::new(HookFreezer {
+                before: self.before_freeze.clone(),
+                after: self.after_handoff.clone(),
+                thaw: self.on_thaw.clone(),
+            }));
+        }
+        for &pid in &self.freeze_pid {
+            freezers.push(Box::new(ProcessFreezer::new(pid)));
+        }
+        for dir in &self.freeze_cgroup {
+            freezers.push(Box::new(CgroupFreezer::new(dir.clone())));
+        }
+        let opts = MigrateOptions {
+            downtime: Duration::from_millis(self.downtime_ms),
+            max_rounds: self.max_rounds.max(1),
+        };
+        Migration::new(opts, freezers)
+    }
+
+    /// Whether it names any writer to freeze.
+    pub fn freezes_anything(&self) -> bool {
+        self.before_freeze.is_some()
+            || !self.freeze_pid.is_empty()
+            || !self.freeze_cgroup.is_empty()
+    }
+}
+
 /// Stops the writers of a region, and lets them go on or keeps them stopped afterwards.
 pub trait Freezer: Send {
     /// What is frozen, for logs and reports.
@@ -314,6 +368,11 @@ impl Migration {
             dirty_trend: Vec::new(),
             report: Arc::default(),
         }
+    }
+
+    /// Adds a way to freeze the writers (e.g. the NBD export the region is written through).
+    pub fn freeze_also(&mut self, f: Box<dyn Freezer>) {
+        self.freezers.push(f);
     }
 
     /// The report, filled in as the migration goes; complete once the phase is `HandedOff`.

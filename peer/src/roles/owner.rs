@@ -7,7 +7,7 @@ use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksD
 use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use crate::ops::metrics::{RegionMetrics, Role};
 use crate::region::{RegionError, Source, SourceFile};
-use crate::roles::migrate::{Migration, Phase, RoundReport};
+use crate::roles::migrate::{Freezer, Migration, MigrationReport, Phase, RoundReport};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
 use memsync_protocol::lane::LaneGate;
@@ -138,6 +138,52 @@ pub struct SyncRegion {
     pub migration: Option<Migration>,
     /// Its figures, for `--metrics` and `peer status`.
     pub metrics: RegionMetrics,
+    /// A migration asked for while it streams ([`ask_migration`]), not started yet.
+    asked: Arc<Mutex<Option<Asked>>>,
+    /// Where the report of the migration asked for goes.
+    reply: Option<MigrationReply>,
+    /// Freezes what else writes the region (e.g. its NBD export) for a migration asked for.
+    pub freeze_also: Option<Arc<dyn Fn() -> Box<dyn Freezer> + Send + Sync>>,
+}
+
+/// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
+pub type MigrationOutcome = Result<MigrationReport, String>;
+type MigrationReply = tokio::sync::oneshot::Sender<MigrationOutcome>;
+
+struct Asked {
+    migration: Migration,
+    reply: MigrationReply,
+}
+
+type AskSlots = Mutex<std::collections::HashMap<String, std::sync::Weak<Mutex<Option<Asked>>>>>;
+
+/// The regions of this process that a migration can be asked for, by name.
+fn askable() -> &'static AskSlots {
+    static ASKABLE: std::sync::OnceLock<AskSlots> = std::sync::OnceLock::new();
+    ASKABLE.get_or_init(Mutex::default)
+}
+
+/// Asks the running owner driver of `region` (a `peer sync` of this process) to migrate it to its
+/// replica with `migration`: it starts at the driver's next idle moment, from the state the stream
+/// is in (no reconciliation from scratch). The receiver gets the report once the replica owns the
+/// region, or why the migration failed.
+pub fn ask_migration(
+    region: &str,
+    migration: Migration,
+) -> Result<tokio::sync::oneshot::Receiver<MigrationOutcome>, String> {
+    let slot = askable()
+        .lock()
+        .expect("askable lock")
+        .get(region)
+        .and_then(std::sync::Weak::upgrade)
+        .ok_or_else(|| format!("this process replicates no region named {region}"))?;
+    let mut slot = slot.lock().expect("asked lock");
+    if slot.is_some() {
+        return Err(format!("a migration of {region} was already asked for"));
+    }
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    *slot = Some(Asked { migration, reply });
+    Ok(rx)
 }
 
 impl SyncRegion {
@@ -172,6 +218,9 @@ impl SyncRegion {
             detector,
             migration: None,
             metrics: RegionMetrics::new(name, Role::Owner),
+            asked: Arc::default(),
+            reply: None,
+            freeze_also: None,
         })
     }
 
@@ -192,12 +241,44 @@ impl SyncRegion {
             detector,
             migration: None,
             metrics: RegionMetrics::new(name, Role::Owner),
+            asked: Arc::default(),
+            reply: None,
+            freeze_also: None,
         })
     }
 
     /// The region's name on the replica.
     pub fn name(&self) -> &str {
         self.owner.name()
+    }
+
+    /// Lets [`ask_migration`] find this region by its name.
+    pub fn askable(self) -> Self {
+        askable()
+            .lock()
+            .expect("askable lock")
+            .insert(self.name().to_owned(), Arc::downgrade(&self.asked));
+        self
+    }
+
+    /// Takes up a migration asked for, if none runs.
+    fn take_asked(&mut self) {
+        if self.migration.is_some() {
+            return;
+        }
+        let Some(Asked {
+            mut migration,
+            reply,
+        }) = self.asked.lock().expect("asked lock").take()
+        else {
+            return;
+        };
+        if let Some(f) = &self.freeze_also {
+            migration.freeze_also(f());
+        }
+        info!("{}: migrating to the replica, as asked", self.name());
+        self.migration = Some(migration);
+        self.reply = Some(reply);
     }
 
     /// Shows what the region is doing in `peer status`.
@@ -234,6 +315,9 @@ pub async fn run(
         return Ok(());
     };
     for r in &mut regions {
+        if let Some(reply) = r.reply.take() {
+            let _ = reply.send(Err(e.to_string()));
+        }
         let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) else {
             continue;
         };
@@ -896,6 +980,7 @@ fn migration_step(
     dirty: &mut DirtySet,
     last_detect: &mut Instant,
 ) -> Result<bool, StreamError> {
+    r.take_asked();
     let Some(phase) = r.migration.as_ref().map(Migration::phase) else {
         return Ok(false);
     };
@@ -1073,6 +1158,9 @@ fn on_frame(
             );
             if let Some(m) = &mut r.migration {
                 m.handed_off(generation);
+                if let Some(reply) = r.reply.take() {
+                    let _ = reply.send(Ok(m.report().lock().expect("report lock").clone()));
+                }
             }
         }
     }
