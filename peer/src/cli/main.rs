@@ -1,5 +1,6 @@
 //! The `peer` command: identities, serving replicas, syncing regions, and the demo.
 
+mod config;
 mod demo;
 mod uffd;
 
@@ -114,6 +115,7 @@ enum Cmd {
         id: IdentityArgs,
     },
     /// Accept regions from trusted peers; replicas live in DIR/NAME.
+    #[command(args_override_self = true)]
     Serve {
         /// Address to listen on (UDP).
         #[arg(long, value_name = "ADDR")]
@@ -139,6 +141,10 @@ enum Cmd {
         /// migrate` at its owner), with MEMSYNC_REGION, MEMSYNC_PATH and MEMSYNC_GENERATION set.
         #[arg(long, value_name = "CMD")]
         on_handoff: Option<String>,
+        /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
+        /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         ops: OpsArgs,
         #[command(flatten)]
@@ -147,6 +153,7 @@ enum Cmd {
         trust: TrustArgs,
     },
     /// Own FILE(s) and keep their replicas on the peer at ADDR identical.
+    #[command(args_override_self = true)]
     Sync {
         /// File to replicate; repeatable (all regions share one connection).
         #[arg(long = "region", value_name = "FILE", required = true)]
@@ -185,6 +192,10 @@ enum Cmd {
         /// Most MiB/s a round may send (like rsync's --bwlimit); default: as fast as QUIC goes.
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
         max_rate: Option<u64>,
+        /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
+        /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         ops: OpsArgs,
         #[command(flatten)]
@@ -321,7 +332,14 @@ fn colour(terminal: bool) -> bool {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let args = match config::expand::<Cli>(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let default = match (cli.verbose, &cli.cmd) {
         (0, Cmd::Demo(_)) => "warn,peer::demo=info",
         (0, _) => "info",
@@ -390,6 +408,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             id,
             trust,
             ops,
+            config: _,
         } => {
             let _ops = ops.start("serve").await?;
             let opts = memsync_peer::roles::replica::ServeOptions {
@@ -412,6 +431,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 ep.local_addr(),
                 ident.fingerprint()
             );
+            ready();
             tokio::select! {
                 _ = memsync_peer::roles::replica::serve_with(&ep, dir, policy, opts) => Ok(()),
                 _ = tokio::signal::ctrl_c() => {
@@ -436,6 +456,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             id,
             trust,
             ops,
+            config: _,
         } => {
             let control = ops.start("sync").await?;
             let shift = chunk_shift(chunk_size)?;
@@ -499,6 +520,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 max_rate: max_rate.map(mib_per_sec),
             };
             let stats = Arc::new(SyncStats::default());
+            ready();
             tokio::select! {
                 r = memsync_peer::roles::owner::run(&ep, addr, opened, &opts, stats) => r?,
                 _ = tokio::signal::ctrl_c() => {}
@@ -675,6 +697,14 @@ async fn migrate_running_sync(sync: &str, name: &str, req: &MigrateRequest) -> R
             Ok(())
         }
         Err(e) => bail!("the sync at {} did not migrate: {e}", path.display()),
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: $NOTIFY_SOCKET set) that the service is up: serve
+/// listens, sync has opened its regions. Without $NOTIFY_SOCKET it does nothing.
+fn ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("telling systemd the service is ready: {e}");
     }
 }
 
