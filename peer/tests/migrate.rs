@@ -473,26 +473,40 @@ fn a_replica_killed_while_the_owner_is_frozen_takes_the_handoff_after_its_restar
     let _ = at_a.wait();
 }
 
-/// Migrates through a relay, and once HANDOFF went out cuts the link for longer than QUIC's
-/// 5 s idle timeout, while the relay holds the frames of one direction for 300 ms after the
-/// freeze (so the cut finds HANDOFF, or its acknowledgement, in flight). Returns A's log.
-fn cut_at_the_handoff(hold_handoff: bool) -> String {
-    let (w, _b, file, mut at_a) = migrating_world();
+/// Starts `peer migrate` of the world's region through a relay to B and returns once the freeze
+/// began: its `--before-freeze` hook waits until the file `go` (the fourth value) exists, so the
+/// test sets the link up before the last round. Returns the relay, the migrate process, the
+/// writer's PID and `go`.
+fn migrate_through_relay(w: &World, file: &Path, at_a: &Killed) -> (Relay, Proc, u32, PathBuf) {
     let relay = Relay::new(&w.addr());
-    let (pid, mark) = (at_a.id(), w.path("frozen"));
-    let touch = format!("touch {}", mark.display());
-    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &touch];
+    let (pid, mark, go) = (at_a.id(), w.path("frozen"), w.path("go"));
+    let hook = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.01; done",
+        mark.display(),
+        go.display()
+    );
+    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &hook];
     let cmd = &mut migrate_cmd(
-        &file,
+        file,
         &relay.addr,
         &w.path("owner-id"),
         &w.replica_fp,
         &freeze,
     );
-    let mut m = Proc::spawn(cmd);
+    let m = Proc::spawn(cmd);
     wait_file(&mark, Duration::from_secs(60));
-    relay.delay(hold_handoff, Duration::from_millis(300));
-    m.wait_for("offering ownership", Duration::from_secs(30));
+    (relay, m, pid, go)
+}
+
+/// Migrates through a relay, and once HANDOFF went out cuts the link for longer than QUIC's
+/// 5 s idle timeout, while the relay holds the frames of one direction for 2 s from the freeze
+/// on (so the cut finds HANDOFF, or its acknowledgement, in flight). Returns A's log.
+fn cut_at_the_handoff(hold_handoff: bool) -> String {
+    let (w, _b, file, mut at_a) = migrating_world();
+    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
+    relay.delay(hold_handoff, Duration::from_secs(2));
+    std::fs::write(&go, "").unwrap();
+    m.wait_for("offering ownership", Duration::from_secs(60));
     relay.cut(true);
     relay.delay(hold_handoff, Duration::ZERO);
     // Nobody owns the region now: A's writer is frozen, and B did or did not accept.
@@ -540,20 +554,9 @@ fn a_handoff_lost_with_the_link_is_probed_and_offered_again() {
 #[test]
 fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
     let (w, _b, file, mut at_a) = migrating_world();
-    let relay = Relay::new(&w.addr());
-    let (pid, mark) = (at_a.id(), w.path("frozen"));
-    let touch = format!("touch {}", mark.display());
-    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &touch];
-    let cmd = &mut migrate_cmd(
-        &file,
-        &relay.addr,
-        &w.path("owner-id"),
-        &w.replica_fp,
-        &freeze,
-    );
-    let mut m = Proc::spawn(cmd);
-    wait_file(&mark, Duration::from_secs(60));
+    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
     relay.cut(true);
+    std::fs::write(&go, "").unwrap();
     std::thread::sleep(Duration::from_secs(7));
     assert!(!owned_at_b(&w, "mem") && stopped(pid));
     relay.cut(false);
@@ -580,6 +583,15 @@ fn a_running_sync_migrates_its_region_when_asked_through_its_control_socket() {
     );
     sync.wait_for("acknowledged", Duration::from_secs(30));
     let (writer, sync_pid) = (at_a.id().to_string(), sync.child.id().to_string());
+    // A region it does not replicate: refused, saying so; the sync goes on.
+    let out = Command::new(BIN)
+        .args(["migrate", "--sync", &sync_pid, "--name", "nosuch"])
+        .env("MEMSYNC_CONTROL_DIR", &ctl)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no region named nosuch"), "{said}");
     let out = Command::new(BIN)
         .args(["migrate", "--sync", &sync_pid, "--name", "mem"])
         .args(["--freeze-pid", &writer, "--downtime-ms", "50"])
@@ -616,17 +628,6 @@ fn a_running_sync_migrates_its_region_when_asked_through_its_control_socket() {
         std::fs::read(&file).unwrap(),
         std::fs::read(w.replica("mem")).unwrap()
     );
-    // Asking a process that replicates no such region is an error that says so.
-    let out = Command::new(BIN)
-        .args([
-            "migrate",
-            "--sync",
-            &ctl.join("nobody.sock").display().to_string(),
-        ])
-        .args(["--name", "mem"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
     let _ = at_a.kill();
     let _ = at_a.wait();
 }

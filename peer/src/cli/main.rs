@@ -231,7 +231,7 @@ enum Cmd {
         #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_rounds: u32,
         /// Freeze this process (SIGSTOP) for the handoff; it stays stopped afterwards. Repeatable.
-        #[arg(long, value_name = "PID")]
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
         freeze_pid: Vec<i32>,
         /// Freeze this cgroup v2 (cgroup.freeze) for the handoff; it stays frozen afterwards.
         #[arg(long, value_name = "DIR")]
@@ -521,12 +521,13 @@ async fn run(cmd: Cmd) -> Result<()> {
             };
             let stats = Arc::new(SyncStats::default());
             ready();
-            tokio::select! {
-                r = memsync_peer::roles::owner::run(&ep, addr, opened, &opts, stats) => r?,
-                _ = tokio::signal::ctrl_c() => {}
-            }
+            let ran = tokio::select! {
+                r = memsync_peer::roles::owner::run(&ep, addr, opened, &opts, stats) => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            };
+            // A migration asked for through the socket hears how it ended, failures included.
             control.finish().await;
-            Ok(())
+            Ok(ran?)
         }
         Cmd::Mount {
             peer,
@@ -610,7 +611,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
-            let mut migration = req.migration();
+            let mut migration = req.migration().map_err(anyhow::Error::msg)?;
             let (mut r, export) = match (detector, &nbd_listen) {
                 (Detector::Nbd, Some(listen)) => {
                     let limits = nbd_limits.limits();
@@ -722,6 +723,7 @@ fn status(control: Option<PathBuf>, json: bool) -> Result<()> {
     for a in answers {
         match a {
             Answer::Live(p) => live.push(p),
+            Answer::Failed(path, e) => eprintln!("{}: no answer: {e}", path.display()),
             Answer::Stale(path) => {
                 eprintln!(
                     "{}: nobody answers (its process was killed); removed",

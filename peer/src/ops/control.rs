@@ -62,14 +62,34 @@ impl ControlSocket {
             Some(p) => p,
             None => {
                 let d = dir();
-                std::fs::create_dir_all(&d)?;
-                // Status is this user's business: the directory is theirs alone.
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+                if !d.exists() {
+                    // Status is this user's business: a directory made here is theirs alone.
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&d)?;
+                }
                 d.join(format!("{command}-{}.sock", std::process::id()))
             }
         };
-        let _ = std::fs::remove_file(&path);
+        // Only a socket nobody listens on gives way; a live one or any other file stays.
+        if path.exists() {
+            use std::os::unix::fs::FileTypeExt;
+            let socket = std::fs::symlink_metadata(&path)?.file_type().is_socket();
+            let refused = std::os::unix::net::UnixStream::connect(&path)
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+            if !(socket && refused) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} exists and is not a stale control socket",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(&path)?;
+        }
         let listener = tokio::net::UnixListener::bind(&path)?;
         let command = command.to_owned();
         let answering = Arc::new(AtomicUsize::new(0));
@@ -77,6 +97,8 @@ impl ControlSocket {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors, say: wait instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
                 let command = command.clone();
@@ -123,9 +145,13 @@ async fn answer(stream: tokio::net::UnixStream, command: &str) -> io::Result<()>
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     // One request line (a migrate request's JSON included); anything longer is not ours.
-    BufReader::new(r.take(64 * 1024))
-        .read_line(&mut line)
-        .await?;
+    let mut reader = BufReader::new(r.take(64 * 1024));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.read_line(&mut line),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request line"))??;
     let error = |e: String| serde_json::json!({ "error": e }).to_string();
     let line = line.trim();
     let reply = match line.split_once(' ').unwrap_or((line, "")) {
@@ -139,7 +165,10 @@ async fn answer(stream: tokio::net::UnixStream, command: &str) -> io::Result<()>
             let (name, request) = rest.split_once(' ').unwrap_or((rest, "{}"));
             match serde_json::from_str::<MigrateRequest>(request) {
                 Err(e) => error(format!("a migrate request that does not parse: {e}")),
-                Ok(req) => match crate::roles::owner::ask_migration(name, req.migration()) {
+                Ok(req) => match req
+                    .migration()
+                    .and_then(|m| crate::roles::owner::ask_migration(name, m))
+                {
                     Err(e) => error(e),
                     Ok(outcome) => match outcome.await {
                         Ok(Ok(report)) => {
@@ -165,6 +194,8 @@ pub enum Answer {
     Live(ProcessStatus),
     /// Nobody listens: the process that made it is gone (killed; a clean exit removes it).
     Stale(PathBuf),
+    /// It did not answer as asked (busy, stopped, another version, no permission).
+    Failed(PathBuf, io::Error),
 }
 
 /// Asks the control socket at `path` for its status.
@@ -216,10 +247,8 @@ pub fn query_all(dir: &Path) -> io::Result<Vec<Answer>> {
         .into_iter()
         .map(|p| match query(&p) {
             Ok(s) => Answer::Live(s),
-            Err(e) => {
-                debug!("{}: {e}", p.display());
-                Answer::Stale(p)
-            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Answer::Stale(p),
+            Err(e) => Answer::Failed(p, e),
         })
         .collect())
 }
@@ -231,16 +260,18 @@ pub async fn serve_metrics(addr: SocketAddr) -> io::Result<SocketAddr> {
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             tokio::spawn(async move {
                 // Read the request head (bounded), whatever it asks: one document is served.
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                        Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
                     }
                 }
                 let (status, body) = if head.starts_with(b"GET ") {

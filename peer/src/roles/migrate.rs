@@ -37,7 +37,8 @@ impl Default for MigrateOptions {
 /// A migration as an operator asks for it: its options and how to freeze the writers. `peer
 /// migrate` builds one from its flags, and sends one as JSON to a running `peer sync` through its
 /// control socket.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MigrateRequest {
     /// The downtime target, in milliseconds.
     pub downtime_ms: u64,
@@ -55,10 +56,29 @@ pub struct MigrateRequest {
     pub on_thaw: Option<String>,
 }
 
+impl Default for MigrateRequest {
+    fn default() -> Self {
+        let o = MigrateOptions::default();
+        MigrateRequest {
+            downtime_ms: o.downtime.as_millis() as u64,
+            max_rounds: o.max_rounds,
+            freeze_pid: Vec::new(),
+            freeze_cgroup: Vec::new(),
+            before_freeze: None,
+            after_handoff: None,
+            on_thaw: None,
+        }
+    }
+}
+
 impl MigrateRequest {
     /// The migration it asks for, freezing the writers it names (hooks first, then processes,
-    /// then cgroups).
-    pub fn migration(&self) -> Migration {
+    /// then cgroups). A process ID must name one process: not 0 (this process group) nor a
+    /// negative one (a group, or every process).
+    pub fn migration(&self) -> Result<Migration, String> {
+        if let Some(p) = self.freeze_pid.iter().find(|&&p| p <= 0) {
+            return Err(format!("process ID {p} names no single process to freeze"));
+        }
         let mut freezers: Vec<Box<dyn Freezer>> = Vec::new();
         if self.before_freeze.is_some() || self.after_handoff.is_some() || self.on_thaw.is_some() {
             freezers.push(Box::new(HookFreezer {
@@ -77,7 +97,7 @@ impl MigrateRequest {
             downtime: Duration::from_millis(self.downtime_ms),
             max_rounds: self.max_rounds.max(1),
         };
-        Migration::new(opts, freezers)
+        Ok(Migration::new(opts, freezers))
     }
 
     /// Whether it names any writer to freeze.

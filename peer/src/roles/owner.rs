@@ -314,20 +314,33 @@ pub async fn run(
     let Err(e) = run_regions(ep, addr, &mut regions, opts, stats).await else {
         return Ok(());
     };
+    // The replica said it owns the region: nothing thaws.
+    let handed_over = matches!(&e, SyncError::Stream { source: StreamError::Peer { code, .. }, .. }
+        if *code == ErrorCode::HandedOver as u32);
+    let mut unsettled = None;
     for r in &mut regions {
-        if let Some(reply) = r.reply.take() {
-            let _ = reply.send(Err(e.to_string()));
-        }
         let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) else {
+            if let Some(reply) = r.reply.take() {
+                let _ = reply.send(Err(e.to_string()));
+            }
             continue;
         };
         match r.owner.state() {
             OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
-                return Err(SyncError::HandoffUnsettled {
-                    region: r.owner.name().to_owned(),
-                    generation,
-                    source: Box::new(e),
-                });
+                let region = r.owner.name().to_owned();
+                let why = format!(
+                    "region {region}: the handoff at generation {generation} went out and its \
+                     answer was lost ({e}); its writers stay frozen"
+                );
+                if let Some(reply) = r.reply.take() {
+                    let _ = reply.send(Err(why));
+                }
+                unsettled.get_or_insert((region, generation));
+            }
+            _ if handed_over => {
+                if let Some(reply) = r.reply.take() {
+                    let _ = reply.send(Err(e.to_string()));
+                }
             }
             // No HANDOFF is outstanding: this peer owns the region, and its writers go on.
             _ => {
@@ -337,10 +350,20 @@ pub async fn run(
                     r.owner.name()
                 );
                 m.refused();
+                if let Some(reply) = r.reply.take() {
+                    let _ = reply.send(Err(format!("{e}; the writers were thawed")));
+                }
             }
         }
     }
-    Err(e)
+    match unsettled {
+        Some((region, generation)) => Err(SyncError::HandoffUnsettled {
+            region,
+            generation,
+            source: Box::new(e),
+        }),
+        None => Err(e),
+    }
 }
 
 async fn run_regions(
@@ -429,7 +452,12 @@ async fn run_session(
     stats: &Arc<SyncStats>,
 ) -> Result<(), SyncError> {
     let mut tasks = tokio::task::JoinSet::new();
-    for mut r in regions.drain(..) {
+    // A region handed over is done: nothing of it goes on a new connection.
+    let (done, live): (Vec<_>, Vec<_>) = regions
+        .drain(..)
+        .partition(|r| r.owner.state() == OwnerState::HandedOff);
+    regions.extend(done);
+    for mut r in live {
         let conn = session.conn.clone();
         let opts = opts.clone();
         let stats = stats.clone();
@@ -991,8 +1019,17 @@ fn migration_step(
             let bytes = dirty.count() * r.owner.geometry().chunk_size();
             let m = r.migration.as_mut().expect("checked above");
             if let Some(why) = m.should_freeze(bytes) {
-                tokio::task::block_in_place(|| m.freeze(why, bytes))
-                    .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
+                if let Err(e) = tokio::task::block_in_place(|| m.freeze(why, bytes)) {
+                    // Asked for through the control socket: the migration fails, the sync goes on.
+                    if let Some(reply) = r.reply.take() {
+                        warn!("{}: the migration asked for failed: {e}", r.owner.name());
+                        let _ = reply.send(Err(format!("{e}; nothing was frozen")));
+                        r.migration = None;
+                        r.show_state();
+                        return Ok(false);
+                    }
+                    return Err(WireError::new(ErrorCode::LocalIo, e.to_string()).into());
+                }
                 // The writers' last changes, made between the scan above and the freeze. If that
                 // fails, no HANDOFF went out: this peer still owns the region and thaws them.
                 let offered = detect(r, dirty, last_detect)
@@ -1142,9 +1179,11 @@ fn on_frame(
             let name = r.owner.name().to_owned();
             // HANDED_OVER: the replica owns the region (a handoff this peer does not remember),
             // so the writers must not go on here.
+            // In Probing only STATE or HANDED_OVER settles the lost HANDOFF (spec §8.6): any
+            // other answer leaves the writers frozen too.
             let handed_over = code == ErrorCode::HandedOver as u32;
             if let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) {
-                if !handed_over {
+                if !handed_over && !probing {
                     warn!("{name}: the replica refused the handoff; writers thawed");
                     m.refused();
                 }
@@ -1160,6 +1199,14 @@ fn on_frame(
                 m.handed_off(generation);
                 if let Some(reply) = r.reply.take() {
                     let _ = reply.send(Ok(m.report().lock().expect("report lock").clone()));
+                }
+                // No more migrations of it can be asked for here.
+                let mut askable = askable().lock().expect("askable lock");
+                if askable
+                    .get(r.owner.name())
+                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&r.asked)))
+                {
+                    askable.remove(r.owner.name());
                 }
             }
         }
