@@ -73,3 +73,23 @@ fn logs_carry_no_ansi_escapes_when_not_on_a_terminal() {
         String::from_utf8_lossy(&log)
     );
 }
+
+#[test]
+fn sizes_and_durations_are_read_with_their_units() {
+    let refused = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "accepted {args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let sync = ["sync", "--region", "/nonexistent", "--peer", "127.0.0.1:9"];
+    let e = refused(&[&sync[..], &["--interval", "soon"]].concat());
+    assert!(e.contains("not a duration"), "{e}");
+    let e = refused(&[&sync[..], &["--max-rate", "100KiB"]].concat());
+    assert!(e.contains("below 1 MiB/s"), "{e}");
+    // 3 KiB parses as a size, then is refused as a chunk size, in KiB-aware words.
+    let e = refused(&[&sync[..], &["--chunk-size", "3KiB", "--interval", "250ms"]].concat());
+    assert!(
+        e.contains("--chunk-size 3.0 KiB must be a power of two from 4 KiB"),
+        "{e}"
+    );
+}

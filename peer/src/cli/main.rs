@@ -3,6 +3,7 @@
 mod config;
 mod demo;
 mod uffd;
+mod units;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -78,12 +79,12 @@ struct NbdLimitArgs {
     /// Most NBD clients served at once; more are closed as they connect.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=65536))]
     nbd_max_connections: u64,
-    /// Seconds an NBD client has to finish its handshake.
-    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds an NBD client has to finish its handshake (or a duration: 30s, 1m).
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = units::secs_min_1)]
     nbd_handshake_timeout: u64,
     /// Close an NBD client that sends no request for this many seconds [default: never, as a
-    /// mounted block device may idle for hours].
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// mounted block device may idle for hours; a duration also works: 2h].
+    #[arg(long, value_name = "SECS", value_parser = units::secs_min_1)]
     nbd_idle_timeout: Option<u64>,
 }
 
@@ -126,7 +127,7 @@ enum Cmd {
         /// Most MiB/s the background push of a lazy mount served here may use; chunks a mount
         /// fetches (its readers' faults, read-ahead) always go at once. Leaving headroom keeps
         /// their wait short while the push runs.
-        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "MIB", value_parser = units::mib_per_sec)]
         mount_max_rate: Option<u64>,
         /// Let peer FP own regions matching PATTERN (a name, prefix* or *; FP a fingerprint or *),
         /// repeatable. Without it every trusted peer may own a region nobody owns yet; a region
@@ -167,14 +168,14 @@ enum Cmd {
         /// Change detector.
         #[arg(long, value_enum, default_value = "hash")]
         detector: Detector,
-        /// Chunk size in bytes: a power of two from 4096 to 4194304.
-        #[arg(long, default_value_t = 65536, value_name = "N")]
+        /// Chunk size in bytes (or 64KiB, 1MiB): a power of two from 4 KiB to 4 MiB.
+        #[arg(long, default_value_t = 65536, value_name = "N", value_parser = units::bytes)]
         chunk_size: u64,
-        /// Milliseconds between detector runs.
-        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        /// Milliseconds between detector runs (or a duration: 250ms, 2s).
+        #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = units::millis)]
         interval: u64,
-        /// Seconds to keep reconnecting after the connection is lost.
-        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        /// Seconds to keep reconnecting after the connection is lost (or a duration: 5m).
+        #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = units::secs)]
         reconnect_for: u64,
         /// Exit 0 once the replica matches the file as it was when the last round began.
         #[arg(long)]
@@ -189,8 +190,9 @@ enum Cmd {
         /// them (like DRBD's protocol C), not just once they are durable here.
         #[arg(long)]
         flush_waits_for_replica: bool,
-        /// Most MiB/s a round may send (like rsync's --bwlimit); default: as fast as QUIC goes.
-        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        /// Most MiB/s a round may send (like rsync's --bwlimit; or 1GiB, 500MB); default: as fast
+        /// as QUIC goes.
+        #[arg(long, value_name = "MIB", value_parser = units::mib_per_sec)]
         max_rate: Option<u64>,
         /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
         /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
@@ -221,11 +223,11 @@ enum Cmd {
         /// The region's name at the peer [default: the file's name].
         #[arg(long)]
         name: Option<String>,
-        /// Chunk size in bytes (a power of two, 4096 to 4194304).
-        #[arg(long, default_value_t = 65536, value_name = "N")]
+        /// Chunk size in bytes (or 64KiB, 1MiB): a power of two from 4 KiB to 4 MiB.
+        #[arg(long, default_value_t = 65536, value_name = "N", value_parser = units::bytes)]
         chunk_size: u64,
-        /// The pause the writers may see, in milliseconds (QEMU's downtime-limit).
-        #[arg(long, default_value_t = 300, value_name = "MS")]
+        /// The pause the writers may see, in milliseconds (QEMU's downtime-limit; or 50ms, 1s).
+        #[arg(long, default_value_t = 300, value_name = "MS", value_parser = units::millis)]
         downtime_ms: u64,
         /// Pre-copy rounds at most before the writers are frozen anyway.
         #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -245,8 +247,8 @@ enum Cmd {
         /// Shell command run when the handoff failed and the writers may go on.
         #[arg(long, value_name = "CMD")]
         on_thaw: Option<String>,
-        /// Seconds to keep trying to reconnect after a lost connection.
-        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        /// Seconds to keep trying to reconnect after a lost connection (or a duration: 5m).
+        #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = units::secs)]
         reconnect_for: u64,
         /// How changes are found: `hash` scans the file; `nbd` serves it as an NBD export whose
         /// writes are marks, held at the freeze and refused (EPERM) once the peer owns the
@@ -847,7 +849,10 @@ fn check_region_name(name: &str) -> Result<()> {
 /// The shift of a `--chunk-size`.
 fn chunk_shift(chunk_size: u64) -> Result<u8> {
     if !chunk_size.is_power_of_two() || !(4096..=4 << 20).contains(&chunk_size) {
-        bail!("--chunk-size {chunk_size} must be a power of two from 4096 to 4194304");
+        bail!(
+            "--chunk-size {} must be a power of two from 4 KiB to 4 MiB",
+            memsync_peer::roles::owner::human_bytes(chunk_size)
+        );
     }
     Ok(chunk_size.trailing_zeros() as u8)
 }

@@ -29,8 +29,8 @@ pub enum UffdCmd {
         /// Address of the peer running `peer serve`.
         #[arg(long, value_name = "ADDR")]
         peer: String,
-        /// Milliseconds between PAGEMAP_SCAN rounds.
-        #[arg(long, default_value_t = 100, value_name = "MS")]
+        /// Milliseconds between PAGEMAP_SCAN rounds (or a duration: 50ms, 1s).
+        #[arg(long, default_value_t = 100, value_name = "MS", value_parser = crate::units::millis)]
         interval: u64,
         #[command(flatten)]
         id: IdentityArgs,
