@@ -149,9 +149,47 @@ pub fn encode() -> String {
     out
 }
 
-/// What `peer status` shows beside the numbers.
+/// One region's series, looked up once: updates are then one atomic operation each (a chunk
+/// sent or received costs no lookup in the families).
+struct Handles {
+    bytes_sent: Counter,
+    chunks_sent: Counter,
+    bytes_received: Counter,
+    chunks_received: Counter,
+    rounds: Counter,
+    reconnects: Counter,
+    generation: Gauge,
+    acked: Gauge,
+    missing: Gauge,
+    chunks: Gauge,
+    ack_lag: Histogram,
+    fetch_latency: Histogram,
+}
+
+impl Handles {
+    fn of(l: &Labels) -> Self {
+        let f = &global().families;
+        Handles {
+            bytes_sent: f.bytes_sent.get_or_create(l).clone(),
+            chunks_sent: f.chunks_sent.get_or_create(l).clone(),
+            bytes_received: f.bytes_received.get_or_create(l).clone(),
+            chunks_received: f.chunks_received.get_or_create(l).clone(),
+            rounds: f.rounds.get_or_create(l).clone(),
+            reconnects: f.reconnects.get_or_create(l).clone(),
+            generation: f.generation.get_or_create(l).clone(),
+            acked: f.acked.get_or_create(l).clone(),
+            missing: f.missing.get_or_create(l).clone(),
+            chunks: f.chunks.get_or_create(l).clone(),
+            ack_lag: f.ack_lag.get_or_create(l).clone(),
+            fetch_latency: f.fetch_latency.get_or_create(l).clone(),
+        }
+    }
+}
+
+/// What `peer status` shows: the series and, beside the numbers, the peer and the state.
 struct Entry {
     labels: Labels,
+    m: Handles,
     peer: Mutex<String>,
     state: Mutex<String>,
     /// The last round's change → ACK lag in microseconds (the histogram keeps them all).
@@ -168,11 +206,13 @@ impl RegionMetrics {
     /// The metrics of `region` in `role`, listed by `peer status` while this handle (or a clone)
     /// lives.
     pub fn new(region: &str, role: Role) -> Self {
+        let labels = Labels {
+            region: region.to_owned(),
+            role,
+        };
         let entry = Arc::new(Entry {
-            labels: Labels {
-                region: region.to_owned(),
-                role,
-            },
+            m: Handles::of(&labels),
+            labels,
             peer: Mutex::default(),
             state: Mutex::new("starting".into()),
             last_lag_us: Default::default(),
@@ -181,10 +221,6 @@ impl RegionMetrics {
         live.retain(|w| w.strong_count() > 0);
         live.push(Arc::downgrade(&entry));
         RegionMetrics { entry }
-    }
-
-    fn l(&self) -> &Labels {
-        &self.entry.labels
     }
 
     /// The peer it is replicated with, as shown.
@@ -202,33 +238,27 @@ impl RegionMetrics {
 
     /// A chunk of `bytes` went out.
     pub fn sent(&self, bytes: u64) {
-        let f = &global().families;
-        f.bytes_sent.get_or_create(self.l()).inc_by(bytes);
-        f.chunks_sent.get_or_create(self.l()).inc();
+        self.entry.m.bytes_sent.inc_by(bytes);
+        self.entry.m.chunks_sent.inc();
     }
 
     /// A chunk of `bytes` arrived and was applied.
     pub fn received(&self, bytes: u64) {
-        let f = &global().families;
-        f.bytes_received.get_or_create(self.l()).inc_by(bytes);
-        f.chunks_received.get_or_create(self.l()).inc();
+        self.entry.m.bytes_received.inc_by(bytes);
+        self.entry.m.chunks_received.inc();
     }
 
     /// The generation started (owner) or committed (replica).
     pub fn generation(&self, g: u64) {
-        global()
-            .families
-            .generation
-            .get_or_create(self.l())
-            .set(g as i64);
+        self.entry.m.generation.set(g as i64);
     }
 
     /// The replica acknowledged generation `g`, `lag` after its changes were found.
     pub fn acked(&self, g: u64, lag: Duration) {
-        let f = &global().families;
-        f.acked.get_or_create(self.l()).set(g as i64);
-        f.rounds.get_or_create(self.l()).inc();
-        f.ack_lag.get_or_create(self.l()).observe(lag.as_secs_f64());
+        let m = &self.entry.m;
+        m.acked.set(g as i64);
+        m.rounds.inc();
+        m.ack_lag.observe(lag.as_secs_f64());
         let us = lag.as_micros() as u64;
         self.entry
             .last_lag_us
@@ -237,31 +267,23 @@ impl RegionMetrics {
 
     /// The connection was lost and is being made again.
     pub fn reconnect(&self) {
-        global().families.reconnects.get_or_create(self.l()).inc();
+        self.entry.m.reconnects.inc();
     }
 
     /// A lazy replica's progress: `missing` of `total` chunks not yet here.
     pub fn lazy(&self, missing: u64, total: u64) {
-        let f = &global().families;
-        f.missing.get_or_create(self.l()).set(missing as i64);
-        f.chunks.get_or_create(self.l()).set(total as i64);
+        self.entry.m.missing.set(missing as i64);
+        self.entry.m.chunks.set(total as i64);
     }
 
     /// A lazy replica now lacks `missing` chunks.
     pub fn lazy_missing(&self, missing: u64) {
-        global()
-            .families
-            .missing
-            .get_or_create(self.l())
-            .set(missing as i64);
+        self.entry.m.missing.set(missing as i64);
     }
 
     /// A blocked read waited `wait` for its chunk.
     pub fn fetched(&self, wait: Duration) {
-        let f = &global().families;
-        f.fetch_latency
-            .get_or_create(self.l())
-            .observe(wait.as_secs_f64());
+        self.entry.m.fetch_latency.observe(wait.as_secs_f64());
     }
 }
 
@@ -299,7 +321,6 @@ pub struct RegionStatus {
 /// Every live region of the process, ordered by name and role.
 pub fn snapshot() -> Vec<RegionStatus> {
     let g = global();
-    let f = &g.families;
     let live: Vec<Arc<Entry>> = {
         let mut live = g.live.lock().expect("live lock");
         live.retain(|w| w.strong_count() > 0);
@@ -308,22 +329,22 @@ pub fn snapshot() -> Vec<RegionStatus> {
     let mut out: Vec<RegionStatus> = live
         .iter()
         .map(|e| {
-            let l = &e.labels;
+            let (l, m) = (&e.labels, &e.m);
             let lag_us = e.last_lag_us.load(std::sync::atomic::Ordering::Relaxed);
             RegionStatus {
                 region: l.region.clone(),
                 role: l.role.as_str().to_owned(),
                 peer: e.peer.lock().expect("peer lock").clone(),
                 state: e.state.lock().expect("state lock").clone(),
-                generation: f.generation.get_or_create(l).get().max(0) as u64,
-                acked: f.acked.get_or_create(l).get().max(0) as u64,
-                rounds: f.rounds.get_or_create(l).get(),
+                generation: m.generation.get().max(0) as u64,
+                acked: m.acked.get().max(0) as u64,
+                rounds: m.rounds.get(),
                 lag_ms: lag_us as f64 / 1e3,
-                bytes_sent: f.bytes_sent.get_or_create(l).get(),
-                bytes_received: f.bytes_received.get_or_create(l).get(),
-                reconnects: f.reconnects.get_or_create(l).get(),
-                missing_chunks: f.missing.get_or_create(l).get().max(0) as u64,
-                chunks: f.chunks.get_or_create(l).get().max(0) as u64,
+                bytes_sent: m.bytes_sent.get(),
+                bytes_received: m.bytes_received.get(),
+                reconnects: m.reconnects.get(),
+                missing_chunks: m.missing.get().max(0) as u64,
+                chunks: m.chunks.get().max(0) as u64,
             }
         })
         .collect();
