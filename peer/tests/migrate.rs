@@ -631,3 +631,49 @@ fn a_running_sync_migrates_its_region_when_asked_through_its_control_socket() {
     let _ = at_a.kill();
     let _ = at_a.wait();
 }
+
+#[test]
+fn either_side_killed_during_pre_copy_leaves_a_the_owner_and_the_move_completes_later() {
+    let (w, mut b, file, at_a) = migrating_world();
+    let (id, pid) = (w.path("owner-id"), at_a.id().to_string());
+    // A slow first round (a rate limit) keeps the migration in pre-copy while we kill.
+    let slow = ["--freeze-pid", &pid, "--max-rate", "1"];
+    let mut m = Proc::spawn(&mut migrate_cmd(
+        &file,
+        &w.addr(),
+        &id,
+        &w.replica_fp,
+        &slow,
+    ));
+    m.wait_for("replica reconciled", Duration::from_secs(30));
+    // kill -9 of B mid-round: A's writer goes on (nothing was frozen), A retries, and once B is
+    // back the migration goes on from where it was and completes.
+    b.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!stopped(at_a.id()) && !owned_at_b(&w, "mem"));
+    let _b = w.serve();
+    m.wait_for("reconnected", Duration::from_secs(60));
+    // kill -9 of A mid-round: nothing was frozen, nothing is owned by B; A is still the owner.
+    m.kill9();
+    assert!(!stopped(at_a.id()) && !owned_at_b(&w, "mem"));
+    let counters_before = counters(&file).iter().sum::<u64>();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        counters(&file).iter().sum::<u64>() > counters_before,
+        "the writer stopped"
+    );
+    // The same command, without the limit, completes the move.
+    let report = migrate_freezing(
+        &file,
+        &w.addr(),
+        &id,
+        &w.replica_fp,
+        &["--freeze-pid", &pid],
+    );
+    eprintln!("{report}");
+    assert!(owned_at_b(&w, "mem") && stopped(at_a.id()));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+}

@@ -218,7 +218,7 @@ enum Cmd {
         /// Instead of streaming the region itself, ask the running `peer sync` with this control
         /// socket (a path, or its PID) to migrate its region --name to the peer it replicates it
         /// to: the sync goes on from where its stream is, with no new reconciliation.
-        #[arg(long, value_name = "SOCKET|PID", conflicts_with_all = ["region", "peer", "detector", "nbd_listen"])]
+        #[arg(long, value_name = "SOCKET|PID", conflicts_with_all = ["region", "peer", "detector", "nbd_listen", "max_rate"])]
         sync: Option<String>,
         /// The region's name at the peer [default: the file's name].
         #[arg(long)]
@@ -250,6 +250,10 @@ enum Cmd {
         /// Seconds to keep trying to reconnect after a lost connection (or a duration: 5m).
         #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = units::secs)]
         reconnect_for: u64,
+        /// Most MiB/s the migration's rounds may send (QEMU's max-bandwidth; or 1GiB, 500MB);
+        /// default: as fast as QUIC goes. The downtime estimate uses the rate reached.
+        #[arg(long, value_name = "MIB", value_parser = units::mib_per_sec)]
+        max_rate: Option<u64>,
         /// How changes are found: `hash` scans the file; `nbd` serves it as an NBD export whose
         /// writes are marks, held at the freeze and refused (EPERM) once the peer owns the
         /// region, while this process keeps serving the export read-only until stopped.
@@ -581,6 +585,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             after_handoff,
             on_thaw,
             reconnect_for,
+            max_rate,
             detector,
             nbd_listen,
             nbd_limits,
@@ -647,6 +652,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let opts = SyncOptions {
                 reconnect_for: Duration::from_secs(reconnect_for),
                 progress: true,
+                max_rate: max_rate.map(mib_per_sec),
                 ..SyncOptions::default()
             };
             let ran = memsync_peer::roles::owner::run(&ep, addr, vec![r], &opts, Arc::default());
