@@ -150,6 +150,17 @@ fn owned_at_b(w: &World, name: &str) -> bool {
         .any(|l| l == format!("{name} self"))
 }
 
+/// The move is complete: B alone owns `mem` and holds A's final bytes of `file`, and A's writer
+/// `pid` stays frozen.
+fn assert_moved(w: &World, file: &Path, pid: u32) {
+    assert!(owned_at_b(w, "mem"), "B does not own the region");
+    assert!(stopped(pid), "the writer at A was thawed");
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+}
+
 /// A world with a serve at B and a writer at A already writing its region `mem`.
 fn migrating_world() -> (World, Proc, PathBuf, Killed) {
     let w = World::new();
@@ -375,7 +386,7 @@ fn a_cgroup_is_frozen_for_the_handoff_and_stays_frozen() {
         .set_len((PAGES * 4096) as u64)
         .unwrap();
     let cg = Cgroup::new("memsync-migrate");
-    let mut at_a = writer(&w, &file);
+    let at_a = writer(&w, &file);
     std::fs::write(cg.0.join("cgroup.procs"), at_a.id().to_string()).unwrap();
     wait_written(&file);
     let cgroup = cg.0.to_str().unwrap();
@@ -402,13 +413,11 @@ fn a_cgroup_is_frozen_for_the_handoff_and_stays_frozen() {
         "the writer wrote nothing"
     );
     drop(cg);
-    let _ = at_a.kill();
-    let _ = at_a.wait();
 }
 
 #[test]
 fn a_migrate_killed_while_frozen_is_finished_by_running_it_again() {
-    let (w, _b, file, mut at_a) = migrating_world();
+    let (w, _b, file, at_a) = migrating_world();
     let (id, pid) = (w.path("owner-id"), at_a.id());
     // The writer is frozen, then `peer migrate` is killed before any HANDOFF went out.
     let crash = format!("kill -STOP {pid}; kill -9 $PPID");
@@ -439,13 +448,11 @@ fn a_migrate_killed_while_frozen_is_finished_by_running_it_again() {
         stopped(pid),
         "the writer was thawed although B owns the region"
     );
-    let _ = at_a.kill();
-    let _ = at_a.wait();
 }
 
 #[test]
 fn a_replica_killed_while_the_owner_is_frozen_takes_the_handoff_after_its_restart() {
-    let (w, mut b, file, mut at_a) = migrating_world();
+    let (w, mut b, file, at_a) = migrating_world();
     let pid = at_a.id();
     let kill_b = format!("kill -9 {}", b.child.id());
     let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &kill_b];
@@ -463,14 +470,7 @@ fn a_replica_killed_while_the_owner_is_frozen_takes_the_handoff_after_its_restar
     assert!(!owned_at_b(&w, "mem"));
     let _b = w.serve();
     assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
-    assert!(owned_at_b(&w, "mem"));
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        std::fs::read(w.replica("mem")).unwrap()
-    );
-    assert!(stopped(pid));
-    let _ = at_a.kill();
-    let _ = at_a.wait();
+    assert_moved(&w, &file, pid);
 }
 
 /// Starts `peer migrate` of the world's region through a relay to B and returns once the freeze
@@ -502,7 +502,7 @@ fn migrate_through_relay(w: &World, file: &Path, at_a: &Killed) -> (Relay, Proc,
 /// 5 s idle timeout, while the relay holds the frames of one direction for 2 s from the freeze
 /// on (so the cut finds HANDOFF, or its acknowledgement, in flight). Returns A's log.
 fn cut_at_the_handoff(hold_handoff: bool) -> String {
-    let (w, _b, file, mut at_a) = migrating_world();
+    let (w, _b, file, at_a) = migrating_world();
     let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
     relay.delay(hold_handoff, Duration::from_secs(2));
     std::fs::write(&go, "").unwrap();
@@ -515,14 +515,7 @@ fn cut_at_the_handoff(hold_handoff: bool) -> String {
     relay.cut(false);
     assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
     // The probe settled it: B is the only owner, with A's final bytes; A's writer stays frozen.
-    assert!(owned_at_b(&w, "mem"));
-    assert!(stopped(pid), "the writer at A was thawed");
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        std::fs::read(w.replica("mem")).unwrap()
-    );
-    let _ = at_a.kill();
-    let _ = at_a.wait();
+    assert_moved(&w, &file, pid);
     m.output()
 }
 
@@ -553,7 +546,7 @@ fn a_handoff_lost_with_the_link_is_probed_and_offered_again() {
 
 #[test]
 fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
-    let (w, _b, file, mut at_a) = migrating_world();
+    let (w, _b, file, at_a) = migrating_world();
     let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
     relay.cut(true);
     std::fs::write(&go, "").unwrap();
@@ -561,18 +554,12 @@ fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
     assert!(!owned_at_b(&w, "mem") && stopped(pid));
     relay.cut(false);
     assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
-    assert!(owned_at_b(&w, "mem") && stopped(pid));
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        std::fs::read(w.replica("mem")).unwrap()
-    );
-    let _ = at_a.kill();
-    let _ = at_a.wait();
+    assert_moved(&w, &file, pid);
 }
 
 #[test]
 fn a_running_sync_migrates_its_region_when_asked_through_its_control_socket() {
-    let (w, _b, file, mut at_a) = migrating_world();
+    let (w, _b, file, at_a) = migrating_world();
     let ctl = w.path("ctl");
     let mut sync = Proc::spawn(
         Command::new(BIN)
@@ -622,14 +609,7 @@ fn a_running_sync_migrates_its_region_when_asked_through_its_control_socket() {
         "{}",
         sync.output()
     );
-    assert!(owned_at_b(&w, "mem"));
-    assert!(stopped(at_a.id()));
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        std::fs::read(w.replica("mem")).unwrap()
-    );
-    let _ = at_a.kill();
-    let _ = at_a.wait();
+    assert_moved(&w, &file, at_a.id());
 }
 
 #[test]
@@ -671,9 +651,5 @@ fn either_side_killed_during_pre_copy_leaves_a_the_owner_and_the_move_completes_
         &["--freeze-pid", &pid],
     );
     eprintln!("{report}");
-    assert!(owned_at_b(&w, "mem") && stopped(at_a.id()));
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        std::fs::read(w.replica("mem")).unwrap()
-    );
+    assert_moved(&w, &file, at_a.id());
 }
