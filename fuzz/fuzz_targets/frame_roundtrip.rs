@@ -52,6 +52,7 @@ enum Desc {
     State {
         empty: bool,
         lazy: bool,
+        durable: bool,
         generation: u64,
         chunk_count: u64,
     },
@@ -114,7 +115,7 @@ enum Owned {
     Error(u32, String),
     Open(u64, u64, u8, String),
     Mount(String),
-    State(bool, bool, u64, u64),
+    State(bool, bool, bool, u64, u64),
     Hashes(u64, Vec<u8>),
     Chunk(u64, u64, bool, bool, Vec<u8>),
     Commit(u64, u32, u64),
@@ -196,9 +197,16 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
         Desc::State {
             empty,
             lazy,
+            durable,
             generation,
             chunk_count,
-        } => Owned::State(empty, lazy, generation, if empty { 0 } else { chunk_count }),
+        } => Owned::State(
+            empty,
+            lazy,
+            durable,
+            generation,
+            if empty { 0 } else { chunk_count },
+        ),
         Desc::Hashes { first, head, tail } => {
             let mut hs = vec![head];
             hs.extend(tail.into_iter().take(4096));
@@ -284,9 +292,10 @@ fn frame(o: &Owned) -> Frame<'_> {
             name,
         },
         Owned::Mount(name) => Frame::Mount { name },
-        Owned::State(empty, lazy, generation, chunk_count) => Frame::State {
+        Owned::State(empty, lazy, durable, generation, chunk_count) => Frame::State {
             empty: *empty,
             lazy: *lazy,
+            durable: *durable,
             generation: *generation,
             chunk_count: *chunk_count,
         },

@@ -6,7 +6,8 @@
 //! (a `Transmit::Chunk` is answered with `encode_chunk` on the chunk's current bytes).
 //!
 //! The harness keeps a model of spec/PROTOCOL.md §8.1 (STATE with the wrong chunk count is
-//! BAD_GEOMETRY and changes nothing; STATE claiming generation 2^64 − 1 is PROTOCOL_VIOLATION;
+//! BAD_GEOMETRY and changes nothing; STATE without DURABLE is NOT_DURABLE when the owner requires
+//! durable ACKs, §8.4, and changes nothing either; STATE claiming generation 2^64 − 1 is PROTOCOL_VIOLATION;
 //! otherwise it sets `acked` and the stream's `committed` to the replica's generation and raises G
 //! to it; an owner whose G is above the replica's closes a round even when nothing is pending,
 //! sending rule 4; `Owner::new` refuses G = 2^64 − 1) and checks every step against it:
@@ -89,6 +90,9 @@ struct Harness {
     /// Chunks sent (any CHUNK) on this stream since it opened: a FETCH of one is answered by the
     /// copy in flight, so it is neither queued nor, if queued before it went out, sent again.
     on_stream: Vec<bool>,
+    /// Whether a STATE without DURABLE is refused (§8.4), and whether the last STATE had it.
+    require_durable: bool,
+    durable: bool,
     // Invariant tracking.
     last_commit_stream: Option<u64>,
     last_commit_ever: Option<u64>,
@@ -101,6 +105,7 @@ impl Harness {
         let o = &self.owner;
         assert_eq!(o.state(), self.state);
         assert_eq!(o.generation(), self.g);
+        assert_eq!(o.durable(), self.durable);
         assert_eq!(o.acked(), self.acked);
         assert!(o.acked() <= o.generation(), "acked above generation");
         let backlog = (self.pending.iter().filter(|x| **x).count()
@@ -183,6 +188,7 @@ impl Harness {
             (
                 Frame::State {
                     empty,
+                    durable,
                     generation,
                     chunk_count,
                     ..
@@ -192,6 +198,10 @@ impl Harness {
                 if !empty && chunk_count != self.n {
                     return Err(ErrorCode::BadGeometry);
                 }
+                if self.require_durable && !durable {
+                    return Err(ErrorCode::NotDurable);
+                }
+                self.durable = durable;
                 if generation >= MAX_GENERATION {
                     // §8.4: no round could follow a generation at the limit.
                     return pv;
@@ -498,6 +508,7 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
             Frame::State {
                 empty,
                 lazy: flags & 0x40 != 0,
+                durable: flags & 0x80 != 0,
                 generation,
                 chunk_count,
             }
@@ -706,8 +717,13 @@ fuzz_target!(|data: &[u8]| {
         2 => input.u64(),
         _ => MAX_GENERATION + 1 - input.u8() as u64,
     };
+    // From a bit the known hashes leave unused, so that older inputs keep their meaning.
+    let require_durable = known_mode & 0x80 != 0;
     let owner = match Owner::new(geom, NAME, known.clone(), generation) {
-        Ok(o) => o,
+        Ok(mut o) => {
+            o.set_require_durable(require_durable);
+            o
+        }
         Err(e) => {
             assert!(generation >= MAX_GENERATION, "{e}");
             assert_eq!(e.code, ErrorCode::ProtocolViolation);
@@ -740,6 +756,8 @@ fuzz_target!(|data: &[u8]| {
         urgent: VecDeque::new(),
         background: VecDeque::new(),
         on_stream: vec![false; n as usize],
+        require_durable,
+        durable: false,
         last_commit_stream: None,
         last_commit_ever: None,
         dead: false,

@@ -2,7 +2,7 @@
 //! against a model of spec/PROTOCOL.md §8.2–§8.3 kept by the harness.
 //!
 //! Input: a few setup bytes (initial committed generation, plain or MOUNT replica, negotiated
-//! `max_body`), then ops until the input ends: raw byte slices (length-prefixed, decoded, fed if
+//! `max_body`, durable ACKs promised or not), then ops until the input ends: raw byte slices (length-prefixed, decoded, fed if
 //! they decode), and mostly-well-formed frames built from the input — OPEN with a small geometry,
 //! CHUNK (right or wrong hash, length, index; ZERO; FETCHED), COMMIT (right or wrong generation,
 //! count, summary), HANDOFF, ERROR and frames a replica never accepts (HELLO, MOUNT, STATE,
@@ -22,7 +22,8 @@
 //! - an ACK is queued only right after Committed (exactly ACK{g}), HANDOFF_ACK{g} only right after
 //!   BecameOwner{g}, nothing after any other frame;
 //! - `local_state` queues STATE{committed, N} and HASHES covering 0..N in order with at most
-//!   `(max_body − 8) / 8` entries each (or STATE EMPTY [LAZY]); in a wrong state, or with the
+//!   `(max_body − 8) / 8` entries each (or STATE EMPTY [LAZY]), DURABLE exactly when promised
+//!   (§8.4); in a wrong state, or with the
 //!   wrong number of hashes, it fails with INTERNAL and queues nothing;
 //! - `fetch` queues only FETCH frames for missing chunks inside the region, with the URGENT flag
 //!   asked for, one per run of missing chunks; an urgent fetch covers every missing chunk asked;
@@ -61,6 +62,8 @@ enum Expect {
 struct Harness {
     replica: Replica,
     max_body: u32,
+    /// Whether STATE promises durable ACKs (§8.4).
+    durable: bool,
     // The model.
     state: ReplicaState,
     geom: Option<Geometry>,
@@ -311,6 +314,7 @@ impl Harness {
             Frame::State {
                 empty: sel != 0,
                 lazy: sel == 2,
+                durable: self.durable,
                 generation: self.committed,
                 chunk_count: if sel == 0 { n } else { 0 },
             }
@@ -870,9 +874,12 @@ fuzz_target!(|data: &[u8]| {
     if max_body != MAX_BODY {
         replica.set_max_body(max_body);
     }
+    let durable = setup & 0x80 != 0;
+    replica.set_durable(durable);
     let mut h = Harness {
         replica,
         max_body,
+        durable,
         state: ReplicaState::AwaitOpen,
         geom: None,
         committed: if mount { 0 } else { committed },

@@ -401,8 +401,7 @@ fn embedded_region_replicates_through_sync_run_and_serve() {
         interval: Duration::from_millis(20),
         once: false,
         reconnect_for: Duration::from_secs(10),
-        progress: false,
-        max_rate: None,
+        ..SyncOptions::default()
     };
     let st = stats.clone();
     let task = rt.spawn(async move {

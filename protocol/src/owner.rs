@@ -123,6 +123,10 @@ pub struct Owner {
     /// by the copy in flight (spec §8.3): sending it again would only repeat bytes.
     on_stream: DirtySet,
     bytes_sent: u64,
+    /// Refuse a replica whose STATE does not promise durable ACKs (spec §8.4).
+    require_durable: bool,
+    /// The replica on this stream promised durable ACKs.
+    durable: bool,
 }
 
 impl Owner {
@@ -168,6 +172,8 @@ impl Owner {
             background: VecDeque::new(),
             on_stream: DirtySet::new(n),
             bytes_sent: 0,
+            require_durable: false,
+            durable: false,
         };
         o.queue_open();
         Ok(o)
@@ -244,6 +250,17 @@ impl Owner {
     /// The newest generation started.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Refuses, with NOT_DURABLE, a replica that does not promise to acknowledge only what is on
+    /// its stable storage (STATE flag DURABLE, spec §8.4): its ACKs then mean durable.
+    pub fn set_require_durable(&mut self, require: bool) {
+        self.require_durable = require;
+    }
+
+    /// Whether the replica on this stream acknowledges only what is on its stable storage.
+    pub fn durable(&self) -> bool {
+        self.durable
     }
 
     /// The newest generation the replica acknowledged on this stream.
@@ -328,6 +345,7 @@ impl Owner {
             (
                 Frame::State {
                     empty,
+                    durable,
                     generation,
                     chunk_count,
                     ..
@@ -345,6 +363,14 @@ impl Owner {
                         ),
                     ));
                 }
+                if self.require_durable && !durable {
+                    return Err(WireError::new(
+                        ErrorCode::NotDurable,
+                        "durable acknowledgements are required, and the replica acknowledges \
+                         generations before they reach its stable storage",
+                    ));
+                }
+                self.durable = durable;
                 self.adopt_replica_generation(generation)?;
                 if empty {
                     let before = self.pending.count();

@@ -113,6 +113,7 @@ pub struct Replica {
     committed: u64,
     queued: VecDeque<Vec<u8>>,
     max_body: u32,
+    durable: bool,
 }
 
 impl Replica {
@@ -128,6 +129,7 @@ impl Replica {
             committed,
             queued: VecDeque::new(),
             max_body: MAX_BODY,
+            durable: false,
         }
     }
 
@@ -142,6 +144,13 @@ impl Replica {
     /// Limits HASHES frames to the peer's negotiated body size.
     pub fn set_max_body(&mut self, max_body: u32) {
         self.max_body = max_body;
+    }
+
+    /// Promises durable acknowledgements in STATE (flag DURABLE, spec §8.4): the caller then puts
+    /// every write of a generation on stable storage after [`ReplicaEvent::Committed`] and before
+    /// it sends the ACK that event queued. Only where the DURABLE feature is negotiated.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
     }
 
     /// Where the replica's side of the stream stands.
@@ -196,6 +205,7 @@ impl Replica {
                     Frame::State {
                         empty: false,
                         lazy: false,
+                        durable: self.durable,
                         generation: self.committed,
                         chunk_count: n,
                     }
@@ -224,6 +234,7 @@ impl Replica {
                     Frame::State {
                         empty: true,
                         lazy,
+                        durable: self.durable,
                         generation: self.committed,
                         chunk_count: 0,
                     }

@@ -70,6 +70,9 @@ pub mod flag {
     pub const STATE_EMPTY: u16 = 1;
     /// STATE: the replica is lazy and will FETCH what it lacks.
     pub const STATE_LAZY: u16 = 2;
+    /// STATE: the replica acknowledges a generation only once it is on stable storage
+    /// (negotiated with the DURABLE feature, spec §8.4).
+    pub const STATE_DURABLE: u16 = 4;
     /// CHUNK: the chunk is all zeros; no payload.
     pub const CHUNK_ZERO: u16 = 1;
     /// CHUNK: an answer to FETCH, outside any generation.
@@ -130,11 +133,14 @@ pub enum ErrorCode {
     /// The receiver owns the region: it was handed over to it (spec §8.6). Answers the OPEN of
     /// an owner whose HANDOFF_ACK was lost, which then knows the handoff completed.
     HandedOver = 21,
+    /// The owner requires durable acknowledgements and the replica's STATE does not promise them
+    /// (spec §8.4).
+    NotDurable = 22,
 }
 
 impl ErrorCode {
     /// Every assigned code, in numeric order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::ProtocolViolation,
         ErrorCode::Malformed,
         ErrorCode::BadMagic,
@@ -156,6 +162,7 @@ impl ErrorCode {
         ErrorCode::PeerGone,
         ErrorCode::Forbidden,
         ErrorCode::HandedOver,
+        ErrorCode::NotDurable,
     ];
 
     /// The code with numeric value `v`, or `None` for a value not assigned.
@@ -187,6 +194,7 @@ impl ErrorCode {
             ErrorCode::PeerGone => "PEER_GONE",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::HandedOver => "HANDED_OVER",
+            ErrorCode::NotDurable => "NOT_DURABLE",
         }
     }
 }
@@ -246,7 +254,7 @@ impl Header {
         let flags = u16::from_le_bytes([b[2], b[3]]);
         let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         let allowed = match kind {
-            kind::STATE => flag::STATE_EMPTY | flag::STATE_LAZY,
+            kind::STATE => flag::STATE_EMPTY | flag::STATE_LAZY | flag::STATE_DURABLE,
             kind::CHUNK => flag::CHUNK_ZERO | flag::CHUNK_FETCHED,
             kind::FETCH => flag::FETCH_URGENT,
             kind::PART => flag::PART_ZERO,
@@ -319,6 +327,9 @@ pub mod feature {
     /// The peer asks for (as lazy replica) or sends (as owner) the bytes a reader waits for
     /// ahead of their chunk: FETCH_PART and PART frames (spec §8.7). Needs FETCH_LANE.
     pub const FETCH_PARTS: u64 = 2;
+    /// The peer knows the STATE flag DURABLE: as replica it may promise durable
+    /// acknowledgements, as owner it may require them (spec §8.4).
+    pub const DURABLE: u64 = 4;
 }
 
 impl Default for Hello {
@@ -328,7 +339,7 @@ impl Default for Hello {
             minor: VERSION_MINOR,
             max_body: MAX_BODY,
             max_regions: DEFAULT_MAX_REGIONS,
-            features: feature::FETCH_LANE | feature::FETCH_PARTS,
+            features: feature::FETCH_LANE | feature::FETCH_PARTS | feature::DURABLE,
         }
     }
 }
@@ -449,6 +460,8 @@ pub enum Frame<'a> {
         empty: bool,
         /// LAZY flag: the replica is lazy and will FETCH chunks it needs.
         lazy: bool,
+        /// DURABLE flag: every ACK on this stream follows stable storage (spec §8.4).
+        durable: bool,
         /// The last generation the replica committed (0 if none).
         generation: u64,
         /// The region's chunk count, or 0 with EMPTY.
@@ -674,6 +687,7 @@ impl<'a> Frame<'a> {
                 Frame::State {
                     empty,
                     lazy: f & flag::STATE_LAZY != 0,
+                    durable: f & flag::STATE_DURABLE != 0,
                     generation,
                     chunk_count,
                 }
@@ -810,8 +824,15 @@ impl<'a> Frame<'a> {
     fn flags(&self) -> u16 {
         let bit = |b: bool, v: u16| if b { v } else { 0 };
         match *self {
-            Frame::State { empty, lazy, .. } => {
-                bit(empty, flag::STATE_EMPTY) | bit(lazy, flag::STATE_LAZY)
+            Frame::State {
+                empty,
+                lazy,
+                durable,
+                ..
+            } => {
+                bit(empty, flag::STATE_EMPTY)
+                    | bit(lazy, flag::STATE_LAZY)
+                    | bit(durable, flag::STATE_DURABLE)
             }
             Frame::Chunk { zero, fetched, .. } => {
                 bit(zero, flag::CHUNK_ZERO) | bit(fetched, flag::CHUNK_FETCHED)
@@ -1068,7 +1089,7 @@ mod tests {
         Open(u64, u64, u8, String),
         Mount(String),
         Lane(u64),
-        State(bool, bool, u64),
+        State(bool, bool, bool, u64),
         Hashes(u64, Vec<u8>),
         Chunk(u64, u64, bool, Vec<u8>),
         ZeroChunk(u64, bool),
@@ -1103,8 +1124,8 @@ mod tests {
                 .prop_map(|(s, g, sh, n)| Owned::Open(s, g, sh, n)),
             arb_name().prop_map(Owned::Mount),
             any::<u64>().prop_map(Owned::Lane),
-            (any::<bool>(), any::<bool>(), any::<u64>())
-                .prop_map(|(e, l, g)| Owned::State(e, l, g)),
+            (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>())
+                .prop_map(|(e, l, d, g)| Owned::State(e, l, d, g)),
             (any::<u64>(), prop::collection::vec(any::<u64>(), 1..20)).prop_map(|(f, h)| {
                 Owned::Hashes(f, h.iter().flat_map(|x| x.to_le_bytes()).collect())
             }),
@@ -1147,9 +1168,10 @@ mod tests {
             },
             Owned::Mount(n) => Frame::Mount { name: n },
             Owned::Lane(stream) => Frame::Lane { stream: *stream },
-            Owned::State(e, l, g) => Frame::State {
+            Owned::State(e, l, d, g) => Frame::State {
                 empty: *e,
                 lazy: *l,
+                durable: *d,
                 generation: *g,
                 chunk_count: if *e { 0 } else { 77 },
             },
@@ -1314,16 +1336,16 @@ mod tests {
         let mut theirs = Hello {
             max_body: MIN_MAX_BODY,
             max_regions: 3,
-            features: 5,
+            features: 9,
             ..Hello::default()
         };
         let n = ours.negotiate(&theirs).unwrap();
-        // Bit 2 (value 4) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
+        // Bit 3 (value 8) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
         assert_eq!(
             (n.max_body, n.max_regions, n.features),
             (MIN_MAX_BODY, 3, feature::FETCH_LANE)
         );
-        theirs.features = 4;
+        theirs.features = 8;
         assert_eq!(ours.negotiate(&theirs).unwrap().features, 0);
         theirs.major = 2;
         assert_eq!(

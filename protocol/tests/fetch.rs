@@ -74,6 +74,7 @@ fn lazy_stream(o: &mut Owner) {
         Frame::State {
             empty: true,
             lazy: true,
+            durable: false,
             generation: 0,
             chunk_count: 0,
         },
@@ -150,6 +151,7 @@ fn a_new_stream_answers_fetches_of_chunks_the_old_one_carried() {
         Frame::State {
             empty: false,
             lazy: false,
+            durable: false,
             generation: 1,
             chunk_count: N,
         },

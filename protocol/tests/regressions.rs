@@ -23,6 +23,7 @@ fn last_generation_number_is_refused() {
         Frame::State {
             empty: true,
             lazy: false,
+            durable: false,
             generation: u64::MAX,
             chunk_count: 0,
         },
@@ -38,6 +39,7 @@ fn last_generation_number_is_refused() {
         Frame::State {
             empty: false,
             lazy: false,
+            durable: false,
             generation: 1 << 40,
             chunk_count: 9,
         },
@@ -57,6 +59,7 @@ fn ack_of_an_uncommitted_generation_is_refused() {
         Frame::State {
             empty: true,
             lazy: false,
+            durable: false,
             generation: 3,
             chunk_count: 0,
         },
@@ -69,6 +72,7 @@ fn ack_of_an_uncommitted_generation_is_refused() {
         Frame::State {
             empty: true,
             lazy: false,
+            durable: false,
             generation: 2,
             chunk_count: 0,
         },
@@ -117,6 +121,7 @@ fn generation_numbers_are_never_reused_near_the_limit() {
         Frame::State {
             empty: true,
             lazy: false,
+            durable: false,
             generation: 0,
             chunk_count: 0,
         },

@@ -123,10 +123,11 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         }
         .to_vec()
     };
-    let state = |empty, lazy, generation, chunk_count| {
+    let state = |empty, lazy, durable, generation, chunk_count| {
         Frame::State {
             empty,
             lazy,
+            durable,
             generation,
             chunk_count,
         }
@@ -217,6 +218,13 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
                 "region disk.img was handed over to this peer",
             ),
         ),
+        (
+            "error_not_durable",
+            error(
+                ErrorCode::NotDurable as u32,
+                "durable acknowledgements are required",
+            ),
+        ),
         ("error_unknown_code", error(u32::MAX, "x")),
         (
             "error_reason_max",
@@ -228,11 +236,13 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         ("open_min_geometry", open(1, 0, 12, "x")),
         ("mount_basic", Frame::Mount { name: "vm-1.ram" }.to_vec()),
         ("mount_name_255", Frame::Mount { name: &name_255 }.to_vec()),
-        ("state_hashes", state(false, false, 5, 3)),
-        ("state_empty", state(true, false, 0, 0)),
-        ("state_empty_lazy", state(true, true, 0, 0)),
-        ("state_lazy_not_empty", state(false, true, 0, 3)),
-        ("state_max", state(false, false, u64::MAX, 1 << 24)),
+        ("state_hashes", state(false, false, false, 5, 3)),
+        ("state_empty", state(true, false, false, 0, 0)),
+        ("state_empty_lazy", state(true, true, false, 0, 0)),
+        ("state_lazy_not_empty", state(false, true, false, 0, 3)),
+        ("state_durable", state(false, false, true, 5, 3)),
+        ("state_empty_durable", state(true, false, true, 0, 0)),
+        ("state_max", state(false, false, false, u64::MAX, 1 << 24)),
         ("hashes_one", hashes_one),
         ("hashes_full", hashes_full),
         ("chunk_full", chunk(0, h_4096, false, false, &payload_4096)),
@@ -362,6 +372,7 @@ fn vectors_cover_every_type_and_framing_error() {
     for (k, f) in [
         (kind::STATE, flag::STATE_EMPTY),
         (kind::STATE, flag::STATE_LAZY),
+        (kind::STATE, flag::STATE_DURABLE),
         (kind::CHUNK, flag::CHUNK_ZERO),
         (kind::CHUNK, flag::CHUNK_FETCHED),
         (kind::FETCH, flag::FETCH_URGENT),

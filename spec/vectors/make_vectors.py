@@ -18,12 +18,13 @@ HELLO, ERROR, OPEN, MOUNT, STATE, HASHES, LANE = 0x01, 0x02, 0x10, 0x11, 0x12, 0
 CHUNK, COMMIT, ACK, PART, FETCH, FETCH_PART = 0x20, 0x21, 0x22, 0x23, 0x30, 0x31
 HANDOFF, HANDOFF_ACK = 0x40, 0x41
 
-STATE_EMPTY, STATE_LAZY = 1, 2
+STATE_EMPTY, STATE_LAZY, STATE_DURABLE = 1, 2, 4
 CHUNK_ZERO, CHUNK_FETCHED = 1, 2
 FETCH_URGENT = 1
 PART_ZERO = 1
 FEATURE_FETCH_LANE = 1  # HELLO feature bit 0
 FEATURE_FETCH_PARTS = 2  # HELLO feature bit 1
+FEATURE_DURABLE = 4  # HELLO feature bit 2
 
 MAX_BODY = (1 << 22) + 16  # 4194320
 MIN_MAX_BODY = (1 << 16) + 16  # 65552
@@ -118,8 +119,8 @@ def case(name, desc, data, expect="ok", geometry=None):
 # --- valid frames -------------------------------------------------------------------------------
 
 case("hello_default", "HELLO as the reference peer sends it: version 1.0, max_body 4194320, "
-     "1024 regions, features FETCH_LANE (bit 0) and FETCH_PARTS (bit 1): 3.",
-     frame(HELLO, hello(features=FEATURE_FETCH_LANE | FEATURE_FETCH_PARTS)))
+     "1024 regions, features FETCH_LANE (bit 0), FETCH_PARTS (bit 1) and DURABLE (bit 2): 7.",
+     frame(HELLO, hello(features=FEATURE_FETCH_LANE | FEATURE_FETCH_PARTS | FEATURE_DURABLE)))
 case("hello_min_limits", "HELLO with the smallest legal max_body (65552), one region and every "
      "feature bit set (unknown bits are ignored by negotiation, not by the decoder).",
      frame(HELLO, hello(max_body=MIN_MAX_BODY, max_regions=1, features=U64_MAX)))
@@ -135,6 +136,9 @@ case("error_forbidden", "ERROR FORBIDDEN (20): the receiver's policy refuses thi
 case("error_handed_over", "ERROR HANDED_OVER (21): the answer to an old owner's OPEN (a probe) "
      "once the receiver took the region over (section 8.6).",
      frame(ERROR, error(21, b"region disk.img was handed over to this peer")))
+case("error_not_durable", "ERROR NOT_DURABLE (22): an owner that requires durable ACKs refuses "
+     "a replica whose STATE does not promise them (section 8.4).",
+     frame(ERROR, error(22, b"durable acknowledgements are required")))
 case("error_unknown_code", "ERROR with code 0xffffffff, unknown to version 1.0: decodes (the "
      "code is kept raw).", frame(ERROR, error(U32_MAX, b"x")))
 case("error_reason_max", "ERROR with a reason of exactly 1024 bytes: 512 two-byte UTF-8 "
@@ -162,6 +166,11 @@ case("state_empty_lazy", "STATE EMPTY|LAZY: a lazy replica that will FETCH what 
 case("state_lazy_not_empty", "STATE LAZY without EMPTY: decodes (replicas must not send it; "
      "owners treat it as a plain STATE, see PROTOCOL.md §5.6).",
      frame(STATE, state(0, 3), STATE_LAZY))
+case("state_durable", "STATE DURABLE of a replica at generation 5 holding 3 chunks: it sends "
+     "each ACK only once the generation is on its stable storage (PROTOCOL.md §8.4).",
+     frame(STATE, state(5, 3), STATE_DURABLE))
+case("state_empty_durable", "STATE EMPTY|DURABLE: a new replica that acknowledges only what is "
+     "on its stable storage.", frame(STATE, state(0, 0), STATE_EMPTY | STATE_DURABLE))
 case("state_max", "STATE at generation 2^64-1 announcing 2^24 chunks.",
      frame(STATE, state(U64_MAX, 1 << 24)))
 
@@ -266,8 +275,8 @@ case("ack_truncated", "ACK whose header promises 8 body bytes of which 4 are pre
 case("hello_flag", "HELLO with flag bit 0 (HELLO defines no flags).",
      frame(HELLO, hello(), 1), "error MALFORMED")
 case("ack_flag_high", "ACK with flag bit 15.", frame(ACK, gen(1), 0x8000), "error MALFORMED")
-case("state_undefined_flag", "STATE with flag bit 2 (only EMPTY=1 and LAZY=2 are defined).",
-     frame(STATE, state(0, 0), 4 | STATE_EMPTY), "error MALFORMED")
+case("state_undefined_flag", "STATE with flag bit 3 (only EMPTY=1, LAZY=2 and DURABLE=4 are "
+     "defined).", frame(STATE, state(0, 0), 8 | STATE_EMPTY), "error MALFORMED")
 case("chunk_undefined_flag", "CHUNK with flag bit 2 (only ZERO=1 and FETCHED=2 are defined).",
      frame(CHUNK, chunk(2, H_2A, b"\x2a"), 4), "error MALFORMED")
 case("fetch_undefined_flag", "FETCH with flag bit 1 (only URGENT=1 is defined).",

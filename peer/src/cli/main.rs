@@ -142,6 +142,11 @@ enum Cmd {
         /// migrate` at its owner), with MEMSYNC_REGION, MEMSYNC_PATH and MEMSYNC_GENERATION set.
         #[arg(long, value_name = "CMD")]
         on_handoff: Option<String>,
+        /// When an ACK goes to the owner: `none` once a generation is applied (in the page
+        /// cache), `fsync` once it is on stable storage here (fdatasync first; survives a power
+        /// loss of this machine). Owners with --require-durable refuse `none`.
+        #[arg(long, value_enum, default_value = "none")]
+        durability: memsync_peer::roles::replica::Durability,
         /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
         /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
         #[arg(long, value_name = "FILE")]
@@ -187,9 +192,15 @@ enum Cmd {
         #[command(flatten)]
         nbd_limits: NbdLimitArgs,
         /// With --detector nbd: FLUSH and FUA writes complete only once the replica acknowledged
-        /// them (like DRBD's protocol C), not just once they are durable here.
+        /// them, not just once they are durable here; with --require-durable, once they are on
+        /// the replica's stable storage too (DRBD's protocol C).
         #[arg(long)]
         flush_waits_for_replica: bool,
+        /// Refuse a replica that acknowledges generations before they are on its stable storage
+        /// (its `peer serve` must run with --durability fsync): every acknowledgement, `--once`
+        /// included, then means "on the replica's disk".
+        #[arg(long)]
+        require_durable: bool,
         /// Most MiB/s a round may send (like rsync's --bwlimit; or 1GiB, 500MB); default: as fast
         /// as QUIC goes.
         #[arg(long, value_name = "MIB", value_parser = units::mib_per_sec)]
@@ -411,18 +422,21 @@ async fn run(cmd: Cmd) -> Result<()> {
             allow_owner,
             allow_mount,
             on_handoff,
+            durability,
             id,
             trust,
             ops,
             config: _,
         } => {
             let _ops = ops.start("serve").await?;
+            use memsync_peer::roles::replica::Durability;
             let opts = memsync_peer::roles::replica::ServeOptions {
                 mounts: SyncOptions {
                     max_rate: mount_max_rate.map(mib_per_sec),
                     ..SyncOptions::default()
                 },
                 on_handoff,
+                durability,
             };
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
@@ -432,10 +446,14 @@ async fn run(cmd: Cmd) -> Result<()> {
             let addr = resolve(&listen)?;
             let ep = PeerEndpoint::bind(addr, &ident, trust, true)?;
             tracing::info!(
-                "serving replicas into {} on {} as {}",
+                "serving replicas into {} on {} as {}; acknowledging {}",
                 dir.path().display(),
                 ep.local_addr(),
-                ident.fingerprint()
+                ident.fingerprint(),
+                match durability {
+                    Durability::None => "applied generations (--durability none)",
+                    Durability::Fsync => "generations on stable storage (--durability fsync)",
+                }
             );
             ready();
             tokio::select! {
@@ -458,6 +476,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             nbd_listen,
             nbd_limits,
             flush_waits_for_replica,
+            require_durable,
             max_rate,
             id,
             trust,
@@ -524,6 +543,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 reconnect_for: Duration::from_secs(reconnect_for),
                 progress: true,
                 max_rate: max_rate.map(mib_per_sec),
+                require_durable,
             };
             let stats = Arc::new(SyncStats::default());
             ready();
@@ -533,6 +553,14 @@ async fn run(cmd: Cmd) -> Result<()> {
             };
             // A migration asked for through the socket hears how it ended, failures included.
             control.finish().await;
+            let not_durable = matches!(&ran, Err(SyncError::Stream { source: StreamError::Wire(w), .. })
+                if w.code == ErrorCode::NotDurable);
+            if not_durable {
+                return Err(anyhow::Error::from(ran.unwrap_err()).context(
+                    "the replica does not promise durable acknowledgements: run its `peer serve` \
+                     with --durability fsync, or drop --require-durable",
+                ));
+            }
             Ok(ran?)
         }
         Cmd::Mount {

@@ -67,6 +67,14 @@ impl ReplicaDir {
         self.path.join(name)
     }
 
+    /// fsync(2) of the directory: the names created in it so far survive a crash.
+    pub fn sync(&self) -> Result<(), RegionError> {
+        rustix::fs::fsync(&self.fd).map_err(|e| RegionError::Io {
+            path: self.path.clone(),
+            source: e.into(),
+        })
+    }
+
     /// Opens replica `name` for writing, creating it if missing.
     pub fn create(&self, name: &str) -> Result<File, RegionError> {
         self.openat(name, OFlags::RDWR | OFlags::CREATE)?

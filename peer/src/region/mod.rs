@@ -303,12 +303,22 @@ pub struct ReplicaFile {
 impl ReplicaFile {
     /// Opens replica `name` of `dir`, creating it, with exactly the region's size (an existing
     /// file is truncated or extended, so the replica is never larger or smaller than the region).
-    pub fn open(dir: &ReplicaDir, name: &str, geom: Geometry) -> Result<Self, RegionError> {
+    /// `durable`: the file's name and size are on stable storage when it returns.
+    pub fn open(
+        dir: &ReplicaDir,
+        name: &str,
+        geom: Geometry,
+        durable: bool,
+    ) -> Result<Self, RegionError> {
         let path = dir.display(name);
         let path = path.as_path();
         let file = dir.create(name)?;
         if file.metadata().map_err(io(path))?.len() != geom.size() {
             file.set_len(geom.size()).map_err(io(path))?;
+        }
+        if durable {
+            file.sync_data().map_err(io(path))?;
+            dir.sync()?;
         }
         let map = MappedFile::read_only(&file, geom.size(), path)?;
         Ok(ReplicaFile {

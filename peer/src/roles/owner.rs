@@ -93,6 +93,10 @@ pub struct SyncOptions {
     /// headroom left keeps the queues short that their copies would wait in (QEMU's
     /// max-postcopy-bandwidth serves the same end).
     pub max_rate: Option<u64>,
+    /// Refuse a replica that acknowledges before its bytes are on stable storage (NOT_DURABLE,
+    /// spec §8.4): every ACK, and so every `--once` and every FLUSH that waits for the replica,
+    /// then means "on the replica's disk".
+    pub require_durable: bool,
 }
 
 impl Default for SyncOptions {
@@ -103,6 +107,7 @@ impl Default for SyncOptions {
             reconnect_for: Duration::from_secs(60),
             progress: false,
             max_rate: None,
+            require_durable: false,
         }
     }
 }
@@ -539,6 +544,7 @@ pub async fn drive_stream(
     // After a HANDOFF whose answer was lost, this OPEN is a probe: the replica's answer settles
     // who owns the region (spec §8.6).
     r.owner.restart()?;
+    r.owner.set_require_durable(opts.require_durable);
     r.show_state();
     if let OwnerState::Probing { generation } = r.owner.state() {
         info!(

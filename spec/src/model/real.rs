@@ -123,6 +123,7 @@ impl Ctx {
             } => Frame::State {
                 empty,
                 lazy,
+                durable: false,
                 generation,
                 chunk_count,
             }

@@ -154,13 +154,27 @@ pub struct ServeOptions {
     /// here), with `MEMSYNC_REGION` (the name), `MEMSYNC_PATH` (DIR/NAME) and
     /// `MEMSYNC_GENERATION` in its environment.
     pub on_handoff: Option<String>,
+    /// When an ACK goes out: once a generation is applied, or once it is on stable storage.
+    pub durability: Durability,
+}
+
+/// What a replica's ACK{g} promises its owner (spec §8.4, STATE flag DURABLE), like PostgreSQL's
+/// `synchronous_commit` levels or DRBD's protocols B and C.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// The generation is applied: in the page cache here, lost if this machine loses power.
+    #[default]
+    None,
+    /// The generation is on stable storage here (fdatasync(2) before the ACK): it survives a
+    /// crash or power loss of this machine.
+    Fsync,
 }
 
 impl From<SyncOptions> for ServeOptions {
     fn from(mounts: SyncOptions) -> Self {
         ServeOptions {
             mounts,
-            on_handoff: None,
+            ..ServeOptions::default()
         }
     }
 }
@@ -205,7 +219,11 @@ async fn serve_session(
                 let lane = (session.negotiated.features & feature::FETCH_LANE != 0)
                     .then(|| session.conn.clone());
                 let max_body = session.negotiated.max_body;
+                // Durable ACKs are promised only to a peer that knows the flag (spec §8.4).
+                let durable = opts.durability == Durability::Fsync
+                    && session.negotiated.features & feature::DURABLE != 0;
                 let stream = Stream {
+                    durable,
                     dir,
                     active,
                     who,
@@ -234,6 +252,8 @@ struct Stream {
     /// The connection, when the peer takes fetch lanes.
     lane: Option<quinn::Connection>,
     opts: Arc<ServeOptions>,
+    /// Each ACK waits for stable storage.
+    durable: bool,
 }
 
 async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s: Stream) {
@@ -242,6 +262,7 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
     let mut replica = Replica::new(0);
     // HASHES frames must fit the body size the owner accepts.
     replica.set_max_body(s.max_body);
+    replica.set_durable(s.durable);
     match receive(&mut send, &mut reader, &mut replica, &s, &mut claim).await {
         Ok(Some(mount)) => {
             let slot = s.active.slot(&mount);
@@ -417,11 +438,13 @@ async fn receive(
                 );
                 // `name` passed check_name in the decoder (no separators, no leading dot), and
                 // the replica directory opens it without following links.
-                let f = tokio::task::block_in_place(|| ReplicaFile::open(dir, name, geometry))
-                    .map_err(|e| {
-                        warn!("region {name} refused: {e}");
-                        refusal(e)
-                    })?;
+                let f = tokio::task::block_in_place(|| {
+                    ReplicaFile::open(dir, name, geometry, s.durable)
+                })
+                .map_err(|e| {
+                    warn!("region {name} refused: {e}");
+                    refusal(e)
+                })?;
                 // Mounts of the region check its (possibly new) size.
                 if let Some(c) = claim {
                     c.slot.each_mount(Marks::wake);
@@ -461,10 +484,17 @@ async fn receive(
                     m.generation(generation);
                     m.set_state("receiving");
                 }
-                // Each generation starts on its way to the disk, so that a handoff (which waits
-                // for stable storage) finds little left to write.
+                // Durable: the ACK queued goes out below, once the generation is on stable
+                // storage. Otherwise each generation starts on its way to the disk, so that a
+                // handoff (which waits for stable storage) finds little left to write.
                 if let Some((f, _)) = &file {
-                    f.start_writeback();
+                    if s.durable {
+                        tokio::task::block_in_place(|| f.sync()).map_err(|e| {
+                            WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}"))
+                        })?;
+                    } else {
+                        f.start_writeback();
+                    }
                 }
             }
             ReplicaEvent::BecameOwner { generation } => {
