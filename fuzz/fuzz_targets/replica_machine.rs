@@ -818,6 +818,7 @@ fn other(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
         5 => Frame::State {
             empty: false,
             lazy: false,
+            durable: false,
             generation: g,
             chunk_count: n,
         }
