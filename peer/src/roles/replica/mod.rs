@@ -343,11 +343,17 @@ async fn take_over(
             ),
         ));
     }
-    tokio::task::block_in_place(|| file.sync())
-        .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}")))?;
+    sync(file)?;
     s.active.policy.became_owner(name)?;
     debug!("region {name}: taking it over at generation {generation}");
     Ok(())
+}
+
+/// Puts every chunk written to `file` so far on stable storage (before a durable ACK, and before
+/// HANDOFF_ACK).
+fn sync(file: &ReplicaFile) -> Result<(), WireError> {
+    tokio::task::block_in_place(|| file.sync())
+        .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}")))
 }
 
 /// Starts the `--on-handoff` command for region `name`, now owned here at `path`; its exit is
@@ -489,9 +495,7 @@ async fn receive(
                 // handoff (which waits for stable storage) finds little left to write.
                 if let Some((f, _)) = &file {
                     if s.durable {
-                        tokio::task::block_in_place(|| f.sync()).map_err(|e| {
-                            WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}"))
-                        })?;
+                        sync(f)?;
                     } else {
                         f.start_writeback();
                     }
