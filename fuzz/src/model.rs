@@ -18,7 +18,7 @@ pub const TYPES: [(u8, u16); 15] = [
     (0x02, 0),    // ERROR
     (0x10, 0),    // OPEN
     (0x11, 0),    // MOUNT
-    (0x12, 0b11), // STATE: EMPTY, LAZY
+    (0x12, 0b111), // STATE: EMPTY, LAZY, DURABLE
     (0x13, 0),    // HASHES
     (0x14, 0),    // LANE
     (0x20, 0b11), // CHUNK: ZERO, FETCHED
