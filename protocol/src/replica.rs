@@ -181,6 +181,20 @@ impl Replica {
         }
     }
 
+    /// The generation the local copy holds, as the caller persisted it (after
+    /// [`ReplicaEvent::Opened`], before [`Replica::local_state`]): STATE reports it, and later
+    /// COMMITs must be above it.
+    pub fn set_committed(&mut self, generation: u64) -> Result<(), WireError> {
+        if self.state != ReplicaState::AwaitLocal {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "set_committed called outside AwaitLocal",
+            ));
+        }
+        self.committed = generation;
+        Ok(())
+    }
+
     /// Describes the local copy after [`ReplicaEvent::Opened`]; queues STATE and HASHES.
     pub fn local_state(&mut self, local: Local<'_>) -> Result<(), WireError> {
         let geom = match (self.state, self.geom) {

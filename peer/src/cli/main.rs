@@ -458,7 +458,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             ready();
             tokio::select! {
                 _ = memsync_peer::roles::replica::serve_with(&ep, dir, policy, opts) => Ok(()),
-                _ = tokio::signal::ctrl_c() => {
+                _ = stop_signal() => {
                     ep.endpoint.close(0u32.into(), b"shutdown");
                     Ok(())
                 }
@@ -549,7 +549,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             ready();
             let ran = tokio::select! {
                 r = memsync_peer::roles::owner::run(&ep, addr, opened, &opts, stats) => r,
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                _ = stop_signal() => Ok(()),
             };
             // A migration asked for through the socket hears how it ended, failures included.
             control.finish().await;
@@ -594,9 +594,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                 r = export.remote().complete() => {
                     r?;
                     tracing::info!("{name}: every chunk is here");
-                    tokio::signal::ctrl_c().await?;
+                    stop_signal().await?;
                 }
-                _ = tokio::signal::ctrl_c() => {}
+                _ = stop_signal() => {}
             }
             Ok(())
         }
@@ -706,7 +706,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 tracing::info!(
                     "{name}: the NBD export stays up read-only (writes get EPERM); Ctrl-C ends it"
                 );
-                tokio::signal::ctrl_c().await?;
+                stop_signal().await?;
             }
             Ok(())
         }
@@ -931,4 +931,14 @@ fn file_name(path: &Path) -> Result<String> {
 /// A rate given in MiB/s, in bytes per second.
 fn mib_per_sec(mib: u64) -> u64 {
     mib.saturating_mul(1 << 20)
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (systemd, kill): the signals that end a peer cleanly.
+async fn stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

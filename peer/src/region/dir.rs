@@ -81,6 +81,15 @@ impl ReplicaDir {
             .ok_or_else(|| gone(&self.display(name)))
     }
 
+    /// Renames `from` to `to` in the directory, replacing `to` (rename(2) is atomic: a crash
+    /// leaves one or the other).
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), RegionError> {
+        rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(|e| RegionError::Io {
+            path: self.display(to),
+            source: e.into(),
+        })
+    }
+
     /// Opens replica `name` for reading; `None` if there is none.
     pub fn open_existing(&self, name: &str) -> Result<Option<File>, RegionError> {
         self.openat(name, OFlags::RDONLY)

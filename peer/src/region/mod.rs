@@ -6,8 +6,10 @@
 
 mod dir;
 pub mod guard;
+mod index;
 
 pub use dir::{file_type_name, ReplicaDir};
+pub use index::{Loaded, ReplicaIndex};
 
 use guard::Guard;
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -298,12 +300,15 @@ pub struct ReplicaFile {
     map: MappedFile<Mmap>,
     geom: Geometry,
     zeros: Vec<u8>,
+    index: ReplicaIndex,
+    loaded: Loaded,
 }
 
 impl ReplicaFile {
     /// Opens replica `name` of `dir`, creating it, with exactly the region's size (an existing
     /// file is truncated or extended, so the replica is never larger or smaller than the region).
-    /// `durable`: the file's name and size are on stable storage when it returns.
+    /// `durable`: the file's name and size are on stable storage when it returns. The chunks'
+    /// hashes come from the replica's index where it proves them ([`ReplicaIndex`]).
     pub fn open(
         dir: &ReplicaDir,
         name: &str,
@@ -321,12 +326,35 @@ impl ReplicaFile {
             dir.sync()?;
         }
         let map = MappedFile::read_only(&file, geom.size(), path)?;
+        let (index, loaded) = ReplicaIndex::load(dir, name, &file, &map, geom, durable)?;
         Ok(ReplicaFile {
             file,
             map,
             geom,
             zeros: Vec::new(),
+            index,
+            loaded,
         })
+    }
+
+    /// How the hashes were found when the replica opened.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    /// The last generation acknowledged, as recorded in the index (0 for a new one).
+    pub fn committed(&self) -> u64 {
+        self.index.committed()
+    }
+
+    /// Generation `g` is applied and acknowledged: recorded in the index, which is checkpointed
+    /// when one is due (so that a crash leaves little to rehash).
+    pub fn commit(&mut self, g: u64) -> std::io::Result<()> {
+        self.index.set_committed(g)?;
+        if self.index.checkpoint_due() {
+            self.index.checkpoint(&self.file, false)?;
+        }
+        Ok(())
     }
 
     /// The replica's bytes, through its read-only mapping.
@@ -347,11 +375,9 @@ impl ReplicaFile {
         unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
     }
 
-    /// The hash of every chunk. Chunks that lie wholly in holes of a sparse file (a new replica)
-    /// are known to be zeros and are not read: reading them would fill the page cache with zero
-    /// pages for nothing.
-    pub fn hashes(&self) -> Vec<u64> {
-        hash_file(&self.file, &self.geom, &self.map)
+    /// The hash of every chunk.
+    pub fn hashes(&self) -> &[u64] {
+        self.index.hashes()
     }
 
     /// Writes chunk `index`: `data`, or zeros (skipped when the chunk already reads as zeros, so
@@ -359,13 +385,24 @@ impl ReplicaFile {
     pub fn write_chunk(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let offset = self.geom.offset(index);
+        self.index.before_write(index)?;
         match data {
-            Some(d) => self.file.write_all_at(d, offset),
-            None if is_zero(&self.map[self.geom.range(index)]) => Ok(()),
+            Some(d) => self.file.write_all_at(d, offset)?,
+            None if is_zero(&self.map[self.geom.range(index)]) => {}
             None => {
                 self.zeros.resize(self.geom.chunk_len(index), 0);
-                self.file.write_all_at(&self.zeros, offset)
+                self.file.write_all_at(&self.zeros, offset)?
             }
+        }
+        self.index.written(index, data)
+    }
+}
+
+impl Drop for ReplicaFile {
+    /// A clean stop: the replica and its index on stable storage, no extent left to rehash.
+    fn drop(&mut self) {
+        if let Err(e) = self.index.checkpoint(&self.file, true) {
+            tracing::warn!("{}: checkpoint: {e}", self.index.path().display());
         }
     }
 }
@@ -373,7 +410,7 @@ impl ReplicaFile {
 /// The hash of every chunk of `file`, mapped at `bytes`, using every core. Chunks that lie wholly
 /// in holes of a sparse file are zeros and are not read: reading them would fill the page cache
 /// (and a reader's resident memory) with zero pages for nothing.
-fn hash_file(file: &File, geom: &Geometry, bytes: &[u8]) -> Vec<u64> {
+pub(crate) fn hash_file(file: &File, geom: &Geometry, bytes: &[u8]) -> Vec<u64> {
     let holes = data_chunks(file, geom);
     let zero = ZeroHashes::new(geom);
     let mut out = vec![0u64; geom.chunk_count() as usize];

@@ -10,7 +10,7 @@ use crate::detector::Marks;
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use crate::ops::metrics::{RegionMetrics, Role};
-use crate::region::{RegionError, ReplicaDir, ReplicaFile};
+use crate::region::{Loaded, RegionError, ReplicaDir, ReplicaFile};
 use crate::roles::owner::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
@@ -460,10 +460,18 @@ async fn receive(
                     m.generation(replica.committed());
                     shown.0 = Some(m);
                 }
-                let hashes = tokio::task::block_in_place(|| f.hashes());
-                replica.local_state(Local::Hashes(&hashes))?;
+                replica.set_committed(f.committed())?;
+                replica.local_state(Local::Hashes(f.hashes()))?;
+                let found = match f.loaded() {
+                    Loaded::Reused { rehashed } => {
+                        format!("hashes from its index, {rehashed} chunks rehashed")
+                    }
+                    Loaded::Rebuilt { reason } => {
+                        format!("index rebuilt ({reason}), every chunk hashed")
+                    }
+                };
                 info!(
-                    "region {name}: {} bytes in {} chunks; reconciling",
+                    "region {name}: {} bytes in {} chunks, {found}; reconciling",
                     geometry.size(),
                     geometry.chunk_count()
                 );
@@ -493,12 +501,15 @@ async fn receive(
                 // Durable: the ACK queued goes out below, once the generation is on stable
                 // storage. Otherwise each generation starts on its way to the disk, so that a
                 // handoff (which waits for stable storage) finds little left to write.
-                if let Some((f, _)) = &file {
+                if let Some((f, _)) = &mut file {
                     if s.durable {
                         sync(f)?;
                     } else {
                         f.start_writeback();
                     }
+                    tokio::task::block_in_place(|| f.commit(generation)).map_err(|e| {
+                        WireError::new(ErrorCode::LocalIo, format!("recording the commit: {e}"))
+                    })?;
                 }
             }
             ReplicaEvent::BecameOwner { generation } => {

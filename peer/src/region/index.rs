@@ -1,0 +1,567 @@
+//! A replica's persisted state, DIR/.NAME.index: its geometry, last committed generation,
+//! durability level and the hash of every chunk, so that a restarted `serve` answers OPEN without
+//! reading the replica. An rkyv archive, mapped with memmap2 and validated (bytecheck) on load;
+//! then trusted only as far as its checksums prove, else rebuilt from the data.
+//!
+//! Crash rule (DRBD's activity log, by extents of 4 MiB): an extent's *hot* flag is on stable
+//! storage before any chunk in it is written; a checkpoint puts the replica's bytes on stable
+//! storage, then the hashes and per-extent checksums, then clears the flags of extents that were
+//! not written since the previous checkpoint. On load, hot extents are rehashed from the data
+//! (whatever a crash left there) and every other extent must match its checksum.
+
+use super::{hash_file, io, RegionError, ReplicaDir};
+use memsync_protocol::hash::{chunk_hash, ZeroHashes};
+use memsync_protocol::Geometry;
+use rkyv::rancor;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::Xxh3;
+
+/// The first bytes of the archive's header, and its format version.
+const MAGIC: [u8; 8] = *b"msyncidx";
+const FORMAT: u32 = 1;
+/// An extent covers 4 MiB of the region (at least one chunk).
+const EXTENT_BYTES_SHIFT: u8 = 22;
+/// How often a replica that keeps receiving checkpoints (bounds what a crash leaves to rehash).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// The archived layout. Fields up to `inode` never change after the index is made; the rest are
+/// updated in place at the offsets the validated archive gives.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Layout {
+    magic: [u8; 8],
+    format: u32,
+    /// The region name (an index copied beside another replica describes another region).
+    name: String,
+    size: u64,
+    chunk_shift: u8,
+    /// An extent is `1 << extent_shift` chunks.
+    extent_shift: u8,
+    /// The inode of the replica file it describes (a replaced file is another file).
+    inode: u64,
+    /// xxh3 of the fields above.
+    head_sum: u64,
+    /// The last generation acknowledged.
+    committed: u64,
+    /// The level the ACKs of `committed` promised (0 none, 1 fsync).
+    durability: u8,
+    /// Per extent: 1 when chunks in it may have been written since its checksum was.
+    hot: Vec<u8>,
+    /// Per extent: xxh3 of its chunks' hashes.
+    sums: Vec<u64>,
+    /// Per chunk: its hash (memsync_protocol::hash::chunk_hash).
+    hashes: Vec<u64>,
+}
+
+/// Where the mutable fields lie in the index file.
+#[derive(Clone, Copy, Debug)]
+struct Offsets {
+    committed: u64,
+    durability: u64,
+    hot: u64,
+    sums: u64,
+    hashes: u64,
+}
+
+/// How the replica's hashes were found when it opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// From the index; `rehashed` chunks (of hot extents) were read from the data.
+    Reused {
+        /// Chunks read and hashed.
+        rehashed: u64,
+    },
+    /// The index was missing or unusable (`reason`), so every chunk was hashed and it was made anew.
+    Rebuilt {
+        /// Why the index was not used.
+        reason: String,
+    },
+}
+
+/// An open replica's index.
+pub struct ReplicaIndex {
+    file: File,
+    path: PathBuf,
+    at: Offsets,
+    extent_shift: u8,
+    zero: ZeroHashes,
+    hashes: Vec<u64>,
+    /// As on stable storage (or about to be, before the next write).
+    hot: Vec<bool>,
+    /// Extents written since the last checkpoint.
+    touched: Vec<bool>,
+    committed: u64,
+    /// When the last checkpoint was; `None` before the first since the index was opened.
+    last_checkpoint: Option<Instant>,
+}
+
+/// The index's file name for region `name` (region names never start with a dot, spec §5.3).
+fn index_name(name: &str) -> String {
+    format!(".{name}.index")
+}
+
+fn head_sum(name: &str, geom: &Geometry, extent_shift: u8, inode: u64) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&MAGIC);
+    h.update(&FORMAT.to_le_bytes());
+    h.update(&(name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update(&geom.size().to_le_bytes());
+    h.update(&[geom.shift(), extent_shift]);
+    h.update(&inode.to_le_bytes());
+    h.digest()
+}
+
+fn sum_of(hashes: &[u64]) -> u64 {
+    let mut h = Xxh3::new();
+    for x in hashes {
+        h.update(&x.to_le_bytes());
+    }
+    h.digest()
+}
+
+impl ReplicaIndex {
+    /// Opens the index of replica `name` (whose file is `data`, mapped at `bytes`) and returns the
+    /// hash of every chunk: from the index where it proves them, else from the data (and the
+    /// index is made anew). The hashes it returns describe bytes on stable storage.
+    pub fn load(
+        dir: &ReplicaDir,
+        name: &str,
+        data: &File,
+        bytes: &[u8],
+        geom: Geometry,
+        durable: bool,
+    ) -> Result<(ReplicaIndex, Loaded), RegionError> {
+        let path = dir.display(&index_name(name));
+        let inode = data.metadata().map_err(io(&path))?.ino();
+        let extent_shift = EXTENT_BYTES_SHIFT.saturating_sub(geom.shift());
+        let reused = match dir.create(&index_name(name)) {
+            Ok(file) => Self::reuse(file, &path, name, geom, extent_shift, inode, data, bytes),
+            Err(e) => Err(e.to_string()),
+        };
+        let (mut index, loaded) = match reused {
+            Ok((index, rehashed)) => (index, Loaded::Reused { rehashed }),
+            Err(reason) => {
+                let hashes = hash_file(data, &geom, bytes);
+                data.sync_data().map_err(io(&dir.display(name)))?;
+                let index = Self::build(dir, name, geom, extent_shift, inode, hashes)?;
+                (index, Loaded::Rebuilt { reason })
+            }
+        };
+        index.set_durability(durable).map_err(io(&path))?;
+        Ok((index, loaded))
+    }
+
+    /// The index in `file`, if it describes this replica and its checksums hold; hot extents are
+    /// rehashed from `bytes` and checkpointed. Err: why it cannot be used.
+    #[allow(clippy::too_many_arguments)]
+    fn reuse(
+        file: File,
+        path: &std::path::Path,
+        name: &str,
+        geom: Geometry,
+        extent_shift: u8,
+        inode: u64,
+        data: &File,
+        bytes: &[u8],
+    ) -> Result<(ReplicaIndex, u64), String> {
+        let (mut index, sums) = Self::parse(file, path, name, geom, extent_shift, inode)?;
+        for (e, sum) in sums.iter().enumerate() {
+            if !index.hot[e] && sum_of(&index.hashes[index.extent(e)]) != *sum {
+                return Err(format!("extent {e}'s checksum does not match"));
+            }
+        }
+        // Hot extents: whatever a crash left in them is what they hold now.
+        let mut rehashed = 0;
+        for e in 0..index.hot.len() {
+            if index.hot[e] {
+                let chunks = index.extent(e);
+                let mut table = Vec::with_capacity(chunks.len() * 8);
+                for i in chunks.clone() {
+                    index.hashes[i] = chunk_hash(&bytes[geom.range(i as u64)]);
+                    table.extend_from_slice(&index.hashes[i].to_le_bytes());
+                }
+                rehashed += chunks.len() as u64;
+                let at = index.at.hashes + 8 * chunks.start as u64;
+                index
+                    .file
+                    .write_all_at(&table, at)
+                    .map_err(|e| format!("writing it: {e}"))?;
+                index.touched[e] = true;
+            }
+        }
+        if rehashed > 0 {
+            index
+                .checkpoint(data, true)
+                .map_err(|e| format!("writing it: {e}"))?;
+        }
+        Ok((index, rehashed))
+    }
+
+    /// Validates the archive in `file` against this replica; returns it with its extents'
+    /// checksums (not yet compared).
+    fn parse(
+        file: File,
+        path: &std::path::Path,
+        name: &str,
+        geom: Geometry,
+        extent_shift: u8,
+        inode: u64,
+    ) -> Result<(ReplicaIndex, Vec<u64>), String> {
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        if len == 0 {
+            return Err("there is none".into());
+        }
+        // SAFETY: the index is DIR's, which only this process writes; what is needed is copied
+        // out of the mapping before it is dropped, and the archive is validated before any
+        // field is read.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        let a = rkyv::access::<ArchivedLayout, rancor::Error>(&map)
+            .map_err(|e| format!("it is not a valid index ({e})"))?;
+        if a.magic != MAGIC || a.format.to_native() != FORMAT {
+            return Err("it is not an index of this format".into());
+        }
+        if a.head_sum.to_native() != head_sum(a.name.as_str(), &geom, extent_shift, inode)
+            || a.name.as_str() != name
+        {
+            return Err("it describes another region, file or geometry".into());
+        }
+        let n = geom.chunk_count() as usize;
+        let extents = n.div_ceil(1 << extent_shift);
+        if a.hashes.len() != n || a.hot.len() != extents || a.sums.len() != extents {
+            return Err("its tables do not match the region's geometry".into());
+        }
+        if a.committed.to_native() >= memsync_protocol::owner::MAX_GENERATION {
+            return Err("its committed generation is out of range".into());
+        }
+        let base = map.as_ptr() as usize;
+        let off = |p: *const u8| (p as usize - base) as u64;
+        let at = Offsets {
+            committed: off((&a.committed as *const rkyv::rend::u64_le).cast()),
+            durability: off(&a.durability),
+            hot: off(a.hot.as_slice().as_ptr()),
+            sums: off(a.sums.as_slice().as_ptr().cast()),
+            hashes: off(a.hashes.as_slice().as_ptr().cast()),
+        };
+        let index = ReplicaIndex {
+            path: path.to_owned(),
+            at,
+            extent_shift,
+            zero: ZeroHashes::new(&geom),
+            hashes: a.hashes.iter().map(|h| h.to_native()).collect(),
+            hot: a.hot.iter().map(|&h| h != 0).collect(),
+            touched: vec![false; extents],
+            committed: a.committed.to_native(),
+            last_checkpoint: None,
+            file,
+        };
+        let sums = a.sums.iter().map(|s| s.to_native()).collect();
+        drop(map);
+        Ok((index, sums))
+    }
+
+    /// Writes a new index of `hashes` (which describe bytes on stable storage), replacing any old
+    /// one atomically (a new file renamed over it).
+    fn build(
+        dir: &ReplicaDir,
+        name: &str,
+        geom: Geometry,
+        extent_shift: u8,
+        inode: u64,
+        hashes: Vec<u64>,
+    ) -> Result<ReplicaIndex, RegionError> {
+        let n = hashes.len();
+        let extents = n.div_ceil(1 << extent_shift);
+        let sums = (0..extents)
+            .map(|e| sum_of(&hashes[e << extent_shift..((e + 1) << extent_shift).min(n)]))
+            .collect();
+        let layout = Layout {
+            magic: MAGIC,
+            format: FORMAT,
+            name: name.to_owned(),
+            size: geom.size(),
+            chunk_shift: geom.shift(),
+            extent_shift,
+            inode,
+            head_sum: head_sum(name, &geom, extent_shift, inode),
+            committed: 0,
+            durability: 0,
+            hot: vec![0; extents],
+            sums,
+            hashes,
+        };
+        let path = dir.display(&index_name(name));
+        let bytes = rkyv::to_bytes::<rancor::Error>(&layout).map_err(|e| RegionError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let tmp = format!(".{name}.index.new");
+        let file = dir.create(&tmp)?;
+        file.set_len(0).map_err(io(&path))?;
+        file.write_all_at(&bytes, 0).map_err(io(&path))?;
+        file.sync_data().map_err(io(&path))?;
+        dir.rename(&tmp, &index_name(name))?;
+        dir.sync()?;
+        let (index, _) =
+            Self::parse(file, &path, name, geom, extent_shift, inode).map_err(|reason| {
+                RegionError::Refused {
+                    path: path.clone(),
+                    reason: format!("was written and cannot be read back: {reason}"),
+                }
+            })?;
+        Ok(index)
+    }
+
+    /// The chunks of extent `e`.
+    fn extent(&self, e: usize) -> std::ops::Range<usize> {
+        let n = self.hashes.len();
+        let first = e << self.extent_shift;
+        first..(first + (1 << self.extent_shift)).min(n)
+    }
+
+    /// The hash of every chunk.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
+    /// Must come before chunk `index` is written: its extent is marked hot on stable storage.
+    pub fn before_write(&mut self, index: u64) -> std::io::Result<()> {
+        let e = (index >> self.extent_shift) as usize;
+        self.touched[e] = true;
+        if !self.hot[e] {
+            self.hot[e] = true;
+            self.file.write_all_at(&[1], self.at.hot + e as u64)?;
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Chunk `index` now holds `data` (zeros when `None`).
+    pub fn written(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
+        let h = data.map_or_else(|| self.zero.of(index), chunk_hash);
+        self.hashes[index as usize] = h;
+        self.file
+            .write_all_at(&h.to_le_bytes(), self.at.hashes + 8 * index)
+    }
+
+    /// The last generation acknowledged, as recorded (0 for a new index).
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Generation `g` was acknowledged (recorded; on stable storage at the next checkpoint).
+    pub fn set_committed(&mut self, g: u64) -> std::io::Result<()> {
+        self.committed = g;
+        self.file.write_all_at(&g.to_le_bytes(), self.at.committed)
+    }
+
+    fn set_durability(&mut self, durable: bool) -> std::io::Result<()> {
+        self.file.write_all_at(&[durable as u8], self.at.durability)
+    }
+
+    /// Whether a checkpoint is due: at the first commit since the index opened (the round that
+    /// reconciled the replica, often most of it), then one every [`CHECKPOINT_EVERY`].
+    pub fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint
+            .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY)
+            && self.hot.iter().any(|&h| h)
+    }
+
+    /// Puts `data` (the replica file) and then the index on stable storage, and cools the hot
+    /// extents not written since the previous checkpoint (all of them when `all`: a clean stop).
+    pub fn checkpoint(&mut self, data: &File, all: bool) -> std::io::Result<()> {
+        let all = all || self.last_checkpoint.is_none();
+        self.last_checkpoint = Some(Instant::now());
+        if !self.hot.iter().any(|&h| h) {
+            return Ok(());
+        }
+        if self.touched.iter().any(|&t| t) {
+            data.sync_data()?;
+            for e in 0..self.hot.len() {
+                if self.touched[e] {
+                    let sum = sum_of(&self.hashes[self.extent(e)]);
+                    self.file
+                        .write_all_at(&sum.to_le_bytes(), self.at.sums + 8 * e as u64)?;
+                }
+            }
+            self.file.sync_data()?;
+        }
+        let mut cooled = false;
+        for e in 0..self.hot.len() {
+            if self.hot[e] && (all || !self.touched[e]) {
+                self.hot[e] = false;
+                self.file.write_all_at(&[0], self.at.hot + e as u64)?;
+                cooled = true;
+            }
+        }
+        if cooled {
+            self.file.sync_data()?;
+        }
+        self.touched.fill(false);
+        Ok(())
+    }
+
+    /// The index file's path, for messages.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::region::{hash_all, Loaded, ReplicaDir, ReplicaFile};
+    use memsync_protocol::Geometry;
+    use std::os::unix::fs::FileExt;
+
+    const SIZE: u64 = 16 << 20;
+
+    fn geom() -> Geometry {
+        Geometry::new(SIZE, 12).unwrap()
+    }
+
+    fn open(dir: &ReplicaDir, name: &str) -> ReplicaFile {
+        ReplicaFile::open(dir, name, geom(), false).unwrap()
+    }
+
+    /// The replica's hashes equal those of its bytes.
+    fn check(f: &ReplicaFile) {
+        assert_eq!(f.hashes(), hash_all(&geom(), f.bytes()).as_slice());
+    }
+
+    fn write_some(f: &mut ReplicaFile, seed: u8) {
+        for i in [0u64, 1, 700, 4095] {
+            f.write_chunk(i, Some(&[seed ^ i as u8; 4096])).unwrap();
+        }
+        f.write_chunk(2, None).unwrap();
+        f.commit(7).unwrap();
+    }
+
+    #[test]
+    fn a_clean_stop_leaves_nothing_to_rehash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let mut f = open(&dir, "r");
+        assert!(matches!(f.loaded(), Loaded::Rebuilt { reason } if reason == "there is none"));
+        write_some(&mut f, 1);
+        drop(f);
+        let f = open(&dir, "r");
+        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 0 });
+        assert_eq!(f.committed(), 7);
+        check(&f);
+    }
+
+    #[test]
+    fn a_crash_rehashes_only_the_hot_extents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let mut f = open(&dir, "r");
+        // The first commit checkpoints; the next round writes chunks of extents 0 and 3...
+        write_some(&mut f, 1);
+        f.write_chunk(700, Some(&[8; 4096])).unwrap();
+        f.write_chunk(4095, None).unwrap();
+        // ... and crashes: no checkpoint, and chunk 701 torn by a write the index never saw (its
+        // extent is hot since chunk 700 was written).
+        f.file.write_all_at(&[9; 100], 701 * 4096).unwrap();
+        std::mem::forget(f);
+        let f = open(&dir, "r");
+        // Extents 0 (chunks 0..1024) and 3 (4095) were written since the last checkpoint.
+        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 2048 });
+        check(&f);
+        drop(f);
+        assert_eq!(open(&dir, "r").loaded(), &Loaded::Reused { rehashed: 0 });
+    }
+
+    /// Opens `r` after `spoil` changed its index, and expects a rebuild whose reason contains
+    /// `why`, with correct hashes.
+    fn rebuilt(spoil: impl FnOnce(&std::path::Path), why: &str) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let mut f = open(&dir, "r");
+        write_some(&mut f, 3);
+        drop(f);
+        spoil(tmp.path());
+        let f = open(&dir, "r");
+        match f.loaded() {
+            Loaded::Rebuilt { reason } => assert!(reason.contains(why), "{reason}"),
+            l => panic!("index used: {l:?}"),
+        }
+        check(&f);
+        drop(f);
+        assert_eq!(open(&dir, "r").loaded(), &Loaded::Reused { rehashed: 0 });
+    }
+
+    #[test]
+    fn a_corrupt_index_is_rebuilt() {
+        rebuilt(
+            |d| {
+                let p = d.join(".r.index");
+                let mut b = std::fs::read(&p).unwrap();
+                // The hash table fills most of the archive.
+                let at = b.len() / 2;
+                b[at] ^= 0x10;
+                std::fs::write(&p, b).unwrap();
+            },
+            "checksum",
+        );
+    }
+
+    #[test]
+    fn a_truncated_index_is_rebuilt() {
+        rebuilt(
+            |d| {
+                let p = d.join(".r.index");
+                let len = std::fs::metadata(&p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            },
+            "not a valid index",
+        );
+    }
+
+    #[test]
+    fn a_foreign_index_is_rebuilt() {
+        // Another region's index of the same geometry, copied beside this one.
+        rebuilt(
+            |d| {
+                let dir = ReplicaDir::open(d).unwrap();
+                let mut other = open(&dir, "other");
+                write_some(&mut other, 5);
+                drop(other);
+                std::fs::copy(d.join(".other.index"), d.join(".r.index")).unwrap();
+            },
+            "another region",
+        );
+        // The replica file replaced by another one (another inode), same name and size.
+        rebuilt(
+            |d| {
+                std::fs::copy(d.join("r"), d.join("r.copy")).unwrap();
+                std::fs::rename(d.join("r.copy"), d.join("r")).unwrap();
+            },
+            "another region",
+        );
+        // Garbage where the index should be.
+        rebuilt(
+            |d| std::fs::write(d.join(".r.index"), vec![0xA5; 4096]).unwrap(),
+            "not a valid index",
+        );
+    }
+
+    #[test]
+    fn another_geometry_rebuilds_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let mut f = open(&dir, "r");
+        write_some(&mut f, 1);
+        drop(f);
+        let g = Geometry::new(SIZE, 16).unwrap();
+        let f = ReplicaFile::open(&dir, "r", g, false).unwrap();
+        assert!(matches!(f.loaded(), Loaded::Rebuilt { .. }));
+        assert_eq!(f.hashes(), hash_all(&g, f.bytes()).as_slice());
+    }
+}
