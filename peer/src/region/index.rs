@@ -24,6 +24,9 @@ const MAGIC: [u8; 8] = *b"msyncidx";
 const FORMAT: u32 = 1;
 /// An extent covers 4 MiB of the region (at least one chunk).
 const EXTENT_BYTES_SHIFT: u8 = 22;
+/// Extents marked hot by one sync, from the first written on: 64 MiB, which a crash may leave
+/// to rehash in addition to what was written.
+const MARK_AHEAD: usize = 16;
 /// How often a replica that keeps receiving checkpoints (bounds what a crash leaves to rehash).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
@@ -327,12 +330,16 @@ impl ReplicaIndex {
     }
 
     /// Must come before chunk `index` is written: its extent is marked hot on stable storage.
+    /// Rounds mostly go up the region, so the cold extents that follow it are marked with it, in
+    /// the same sync ([`MARK_AHEAD`]).
     pub fn before_write(&mut self, index: u64) -> std::io::Result<()> {
         let e = (index >> self.extent_shift) as usize;
         self.touched[e] = true;
         if !self.hot[e] {
-            self.hot[e] = true;
-            self.file.write_all_at(&[1], self.at.hot + e as u64)?;
+            let end = (e + MARK_AHEAD).min(self.hot.len());
+            let n = self.hot[e..end].iter().take_while(|&&h| !h).count();
+            self.hot[e..e + n].fill(true);
+            self.file.write_all_at(&vec![1; n], self.at.hot + e as u64)?;
             self.file.sync_data()?;
         }
         Ok(())
@@ -415,7 +422,8 @@ mod tests {
     use memsync_protocol::Geometry;
     use std::os::unix::fs::FileExt;
 
-    const SIZE: u64 = 16 << 20;
+    /// 32 extents of 1024 chunks.
+    const SIZE: u64 = 128 << 20;
 
     fn geom() -> Geometry {
         Geometry::new(SIZE, 12).unwrap()
@@ -431,7 +439,7 @@ mod tests {
     }
 
     fn write_some(f: &mut ReplicaFile, seed: u8) {
-        for i in [0u64, 1, 700, 4095] {
+        for i in [0u64, 1, 700, 4095, 32767] {
             f.write_chunk(i, Some(&[seed ^ i as u8; 4096])).unwrap();
         }
         f.write_chunk(2, None).unwrap();
@@ -466,8 +474,9 @@ mod tests {
         f.file.write_all_at(&[9; 100], 701 * 4096).unwrap();
         std::mem::forget(f);
         let f = open(&dir, "r");
-        // Extents 0 (chunks 0..1024) and 3 (4095) were written since the last checkpoint.
-        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 2048 });
+        // Extent 0 was written since the last checkpoint, 1 to 15 were marked with it (and 3
+        // written): those 16 extents are rehashed, not the 16 others.
+        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 16 * 1024 });
         check(&f);
         drop(f);
         assert_eq!(open(&dir, "r").loaded(), &Loaded::Reused { rehashed: 0 });
