@@ -87,3 +87,68 @@ fn a_replica_killed_mid_stream_restarts_without_a_full_rehash() {
         std::fs::read(w.replica("r.bin")).unwrap()
     );
 }
+
+/// Reads `path` under a shared flock(2), as a cooperating local reader of a replica does.
+fn read_locked(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).ok()?;
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let bytes = std::fs::read(path).ok();
+    // SAFETY: as above.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    bytes
+}
+
+/// Whole generations (`--once` syncs of a region whose every page holds the generation's
+/// stamp), replicated slowly, while a reader reads the replica under a shared flock: how many of
+/// its reads held pages of two generations.
+fn mixed_reads(serve_args: &[&str]) -> (usize, usize) {
+    const PAGES: usize = 512;
+    let w = World::new();
+    let file = w.path("r.bin");
+    std::fs::write(&file, vec![0u8; PAGES * 4096]).unwrap();
+    let _serve = w.serve_with(serve_args);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (replica, stop) = (w.replica("r.bin"), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut mixed) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let Some(b) = read_locked(&replica).filter(|b| b.len() == PAGES * 4096) else {
+                    continue;
+                };
+                reads += 1;
+                if b.chunks(4096).any(|p| p[0] != b[0]) {
+                    mixed += 1;
+                }
+            }
+            (reads, mixed)
+        })
+    };
+    for v in 1..=5u8 {
+        std::fs::write(&file, vec![v; PAGES * 4096]).unwrap();
+        let args = ["--once", "--chunk-size", "4096", "--max-rate", "4"];
+        let mut sync = w.sync(&file, &args);
+        assert!(
+            sync.wait(Duration::from_secs(60)).success(),
+            "{}",
+            sync.output()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, mixed) = reader.join().unwrap();
+    eprintln!("{mixed} of {reads} reads held two generations");
+    assert!(reads > 10, "{reads} reads");
+    (reads, mixed)
+}
+
+#[test]
+fn readers_of_a_consistent_replica_never_see_a_generation_half_applied() {
+    assert_eq!(mixed_reads(&["--consistent"]).1, 0);
+}
+
+#[test]
+fn readers_of_a_direct_replica_see_generations_half_applied() {
+    assert!(mixed_reads(&[]).1 > 0);
+}

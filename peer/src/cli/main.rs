@@ -147,6 +147,12 @@ enum Cmd {
         /// loss of this machine). Owners with --require-durable refuse `none`.
         #[arg(long, value_enum, default_value = "none")]
         durability: memsync_peer::roles::replica::Durability,
+        /// Crash-consistent replicas: stage each generation in DIR/.NAME.journal and apply it
+        /// whole at its COMMIT, so that after a crash or power loss at any instant DIR/NAME holds
+        /// exactly one committed generation, and readers that take a shared flock(2) of it never
+        /// see one half applied. ACKs are then durable too.
+        #[arg(long)]
+        consistent: bool,
         /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
         /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
         #[arg(long, value_name = "FILE")]
@@ -423,6 +429,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             allow_mount,
             on_handoff,
             durability,
+            consistent,
             id,
             trust,
             ops,
@@ -437,6 +444,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 },
                 on_handoff,
                 durability,
+                consistent,
             };
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
@@ -445,14 +453,19 @@ async fn run(cmd: Cmd) -> Result<()> {
                 memsync_peer::roles::replica::Policy::load(dir.path(), allow_owner, allow_mount)?;
             let addr = resolve(&listen)?;
             let ep = PeerEndpoint::bind(addr, &ident, trust, true)?;
+            // Replicas a crash left mid-generation are whole again before anyone is told that
+            // serve is up.
+            memsync_peer::roles::replica::recover_journals(&dir);
             tracing::info!(
                 "serving replicas into {} on {} as {}; acknowledging {}",
                 dir.path().display(),
                 ep.local_addr(),
                 ident.fingerprint(),
-                match durability {
-                    Durability::None => "applied generations (--durability none)",
-                    Durability::Fsync => "generations on stable storage (--durability fsync)",
+                match (consistent, durability) {
+                    (true, _) => "whole generations on stable storage (--consistent)",
+                    (false, Durability::None) => "applied generations (--durability none)",
+                    (false, Durability::Fsync) =>
+                        "generations on stable storage (--durability fsync)",
                 }
             );
             ready();

@@ -90,6 +90,11 @@ impl ReplicaDir {
         })
     }
 
+    /// Opens `name` for reading and writing; `None` if there is none.
+    pub fn open_existing_rw(&self, name: &str) -> Result<Option<File>, RegionError> {
+        self.openat(name, OFlags::RDWR)
+    }
+
     /// Opens replica `name` for reading; `None` if there is none.
     pub fn open_existing(&self, name: &str) -> Result<Option<File>, RegionError> {
         self.openat(name, OFlags::RDONLY)

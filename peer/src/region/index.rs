@@ -339,7 +339,8 @@ impl ReplicaIndex {
             let end = (e + MARK_AHEAD).min(self.hot.len());
             let n = self.hot[e..end].iter().take_while(|&&h| !h).count();
             self.hot[e..e + n].fill(true);
-            self.file.write_all_at(&vec![1; n], self.at.hot + e as u64)?;
+            self.file
+                .write_all_at(&vec![1; n], self.at.hot + e as u64)?;
             self.file.sync_data()?;
         }
         Ok(())
@@ -476,7 +477,12 @@ mod tests {
         let f = open(&dir, "r");
         // Extent 0 was written since the last checkpoint, 1 to 15 were marked with it (and 3
         // written): those 16 extents are rehashed, not the 16 others.
-        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 16 * 1024 });
+        assert_eq!(
+            f.loaded(),
+            &Loaded::Reused {
+                rehashed: 16 * 1024
+            }
+        );
         check(&f);
         drop(f);
         assert_eq!(open(&dir, "r").loaded(), &Loaded::Reused { rehashed: 0 });

@@ -7,9 +7,11 @@
 mod dir;
 pub mod guard;
 mod index;
+mod journal;
 
 pub use dir::{file_type_name, ReplicaDir};
 pub use index::{Loaded, ReplicaIndex};
+pub use journal::{pending_journals, recover, Journal, Recovered};
 
 use guard::Guard;
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -337,6 +339,20 @@ impl ReplicaFile {
         })
     }
 
+    /// The region's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geom
+    }
+
+    /// An exclusive flock(2) of the replica, held until the guard drops: local readers that take
+    /// a shared one (`flock -s DIR/NAME …`) wait meanwhile, so they never see a generation half
+    /// applied (`serve --consistent`).
+    pub fn lock_readers(&self) -> std::io::Result<ReadersLocked> {
+        let f = self.file.try_clone()?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(ReadersLocked(f))
+    }
+
     /// How the hashes were found when the replica opened.
     pub fn loaded(&self) -> &Loaded {
         &self.loaded
@@ -395,6 +411,15 @@ impl ReplicaFile {
             }
         }
         self.index.written(index, data)
+    }
+}
+
+/// An exclusive flock(2) of a replica ([`ReplicaFile::lock_readers`]), released on drop.
+pub struct ReadersLocked(File);
+
+impl Drop for ReadersLocked {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
     }
 }
 

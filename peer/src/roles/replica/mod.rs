@@ -10,7 +10,9 @@ use crate::detector::Marks;
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use crate::ops::metrics::{RegionMetrics, Role};
-use crate::region::{Loaded, RegionError, ReplicaDir, ReplicaFile};
+use crate::region::{
+    pending_journals, Journal, Loaded, Recovered, RegionError, ReplicaDir, ReplicaFile,
+};
 use crate::roles::owner::{drive_stream, SyncOptions, SyncRegion, SyncStats};
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
@@ -156,6 +158,9 @@ pub struct ServeOptions {
     pub on_handoff: Option<String>,
     /// When an ACK goes out: once a generation is applied, or once it is on stable storage.
     pub durability: Durability,
+    /// Stage each generation in a journal and apply it whole at its COMMIT, so the replica file
+    /// always holds exactly one committed generation (crash-consistent; implies durable ACKs).
+    pub consistent: bool,
 }
 
 /// What a replica's ACK{g} promises its owner (spec §8.4, STATE flag DURABLE), like PostgreSQL's
@@ -181,6 +186,7 @@ impl From<SyncOptions> for ServeOptions {
 
 /// [`serve`], with `policy` and `opts`.
 pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts: ServeOptions) {
+    tokio::task::block_in_place(|| recover_journals(&dir));
     let opts = Arc::new(opts);
     let active = Arc::new(Regions {
         policy,
@@ -196,6 +202,32 @@ pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts
                 Err(e) => warn!("connection from {addr} refused: {e}"),
             }
         });
+    }
+}
+
+/// Finishes the rounds a crash left in the journals of `dir` (`--consistent`), so that every
+/// replica holds one committed generation before any peer or reader is served. [`serve_with`]
+/// starts with it; calling it before is harmless (it then finds nothing).
+pub fn recover_journals(dir: &ReplicaDir) {
+    for (name, geom) in pending_journals(dir) {
+        let done = ReplicaFile::open(dir, &name, geom, true)
+            .and_then(|mut f| crate::region::recover(dir, &name, &mut f));
+        match done {
+            Ok(r) => report_recovery(&name, &r),
+            Err(e) => warn!("region {name}: recovering its journal: {e}"),
+        }
+    }
+}
+
+fn report_recovery(name: &str, r: &Recovered) {
+    match r {
+        Recovered::Nothing => {}
+        Recovered::Replayed { generation, chunks } => info!(
+            "region {name}: applied generation {generation} again from its journal ({chunks} chunks)"
+        ),
+        Recovered::Discarded { chunks } => info!(
+            "region {name}: dropped an unfinished round from its journal ({chunks} chunks); the replica holds its last committed generation"
+        ),
     }
 }
 
@@ -220,7 +252,8 @@ async fn serve_session(
                     .then(|| session.conn.clone());
                 let max_body = session.negotiated.max_body;
                 // Durable ACKs are promised only to a peer that knows the flag (spec §8.4).
-                let durable = opts.durability == Durability::Fsync
+                // A consistent replica syncs each generation before its ACK anyway.
+                let durable = (opts.durability == Durability::Fsync || opts.consistent)
                     && session.negotiated.features & feature::DURABLE != 0;
                 let stream = Stream {
                     durable,
@@ -402,6 +435,8 @@ async fn receive(
 ) -> Result<Option<String>, StreamError> {
     let (dir, active, who) = (&*s.dir, &*s.active, s.who);
     let mut file: Option<(ReplicaFile, String)> = None;
+    // With --consistent: the open round, staged.
+    let mut journal: Option<Journal> = None;
     // Shown as disconnected once the stream ends, unless this peer took the region over.
     struct Shown(Option<RegionMetrics>);
     impl Drop for Shown {
@@ -444,13 +479,21 @@ async fn receive(
                 );
                 // `name` passed check_name in the decoder (no separators, no leading dot), and
                 // the replica directory opens it without following links.
-                let f = tokio::task::block_in_place(|| {
-                    ReplicaFile::open(dir, name, geometry, s.durable)
+                let (f, j) = tokio::task::block_in_place(|| {
+                    let mut f = ReplicaFile::open(dir, name, geometry, s.durable)?;
+                    report_recovery(name, &crate::region::recover(dir, name, &mut f)?);
+                    let j = s
+                        .opts
+                        .consistent
+                        .then(|| Journal::create(dir, name, geometry))
+                        .transpose()?;
+                    Ok((f, j))
                 })
-                .map_err(|e| {
+                .map_err(|e: RegionError| {
                     warn!("region {name} refused: {e}");
                     refusal(e)
                 })?;
+                journal = j;
                 // Mounts of the region check its (possibly new) size.
                 if let Some(c) = claim {
                     c.slot.each_mount(Marks::wake);
@@ -481,14 +524,18 @@ async fn receive(
                 let (f, _) = file.as_mut().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "write before the region opened")
                 })?;
-                f.write_chunk(index, data)
-                    .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("writing: {e}")))?;
+                let local =
+                    |e: std::io::Error| WireError::new(ErrorCode::LocalIo, format!("writing: {e}"));
                 if let Some(m) = &shown.0 {
                     m.received(data.map_or(0, |d| d.len() as u64));
                 }
-                if let Some(c) = claim {
-                    if let Some(g) = replica.geometry() {
-                        c.slot.written(g.range(index));
+                if let Some(j) = &mut journal {
+                    // Applied, and shown to mounts, at COMMIT.
+                    j.stage(index, data).map_err(local)?;
+                } else {
+                    f.write_chunk(index, data).map_err(local)?;
+                    if let Some(c) = claim {
+                        c.slot.written(f.geometry().range(index));
                     }
                 }
             }
@@ -502,7 +549,23 @@ async fn receive(
                 // storage. Otherwise each generation starts on its way to the disk, so that a
                 // handoff (which waits for stable storage) finds little left to write.
                 if let Some((f, _)) = &mut file {
-                    if s.durable {
+                    if let Some(j) = &mut journal {
+                        let geom = *f.geometry();
+                        let slot = claim.as_ref().map(|c| &c.slot);
+                        tokio::task::block_in_place(|| {
+                            j.apply(generation, f, |i| {
+                                if let Some(slot) = slot {
+                                    slot.written(geom.range(i));
+                                }
+                            })
+                        })
+                        .map_err(|e| {
+                            WireError::new(
+                                ErrorCode::LocalIo,
+                                format!("applying generation {generation}: {e}"),
+                            )
+                        })?;
+                    } else if s.durable {
                         sync(f)?;
                     } else {
                         f.start_writeback();
