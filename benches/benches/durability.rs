@@ -160,7 +160,9 @@ async fn run(
         acked(n).await;
         // A rewrite a scan cut in two ends with the second round.
         tokio::time::sleep(Duration::from_millis(30)).await;
-        rounds.push(Duration::from_micros(stats.last_lag_us.load(Ordering::SeqCst)));
+        rounds.push(Duration::from_micros(
+            stats.last_lag_us.load(Ordering::SeqCst),
+        ));
     }
     owner.abort();
     rounds.sort();

@@ -34,6 +34,9 @@ fn a_replica_killed_mid_stream_restarts_without_a_full_rehash() {
     let first = serve.wait_for("reconciling", Duration::from_secs(60));
     assert!(first.contains("index rebuilt (there is none)"), "{first}");
     wait_identical(&file, &w.replica("r.bin"), Duration::from_secs(60));
+    // The first generation is checkpointed before its ACK (until then every extent is hot, and a
+    // crash rehashes them all).
+    owner.wait_for(" acknowledged: ", Duration::from_secs(60));
 
     // A writer rewriting random pages of the hot area for as long as the test runs.
     let stop = Arc::new(AtomicBool::new(false));
@@ -58,9 +61,9 @@ fn a_replica_killed_mid_stream_restarts_without_a_full_rehash() {
         serve = w.serve();
         let line = serve.wait_for("reconciling", Duration::from_secs(60));
         let n = rehashed(&line).unwrap_or_else(|| panic!("kill {kill}: full rehash: {line}"));
-        // Only the writer's two extents can be hot.
+        // Only the writer's two extents can be hot, and the one a run through both marks ahead.
         assert!(
-            n <= 128,
+            n <= 192,
             "kill {kill}: {n} of {CHUNKS} chunks rehashed: {line}"
         );
         eprintln!("kill {kill}: {n} of {CHUNKS} chunks rehashed");

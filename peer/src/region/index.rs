@@ -24,8 +24,8 @@ const MAGIC: [u8; 8] = *b"msyncidx";
 const FORMAT: u32 = 1;
 /// An extent covers 4 MiB of the region (at least one chunk).
 const EXTENT_BYTES_SHIFT: u8 = 22;
-/// Extents marked hot by one sync, from the first written on: 64 MiB, which a crash may leave
-/// to rehash in addition to what was written.
+/// Most extents a sequential run marks hot ahead of itself: 64 MiB, which a crash may leave to
+/// rehash beyond what was written.
 const MARK_AHEAD: usize = 16;
 /// How often a replica that keeps receiving checkpoints (bounds what a crash leaves to rehash).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
@@ -96,6 +96,10 @@ pub struct ReplicaIndex {
     /// Extents written since the last checkpoint.
     touched: Vec<bool>,
     committed: u64,
+    /// The chunk that would continue the current run of consecutive writes, and the extent
+    /// the run started in.
+    next_in_run: u64,
+    run_from: usize,
     /// When the last checkpoint was; `None` before the first since the index was opened.
     last_checkpoint: Option<Instant>,
 }
@@ -257,6 +261,8 @@ impl ReplicaIndex {
             hot: a.hot.iter().map(|&h| h != 0).collect(),
             touched: vec![false; extents],
             committed: a.committed.to_native(),
+            next_in_run: u64::MAX,
+            run_from: 0,
             last_checkpoint: None,
             file,
         };
@@ -330,14 +336,19 @@ impl ReplicaIndex {
     }
 
     /// Must come before chunk `index` is written: its extent is marked hot on stable storage.
-    /// Rounds mostly go up the region, so the cold extents that follow it are marked with it, in
-    /// the same sync ([`MARK_AHEAD`]).
+    /// A write that continues a run of consecutive chunks (a full sync goes up the region) marks,
+    /// in the same sync, as many cold extents ahead as the run has crossed, up to [`MARK_AHEAD`].
     pub fn before_write(&mut self, index: u64) -> std::io::Result<()> {
         let e = (index >> self.extent_shift) as usize;
+        if index != self.next_in_run {
+            self.run_from = e;
+        }
+        self.next_in_run = index + 1;
         self.touched[e] = true;
         if !self.hot[e] {
-            let end = (e + MARK_AHEAD).min(self.hot.len());
-            let n = self.hot[e..end].iter().take_while(|&&h| !h).count();
+            let ahead = (e - self.run_from).min(MARK_AHEAD);
+            let end = (e + 1 + ahead).min(self.hot.len());
+            let n = 1 + self.hot[e + 1..end].iter().take_while(|&&h| !h).count();
             self.hot[e..e + n].fill(true);
             self.file
                 .write_all_at(&vec![1; n], self.at.hot + e as u64)?;
@@ -475,14 +486,8 @@ mod tests {
         f.file.write_all_at(&[9; 100], 701 * 4096).unwrap();
         std::mem::forget(f);
         let f = open(&dir, "r");
-        // Extent 0 was written since the last checkpoint, 1 to 15 were marked with it (and 3
-        // written): those 16 extents are rehashed, not the 16 others.
-        assert_eq!(
-            f.loaded(),
-            &Loaded::Reused {
-                rehashed: 16 * 1024
-            }
-        );
+        // Extents 0 and 3 were written since the last checkpoint: only they are rehashed.
+        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 2 * 1024 });
         check(&f);
         drop(f);
         assert_eq!(open(&dir, "r").loaded(), &Loaded::Reused { rehashed: 0 });
@@ -565,6 +570,22 @@ mod tests {
             |d| std::fs::write(d.join(".r.index"), vec![0xA5; 4096]).unwrap(),
             "not a valid index",
         );
+    }
+
+    #[test]
+    fn a_sequential_run_marks_extents_ahead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let mut f = open(&dir, "r");
+        write_some(&mut f, 1);
+        // Chunks 0 to 2047 in order: extent 0 alone, then extent 1 marks extent 2 with it.
+        for i in 0..2048 {
+            f.write_chunk(i, Some(&[4; 4096])).unwrap();
+        }
+        std::mem::forget(f);
+        let f = open(&dir, "r");
+        assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 3 * 1024 });
+        check(&f);
     }
 
     #[test]
