@@ -26,10 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(bench())
+    memsync_benches::block_on(bench())
 }
 
 /// `qemu-img convert` of the raw `image` into the existing NBD export at `uri`.

@@ -29,10 +29,7 @@ use std::time::{Duration, Instant};
 const CHUNK: usize = 64 << 10;
 
 fn main() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(bench())
+    memsync_benches::block_on(bench())
 }
 
 async fn bench() -> Result<()> {

@@ -150,3 +150,11 @@ pub fn raw_quinn_round_trips(
     out.sort();
     Ok(out)
 }
+
+/// Runs a bench's async body on a multi-threaded tokio runtime: the benches' `main`.
+pub fn block_on(body: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(body)
+}

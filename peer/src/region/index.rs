@@ -450,6 +450,15 @@ mod tests {
         assert_eq!(f.hashes(), hash_all(&geom(), f.bytes()).as_slice());
     }
 
+    /// A fresh replica `r` in a new directory, after one committed round.
+    fn written() -> (tempfile::TempDir, ReplicaDir, ReplicaFile) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let mut f = open(&dir, "r");
+        write_some(&mut f, 1);
+        (tmp, dir, f)
+    }
+
     fn write_some(f: &mut ReplicaFile, seed: u8) {
         for i in [0u64, 1, 700, 4095, 32767] {
             f.write_chunk(i, Some(&[seed ^ i as u8; 4096])).unwrap();
@@ -474,11 +483,8 @@ mod tests {
 
     #[test]
     fn a_crash_rehashes_only_the_hot_extents() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = ReplicaDir::open(tmp.path()).unwrap();
-        let mut f = open(&dir, "r");
         // The first commit checkpoints; the next round writes chunks of extents 0 and 3...
-        write_some(&mut f, 1);
+        let (_tmp, dir, mut f) = written();
         f.write_chunk(700, Some(&[8; 4096])).unwrap();
         f.write_chunk(4095, None).unwrap();
         // ... and crashes: no checkpoint, and chunk 701 torn by a write the index never saw (its
@@ -574,10 +580,7 @@ mod tests {
 
     #[test]
     fn a_sequential_run_marks_extents_ahead() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = ReplicaDir::open(tmp.path()).unwrap();
-        let mut f = open(&dir, "r");
-        write_some(&mut f, 1);
+        let (_tmp, dir, mut f) = written();
         // Chunks 0 to 2047 in order: extent 0 alone, then extent 1 marks extent 2 with it.
         for i in 0..2048 {
             f.write_chunk(i, Some(&[4; 4096])).unwrap();
@@ -590,10 +593,7 @@ mod tests {
 
     #[test]
     fn another_geometry_rebuilds_the_index() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = ReplicaDir::open(tmp.path()).unwrap();
-        let mut f = open(&dir, "r");
-        write_some(&mut f, 1);
+        let (_tmp, dir, f) = written();
         drop(f);
         let g = Geometry::new(SIZE, 16).unwrap();
         let f = ReplicaFile::open(&dir, "r", g, false).unwrap();
