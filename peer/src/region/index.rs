@@ -104,21 +104,34 @@ pub struct ReplicaIndex {
     last_checkpoint: Option<Instant>,
 }
 
+/// What an index describes: the replica file (by inode), its region's name and geometry, and the
+/// extent size used for it.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    name: &'a str,
+    geom: Geometry,
+    extent_shift: u8,
+    inode: u64,
+}
+
+impl Subject<'_> {
+    /// xxh3 of the fields an index never changes after it is made.
+    fn head_sum(&self) -> u64 {
+        let mut h = Xxh3::new();
+        h.update(&MAGIC);
+        h.update(&FORMAT.to_le_bytes());
+        h.update(&(self.name.len() as u64).to_le_bytes());
+        h.update(self.name.as_bytes());
+        h.update(&self.geom.size().to_le_bytes());
+        h.update(&[self.geom.shift(), self.extent_shift]);
+        h.update(&self.inode.to_le_bytes());
+        h.digest()
+    }
+}
+
 /// The index's file name for region `name` (region names never start with a dot, spec §5.3).
 fn index_name(name: &str) -> String {
     format!(".{name}.index")
-}
-
-fn head_sum(name: &str, geom: &Geometry, extent_shift: u8, inode: u64) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(&MAGIC);
-    h.update(&FORMAT.to_le_bytes());
-    h.update(&(name.len() as u64).to_le_bytes());
-    h.update(name.as_bytes());
-    h.update(&geom.size().to_le_bytes());
-    h.update(&[geom.shift(), extent_shift]);
-    h.update(&inode.to_le_bytes());
-    h.digest()
 }
 
 fn sum_of(hashes: &[u64]) -> u64 {
@@ -142,10 +155,14 @@ impl ReplicaIndex {
         durable: bool,
     ) -> Result<(ReplicaIndex, Loaded), RegionError> {
         let path = dir.display(&index_name(name));
-        let inode = data.metadata().map_err(io(&path))?.ino();
-        let extent_shift = EXTENT_BYTES_SHIFT.saturating_sub(geom.shift());
+        let subject = Subject {
+            name,
+            geom,
+            extent_shift: EXTENT_BYTES_SHIFT.saturating_sub(geom.shift()),
+            inode: data.metadata().map_err(io(&path))?.ino(),
+        };
         let reused = match dir.create(&index_name(name)) {
-            Ok(file) => Self::reuse(file, &path, name, geom, extent_shift, inode, data, bytes),
+            Ok(file) => Self::reuse(file, &path, &subject, data, bytes),
             Err(e) => Err(e.to_string()),
         };
         let (mut index, loaded) = match reused {
@@ -153,7 +170,7 @@ impl ReplicaIndex {
             Err(reason) => {
                 let hashes = hash_file(data, &geom, bytes);
                 data.sync_data().map_err(io(&dir.display(name)))?;
-                let index = Self::build(dir, name, geom, extent_shift, inode, hashes)?;
+                let index = Self::build(dir, &subject, hashes)?;
                 (index, Loaded::Rebuilt { reason })
             }
         };
@@ -163,18 +180,15 @@ impl ReplicaIndex {
 
     /// The index in `file`, if it describes this replica and its checksums hold; hot extents are
     /// rehashed from `bytes` and checkpointed. Err: why it cannot be used.
-    #[allow(clippy::too_many_arguments)]
     fn reuse(
         file: File,
         path: &std::path::Path,
-        name: &str,
-        geom: Geometry,
-        extent_shift: u8,
-        inode: u64,
+        subject: &Subject,
         data: &File,
         bytes: &[u8],
     ) -> Result<(ReplicaIndex, u64), String> {
-        let (mut index, sums) = Self::parse(file, path, name, geom, extent_shift, inode)?;
+        let geom = subject.geom;
+        let (mut index, sums) = Self::parse(file, path, subject)?;
         for (e, sum) in sums.iter().enumerate() {
             if !index.hot[e] && sum_of(&index.hashes[index.extent(e)]) != *sum {
                 return Err(format!("extent {e}'s checksum does not match"));
@@ -212,11 +226,14 @@ impl ReplicaIndex {
     fn parse(
         file: File,
         path: &std::path::Path,
-        name: &str,
-        geom: Geometry,
-        extent_shift: u8,
-        inode: u64,
+        subject: &Subject,
     ) -> Result<(ReplicaIndex, Vec<u64>), String> {
+        let Subject {
+            name,
+            geom,
+            extent_shift,
+            ..
+        } = *subject;
         let len = file.metadata().map_err(|e| e.to_string())?.len();
         if len == 0 {
             return Err("there is none".into());
@@ -230,9 +247,7 @@ impl ReplicaIndex {
         if a.magic != MAGIC || a.format.to_native() != FORMAT {
             return Err("it is not an index of this format".into());
         }
-        if a.head_sum.to_native() != head_sum(a.name.as_str(), &geom, extent_shift, inode)
-            || a.name.as_str() != name
-        {
+        if a.name.as_str() != name || a.head_sum.to_native() != subject.head_sum() {
             return Err("it describes another region, file or geometry".into());
         }
         let n = geom.chunk_count() as usize;
@@ -275,12 +290,15 @@ impl ReplicaIndex {
     /// one atomically (a new file renamed over it).
     fn build(
         dir: &ReplicaDir,
-        name: &str,
-        geom: Geometry,
-        extent_shift: u8,
-        inode: u64,
+        subject: &Subject,
         hashes: Vec<u64>,
     ) -> Result<ReplicaIndex, RegionError> {
+        let Subject {
+            name,
+            geom,
+            extent_shift,
+            inode,
+        } = *subject;
         let n = hashes.len();
         let extents = n.div_ceil(1 << extent_shift);
         let sums = (0..extents)
@@ -294,7 +312,7 @@ impl ReplicaIndex {
             chunk_shift: geom.shift(),
             extent_shift,
             inode,
-            head_sum: head_sum(name, &geom, extent_shift, inode),
+            head_sum: subject.head_sum(),
             committed: 0,
             durability: 0,
             hot: vec![0; extents],
@@ -314,11 +332,9 @@ impl ReplicaIndex {
         dir.rename(&tmp, &index_name(name))?;
         dir.sync()?;
         let (index, _) =
-            Self::parse(file, &path, name, geom, extent_shift, inode).map_err(|reason| {
-                RegionError::Refused {
-                    path: path.clone(),
-                    reason: format!("was written and cannot be read back: {reason}"),
-                }
+            Self::parse(file, &path, subject).map_err(|reason| RegionError::Refused {
+                path: path.clone(),
+                reason: format!("was written and cannot be read back: {reason}"),
             })?;
         Ok(index)
     }
