@@ -16,6 +16,7 @@ use rkyv::rancor;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -102,6 +103,9 @@ pub struct ReplicaIndex {
     run_from: usize,
     /// When the last checkpoint was; `None` before the first since the index was opened.
     last_checkpoint: Option<Instant>,
+    /// Dropped ([`ReplicaIndex::forget`]): a write or sync of the replica failed, or the region
+    /// is owned here now; nothing more is recorded and the next open rebuilds it.
+    forgotten: AtomicBool,
 }
 
 /// What an index describes: the replica file (by inode), its region's name and geometry, and the
@@ -127,6 +131,17 @@ impl Subject<'_> {
         h.update(&self.inode.to_le_bytes());
         h.digest()
     }
+}
+
+/// Empties replica `name`'s index, if it has one, on stable storage: before the replica file is
+/// resized or made anew, so that no crash can leave the old index beside the new bytes.
+pub fn forget_index(dir: &ReplicaDir, name: &str) -> Result<(), RegionError> {
+    let path = dir.display(&index_name(name));
+    if let Some(f) = dir.open_existing_rw(&index_name(name))? {
+        f.set_len(0).map_err(io(&path))?;
+        f.sync_data().map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 /// The index's file name for region `name` (region names never start with a dot, spec §5.3).
@@ -279,6 +294,7 @@ impl ReplicaIndex {
             next_in_run: u64::MAX,
             run_from: 0,
             last_checkpoint: None,
+            forgotten: AtomicBool::new(false),
             file,
         };
         let sums = a.sums.iter().map(|s| s.to_native()).collect();
@@ -339,6 +355,25 @@ impl ReplicaIndex {
         Ok(index)
     }
 
+    /// Stops trusting the index: emptied on stable storage, so the next open hashes the replica
+    /// and makes it anew. For a replica whose write or sync failed (a failed fsync is reported
+    /// once, so a later checkpoint would wrongly succeed), or whose region this peer now owns.
+    pub fn forget(&self, why: &str) {
+        if !self.forgotten.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "{}: dropped ({why}); the next open rehashes the replica",
+                self.path.display()
+            );
+            if let Err(e) = self.file.set_len(0).and_then(|()| self.file.sync_data()) {
+                tracing::warn!("{}: emptying it: {e}", self.path.display());
+            }
+        }
+    }
+
+    fn forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::SeqCst)
+    }
+
     /// The chunks of extent `e`.
     fn extent(&self, e: usize) -> std::ops::Range<usize> {
         let n = self.hashes.len();
@@ -355,6 +390,9 @@ impl ReplicaIndex {
     /// A write that continues a run of consecutive chunks (a full sync goes up the region) marks,
     /// in the same sync, as many cold extents ahead as the run has crossed, up to [`MARK_AHEAD`].
     pub fn before_write(&mut self, index: u64) -> std::io::Result<()> {
+        if self.forgotten() {
+            return Ok(());
+        }
         let e = (index >> self.extent_shift) as usize;
         if index != self.next_in_run {
             self.run_from = e;
@@ -377,6 +415,9 @@ impl ReplicaIndex {
     pub fn written(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
         let h = data.map_or_else(|| self.zero.of(index), chunk_hash);
         self.hashes[index as usize] = h;
+        if self.forgotten() {
+            return Ok(());
+        }
         self.file
             .write_all_at(&h.to_le_bytes(), self.at.hashes + 8 * index)
     }
@@ -389,6 +430,9 @@ impl ReplicaIndex {
     /// Generation `g` was acknowledged (recorded; on stable storage at the next checkpoint).
     pub fn set_committed(&mut self, g: u64) -> std::io::Result<()> {
         self.committed = g;
+        if self.forgotten() {
+            return Ok(());
+        }
         self.file.write_all_at(&g.to_le_bytes(), self.at.committed)
     }
 
@@ -409,7 +453,7 @@ impl ReplicaIndex {
     pub fn checkpoint(&mut self, data: &File, all: bool) -> std::io::Result<()> {
         let all = all || self.last_checkpoint.is_none();
         self.last_checkpoint = Some(Instant::now());
-        if !self.hot.iter().any(|&h| h) {
+        if self.forgotten() || !self.hot.iter().any(|&h| h) {
             return Ok(());
         }
         if self.touched.iter().any(|&t| t) {
@@ -605,6 +649,22 @@ mod tests {
         let f = open(&dir, "r");
         assert_eq!(f.loaded(), &Loaded::Reused { rehashed: 3 * 1024 });
         check(&f);
+    }
+
+    #[test]
+    fn a_replica_made_anew_or_failed_is_not_described_by_its_old_index() {
+        // Deleted and created again (the new file may even get the old inode number back).
+        let (tmp, dir, f) = written();
+        drop(f);
+        std::fs::remove_file(tmp.path().join("r")).unwrap();
+        let f = open(&dir, "r");
+        assert!(matches!(f.loaded(), Loaded::Rebuilt { reason } if reason == "there is none"));
+        check(&f);
+        // A write or sync that failed: the bytes on disk are unknown, even if a later sync
+        // (which Linux then reports as clean) succeeds.
+        let _ = f.failed::<()>(Err(std::io::Error::other("EIO")));
+        drop(f);
+        assert!(matches!(open(&dir, "r").loaded(), Loaded::Rebuilt { .. }));
     }
 
     #[test]

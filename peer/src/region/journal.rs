@@ -168,12 +168,14 @@ impl Journal {
         Ok(count)
     }
 
-    /// Drops the open round (the stream ended before its COMMIT).
-    pub fn discard(&mut self) -> std::io::Result<()> {
+    /// Empties the journal on stable storage (the region is owned here now: nothing of it may be
+    /// applied again over what this peer's writers do next).
+    pub fn clear(&mut self) -> std::io::Result<()> {
         self.staged.clear();
         self.digest.reset();
         self.end = 0;
-        self.file.set_len(0)
+        self.file.set_len(0)?;
+        self.file.sync_data()
     }
 
     /// The journal's path, for messages.

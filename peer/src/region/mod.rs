@@ -321,6 +321,9 @@ impl ReplicaFile {
         let path = path.as_path();
         let file = dir.create(name)?;
         if file.metadata().map_err(io(path))?.len() != geom.size() {
+            // A new file (perhaps with an old one's inode number) or a resized one: no index
+            // describes it.
+            index::forget_index(dir, name)?;
             file.set_len(geom.size()).map_err(io(path))?;
         }
         if durable {
@@ -368,9 +371,24 @@ impl ReplicaFile {
     pub fn commit(&mut self, g: u64) -> std::io::Result<()> {
         self.index.set_committed(g)?;
         if self.index.checkpoint_due() {
-            self.index.checkpoint(&self.file, false)?;
+            let r = self.index.checkpoint(&self.file, false);
+            self.failed(r)?;
         }
         Ok(())
+    }
+
+    /// `r`, after forgetting the index if it is an error: the replica's bytes are then unknown.
+    fn failed<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            self.index.forget(&format!("the replica failed: {e}"));
+        }
+        r
+    }
+
+    /// The region is owned here now (a handoff): this peer's writers change DIR/NAME from here
+    /// on, so its index no longer describes it.
+    pub fn owned_here(&self) {
+        self.index.forget("the region is owned here now");
     }
 
     /// The replica's bytes, through its read-only mapping.
@@ -380,7 +398,7 @@ impl ReplicaFile {
 
     /// fsync(2): every chunk written so far is on stable storage once it returns.
     pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.failed(self.file.sync_data())
     }
 
     /// Starts writing back what was written so far, without waiting (sync_file_range(2) with
@@ -399,6 +417,11 @@ impl ReplicaFile {
     /// Writes chunk `index`: `data`, or zeros (skipped when the chunk already reads as zeros, so
     /// sparse files stay sparse).
     pub fn write_chunk(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
+        let r = self.write(index, data);
+        self.failed(r)
+    }
+
+    fn write(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let offset = self.geom.offset(index);
         self.index.before_write(index)?;

@@ -580,6 +580,13 @@ async fn receive(
                     WireError::new(ErrorCode::Internal, "handoff before the region opened")
                 })?;
                 take_over(f, name, generation, s).await?;
+                // Neither the index nor the journal describes the region from now on.
+                if let Some(j) = &mut journal {
+                    tokio::task::block_in_place(|| j.clear()).map_err(|e| {
+                        WireError::new(ErrorCode::LocalIo, format!("clearing the journal: {e}"))
+                    })?;
+                }
+                f.owned_here();
                 if let Some(m) = shown.0.take() {
                     m.set_state("owned here (handed over)");
                 }
