@@ -315,11 +315,8 @@ impl ReplicaIndex {
             extent_shift,
             inode,
         } = *subject;
-        let n = hashes.len();
-        let extents = n.div_ceil(1 << extent_shift);
-        let sums = (0..extents)
-            .map(|e| sum_of(&hashes[e << extent_shift..((e + 1) << extent_shift).min(n)]))
-            .collect();
+        let sums = hashes.chunks(1 << extent_shift).map(sum_of).collect();
+        let extents = hashes.len().div_ceil(1 << extent_shift);
         let layout = Layout {
             magic: MAGIC,
             format: FORMAT,

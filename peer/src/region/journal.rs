@@ -19,7 +19,6 @@ use memsync_protocol::hash::{chunk_hash, ZeroHashes};
 use memsync_protocol::Geometry;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 const MAGIC: [u8; 8] = *b"msyncjnl";
@@ -60,7 +59,6 @@ struct Staged {
 /// The journal of a consistent replica, staging the open round.
 pub struct Journal {
     file: File,
-    path: PathBuf,
     geom: Geometry,
     round: u64,
     end: u64,
@@ -99,7 +97,6 @@ impl Journal {
         file.set_len(0).map_err(io(&path))?;
         Ok(Journal {
             file,
-            path,
             geom,
             round: 0,
             end: 0,
@@ -176,11 +173,6 @@ impl Journal {
         self.end = 0;
         self.file.set_len(0)?;
         self.file.sync_data()
-    }
-
-    /// The journal's path, for messages.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
