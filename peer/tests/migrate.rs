@@ -653,3 +653,108 @@ fn either_side_killed_during_pre_copy_leaves_a_the_owner_and_the_move_completes_
     eprintln!("{report}");
     assert_moved(&w, &file, at_a.id());
 }
+
+/// Writes `byte` over chunk `index` (64 KiB chunks) of `file`.
+fn write_chunk(file: &Path, index: u64, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(&[byte; 65536], index << 16).unwrap();
+}
+
+#[test]
+fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
+    let w = World::new();
+    let mut server_b = w.serve();
+    let file = w.random_file("mem", 64 << 16);
+    let mut first = w.sync(&file, &["--once"]);
+    assert!(
+        first.wait(Duration::from_secs(30)).success(),
+        "{}",
+        first.output()
+    );
+    let b_copy = w.replica("mem");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
+    // A is cut off and goes on writing chunks 1..=3; the operator declares it lost and promotes B.
+    for i in 1..=3 {
+        write_chunk(&file, i, 0xa1);
+    }
+    let replicas = w.path("replicas");
+    let promote = |expect: bool| {
+        let out = Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args(["promote", "--dir", replicas.to_str().unwrap(), "mem"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), expect, "{text}");
+        text
+    };
+    // Not while the serve holds the directory.
+    assert!(promote(false).contains("stop it first"));
+    server_b.signal(libc::SIGTERM);
+    assert!(server_b.wait(Duration::from_secs(20)).success());
+    let said = promote(true);
+    assert!(
+        said.contains("fenced") && said.contains(&w.owner_fp),
+        "{said}"
+    );
+    assert!(promote(false).contains("owned by this peer already"));
+    let owners = std::fs::read_to_string(replicas.join(".memsync/owners")).unwrap();
+    assert!(
+        owners.contains(&format!("mem promoted:{}", w.owner_fp)),
+        "{owners}"
+    );
+
+    // A returns and is refused, with what happened and how to rejoin; B's copy is untouched.
+    let at_promotion = std::fs::read(&b_copy).unwrap();
+    let server_b = w.serve();
+    let mut back = w.sync(&file, &["--once", "--reconnect-for", "0"]);
+    assert!(!back.wait(Duration::from_secs(30)).success());
+    let said = back.output();
+    assert!(said.contains("fenced") && said.contains("rejoin"), "{said}");
+    assert_eq!(std::fs::read(&b_copy).unwrap(), at_promotion);
+
+    // B writes as the owner (chunk 10); A rejoins as B's replica with its own copy: only the
+    // chunks either side wrote since move, and A's writes after the promotion are replaced.
+    write_chunk(&b_copy, 10, 0xb2);
+    let port_a = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr_a = format!("127.0.0.1:{port_a}");
+    std::fs::create_dir_all(w.path("rejoined")).unwrap();
+    std::fs::copy(&file, w.path("rejoined/mem")).unwrap();
+    let _server_a = w.serve_as(&addr_a, "rejoined", "owner-id", &["--trust", &w.replica_fp]);
+    let mut sync_b = Command::new(env!("CARGO_BIN_EXE_peer"));
+    sync_b.args([
+        "sync",
+        "--region",
+        b_copy.to_str().unwrap(),
+        "--peer",
+        &addr_a,
+    ]);
+    sync_b.args(["--identity", w.path("replica-id").to_str().unwrap()]);
+    sync_b.args(["--trust", &w.owner_fp, "--once"]);
+    let mut sync_b = Proc::spawn(&mut sync_b);
+    assert!(
+        sync_b.wait(Duration::from_secs(30)).success(),
+        "{}",
+        sync_b.output()
+    );
+    assert!(
+        sync_b
+            .output()
+            .contains("replica reconciled, 4 of 64 chunks differ"),
+        "{}",
+        sync_b.output()
+    );
+    assert_eq!(
+        std::fs::read(w.path("rejoined/mem")).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
+    drop(server_b);
+}

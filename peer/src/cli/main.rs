@@ -316,6 +316,17 @@ enum Cmd {
     /// Two peers in one process on loopback: a generated region, a writer mutating it, live
     /// throughput and lag, and a final byte-for-byte check.
     Demo(demo::DemoArgs),
+    /// Make this peer the owner of replica DIR/NAME when its owner is lost for good (an
+    /// operator's decision): the lost owner is fenced (its OPENs here are refused, saying how to
+    /// rejoin), and DIR/NAME can be written and replicated from here (`peer sync --region
+    /// DIR/NAME`). Run it with the directory's `peer serve` stopped.
+    Promote {
+        /// The replica directory of `peer serve`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The region to own.
+        name: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell to complete for.
@@ -412,6 +423,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Status { control, json } => status(control, json),
+        Cmd::Promote { dir, name } => promote(&dir, &name),
         Cmd::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .context("writing the manual page"),
@@ -925,6 +937,29 @@ fn trust_set(a: &TrustArgs) -> Result<TrustSet> {
         );
     }
     Ok(t)
+}
+
+/// `peer promote`: records DIR/NAME as owned here, its owner fenced, once a crash-consistent
+/// replica's journal is settled (so the file holds one whole generation).
+fn promote(dir: &Path, name: &str) -> Result<()> {
+    check_region_name(name)?;
+    let dir = memsync_peer::region::ReplicaDir::open(dir).context("replica directory")?;
+    let policy = memsync_peer::roles::replica::Policy::load(dir.path(), vec![], vec![])?;
+    if dir.open_existing(name)?.is_none() {
+        bail!(
+            "{} does not exist: there is nothing to own",
+            dir.display(name).display()
+        );
+    }
+    memsync_peer::roles::replica::recover_journals(&dir);
+    let lost = policy.promote(name)?;
+    println!(
+        "region {name}: this peer owns {} now; peer {lost} is fenced (its writes are refused here). \
+         Start the workload on it, and replicate it with `peer sync --region {}`",
+        dir.display(name).display(),
+        dir.display(name).display(),
+    );
+    Ok(())
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {

@@ -5,6 +5,10 @@
 //! (trust is the grant), and ownership still sticks to the first owner. A region handed over to
 //! this peer (spec §8.6) is recorded as `self`: no peer's OPEN writes it again, and the refusal is
 //! HANDED_OVER, which tells a former owner whose HANDOFF_ACK was lost that the handoff completed.
+//! A region promoted here (`peer promote`, its owner lost) is recorded as `promoted:FP`: the lost
+//! owner FP is fenced, and its OPEN is refused with what happened and how to rejoin. One process
+//! holds a directory's policy at a time (an exclusive flock(2) of `DIR/.memsync/lock`), so an
+//! offline promotion never races a running serve's own record.
 
 use crate::net::identity::{Fingerprint, IdentityError};
 use memsync_protocol::wire::{ErrorCode, WireError};
@@ -46,6 +50,15 @@ pub enum PolicyError {
         /// The line, counting from 1.
         line: usize,
     },
+    /// Reported as "another process (a running peer serve?) holds {dir}; stop it first".
+    #[error("another process (a running peer serve?) holds {dir}; stop it first")]
+    Busy {
+        /// The replica directory.
+        dir: PathBuf,
+    },
+    /// The promotion was refused, for this reason.
+    #[error("{0}")]
+    Promote(String),
     /// Reported as "{path}: {source}".
     #[error("{path}: {source}")]
     Io {
@@ -105,6 +118,8 @@ pub struct Policy {
     owners: Mutex<BTreeMap<String, Owner>>,
     /// `DIR/.memsync/owners`.
     file: PathBuf,
+    /// `DIR/.memsync/lock`, flocked for as long as this policy lives.
+    _lock: std::fs::File,
 }
 
 /// Who owns a region this peer holds.
@@ -114,6 +129,8 @@ enum Owner {
     Peer(Fingerprint),
     /// This peer, since a handoff.
     Here,
+    /// This peer, promoted by an operator after the owner it names was lost; that owner is fenced.
+    Promoted(Fingerprint),
 }
 
 impl std::fmt::Display for Owner {
@@ -121,15 +138,19 @@ impl std::fmt::Display for Owner {
         match self {
             Owner::Peer(fp) => write!(f, "{fp}"),
             Owner::Here => f.write_str(HERE),
+            Owner::Promoted(fp) => write!(f, "{PROMOTED}{fp}"),
         }
     }
 }
 
 /// How the owners file names this peer.
 const HERE: &str = "self";
+/// How the owners file names this peer after a promotion, before the fenced owner's fingerprint.
+const PROMOTED: &str = "promoted:";
 
 const STATE_DIR: &str = ".memsync";
 const OWNERS_FILE: &str = "owners";
+const LOCK_FILE: &str = "lock";
 
 impl Policy {
     /// The policy of replica directory `dir`, with its remembered owners.
@@ -138,7 +159,31 @@ impl Policy {
         owner_rules: Vec<Rule>,
         mount_rules: Vec<Rule>,
     ) -> Result<Self, PolicyError> {
-        let file = dir.join(STATE_DIR).join(OWNERS_FILE);
+        let state = dir.join(STATE_DIR);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| PolicyError::Io { path, source }
+        };
+        std::fs::create_dir_all(&state).map_err(io(&state))?;
+        let lock_path = state.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| match e {
+                rustix::io::Errno::WOULDBLOCK => PolicyError::Busy {
+                    dir: dir.to_owned(),
+                },
+                e => PolicyError::Io {
+                    path: lock_path.clone(),
+                    source: e.into(),
+                },
+            },
+        )?;
+        let file = state.join(OWNERS_FILE);
         let mut owners = BTreeMap::new();
         match std::fs::read_to_string(&file) {
             Ok(text) => {
@@ -158,7 +203,10 @@ impl Policy {
                     };
                     let owner = match fp {
                         HERE => Owner::Here,
-                        fp => Owner::Peer(Fingerprint::parse(fp).map_err(|_| bad())?),
+                        fp => match fp.strip_prefix(PROMOTED) {
+                            Some(fp) => Owner::Promoted(Fingerprint::parse(fp).map_err(|_| bad())?),
+                            None => Owner::Peer(Fingerprint::parse(fp).map_err(|_| bad())?),
+                        },
                     };
                     owners.insert(name.to_owned(), owner);
                 }
@@ -171,6 +219,7 @@ impl Policy {
             mount_rules,
             owners: Mutex::new(owners),
             file,
+            _lock: lock,
         })
     }
 
@@ -184,8 +233,21 @@ impl Policy {
                     "region {name} is owned by peer {owner}, not {who}: ownership moves only by handoff or promotion"
                 )))
             }
+            // The lost owner, back: fenced.
+            Some(Owner::Promoted(lost)) if lost == who => {
+                return Err(WireError::new(
+                    ErrorCode::HandedOver,
+                    format!(
+                        "region {name} was promoted to owner on this peer after peer {who} was \
+                         declared lost (peer promote): peer {who} is fenced, and what it wrote \
+                         after this peer's last acknowledged generation is not here. To rejoin as \
+                         a replica of this peer, run `peer serve` there and `peer sync --region \
+                         DIR/{name}` to it here: the chunks its copy holds that differ are replaced"
+                    ),
+                ))
+            }
             // The answer that settles a probe (spec §8.6).
-            Some(Owner::Here) => {
+            Some(Owner::Here | Owner::Promoted(_)) => {
                 return Err(WireError::new(
                     ErrorCode::HandedOver,
                     format!(
@@ -213,6 +275,29 @@ impl Policy {
     pub fn became_owner(&self, name: &str) -> Result<(), WireError> {
         let mut owners = self.owners.lock().expect("owners lock");
         self.record(&mut owners, name, Owner::Here)
+    }
+
+    /// Makes this peer the owner of `name`, whose recorded owner was lost (an operator's decision,
+    /// spec §8.6): that owner is fenced from now on. Returns it.
+    pub fn promote(&self, name: &str) -> Result<Fingerprint, PolicyError> {
+        let mut owners = self.owners.lock().expect("owners lock");
+        let lost = match owners.get(name) {
+            Some(Owner::Peer(fp)) => *fp,
+            Some(Owner::Here | Owner::Promoted(_)) => {
+                return Err(PolicyError::Promote(format!(
+                    "region {name} is owned by this peer already"
+                )))
+            }
+            None => {
+                return Err(PolicyError::Promote(format!(
+                    "no owner of region {name} is recorded in {}: this peer never replicated it",
+                    self.file.display()
+                )))
+            }
+        };
+        self.record(&mut owners, name, Owner::Promoted(lost))
+            .map_err(|e| PolicyError::Promote(e.reason))?;
+        Ok(lost)
     }
 
     /// Records `owner` of `name` and writes the file, or leaves both as they were.
@@ -253,10 +338,9 @@ impl Policy {
             .file
             .parent()
             .expect("the owners file is in a directory");
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = dir.join(format!("{OWNERS_FILE}.tmp"));
         let mut text = String::from(
-            "# region owner (a fingerprint, or self after a handoff; remove a line to let another peer own it)\n",
+            "# region owner (a fingerprint; self after a handoff; promoted:FP after a promotion, FP fenced; remove a line to let another peer own it)\n",
         );
         for (name, fp) in owners {
             text.push_str(&format!("{name} {fp}\n"));
@@ -298,7 +382,12 @@ mod tests {
         let e = p.claim("x", &b).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(e.reason.contains(&b.to_string()) && e.reason.contains(&a.to_string()));
-        // Restarted: still a's.
+        // Restarted: still a's. One policy holds the directory at a time.
+        assert!(matches!(
+            Policy::load(dir.path(), vec![], vec![]),
+            Err(PolicyError::Busy { .. })
+        ));
+        drop(p);
         let rules = vec![format!("vm-*={b}").parse().unwrap()];
         let mounts = vec![format!("vm-1={c}").parse().unwrap()];
         let p = Policy::load(dir.path(), rules, mounts).unwrap();
@@ -316,5 +405,28 @@ mod tests {
         for bad in ["x", "=*", "a*b=*", "x=nothex"] {
             assert!(bad.parse::<Rule>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_promoted_region_fences_its_lost_owner_and_stays_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (fp(1), fp(2));
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        assert!(matches!(p.promote("x"), Err(PolicyError::Promote(_))));
+        p.claim("x", &a).unwrap();
+        assert_eq!(p.promote("x").unwrap(), a);
+        assert!(matches!(p.promote("x"), Err(PolicyError::Promote(_))));
+        drop(p);
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        let e = p.claim("x", &a).unwrap_err();
+        assert_eq!(e.code, ErrorCode::HandedOver);
+        assert!(
+            e.reason.contains("fenced") && e.reason.contains("rejoin"),
+            "{e}"
+        );
+        let e = p.claim("x", &b).unwrap_err();
+        assert_eq!(e.code, ErrorCode::HandedOver);
+        assert!(!e.reason.contains("fenced"), "{e}");
+        assert!(!p.may_take_over("x", &a));
     }
 }
