@@ -241,12 +241,7 @@ fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let port_a = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr_a = format!("127.0.0.1:{port_a}");
+    let addr_a = format!("127.0.0.1:{}", free_udp_port());
     let _server_a = w.serve_as(&addr_a, "back", "owner-id", &["--trust", &w.replica_fp]);
     let dir_a = w.path("back");
     let report = migrate(
@@ -720,12 +715,7 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
     // B writes as the owner (chunk 10); A rejoins as B's replica with its own copy: only the
     // chunks either side wrote since move, and A's writes after the promotion are replaced.
     write_chunk(&b_copy, 10, 0xb2);
-    let port_a = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr_a = format!("127.0.0.1:{port_a}");
+    let addr_a = format!("127.0.0.1:{}", free_udp_port());
     std::fs::create_dir_all(w.path("rejoined")).unwrap();
     std::fs::copy(&file, w.path("rejoined/mem")).unwrap();
     let _server_a = w.serve_as(&addr_a, "rejoined", "owner-id", &["--trust", &w.replica_fp]);

@@ -143,11 +143,7 @@ impl World {
         let dir = tempfile::tempdir_in(base).unwrap();
         let owner_fp = peer_id(&dir.path().join("owner-id"));
         let replica_fp = peer_id(&dir.path().join("replica-id"));
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_udp_port();
         std::fs::create_dir_all(dir.path().join("replicas")).unwrap();
         World {
             dir,
@@ -279,6 +275,15 @@ pub fn wait_identical(a: &Path, b: &Path, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A UDP port free on loopback a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A TCP port free on loopback a moment ago.

@@ -143,6 +143,18 @@ impl std::fmt::Display for Owner {
     }
 }
 
+impl std::str::FromStr for Owner {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let fp = |s| Fingerprint::parse(s).map_err(|_| ());
+        match (s, s.strip_prefix(PROMOTED)) {
+            (HERE, _) => Ok(Owner::Here),
+            (_, Some(lost)) => Ok(Owner::Promoted(fp(lost)?)),
+            (peer, None) => Ok(Owner::Peer(fp(peer)?)),
+        }
+    }
+}
+
 /// How the owners file names this peer.
 const HERE: &str = "self";
 /// How the owners file names this peer after a promotion, before the fenced owner's fingerprint.
@@ -160,10 +172,6 @@ impl Policy {
         mount_rules: Vec<Rule>,
     ) -> Result<Self, PolicyError> {
         let state = dir.join(STATE_DIR);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| PolicyError::Io { path, source }
-        };
         std::fs::create_dir_all(&state).map_err(io(&state))?;
         let lock_path = state.join(LOCK_FILE);
         let lock = std::fs::OpenOptions::new()
@@ -201,14 +209,7 @@ impl Policy {
                     else {
                         return Err(bad());
                     };
-                    let owner = match fp {
-                        HERE => Owner::Here,
-                        fp => match fp.strip_prefix(PROMOTED) {
-                            Some(fp) => Owner::Promoted(Fingerprint::parse(fp).map_err(|_| bad())?),
-                            None => Owner::Peer(Fingerprint::parse(fp).map_err(|_| bad())?),
-                        },
-                    };
-                    owners.insert(name.to_owned(), owner);
+                    owners.insert(name.to_owned(), fp.parse().map_err(|()| bad())?);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -263,6 +264,7 @@ impl Policy {
             )));
         }
         self.record(&mut owners, name, Owner::Peer(*who))
+            .map_err(remembering)
     }
 
     /// `who`, the owner of `name`, offers it in a handoff: true if this peer may take it. Only the
@@ -275,6 +277,7 @@ impl Policy {
     pub fn became_owner(&self, name: &str) -> Result<(), WireError> {
         let mut owners = self.owners.lock().expect("owners lock");
         self.record(&mut owners, name, Owner::Here)
+            .map_err(remembering)
     }
 
     /// Makes this peer the owner of `name`, whose recorded owner was lost (an operator's decision,
@@ -295,8 +298,7 @@ impl Policy {
                 )))
             }
         };
-        self.record(&mut owners, name, Owner::Promoted(lost))
-            .map_err(|e| PolicyError::Promote(e.reason))?;
+        self.record(&mut owners, name, Owner::Promoted(lost))?;
         Ok(lost)
     }
 
@@ -306,14 +308,13 @@ impl Policy {
         owners: &mut BTreeMap<String, Owner>,
         name: &str,
         owner: Owner,
-    ) -> Result<(), WireError> {
+    ) -> Result<(), PolicyError> {
         let before = owners.insert(name.to_owned(), owner);
-        self.save(owners).map_err(|e| {
+        self.save(owners).inspect_err(|_| {
             match before {
                 Some(b) => owners.insert(name.to_owned(), b),
                 None => owners.remove(name),
             };
-            WireError::new(ErrorCode::LocalIo, format!("remembering the owner: {e}"))
         })
     }
 
@@ -330,10 +331,6 @@ impl Policy {
 
     /// Writes the owners file anew: a temporary file, synced, renamed over the old one.
     fn save(&self, owners: &BTreeMap<String, Owner>) -> Result<(), PolicyError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| PolicyError::Io { path, source }
-        };
         let dir = self
             .file
             .parent()
@@ -358,6 +355,17 @@ impl Policy {
 /// No rules of a kind: every trusted peer passes.
 fn granted(rules: &[Rule], name: &str, who: &Fingerprint) -> bool {
     rules.is_empty() || rules.iter().any(|r| r.grants(name, who))
+}
+
+/// `PolicyError::Io` for an I/O failure at `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError {
+    let path = path.to_owned();
+    move |source| PolicyError::Io { path, source }
+}
+
+/// The peer's answer when the owners file could not be written.
+fn remembering(e: PolicyError) -> WireError {
+    WireError::new(ErrorCode::LocalIo, format!("remembering the owner: {e}"))
 }
 
 fn forbidden(reason: String) -> WireError {
