@@ -18,8 +18,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memsync_protocol::sim::Pair;
 use memsync_fuzz::Input;
+use memsync_protocol::sim::Pair;
 use memsync_protocol::{Geometry, OwnerState, ReplicaState};
 
 fuzz_target!(|data: &[u8]| {

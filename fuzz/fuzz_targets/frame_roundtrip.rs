@@ -44,6 +44,7 @@ enum Desc {
         shift: u8,
         name: Vec<u8>,
         raw: Option<(String, u64, u8)>,
+        epoch: Option<u64>,
     },
     Mount {
         name: Vec<u8>,
@@ -55,6 +56,7 @@ enum Desc {
         durable: bool,
         generation: u64,
         chunk_count: u64,
+        epoch: Option<u64>,
     },
     Hashes {
         first: u64,
@@ -113,9 +115,9 @@ enum Desc {
 enum Owned {
     Hello(Hello),
     Error(u32, String),
-    Open(u64, u64, u8, String),
+    Open(u64, u64, u8, String, Option<u64>),
     Mount(String),
-    State(bool, bool, bool, u64, u64),
+    State(bool, bool, bool, u64, u64, Option<u64>),
     Hashes(u64, Vec<u8>),
     Chunk(u64, u64, bool, bool, Vec<u8>),
     Commit(u64, u32, u64),
@@ -130,6 +132,11 @@ enum Owned {
 }
 
 /// A geometry valid by construction from arbitrary numbers.
+/// Epochs start at 1 (§8.8): a 0 from the input means none.
+fn nonzero(epoch: Option<u64>) -> Option<u64> {
+    epoch.filter(|e| *e != 0)
+}
+
 fn valid_geometry(size: u64, shift: u8) -> (u64, u8) {
     let shift = 12 + shift % 11;
     let limit = MAX_REGION_SIZE.min(MAX_CHUNKS << shift);
@@ -170,13 +177,14 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
             shift,
             name,
             raw,
+            epoch,
         } => match raw {
             Some((name, size, shift)) if name.len() <= 255 => {
                 let expect = check_name(&name)
                     .and_then(|_| Geometry::new(size, shift).map(|_| ()))
                     .err()
                     .map(|e| e.code);
-                let o = Owned::Open(size, generation, shift, name);
+                let o = Owned::Open(size, generation, shift, name, nonzero(epoch));
                 match expect {
                     Some(code) => return Err((o, code)),
                     None => o,
@@ -184,7 +192,13 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
             }
             _ => {
                 let (size, shift) = valid_geometry(size, shift);
-                Owned::Open(size, generation, shift, name_from(&name, 255))
+                Owned::Open(
+                    size,
+                    generation,
+                    shift,
+                    name_from(&name, 255),
+                    nonzero(epoch),
+                )
             }
         },
         Desc::Mount { name, raw } => match raw {
@@ -200,12 +214,14 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
             durable,
             generation,
             chunk_count,
+            epoch,
         } => Owned::State(
             empty,
             lazy,
             durable,
             generation,
             if empty { 0 } else { chunk_count },
+            nonzero(epoch),
         ),
         Desc::Hashes { first, head, tail } => {
             let mut hs = vec![head];
@@ -285,14 +301,16 @@ fn frame(o: &Owned) -> Frame<'_> {
             code: *code,
             reason,
         },
-        Owned::Open(size, generation, chunk_shift, name) => Frame::Open {
+        Owned::Open(size, generation, chunk_shift, name, epoch) => Frame::Open {
+            epoch: *epoch,
             size: *size,
             generation: *generation,
             chunk_shift: *chunk_shift,
             name,
         },
         Owned::Mount(name) => Frame::Mount { name },
-        Owned::State(empty, lazy, durable, generation, chunk_count) => Frame::State {
+        Owned::State(empty, lazy, durable, generation, chunk_count, epoch) => Frame::State {
+            epoch: *epoch,
             empty: *empty,
             lazy: *lazy,
             durable: *durable,

@@ -19,7 +19,10 @@ impl Memory {
     fn range(&self, offset: u64, len: usize) -> std::ops::Range<usize> {
         let start = usize::try_from(offset).expect("offset fits");
         let end = start.checked_add(len).expect("no overflow");
-        assert!(end <= SIZE, "access {start}..{end} past the export's {SIZE} bytes");
+        assert!(
+            end <= SIZE,
+            "access {start}..{end} past the export's {SIZE} bytes"
+        );
         start..end
     }
 }

@@ -93,6 +93,8 @@ struct Harness {
     /// Whether a STATE without DURABLE is refused (§8.4), and whether the last STATE had it.
     require_durable: bool,
     durable: bool,
+    /// The ownership epoch OPEN carries; a STATE must echo it (§8.8).
+    epoch: Option<u64>,
     // Invariant tracking.
     last_commit_stream: Option<u64>,
     last_commit_ever: Option<u64>,
@@ -191,12 +193,16 @@ impl Harness {
                     durable,
                     generation,
                     chunk_count,
+                    epoch,
                     ..
                 },
                 Opening | Probing { .. },
             ) => {
                 if !empty && chunk_count != self.n {
                     return Err(ErrorCode::BadGeometry);
+                }
+                if epoch != self.epoch {
+                    return pv;
                 }
                 if self.require_durable && !durable {
                     return Err(ErrorCode::NotDurable);
@@ -401,8 +407,10 @@ impl Harness {
                         generation,
                         chunk_shift,
                         name,
+                        epoch,
                     } => {
                         assert_eq!(want, Some(Next::Open(generation)));
+                        assert_eq!(epoch, self.epoch);
                         assert_eq!((size, chunk_shift), (self.geom.size(), self.geom.shift()));
                         assert_eq!(name, NAME);
                     }
@@ -505,12 +513,19 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
                 0 => input.u8() as u64,
                 _ => input.u64(),
             };
+            let epoch = match flags >> 4 & 3 {
+                0 => None,
+                1 => h.epoch,
+                2 => Some(h.epoch.unwrap_or(1) + 1),
+                _ => Some(1),
+            };
             Frame::State {
                 empty,
                 lazy: flags & 0x40 != 0,
                 durable: flags & 0x80 != 0,
                 generation,
                 chunk_count,
+                epoch,
             }
             .to_vec()
         }
@@ -593,6 +608,7 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
                 0 => Frame::Hello(Hello::default()).to_vec(),
                 1 => Frame::Mount { name: NAME }.to_vec(),
                 2 => Frame::Open {
+                    epoch: None,
                     size: h.geom.size(),
                     generation: g,
                     chunk_shift: h.geom.shift(),
@@ -719,9 +735,11 @@ fuzz_target!(|data: &[u8]| {
     };
     // From a bit the known hashes leave unused, so that older inputs keep their meaning.
     let require_durable = known_mode & 0x80 != 0;
+    let epoch = (known_mode & 0x40 != 0).then_some(1 + (known_seed >> 60));
     let owner = match Owner::new(geom, NAME, known.clone(), generation) {
         Ok(mut o) => {
             o.set_require_durable(require_durable);
+            o.set_epoch(epoch).expect("set_epoch before OPEN went out");
             o
         }
         Err(e) => {
@@ -758,6 +776,7 @@ fuzz_target!(|data: &[u8]| {
         on_stream: vec![false; n as usize],
         require_durable,
         durable: false,
+        epoch,
         last_commit_stream: None,
         last_commit_ever: None,
         dead: false,

@@ -64,6 +64,8 @@ struct Harness {
     max_body: u32,
     /// Whether STATE promises durable ACKs (§8.4).
     durable: bool,
+    /// The ownership epoch of the OPEN handled, which STATE echoes (§8.8).
+    epoch: Option<u64>,
     // The model.
     state: ReplicaState,
     geom: Option<Geometry>,
@@ -180,6 +182,7 @@ impl Harness {
                 name,
                 geometry,
                 generation,
+                epoch,
             } => {
                 assert_eq!(expect, Expect::Opened);
                 let Frame::Open {
@@ -187,11 +190,13 @@ impl Harness {
                     generation: g,
                     chunk_shift,
                     name: n,
+                    epoch: e,
                 } = frame
                 else {
                     unreachable!()
                 };
-                assert_eq!((name, generation), (n, g));
+                assert_eq!((name, generation, epoch), (n, g, e));
+                self.epoch = epoch;
                 assert_eq!((geometry.size(), geometry.shift()), (size, chunk_shift));
                 assert!(queued.is_empty());
                 self.geom = Some(geometry);
@@ -317,6 +322,7 @@ impl Harness {
                 durable: self.durable,
                 generation: self.committed,
                 chunk_count: if sel == 0 { n } else { 0 },
+                epoch: self.epoch,
             }
         );
         if sel == 0 {
@@ -707,11 +713,14 @@ fn open(input: &mut Input<'_>) -> Vec<u8> {
     };
     let name_len = 1 + input.below(16) as usize;
     let name = name_from(input.bytes(name_len), 255);
+    // From a bit of the generation, so that no more input is read and older inputs keep theirs.
+    let epoch = (!big && generation & 0x40 != 0).then_some(1 + (generation & 0x3f));
     Frame::Open {
         size,
         generation,
         chunk_shift: shift,
         name: &name,
+        epoch,
     }
     .to_vec()
 }
@@ -816,6 +825,7 @@ fn other(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
         3 => Frame::Hello(Hello::default()).to_vec(),
         4 => Frame::Mount { name: "r" }.to_vec(),
         5 => Frame::State {
+            epoch: None,
             empty: false,
             lazy: false,
             durable: false,
@@ -881,6 +891,7 @@ fuzz_target!(|data: &[u8]| {
         replica,
         max_body,
         durable,
+        epoch: None,
         state: ReplicaState::AwaitOpen,
         geom: None,
         committed: if mount { 0 } else { committed },

@@ -8,7 +8,6 @@ pub mod model;
 
 pub use memsync_protocol::sim::decode_exact;
 
-
 /// Reads choices from fuzz input, little-endian. Past the end every read yields zeros, so any
 /// input is a complete scenario (`fuzz/gen_seeds.py` writes seeds in this format).
 pub struct Input<'a> {

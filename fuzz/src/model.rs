@@ -14,21 +14,21 @@ pub const MAX_CHUNK_COUNT: u64 = 1 << 24;
 
 /// Every type code of §5 with the flag bits it defines.
 pub const TYPES: [(u8, u16); 15] = [
-    (0x01, 0),    // HELLO
-    (0x02, 0),    // ERROR
-    (0x10, 0),    // OPEN
-    (0x11, 0),    // MOUNT
-    (0x12, 0b111), // STATE: EMPTY, LAZY, DURABLE
-    (0x13, 0),    // HASHES
-    (0x14, 0),    // LANE
-    (0x20, 0b11), // CHUNK: ZERO, FETCHED
-    (0x21, 0),    // COMMIT
-    (0x22, 0),    // ACK
-    (0x23, 0b1),  // PART: ZERO
-    (0x30, 0b1),  // FETCH: URGENT
-    (0x31, 0),    // FETCH_PART
-    (0x40, 0),    // HANDOFF
-    (0x41, 0),    // HANDOFF_ACK
+    (0x01, 0),      // HELLO
+    (0x02, 0),      // ERROR
+    (0x10, 0b1),    // OPEN: EPOCH
+    (0x11, 0),      // MOUNT
+    (0x12, 0b1111), // STATE: EMPTY, LAZY, DURABLE, EPOCH
+    (0x13, 0),      // HASHES
+    (0x14, 0),      // LANE
+    (0x20, 0b11),   // CHUNK: ZERO, FETCHED
+    (0x21, 0),      // COMMIT
+    (0x22, 0),      // ACK
+    (0x23, 0b1),    // PART: ZERO
+    (0x30, 0b1),    // FETCH: URGENT
+    (0x31, 0),      // FETCH_PART
+    (0x40, 0),      // HANDOFF
+    (0x41, 0),      // HANDOFF_ACK
 ];
 
 /// The flag bits §5 defines for `kind`, or `None` for an unknown type.
@@ -91,6 +91,16 @@ fn le32(b: &[u8]) -> u32 {
 
 /// §4.3 and §5: the outcome of decoding a body of type `kind` (known) with header flags `flags`
 /// (already valid for the type).
+/// §8.8: the fields end at `at`, followed, when the EPOCH flag is set, by a nonzero u64 epoch;
+/// nothing after.
+fn epoch_then_end(flagged: bool, b: &[u8], at: usize) -> Result<(), ErrorCode> {
+    let end = at + if flagged { 8 } else { 0 };
+    if b.len() != end || (flagged && le64(&b[at..]) == 0) {
+        return Err(ErrorCode::Malformed);
+    }
+    Ok(())
+}
+
 pub fn body(kind: u8, flags: u16, b: &[u8]) -> Result<(), ErrorCode> {
     use ErrorCode::*;
     let exact = |n: usize| if b.len() == n { Ok(()) } else { Err(Malformed) };
@@ -122,7 +132,7 @@ pub fn body(kind: u8, flags: u16, b: &[u8]) -> Result<(), ErrorCode> {
             if !geometry_ok(le64(b), b[16]) {
                 return Err(BadGeometry);
             }
-            exact(20 + name_len)
+            epoch_then_end(flags & 1 != 0, b, 20 + name_len)
         }
         0x11 => {
             if std::str::from_utf8(b).is_err() {
@@ -134,11 +144,10 @@ pub fn body(kind: u8, flags: u16, b: &[u8]) -> Result<(), ErrorCode> {
             }
         }
         0x12 => {
-            exact(16)?;
-            if flags & 1 != 0 && le64(&b[8..]) != 0 {
+            if b.len() < 16 || (flags & 1 != 0 && le64(&b[8..]) != 0) {
                 return Err(Malformed);
             }
-            Ok(())
+            epoch_then_end(flags & 8 != 0, b, 16)
         }
         0x13 => {
             if b.len() < 16 || !(b.len() - 8).is_multiple_of(8) {

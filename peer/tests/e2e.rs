@@ -251,6 +251,7 @@ fn protocol_violations_close_the_stream_not_the_server() {
         // The same connection still serves a well-behaved region stream.
         let (mut send, recv) = session.conn.open_bi().await.unwrap();
         let open = Frame::Open {
+            epoch: None,
             size: 8192,
             generation: 0,
             chunk_shift: 12,

@@ -677,16 +677,7 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
         write_chunk(&file, i, 0xa1);
     }
     let replicas = w.path("replicas");
-    let promote = |expect: bool| {
-        let out = Command::new(env!("CARGO_BIN_EXE_peer"))
-            .args(["promote", "--dir", replicas.to_str().unwrap(), "mem"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.success(), expect, "{text}");
-        text
-    };
+    let promote = |expect| promote(&replicas, expect);
     // Not while the serve holds the directory.
     assert!(promote(false).contains("stop it first"));
     server_b.signal(libc::SIGTERM);
@@ -719,17 +710,7 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
     std::fs::create_dir_all(w.path("rejoined")).unwrap();
     std::fs::copy(&file, w.path("rejoined/mem")).unwrap();
     let _server_a = w.serve_as(&addr_a, "rejoined", "owner-id", &["--trust", &w.replica_fp]);
-    let mut sync_b = Command::new(env!("CARGO_BIN_EXE_peer"));
-    sync_b.args([
-        "sync",
-        "--region",
-        b_copy.to_str().unwrap(),
-        "--peer",
-        &addr_a,
-    ]);
-    sync_b.args(["--identity", w.path("replica-id").to_str().unwrap()]);
-    sync_b.args(["--trust", &w.owner_fp, "--once"]);
-    let mut sync_b = Proc::spawn(&mut sync_b);
+    let mut sync_b = w.sync_to(&addr_a, &b_copy, "replica-id", &w.owner_fp, &["--once"]);
     assert!(
         sync_b.wait(Duration::from_secs(30)).success(),
         "{}",
@@ -747,4 +728,110 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
         std::fs::read(&b_copy).unwrap()
     );
     drop(server_b);
+}
+
+/// `peer promote --dir DIR mem`, expected to succeed or not; its output.
+fn promote(dir: &Path, expect: bool) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(["promote", "--dir", dir.to_str().unwrap(), "mem"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.success(), expect, "{text}");
+    text
+}
+
+/// Failover with three peers (spec §8.8): A replicates to B and C, and is declared lost while it
+/// still streams to C. B is promoted (epoch 2) and syncs to C: C admits B, ends A's stream with
+/// FENCED and reconciles to B's copy. From then on A is fenced at C as at B, and what it writes
+/// reaches neither.
+#[test]
+fn a_promotion_fences_the_lost_owner_at_every_replica_the_new_owner_reaches() {
+    let w = World::new();
+    let c_fp = peer_id(&w.path("c-id"));
+    let addr_c = format!("127.0.0.1:{}", free_udp_port());
+    std::fs::create_dir_all(w.path("c")).unwrap();
+    let trust_both = ["--trust", &w.owner_fp, "--trust", &w.replica_fp];
+    let _server_c = w.serve_as(&addr_c, "c", "c-id", &trust_both);
+    let mut server_b = w.serve();
+    let file = w.random_file("mem", 64 << 16);
+    let (b_copy, c_copy) = (w.replica("mem"), w.path("c/mem"));
+    let mut a_to_b = w.sync(&file, &["--once"]);
+    assert!(
+        a_to_b.wait(Duration::from_secs(30)).success(),
+        "{}",
+        a_to_b.output()
+    );
+    let mut a_to_c = w.sync_to(&addr_c, &file, "owner-id", &c_fp, &["--interval", "50ms"]);
+    wait_identical(&file, &c_copy, Duration::from_secs(30));
+
+    // B is promoted; A, cut off from B only, goes on writing, and C (which never heard of the
+    // promotion) still takes A's chunk 1.
+    server_b.signal(libc::SIGTERM);
+    assert!(server_b.wait(Duration::from_secs(20)).success());
+    assert!(promote(&w.path("replicas"), true).contains("epoch 2"));
+    write_chunk(&file, 1, 0xa1);
+    wait_identical(&file, &c_copy, Duration::from_secs(30));
+
+    // B, the owner at epoch 2, writes chunk 5 and syncs to C: A's writes there are replaced.
+    write_chunk(&b_copy, 5, 0xb5);
+    let mut b_to_c = w.sync_to(&addr_c, &b_copy, "replica-id", &c_fp, &["--once"]);
+    assert!(
+        b_to_c.wait(Duration::from_secs(30)).success(),
+        "{}",
+        b_to_c.output()
+    );
+    assert!(
+        b_to_c
+            .output()
+            .contains("replica reconciled, 2 of 64 chunks differ"),
+        "{}",
+        b_to_c.output()
+    );
+    assert_eq!(
+        std::fs::read(&c_copy).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
+    let owners = std::fs::read_to_string(w.path("c/.memsync/owners")).unwrap();
+    assert!(
+        owners.contains(&format!("mem {} 2", w.replica_fp)),
+        "{owners}"
+    );
+
+    // A's stream at C was ended with FENCED, and A stops.
+    assert!(!a_to_c.wait(Duration::from_secs(30)).success());
+    let said = a_to_c.output();
+    assert!(
+        said.contains("FENCED") && said.contains("newer epoch"),
+        "{said}"
+    );
+
+    // What A writes from now on reaches neither C nor B.
+    write_chunk(&file, 2, 0xa2);
+    let mut again = w.sync_to(
+        &addr_c,
+        &file,
+        "owner-id",
+        &c_fp,
+        &["--once", "--reconnect-for", "0"],
+    );
+    assert!(!again.wait(Duration::from_secs(30)).success());
+    let said = again.output();
+    assert!(
+        said.contains("FENCED") && said.contains("is fenced"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&c_copy).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
+    let _server_b = w.serve();
+    let mut again = w.sync(&file, &["--once", "--reconnect-for", "0"]);
+    assert!(!again.wait(Duration::from_secs(30)).success());
+    assert!(again.output().contains("FENCED"), "{}", again.output());
+    assert_eq!(
+        std::fs::read(&c_copy).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
 }

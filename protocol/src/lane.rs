@@ -140,6 +140,7 @@ mod tests {
     fn replica(geom: Geometry, local: Local<'_>, fetch: &[u64]) -> Replica {
         let mut r = Replica::new(0);
         let open = Frame::Open {
+            epoch: None,
             size: geom.size(),
             generation: 0,
             chunk_shift: geom.shift(),
@@ -347,6 +348,7 @@ mod tests {
         let mut awaiting_local = Replica::new(0);
         awaiting_local
             .handle(&Frame::Open {
+                epoch: None,
                 size: g.size(),
                 generation: 0,
                 chunk_shift: g.shift(),

@@ -127,6 +127,8 @@ pub struct Owner {
     require_durable: bool,
     /// The replica on this stream promised durable ACKs.
     durable: bool,
+    /// The ownership epoch OPEN carries, where the EPOCH feature is negotiated (spec §8.8).
+    epoch: Option<u64>,
 }
 
 impl Owner {
@@ -174,6 +176,7 @@ impl Owner {
             bytes_sent: 0,
             require_durable: false,
             durable: false,
+            epoch: None,
         };
         o.queue_open();
         Ok(o)
@@ -186,6 +189,7 @@ impl Owner {
                 generation: self.generation,
                 chunk_shift: self.geom.shift(),
                 name: &self.name,
+                epoch: self.epoch,
             }
             .to_vec(),
         );
@@ -256,6 +260,30 @@ impl Owner {
     /// its stable storage (STATE flag DURABLE, spec §8.4): its ACKs then mean durable.
     pub fn set_require_durable(&mut self, require: bool) {
         self.require_durable = require;
+    }
+
+    /// Sends `epoch`, this owner's ownership epoch (never 0), in OPEN: only where the EPOCH
+    /// feature is negotiated (spec §8.8). Call it before the first frame goes out; it queues
+    /// OPEN again with the epoch.
+    pub fn set_epoch(&mut self, epoch: Option<u64>) -> Result<(), WireError> {
+        if epoch == Some(0) {
+            return Err(WireError::new(ErrorCode::Internal, "ownership epoch 0"));
+        }
+        if !matches!(self.state, OwnerState::Opening | OwnerState::Probing { .. }) {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "set_epoch called after OPEN was answered",
+            ));
+        }
+        self.epoch = epoch;
+        self.queued.clear();
+        self.queue_open();
+        Ok(())
+    }
+
+    /// The ownership epoch OPEN carries; a peer taking a handoff of it owns the next (spec §8.8).
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
     }
 
     /// Whether the replica on this stream acknowledges only what is on its stable storage.
@@ -348,6 +376,7 @@ impl Owner {
                     durable,
                     generation,
                     chunk_count,
+                    epoch,
                     ..
                 },
                 // A probe answered with STATE: the replica did not take ownership (it answers
@@ -360,6 +389,15 @@ impl Owner {
                         format!(
                             "replica announces {chunk_count} chunks, region has {}",
                             self.geom.chunk_count()
+                        ),
+                    ));
+                }
+                if epoch != self.epoch {
+                    return Err(WireError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!(
+                            "STATE names ownership epoch {epoch:?}, the OPEN {:?}",
+                            self.epoch
                         ),
                     ));
                 }

@@ -49,6 +49,9 @@ pub enum ReplicaEvent<'a> {
         geometry: Geometry,
         /// The owner's generation counter from OPEN; informational.
         generation: u64,
+        /// The owner's ownership epoch, where the EPOCH feature is negotiated: the caller admits
+        /// or fences it (spec §8.8) before [`Replica::local_state`], whose STATE echoes it.
+        epoch: Option<u64>,
     },
     /// Write chunk `index`: `data`, or zeros when `None`. Verified against its hash already.
     Write {
@@ -114,6 +117,8 @@ pub struct Replica {
     queued: VecDeque<Vec<u8>>,
     max_body: u32,
     durable: bool,
+    /// The OPEN's ownership epoch, echoed in STATE (spec §8.8).
+    epoch: Option<u64>,
 }
 
 impl Replica {
@@ -130,6 +135,7 @@ impl Replica {
             queued: VecDeque::new(),
             max_body: MAX_BODY,
             durable: false,
+            epoch: None,
         }
     }
 
@@ -221,6 +227,7 @@ impl Replica {
                         lazy: false,
                         durable: self.durable,
                         generation: self.committed,
+                        epoch: self.epoch,
                         chunk_count: n,
                     }
                     .to_vec(),
@@ -250,6 +257,7 @@ impl Replica {
                         lazy,
                         durable: self.durable,
                         generation: self.committed,
+                        epoch: self.epoch,
                         chunk_count: 0,
                     }
                     .to_vec(),
@@ -327,16 +335,19 @@ impl Replica {
                     generation,
                     chunk_shift,
                     name,
+                    epoch,
                 },
                 ReplicaState::AwaitOpen,
             ) => {
                 let geometry = Geometry::new(size, chunk_shift)?;
                 self.geom = Some(geometry);
+                self.epoch = epoch;
                 self.state = ReplicaState::AwaitLocal;
                 Ok(ReplicaEvent::Opened {
                     name,
                     geometry,
                     generation,
+                    epoch,
                 })
             }
             (

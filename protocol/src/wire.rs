@@ -73,6 +73,11 @@ pub mod flag {
     /// STATE: the replica acknowledges a generation only once it is on stable storage
     /// (negotiated with the DURABLE feature, spec §8.4).
     pub const STATE_DURABLE: u16 = 4;
+    /// STATE: the body ends with the ownership epoch the replica holds for the region (spec §8.8).
+    pub const STATE_EPOCH: u16 = 8;
+    /// OPEN: the body ends with the owner's ownership epoch (negotiated with the EPOCH feature,
+    /// spec §8.8).
+    pub const OPEN_EPOCH: u16 = 1;
     /// CHUNK: the chunk is all zeros; no payload.
     pub const CHUNK_ZERO: u16 = 1;
     /// CHUNK: an answer to FETCH, outside any generation.
@@ -136,11 +141,15 @@ pub enum ErrorCode {
     /// The owner requires durable acknowledgements and the replica's STATE does not promise them
     /// (spec §8.4).
     NotDurable = 22,
+    /// The OPEN's ownership epoch is older than the one the receiver holds for the region: the
+    /// region moved to another owner by a handoff or a promotion, and the sender was fenced
+    /// (spec §8.8).
+    Fenced = 23,
 }
 
 impl ErrorCode {
     /// Every assigned code, in numeric order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::ProtocolViolation,
         ErrorCode::Malformed,
         ErrorCode::BadMagic,
@@ -163,6 +172,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::HandedOver,
         ErrorCode::NotDurable,
+        ErrorCode::Fenced,
     ];
 
     /// The code with numeric value `v`, or `None` for a value not assigned.
@@ -195,6 +205,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::HandedOver => "HANDED_OVER",
             ErrorCode::NotDurable => "NOT_DURABLE",
+            ErrorCode::Fenced => "FENCED",
         }
     }
 }
@@ -254,13 +265,15 @@ impl Header {
         let flags = u16::from_le_bytes([b[2], b[3]]);
         let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
         let allowed = match kind {
-            kind::STATE => flag::STATE_EMPTY | flag::STATE_LAZY | flag::STATE_DURABLE,
+            kind::STATE => {
+                flag::STATE_EMPTY | flag::STATE_LAZY | flag::STATE_DURABLE | flag::STATE_EPOCH
+            }
+            kind::OPEN => flag::OPEN_EPOCH,
             kind::CHUNK => flag::CHUNK_ZERO | flag::CHUNK_FETCHED,
             kind::FETCH => flag::FETCH_URGENT,
             kind::PART => flag::PART_ZERO,
             kind::HELLO
             | kind::ERROR
-            | kind::OPEN
             | kind::MOUNT
             | kind::HASHES
             | kind::LANE
@@ -330,6 +343,9 @@ pub mod feature {
     /// The peer knows the STATE flag DURABLE: as replica it may promise durable
     /// acknowledgements, as owner it may require them (spec §8.4).
     pub const DURABLE: u64 = 4;
+    /// The peer knows ownership epochs: the OPEN and STATE flags EPOCH and the error FENCED
+    /// (spec §8.8).
+    pub const EPOCH: u64 = 8;
 }
 
 impl Default for Hello {
@@ -339,7 +355,10 @@ impl Default for Hello {
             minor: VERSION_MINOR,
             max_body: MAX_BODY,
             max_regions: DEFAULT_MAX_REGIONS,
-            features: feature::FETCH_LANE | feature::FETCH_PARTS | feature::DURABLE,
+            features: feature::FETCH_LANE
+                | feature::FETCH_PARTS
+                | feature::DURABLE
+                | feature::EPOCH,
         }
     }
 }
@@ -443,6 +462,8 @@ pub enum Frame<'a> {
         chunk_shift: u8,
         /// Region name (spec §5.3).
         name: &'a str,
+        /// EPOCH flag: the owner's ownership epoch, never 0 (spec §8.8).
+        epoch: Option<u64>,
     },
     /// MOUNT: a lazy replica asks the owner to serve region `name` (spec §5.5).
     Mount {
@@ -466,6 +487,8 @@ pub enum Frame<'a> {
         generation: u64,
         /// The region's chunk count, or 0 with EMPTY.
         chunk_count: u64,
+        /// EPOCH flag: the ownership epoch the replica holds for the region, never 0 (spec §8.8).
+        epoch: Option<u64>,
     },
     /// HASHES: the replica's hashes of chunks `first ..` (spec §5.7).
     Hashes {
@@ -594,6 +617,13 @@ impl<'a> Reader<'a> {
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.b)
     }
+    /// The trailing ownership epoch that an EPOCH flag announces: never 0 (spec §8.8).
+    fn epoch(&mut self, flagged: bool) -> Result<Option<u64>, WireError> {
+        match flagged.then(|| self.u64()).transpose()? {
+            Some(0) => Err(err(ErrorCode::Malformed, "ownership epoch 0")),
+            e => Ok(e),
+        }
+    }
     fn end(self) -> Result<(), WireError> {
         if self.b.is_empty() {
             Ok(())
@@ -669,6 +699,7 @@ impl<'a> Frame<'a> {
                     generation,
                     chunk_shift,
                     name,
+                    epoch: r.epoch(f & flag::OPEN_EPOCH != 0)?,
                 }
             }
             kind::MOUNT => {
@@ -690,6 +721,7 @@ impl<'a> Frame<'a> {
                     durable: f & flag::STATE_DURABLE != 0,
                     generation,
                     chunk_count,
+                    epoch: r.epoch(f & flag::STATE_EPOCH != 0)?,
                 }
             }
             kind::HASHES => {
@@ -828,12 +860,15 @@ impl<'a> Frame<'a> {
                 empty,
                 lazy,
                 durable,
+                epoch,
                 ..
             } => {
                 bit(empty, flag::STATE_EMPTY)
                     | bit(lazy, flag::STATE_LAZY)
                     | bit(durable, flag::STATE_DURABLE)
+                    | bit(epoch.is_some(), flag::STATE_EPOCH)
             }
+            Frame::Open { epoch, .. } => bit(epoch.is_some(), flag::OPEN_EPOCH),
             Frame::Chunk { zero, fetched, .. } => {
                 bit(zero, flag::CHUNK_ZERO) | bit(fetched, flag::CHUNK_FETCHED)
             }
@@ -864,6 +899,7 @@ impl<'a> Frame<'a> {
                 generation,
                 chunk_shift,
                 name,
+                epoch,
             } => {
                 out.extend_from_slice(&size.to_le_bytes());
                 out.extend_from_slice(&generation.to_le_bytes());
@@ -871,15 +907,18 @@ impl<'a> Frame<'a> {
                 out.push(name.len() as u8);
                 out.extend_from_slice(&[0, 0]);
                 out.extend_from_slice(name.as_bytes());
+                out.extend(epoch.iter().flat_map(|e| e.to_le_bytes()));
             }
             Frame::Mount { name } => out.extend_from_slice(name.as_bytes()),
             Frame::State {
                 generation,
                 chunk_count,
+                epoch,
                 ..
             } => {
                 out.extend_from_slice(&generation.to_le_bytes());
                 out.extend_from_slice(&chunk_count.to_le_bytes());
+                out.extend(epoch.iter().flat_map(|e| e.to_le_bytes()));
             }
             Frame::Hashes { first, hashes } => {
                 out.extend_from_slice(&first.to_le_bytes());
@@ -1086,10 +1125,10 @@ mod tests {
     enum Owned {
         Hello(Hello),
         Error(u32, String),
-        Open(u64, u64, u8, String),
+        Open(u64, u64, u8, String, Option<u64>),
         Mount(String),
         Lane(u64),
-        State(bool, bool, bool, u64),
+        State(bool, bool, bool, u64, Option<u64>),
         Hashes(u64, Vec<u8>),
         Chunk(u64, u64, bool, Vec<u8>),
         ZeroChunk(u64, bool),
@@ -1120,12 +1159,24 @@ mod tests {
                     features: e
                 })),
             (any::<u32>(), ".{0,50}").prop_map(|(c, r)| Owned::Error(c, r)),
-            (1u64..1 << 40, any::<u64>(), 22u8..=22, arb_name())
-                .prop_map(|(s, g, sh, n)| Owned::Open(s, g, sh, n)),
+            (
+                1u64..1 << 40,
+                any::<u64>(),
+                22u8..=22,
+                arb_name(),
+                proptest::option::of(1u64..)
+            )
+                .prop_map(|(s, g, sh, n, ep)| Owned::Open(s, g, sh, n, ep)),
             arb_name().prop_map(Owned::Mount),
             any::<u64>().prop_map(Owned::Lane),
-            (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>())
-                .prop_map(|(e, l, d, g)| Owned::State(e, l, d, g)),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+                proptest::option::of(1u64..)
+            )
+                .prop_map(|(e, l, d, g, ep)| Owned::State(e, l, d, g, ep)),
             (any::<u64>(), prop::collection::vec(any::<u64>(), 1..20)).prop_map(|(f, h)| {
                 Owned::Hashes(f, h.iter().flat_map(|x| x.to_le_bytes()).collect())
             }),
@@ -1160,20 +1211,22 @@ mod tests {
                 code: *c,
                 reason: r,
             },
-            Owned::Open(s, g, sh, n) => Frame::Open {
+            Owned::Open(s, g, sh, n, ep) => Frame::Open {
                 size: *s,
                 generation: *g,
                 chunk_shift: *sh,
                 name: n,
+                epoch: *ep,
             },
             Owned::Mount(n) => Frame::Mount { name: n },
             Owned::Lane(stream) => Frame::Lane { stream: *stream },
-            Owned::State(e, l, d, g) => Frame::State {
+            Owned::State(e, l, d, g, ep) => Frame::State {
                 empty: *e,
                 lazy: *l,
                 durable: *d,
                 generation: *g,
                 chunk_count: if *e { 0 } else { 77 },
+                epoch: *ep,
             },
             Owned::Hashes(f, h) => Frame::Hashes {
                 first: *f,
@@ -1336,16 +1389,16 @@ mod tests {
         let mut theirs = Hello {
             max_body: MIN_MAX_BODY,
             max_regions: 3,
-            features: 9,
+            features: 17,
             ..Hello::default()
         };
         let n = ours.negotiate(&theirs).unwrap();
-        // Bit 3 (value 8) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
+        // Bit 4 (value 16) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
         assert_eq!(
             (n.max_body, n.max_regions, n.features),
             (MIN_MAX_BODY, 3, feature::FETCH_LANE)
         );
-        theirs.features = 8;
+        theirs.features = 16;
         assert_eq!(ours.negotiate(&theirs).unwrap().features, 0);
         theirs.major = 2;
         assert_eq!(

@@ -72,6 +72,7 @@ fn lazy_stream(o: &mut Owner) {
     feed(
         o,
         Frame::State {
+            epoch: None,
             empty: true,
             lazy: true,
             durable: false,
@@ -149,6 +150,7 @@ fn a_new_stream_answers_fetches_of_chunks_the_old_one_carried() {
     feed(
         &mut o,
         Frame::State {
+            epoch: None,
             empty: false,
             lazy: false,
             durable: false,

@@ -21,6 +21,7 @@ fn last_generation_number_is_refused() {
     let e = feed_owner(
         &mut o,
         Frame::State {
+            epoch: None,
             empty: true,
             lazy: false,
             durable: false,
@@ -37,6 +38,7 @@ fn last_generation_number_is_refused() {
     let e = feed_owner(
         &mut o,
         Frame::State {
+            epoch: None,
             empty: false,
             lazy: false,
             durable: false,
@@ -57,6 +59,7 @@ fn ack_of_an_uncommitted_generation_is_refused() {
     feed_owner(
         &mut o,
         Frame::State {
+            epoch: None,
             empty: true,
             lazy: false,
             durable: false,
@@ -70,6 +73,7 @@ fn ack_of_an_uncommitted_generation_is_refused() {
     feed_owner(
         &mut o,
         Frame::State {
+            epoch: None,
             empty: true,
             lazy: false,
             durable: false,
@@ -87,6 +91,7 @@ fn ack_of_an_uncommitted_generation_is_refused() {
 fn read_ahead_requests_each_chunk_once() {
     let mut r = Replica::new(0);
     let open = Frame::Open {
+        epoch: None,
         size: 4 * 4096,
         generation: 0,
         chunk_shift: 12,
@@ -119,6 +124,7 @@ fn generation_numbers_are_never_reused_near_the_limit() {
     feed_owner(
         &mut o,
         Frame::State {
+            epoch: None,
             empty: true,
             lazy: false,
             durable: false,

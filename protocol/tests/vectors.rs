@@ -116,6 +116,7 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
     let hello = |h: Hello| Frame::Hello(h).to_vec();
     let open = |size, generation, chunk_shift, name| {
         Frame::Open {
+            epoch: None,
             size,
             generation,
             chunk_shift,
@@ -125,6 +126,7 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
     };
     let state = |empty, lazy, durable, generation, chunk_count| {
         Frame::State {
+            epoch: None,
             empty,
             lazy,
             durable,
@@ -225,6 +227,13 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
                 "durable acknowledgements are required",
             ),
         ),
+        (
+            "error_fenced",
+            error(
+                ErrorCode::Fenced as u32,
+                "region disk.img is owned at a newer epoch: this peer is fenced",
+            ),
+        ),
         ("error_unknown_code", error(u32::MAX, "x")),
         (
             "error_reason_max",
@@ -234,6 +243,17 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         ("open_name_255", open(1 << 30, 1, 16, &name_255)),
         ("open_max_geometry", open(1 << 46, u64::MAX, 22, "big")),
         ("open_min_geometry", open(1, 0, 12, "x")),
+        (
+            "open_epoch",
+            Frame::Open {
+                epoch: Some(2),
+                size: 8193,
+                generation: 7,
+                chunk_shift: 12,
+                name: "vm-1.ram",
+            }
+            .to_vec(),
+        ),
         ("mount_basic", Frame::Mount { name: "vm-1.ram" }.to_vec()),
         ("mount_name_255", Frame::Mount { name: &name_255 }.to_vec()),
         ("state_hashes", state(false, false, false, 5, 3)),
@@ -243,6 +263,18 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         ("state_durable", state(false, false, true, 5, 3)),
         ("state_empty_durable", state(true, false, true, 0, 0)),
         ("state_max", state(false, false, false, u64::MAX, 1 << 24)),
+        (
+            "state_epoch",
+            Frame::State {
+                epoch: Some(2),
+                empty: false,
+                lazy: false,
+                durable: false,
+                generation: 5,
+                chunk_count: 3,
+            }
+            .to_vec(),
+        ),
         ("hashes_one", hashes_one),
         ("hashes_full", hashes_full),
         ("chunk_full", chunk(0, h_4096, false, false, &payload_4096)),

@@ -4,6 +4,7 @@
 //! [`memsync_protocol::Replica`] check every step. `spec/MODEL.md` describes the model, the
 //! properties and the results.
 
+pub mod fencing;
 pub mod mirror;
 pub mod real;
 pub mod system;

@@ -453,3 +453,52 @@ fn explore() {
     }
     run(cfg);
 }
+
+mod fencing {
+    use memsync_spec::model::fencing::{
+        Bounds, Fencing, Variant, P_NO_FENCED_CHUNK, P_ONE_OWNER_PER_EPOCH,
+    };
+
+    /// A handoff, a promotion, two writes and a lost connection among A, B and C.
+    const BOUNDS: Bounds = Bounds {
+        writes: 2,
+        losses: 1,
+        handoffs: 1,
+        promotions: 1,
+    };
+
+    fn check(variant: Variant) -> Vec<&'static str> {
+        let (states, found) = Fencing {
+            variant,
+            bounds: BOUNDS,
+        }
+        .check();
+        println!("{variant:?}: {states} states");
+        for (property, steps) in &found {
+            println!("counterexample to: {property}");
+            for s in steps {
+                println!("  {s}");
+            }
+        }
+        assert!(
+            states > 1000,
+            "the exploration is too small to mean anything"
+        );
+        found.into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn epochs_fence_every_older_owner() {
+        assert_eq!(check(Variant::Correct), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn bare_counters_let_two_owners_share_an_epoch() {
+        assert_eq!(check(Variant::BareCounters), vec![P_ONE_OWNER_PER_EPOCH]);
+    }
+
+    #[test]
+    fn keeping_the_older_stream_lets_a_fenced_chunk_through() {
+        assert_eq!(check(Variant::KeepOlderStreams), vec![P_NO_FENCED_CHUNK]);
+    }
+}

@@ -18,13 +18,15 @@ HELLO, ERROR, OPEN, MOUNT, STATE, HASHES, LANE = 0x01, 0x02, 0x10, 0x11, 0x12, 0
 CHUNK, COMMIT, ACK, PART, FETCH, FETCH_PART = 0x20, 0x21, 0x22, 0x23, 0x30, 0x31
 HANDOFF, HANDOFF_ACK = 0x40, 0x41
 
-STATE_EMPTY, STATE_LAZY, STATE_DURABLE = 1, 2, 4
+STATE_EMPTY, STATE_LAZY, STATE_DURABLE, STATE_EPOCH = 1, 2, 4, 8
+OPEN_EPOCH = 1
 CHUNK_ZERO, CHUNK_FETCHED = 1, 2
 FETCH_URGENT = 1
 PART_ZERO = 1
 FEATURE_FETCH_LANE = 1  # HELLO feature bit 0
 FEATURE_FETCH_PARTS = 2  # HELLO feature bit 1
 FEATURE_DURABLE = 4  # HELLO feature bit 2
+FEATURE_EPOCH = 8  # HELLO feature bit 3
 
 MAX_BODY = (1 << 22) + 16  # 4194320
 MIN_MAX_BODY = (1 << 16) + 16  # 65552
@@ -67,14 +69,16 @@ def error(code, reason):
     return struct.pack("<I", code) + reason
 
 
-def open_(size, generation, shift, name, reserved=0, name_len=None):
+def open_(size, generation, shift, name, reserved=0, name_len=None, epoch=None):
     if name_len is None:
         name_len = len(name)
-    return struct.pack("<QQBBH", size, generation, shift, name_len, reserved) + name
+    body = struct.pack("<QQBBH", size, generation, shift, name_len, reserved) + name
+    return body if epoch is None else body + struct.pack("<Q", epoch)
 
 
-def state(generation, chunk_count):
-    return struct.pack("<QQ", generation, chunk_count)
+def state(generation, chunk_count, epoch=None):
+    body = struct.pack("<QQ", generation, chunk_count)
+    return body if epoch is None else body + struct.pack("<Q", epoch)
 
 
 def hashes(first, hs):
@@ -120,7 +124,8 @@ def case(name, desc, data, expect="ok", geometry=None):
 
 case("hello_default", "HELLO as the reference peer sends it: version 1.0, max_body 4194320, "
      "1024 regions, features FETCH_LANE (bit 0), FETCH_PARTS (bit 1) and DURABLE (bit 2): 7.",
-     frame(HELLO, hello(features=FEATURE_FETCH_LANE | FEATURE_FETCH_PARTS | FEATURE_DURABLE)))
+     frame(HELLO, hello(features=FEATURE_FETCH_LANE | FEATURE_FETCH_PARTS | FEATURE_DURABLE
+                          | FEATURE_EPOCH)))
 case("hello_min_limits", "HELLO with the smallest legal max_body (65552), one region and every "
      "feature bit set (unknown bits are ignored by negotiation, not by the decoder).",
      frame(HELLO, hello(max_body=MIN_MAX_BODY, max_regions=1, features=U64_MAX)))
@@ -139,6 +144,9 @@ case("error_handed_over", "ERROR HANDED_OVER (21): the answer to an old owner's 
 case("error_not_durable", "ERROR NOT_DURABLE (22): an owner that requires durable ACKs refuses "
      "a replica whose STATE does not promise them (section 8.4).",
      frame(ERROR, error(22, b"durable acknowledgements are required")))
+case("error_fenced", "ERROR FENCED (23): the answer to an OPEN whose ownership epoch is older "
+     "than the receiver's record of the region (section 8.8).",
+     frame(ERROR, error(23, b"region disk.img is owned at a newer epoch: this peer is fenced")))
 case("error_unknown_code", "ERROR with code 0xffffffff, unknown to version 1.0: decodes (the "
      "code is kept raw).", frame(ERROR, error(U32_MAX, b"x")))
 case("error_reason_max", "ERROR with a reason of exactly 1024 bytes: 512 two-byte UTF-8 "
@@ -152,6 +160,10 @@ case("open_max_geometry", "OPEN of the largest region: 2^46 bytes in 4 MiB chunk
      "generation 2^64-1.", frame(OPEN, open_(1 << 46, U64_MAX, 22, b"big")))
 case("open_min_geometry", "OPEN of a 1-byte region (one partial 4 KiB chunk) named \"x\".",
      frame(OPEN, open_(1, 0, 12, b"x")))
+
+case("open_epoch", "OPEN EPOCH of the example region at generation 7 by the owner of ownership "
+     "epoch 2 (a handoff or promotion made it, section 8.8).",
+     frame(OPEN, open_(8193, 7, 12, b"vm-1.ram", epoch=2), OPEN_EPOCH))
 
 case("mount_basic", "MOUNT of region \"vm-1.ram\".", frame(MOUNT, b"vm-1.ram"))
 case("mount_name_255", "MOUNT with the longest name (255 bytes).",
@@ -171,6 +183,8 @@ case("state_durable", "STATE DURABLE of a replica at generation 5 holding 3 chun
      frame(STATE, state(5, 3), STATE_DURABLE))
 case("state_empty_durable", "STATE EMPTY|DURABLE: a new replica that acknowledges only what is "
      "on its stable storage.", frame(STATE, state(0, 0), STATE_EMPTY | STATE_DURABLE))
+case("state_epoch", "STATE EPOCH of a replica at generation 5 holding 3 chunks, at ownership "
+     "epoch 2 (the OPEN's, echoed).", frame(STATE, state(5, 3, epoch=2), STATE_EPOCH))
 case("state_max", "STATE at generation 2^64-1 announcing 2^24 chunks.",
      frame(STATE, state(U64_MAX, 1 << 24)))
 
@@ -275,8 +289,10 @@ case("ack_truncated", "ACK whose header promises 8 body bytes of which 4 are pre
 case("hello_flag", "HELLO with flag bit 0 (HELLO defines no flags).",
      frame(HELLO, hello(), 1), "error MALFORMED")
 case("ack_flag_high", "ACK with flag bit 15.", frame(ACK, gen(1), 0x8000), "error MALFORMED")
-case("state_undefined_flag", "STATE with flag bit 3 (only EMPTY=1, LAZY=2 and DURABLE=4 are "
-     "defined).", frame(STATE, state(0, 0), 8 | STATE_EMPTY), "error MALFORMED")
+case("state_undefined_flag", "STATE with flag bit 4 (only EMPTY=1, LAZY=2, DURABLE=4 and EPOCH=8 "
+     "are defined).", frame(STATE, state(0, 0), 16 | STATE_EMPTY), "error MALFORMED")
+case("open_undefined_flag", "OPEN with flag bit 1 (only EPOCH=1 is defined).",
+     frame(OPEN, open_(8193, 0, 12, b"r"), 2), "error MALFORMED")
 case("chunk_undefined_flag", "CHUNK with flag bit 2 (only ZERO=1 and FETCHED=2 are defined).",
      frame(CHUNK, chunk(2, H_2A, b"\x2a"), 4), "error MALFORMED")
 case("fetch_undefined_flag", "FETCH with flag bit 1 (only URGENT=1 is defined).",
@@ -352,6 +368,16 @@ case("open_name_len_past_body", "OPEN whose name_len (5) exceeds the 4 name byte
      frame(OPEN, open_(8193, 0, 12, b"abcd", name_len=5)), "error MALFORMED")
 case("open_trailing", "OPEN with a byte after the name.",
      frame(OPEN, open_(8193, 0, 12, b"abcd", name_len=3)), "error MALFORMED")
+case("open_epoch_missing", "OPEN with the EPOCH flag and no epoch after the name.",
+     frame(OPEN, open_(8193, 0, 12, b"r"), OPEN_EPOCH), "error MALFORMED")
+case("open_epoch_zero", "OPEN EPOCH naming epoch 0 (epochs start at 1).",
+     frame(OPEN, open_(8193, 0, 12, b"r", epoch=0), OPEN_EPOCH), "error MALFORMED")
+case("open_epoch_unflagged", "OPEN with an epoch after the name but no EPOCH flag: 8 trailing "
+     "bytes.", frame(OPEN, open_(8193, 0, 12, b"r", epoch=2)), "error MALFORMED")
+case("state_epoch_zero", "STATE EPOCH naming epoch 0.",
+     frame(STATE, state(5, 3, epoch=0), STATE_EPOCH), "error MALFORMED")
+case("state_epoch_short", "STATE EPOCH with 4 of the epoch's 8 bytes.",
+     frame(STATE, state(5, 3, epoch=2)[:20], STATE_EPOCH), "error MALFORMED")
 case("open_short", "OPEN body of 19 bytes (no reserved field).",
      frame(OPEN, open_(8193, 0, 12, b"")[:19]), "error MALFORMED")
 

@@ -16,6 +16,7 @@ use memsync_peer::region::Source;
 use memsync_peer::roles::migrate::{Freezer, MigrateRequest};
 use memsync_peer::roles::mount::MemorySink;
 use memsync_peer::roles::owner::{SyncError, SyncOptions, SyncRegion, SyncStats};
+use memsync_peer::roles::replica::policy::owned_epoch;
 use memsync_protocol::wire::ErrorCode;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -543,7 +544,8 @@ async fn run(cmd: Cmd) -> Result<()> {
                     None => file_name(path)?,
                 };
                 check_region_name(&name)?;
-                let region = match (detector, &nbd_listen) {
+                let epoch = owned_epoch(path, &name)?;
+                let mut region = match (detector, &nbd_listen) {
                     (Detector::Nbd, Some(listen)) => {
                         let flush = flush_waits_for_replica;
                         let limits = nbd_limits.limits();
@@ -559,6 +561,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
                 };
+                region.epoch = epoch;
                 opened.push(region.askable());
             }
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
@@ -672,6 +675,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
             let mut migration = req.migration().map_err(anyhow::Error::msg)?;
+            let epoch = owned_epoch(&region, &name)?;
             let (mut r, export) = match (detector, &nbd_listen) {
                 (Detector::Nbd, Some(listen)) => {
                     let limits = nbd_limits.limits();
@@ -700,6 +704,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 );
             }
             let report = migration.report();
+            r.epoch = epoch;
             r.migration = Some(migration);
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let opts = SyncOptions {
@@ -952,10 +957,11 @@ fn promote(dir: &Path, name: &str) -> Result<()> {
         );
     }
     memsync_peer::roles::replica::recover_journals(&dir);
-    let lost = policy.promote(name)?;
+    let (lost, epoch) = policy.promote(name)?;
     println!(
-        "region {name}: this peer owns {} now; peer {lost} is fenced (its writes are refused here). \
-         Start the workload on it, and replicate it with `peer sync --region {}`",
+        "region {name}: this peer owns {} now, at ownership epoch {epoch}; peer {lost} is fenced \
+         (its writes are refused here, and at every replica this peer syncs to). Start the \
+         workload on it, and replicate it with `peer sync --region {}`",
         dir.display(name).display(),
         dir.display(name).display(),
     );

@@ -216,6 +216,11 @@ impl PeerEndpoint {
         Self::bind(any, id, trust, false)
     }
 
+    /// This peer's own fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.ours
+    }
+
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound socket")

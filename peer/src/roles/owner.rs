@@ -11,7 +11,9 @@ use crate::roles::migrate::{Freezer, Migration, MigrationReport, Phase, RoundRep
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
 use memsync_protocol::lane::LaneGate;
-use memsync_protocol::wire::{ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN, MAX_BODY};
+use memsync_protocol::wire::{
+    feature, ErrorCode, Frame, WireError, CHUNK_HEADER_LEN, HEADER_LEN, MAX_BODY,
+};
 use memsync_protocol::{DirtySet, Owner, OwnerEvent, OwnerState, Transmit};
 use quinn::{Connection, VarInt};
 use std::collections::BTreeMap;
@@ -149,6 +151,9 @@ pub struct SyncRegion {
     reply: Option<MigrationReply>,
     /// Freezes what else writes the region (e.g. its NBD export) for a migration asked for.
     pub freeze_also: Option<Arc<dyn Fn() -> Box<dyn Freezer> + Send + Sync>>,
+    /// The ownership epoch this peer owns the region at (spec §8.8; 1 unless a handoff or a
+    /// promotion made this peer its owner, see [`crate::roles::replica::policy::owned_epoch`]).
+    pub epoch: u64,
 }
 
 /// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
@@ -226,6 +231,7 @@ impl SyncRegion {
             asked: Arc::default(),
             reply: None,
             freeze_also: None,
+            epoch: memsync_protocol::epoch::FIRST,
         })
     }
 
@@ -249,6 +255,7 @@ impl SyncRegion {
             asked: Arc::default(),
             reply: None,
             freeze_also: None,
+            epoch: memsync_protocol::epoch::FIRST,
         })
     }
 
@@ -462,12 +469,15 @@ async fn run_session(
         .drain(..)
         .partition(|r| r.owner.state() == OwnerState::HandedOff);
     regions.extend(done);
+    // The epoch travels in OPEN where the peer knows epochs (spec §8.8).
+    let epochs = session.negotiated.features & feature::EPOCH != 0;
     for mut r in live {
         let conn = session.conn.clone();
         let opts = opts.clone();
         let stats = stats.clone();
         tasks.spawn(async move {
-            let res = drive(&conn, &mut r, &opts, &stats).await;
+            let epoch = epochs.then_some(r.epoch);
+            let res = drive(&conn, &mut r, &opts, &stats, epoch).await;
             (r, res)
         });
     }
@@ -511,6 +521,7 @@ async fn drive(
     r: &mut SyncRegion,
     opts: &SyncOptions,
     stats: &SyncStats,
+    epoch: Option<u64>,
 ) -> Result<(), SyncError> {
     let (send, recv) = match conn.open_bi().await {
         Ok(s) => s,
@@ -521,7 +532,7 @@ async fn drive(
             })
         }
     };
-    drive_stream(send, recv, r, opts, stats, None)
+    drive_stream(send, recv, r, opts, stats, None, epoch)
         .await
         .map_err(|source| SyncError::Stream {
             region: r.name().to_owned(),
@@ -532,7 +543,8 @@ async fn drive(
 /// Runs the owner side of one region on an open stream (sync opens it; serve accepts it for a
 /// MOUNT) until done or failed. Protocol errors are reported to the peer before returning.
 /// With `lane` (a connection whose peer takes fetch lanes), urgent FETCHes are also answered on a
-/// fetch lane (spec §8.7) the moment they are read.
+/// fetch lane (spec §8.7) the moment they are read. OPEN carries `epoch`, the ownership epoch,
+/// where the peer knows epochs (spec §8.8).
 pub async fn drive_stream(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -540,10 +552,12 @@ pub async fn drive_stream(
     opts: &SyncOptions,
     stats: &SyncStats,
     lane: Option<Connection>,
+    epoch: Option<u64>,
 ) -> Result<(), StreamError> {
     // After a HANDOFF whose answer was lost, this OPEN is a probe: the replica's answer settles
     // who owns the region (spec §8.6).
     r.owner.restart()?;
+    r.owner.set_epoch(epoch)?;
     r.owner.set_require_durable(opts.require_durable);
     r.show_state();
     if let OwnerState::Probing { generation } = r.owner.state() {

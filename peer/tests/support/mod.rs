@@ -186,8 +186,13 @@ impl World {
 
     /// `peer sync` of `file` with the identity in directory `id` of the world, trusting `trust`.
     pub fn sync_as(&self, file: &Path, id: &str, trust: &str, extra: &[&str]) -> Proc {
-        let (addr, id) = (self.addr(), self.path(id));
-        let mut args = vec!["sync", "--region", file.to_str().unwrap(), "--peer", &addr];
+        self.sync_to(&self.addr(), file, id, trust, extra)
+    }
+
+    /// [`World::sync_as`] to the peer at `addr`.
+    pub fn sync_to(&self, addr: &str, file: &Path, id: &str, trust: &str, extra: &[&str]) -> Proc {
+        let id = self.path(id);
+        let mut args = vec!["sync", "--region", file.to_str().unwrap(), "--peer", addr];
         args.extend(["--identity", id.to_str().unwrap(), "--trust", trust]);
         args.extend_from_slice(extra);
         Proc::start(&args)

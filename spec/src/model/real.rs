@@ -109,6 +109,7 @@ impl Ctx {
     pub fn encode(&self, msg: &Msg) -> Vec<u8> {
         match msg {
             &Msg::Open { generation } => Frame::Open {
+                epoch: None,
                 size: self.geom.size(),
                 generation,
                 chunk_shift: self.geom.shift(),
@@ -121,6 +122,7 @@ impl Ctx {
                 generation,
                 chunk_count,
             } => Frame::State {
+                epoch: None,
                 empty,
                 lazy,
                 durable: false,
@@ -417,8 +419,9 @@ fn real_replica_step(r: &mut Replica, input: &ReplicaInput) -> ReplicaOutputRaw 
                     name,
                     geometry,
                     generation,
+                    epoch,
                 } => {
-                    assert_eq!(name, NAME);
+                    assert_eq!((name, epoch), (NAME, None));
                     assert_eq!(geometry, c.geom);
                     mirror::ReplicaEvent::Opened { generation }
                 }

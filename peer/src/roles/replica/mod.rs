@@ -22,11 +22,42 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 /// Which stream holds each region name. One stream per name at a time: a newer stream from the
-/// same peer (a reconnect after a crash) takes the region over once the older one has stopped; a
-/// stream from another peer is refused with REGION_BUSY.
+/// same peer (a reconnect after a crash), or one of a newer ownership epoch from any peer (spec
+/// §8.8), takes the region over once the older one has stopped; another peer's stream is refused
+/// with REGION_BUSY.
 struct Regions {
     policy: Policy,
+    /// This peer's fingerprint, the owner of the regions it took over.
+    me: Fingerprint,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// How a stream holding a region is asked to stop, and what it tells its owner then.
+#[derive(Default)]
+struct Cancel {
+    notify: Notify,
+    why: Mutex<Option<WireError>>,
+}
+
+impl Cancel {
+    fn cancel(&self, why: WireError) {
+        *self.why.lock().expect("cancel lock") = Some(why);
+        self.notify.notify_one();
+    }
+
+    async fn cancelled(&self) -> WireError {
+        self.notify.notified().await;
+        self.why
+            .lock()
+            .expect("cancel lock")
+            .take()
+            .unwrap_or_else(|| {
+                WireError::new(
+                    ErrorCode::RegionBusy,
+                    "a newer stream took this region over",
+                )
+            })
+    }
 }
 
 #[derive(Default)]
@@ -34,7 +65,7 @@ struct Slot {
     /// Held by the stream that writes the replica, for as long as it lives.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Who holds it, and how to ask them to stop.
-    holder: Mutex<Option<(Fingerprint, Arc<Notify>)>>,
+    holder: Mutex<Option<(Fingerprint, Arc<Cancel>)>>,
     /// The write marks of the mounts served from the replica file: the stream writing it marks
     /// every write there, which is how those mounts learn what changed (nothing is scanned).
     mounts: Mutex<Vec<Weak<Marks>>>,
@@ -86,7 +117,7 @@ impl Slot {
 /// A stream's hold on a region name.
 struct Claim {
     slot: Arc<Slot>,
-    cancel: Arc<Notify>,
+    cancel: Arc<Cancel>,
     _writer: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -100,24 +131,38 @@ impl Regions {
             .clone()
     }
 
-    async fn claim(&self, name: &str, who: Fingerprint) -> Result<Claim, WireError> {
-        self.policy.claim(name, &who)?;
+    async fn claim(&self, name: &str, who: Fingerprint, epoch: u64) -> Result<Claim, WireError> {
+        let newer = self.policy.admits(name, &self.me, &who, epoch)?;
         let slot = self.slot(name);
         if let Some((holder, cancel)) = &*slot.holder.lock().expect("slot lock") {
-            if *holder != who {
-                return Err(WireError::new(
+            let why = match (*holder == who, newer) {
+                (true, _) => WireError::new(
                     ErrorCode::RegionBusy,
-                    format!("region {name} is being replicated here by peer {holder}"),
-                ));
-            }
-            cancel.notify_one();
+                    "a newer stream from the same peer took this region over",
+                ),
+                // The older epoch's stream ends before the newer one is answered (spec §8.8).
+                (false, true) => WireError::new(
+                    ErrorCode::Fenced,
+                    format!(
+                        "peer {who} owns region {name} at a newer epoch ({epoch}): peer {holder} \
+                         is fenced"
+                    ),
+                ),
+                (false, false) => {
+                    return Err(WireError::new(
+                        ErrorCode::RegionBusy,
+                        format!("region {name} is being replicated here by peer {holder}"),
+                    ))
+                }
+            };
+            cancel.cancel(why);
         }
         let writer = slot.writer.clone().lock_owned().await;
         // Again, now that the older stream of the region ended: it may have taken the region
         // over meanwhile, and answering OPEN would then be a second owner's STATE (spec §8.2,
         // "One stream per region and owner").
-        self.policy.claim(name, &who)?;
-        let cancel = Arc::new(Notify::new());
+        self.policy.claim(name, &self.me, &who, epoch)?;
+        let cancel = Arc::new(Cancel::default());
         *slot.holder.lock().expect("slot lock") = Some((who, cancel.clone()));
         Ok(Claim {
             slot,
@@ -190,6 +235,7 @@ pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts
     let opts = Arc::new(opts);
     let active = Arc::new(Regions {
         policy,
+        me: ep.fingerprint(),
         slots: Mutex::default(),
     });
     let dir = Arc::new(dir);
@@ -352,7 +398,17 @@ async fn serve_mount(
     };
     info!("region {name}: serving a lazy mount");
     let stats = SyncStats::default();
-    match drive_stream(send, reader.into_inner(), &mut region, opts, &stats, lane).await {
+    match drive_stream(
+        send,
+        reader.into_inner(),
+        &mut region,
+        opts,
+        &stats,
+        lane,
+        None,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(e) => info!("mount of {name} ended: {e}"),
     }
@@ -365,9 +421,10 @@ async fn take_over(
     file: &ReplicaFile,
     name: &str,
     generation: u64,
+    epoch: u64,
     s: &Stream,
 ) -> Result<(), WireError> {
-    if !s.active.policy.may_take_over(name, &s.who) {
+    if !s.active.policy.may_take_over(name, &s.who, epoch) {
         return Err(WireError::new(
             ErrorCode::Forbidden,
             format!(
@@ -377,8 +434,11 @@ async fn take_over(
         ));
     }
     sync(file)?;
-    s.active.policy.became_owner(name)?;
-    debug!("region {name}: taking it over at generation {generation}");
+    s.active.policy.became_owner(name, epoch)?;
+    debug!(
+        "region {name}: taking it over at generation {generation}, epoch {}",
+        epoch + 1
+    );
     Ok(())
 }
 
@@ -435,6 +495,8 @@ async fn receive(
 ) -> Result<Option<String>, StreamError> {
     let (dir, active, who) = (&*s.dir, &*s.active, s.who);
     let mut file: Option<(ReplicaFile, String)> = None;
+    // The ownership epoch of the stream's OPEN.
+    let mut epoch = memsync_protocol::epoch::FIRST;
     // With --consistent: the open round, staged.
     let mut journal: Option<Journal> = None;
     // Shown as disconnected once the stream ends, unless this peer took the region over.
@@ -451,10 +513,7 @@ async fn receive(
         let next = match claim.as_ref().map(|c| c.cancel.clone()) {
             Some(cancel) => tokio::select! {
                 next = reader.next() => next?,
-                _ = cancel.notified() => return Err(WireError::new(
-                    ErrorCode::RegionBusy,
-                    "a newer stream from the same peer took this region over",
-                ).into()),
+                why = cancel.cancelled() => return Err(why.into()),
             },
             None => reader.next().await?,
         };
@@ -470,10 +529,17 @@ async fn receive(
         }
         match replica.handle(&frame)? {
             ReplicaEvent::None => {}
-            ReplicaEvent::Opened { name, geometry, .. } => {
+            ReplicaEvent::Opened {
+                name,
+                geometry,
+                epoch: e,
+                ..
+            } => {
+                // Without the EPOCH feature an OPEN is of the first epoch (spec §8.8).
+                epoch = e.unwrap_or(memsync_protocol::epoch::FIRST);
                 *claim = Some(
                     active
-                        .claim(name, who)
+                        .claim(name, who, epoch)
                         .await
                         .inspect_err(|e| warn!("{e}"))?,
                 );
@@ -579,7 +645,7 @@ async fn receive(
                 let (f, name) = file.as_ref().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "handoff before the region opened")
                 })?;
-                take_over(f, name, generation, s).await?;
+                take_over(f, name, generation, epoch, s).await?;
                 // Neither the index nor the journal describes the region from now on.
                 if let Some(j) = &mut journal {
                     tokio::task::block_in_place(|| j.clear()).map_err(|e| {

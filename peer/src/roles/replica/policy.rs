@@ -1,16 +1,19 @@
 //! Who may own and who may mount each region a `peer serve` holds (spec §10, Authorization):
-//! rules by name or name prefix, and each region's owner, remembered in `DIR/.memsync/owners`
-//! across restarts. An OPEN never moves a region to another peer; a refusal is FORBIDDEN and names
-//! the refused fingerprint. Without rules of a kind, every trusted peer passes that kind's rules
-//! (trust is the grant), and ownership still sticks to the first owner. A region handed over to
-//! this peer (spec §8.6) is recorded as `self`: no peer's OPEN writes it again, and the refusal is
-//! HANDED_OVER, which tells a former owner whose HANDOFF_ACK was lost that the handoff completed.
-//! A region promoted here (`peer promote`, its owner lost) is recorded as `promoted:FP`: the lost
-//! owner FP is fenced, and its OPEN is refused with what happened and how to rejoin. One process
-//! holds a directory's policy at a time (an exclusive flock(2) of `DIR/.memsync/lock`), so an
-//! offline promotion never races a running serve's own record.
+//! rules by name or name prefix, and each region's owner and ownership epoch (spec §8.8),
+//! remembered in `DIR/.memsync/owners` across restarts. At epoch 1 a region sticks to its first
+//! owner (another peer is refused with FORBIDDEN, naming it); only a newer epoch, minted by a
+//! handoff or a promotion elsewhere, moves it, and every older epoch is fenced (FENCED). Without
+//! rules of a kind, every trusted peer passes that kind's rules (trust is the grant). A region
+//! handed over to this peer (spec §8.6) is recorded as `self`: an older epoch's OPEN is refused
+//! with HANDED_OVER, which tells a former owner whose HANDOFF_ACK was lost that the handoff
+//! completed. A region promoted here (`peer promote`, its owner lost) is recorded as
+//! `promoted:FP`: the lost owner FP is fenced, and told what happened and how to rejoin. One
+//! process holds a directory's policy at a time (an exclusive flock(2) of `DIR/.memsync/lock`), so
+//! an offline promotion never races a running serve's own record; a `peer sync` of a region owned
+//! here reads its epoch from the file without the lock ([`owned_epoch`]).
 
 use crate::net::identity::{Fingerprint, IdentityError};
+use memsync_protocol::epoch::{self, Admission, Holder, Record, Refusal};
 use memsync_protocol::wire::{ErrorCode, WireError};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -42,8 +45,8 @@ pub enum PolicyError {
         /// What failed underneath.
         source: IdentityError,
     },
-    /// Reported as "{path}, line {line}: expected NAME FINGERPRINT".
-    #[error("{path}, line {line}: expected NAME FINGERPRINT")]
+    /// Reported as "{path}, line {line}: expected NAME OWNER [EPOCH]".
+    #[error("{path}, line {line}: expected NAME OWNER [EPOCH]")]
     BadOwnerLine {
         /// The file or directory concerned.
         path: PathBuf,
@@ -59,6 +62,18 @@ pub enum PolicyError {
     /// The promotion was refused, for this reason.
     #[error("{0}")]
     Promote(String),
+    /// Reported as "{path} is a replica of peer {owner} (epoch {epoch}, recorded in {record}): this peer does not own it; `peer promote` makes it the owner if that peer is lost".
+    #[error("{path} is a replica of peer {owner} (epoch {epoch}, recorded in {record}): this peer does not own it; `peer promote` makes it the owner if that peer is lost")]
+    NotOwned {
+        /// The region file.
+        path: PathBuf,
+        /// Its recorded owner.
+        owner: Fingerprint,
+        /// The owner's epoch.
+        epoch: u64,
+        /// The owners file.
+        record: PathBuf,
+    },
     /// Reported as "{path}: {source}".
     #[error("{path}: {source}")]
     Io {
@@ -122,37 +137,32 @@ pub struct Policy {
     _lock: std::fs::File,
 }
 
-/// Who owns a region this peer holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
-    /// The peer streaming it here.
-    Peer(Fingerprint),
-    /// This peer, since a handoff.
-    Here,
-    /// This peer, promoted by an operator after the owner it names was lost; that owner is fenced.
-    Promoted(Fingerprint),
+/// Who owns a region this peer holds, at which epoch.
+type Owner = Record<Fingerprint>;
+
+/// A line of the owners file after its name: `OWNER [EPOCH]`, where OWNER is a fingerprint,
+/// `self` or `promoted:FP`, and EPOCH is 1 when absent (files written before epochs).
+fn parse_owner(owner: &str, epoch: Option<&str>) -> Option<Owner> {
+    let fp = |s| Fingerprint::parse(s).ok();
+    let holder = match (owner, owner.strip_prefix(PROMOTED)) {
+        (HERE, _) => Holder::Here,
+        (_, Some(lost)) => Holder::Promoted { lost: fp(lost)? },
+        (peer, None) => Holder::Peer(fp(peer)?),
+    };
+    let epoch = match epoch {
+        None => epoch::FIRST,
+        Some(e) => e.parse().ok().filter(|e| *e >= epoch::FIRST)?,
+    };
+    Some(Record { holder, epoch })
 }
 
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Owner::Peer(fp) => write!(f, "{fp}"),
-            Owner::Here => f.write_str(HERE),
-            Owner::Promoted(fp) => write!(f, "{PROMOTED}{fp}"),
-        }
-    }
-}
-
-impl std::str::FromStr for Owner {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let fp = |s| Fingerprint::parse(s).map_err(|_| ());
-        match (s, s.strip_prefix(PROMOTED)) {
-            (HERE, _) => Ok(Owner::Here),
-            (_, Some(lost)) => Ok(Owner::Promoted(fp(lost)?)),
-            (peer, None) => Ok(Owner::Peer(fp(peer)?)),
-        }
-    }
+fn show_owner(o: &Owner) -> String {
+    let holder = match o.holder {
+        Holder::Peer(fp) => fp.to_string(),
+        Holder::Here => HERE.to_owned(),
+        Holder::Promoted { lost } => format!("{PROMOTED}{lost}"),
+    };
+    format!("{holder} {}", o.epoch)
 }
 
 /// How the owners file names this peer.
@@ -192,29 +202,7 @@ impl Policy {
             },
         )?;
         let file = state.join(OWNERS_FILE);
-        let mut owners = BTreeMap::new();
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                for (i, line) in text.lines().enumerate() {
-                    let line = line.split('#').next().unwrap_or("").trim();
-                    if line.is_empty() {
-                        continue;
-                    }
-                    let bad = || PolicyError::BadOwnerLine {
-                        path: file.clone(),
-                        line: i + 1,
-                    };
-                    let mut words = line.split_whitespace();
-                    let (Some(name), Some(fp), None) = (words.next(), words.next(), words.next())
-                    else {
-                        return Err(bad());
-                    };
-                    owners.insert(name.to_owned(), fp.parse().map_err(|()| bad())?);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(PolicyError::Io { path: file, source }),
-        }
+        let owners = read_owners(&file)?;
         Ok(Policy {
             owner_rules,
             mount_rules,
@@ -224,73 +212,116 @@ impl Policy {
         })
     }
 
-    /// Lets `who` own `name` (its OPEN), remembering it as the owner if the region had none.
-    pub fn claim(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
+    /// Whether `who` may own `name` at epoch `epoch` (its OPEN; spec §8.8), `me` being this
+    /// peer: `Ok(true)` for a new owner or epoch, which [`Policy::claim`] records once every
+    /// older stream of the region has ended, `Ok(false)` for the recorded owner and epoch.
+    pub fn admits(
+        &self,
+        name: &str,
+        me: &Fingerprint,
+        who: &Fingerprint,
+        epoch: u64,
+    ) -> Result<bool, WireError> {
+        let owners = self.owners.lock().expect("owners lock");
+        self.admission(&owners, name, me, who, epoch)
+            .map(|a| a.is_some())
+    }
+
+    /// Lets `who` own `name` at epoch `epoch` (its OPEN), recording it as the owner if it is new.
+    pub fn claim(
+        &self,
+        name: &str,
+        me: &Fingerprint,
+        who: &Fingerprint,
+        epoch: u64,
+    ) -> Result<(), WireError> {
         let mut owners = self.owners.lock().expect("owners lock");
-        match owners.get(name) {
-            Some(Owner::Peer(owner)) if owner == who => return Ok(()),
-            Some(Owner::Peer(owner)) => {
-                return Err(forbidden(format!(
+        match self.admission(&owners, name, me, who, epoch)? {
+            Some(record) => self.record(&mut owners, name, record).map_err(remembering),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`epoch::admit`] and the owner rules make of an OPEN: the record to keep, if new.
+    fn admission(
+        &self,
+        owners: &BTreeMap<String, Owner>,
+        name: &str,
+        me: &Fingerprint,
+        who: &Fingerprint,
+        epoch: u64,
+    ) -> Result<Option<Owner>, WireError> {
+        let record = owners.get(name);
+        let refused = |code, reason| Err(WireError::new(code, reason));
+        match epoch::admit(record, *me, *who, epoch) {
+            Admission::Same => Ok(None),
+            Admission::Adopt(r) if granted(&self.owner_rules, name, who) => Ok(Some(r)),
+            Admission::Adopt(_) => refused(
+                ErrorCode::Forbidden,
+                format!("peer {who} may not own region {name} here (no --allow-owner rule grants it)"),
+            ),
+            Admission::Refuse(code, Refusal::Taken { owner }) => refused(
+                code,
+                format!(
                     "region {name} is owned by peer {owner}, not {who}: ownership moves only by handoff or promotion"
-                )))
-            }
-            // The lost owner, back: fenced.
-            Some(Owner::Promoted(lost)) if lost == who => {
-                return Err(WireError::new(
-                    ErrorCode::HandedOver,
-                    format!(
+                ),
+            ),
+            Admission::Refuse(code, Refusal::Fenced { holder, epoch: now }) => refused(
+                code,
+                match holder {
+                    Holder::Promoted { lost } if lost == *who => format!(
                         "region {name} was promoted to owner on this peer after peer {who} was \
                          declared lost (peer promote): peer {who} is fenced, and what it wrote \
                          after this peer's last acknowledged generation is not here. To rejoin as \
                          a replica of this peer, run `peer serve` there and `peer sync --region \
                          DIR/{name}` to it here: the chunks its copy holds that differ are replaced"
                     ),
-                ))
-            }
-            // The answer that settles a probe (spec §8.6).
-            Some(Owner::Here | Owner::Promoted(_)) => {
-                return Err(WireError::new(
-                    ErrorCode::HandedOver,
-                    format!(
-                        "region {name} was handed over to this peer, which owns it now; peer {who} may not write it"
+                    Holder::Here | Holder::Promoted { .. } => format!(
+                        "region {name} is owned by this peer now (epoch {now}, after a handoff \
+                         or promotion); peer {who} (epoch {epoch}) may not write it"
                     ),
-                ))
-            }
-            None => {}
+                    Holder::Peer(owner) => format!(
+                        "region {name} is owned by peer {owner} at epoch {now}, after a handoff \
+                         or promotion: peer {who}, at epoch {epoch}, is fenced and may not write \
+                         it. To rejoin, make it a replica of the new owner (`peer serve` there, \
+                         `peer sync` from the owner)"
+                    ),
+                },
+            ),
         }
-        if !granted(&self.owner_rules, name, who) {
-            return Err(forbidden(format!(
-                "peer {who} may not own region {name} here (no --allow-owner rule grants it)"
-            )));
-        }
-        self.record(&mut owners, name, Owner::Peer(*who))
-            .map_err(remembering)
     }
 
-    /// `who`, the owner of `name`, offers it in a handoff: true if this peer may take it. Only the
-    /// recorded owner can hand a region over, and the owner rules must grant it nothing more.
-    pub fn may_take_over(&self, name: &str, who: &Fingerprint) -> bool {
-        self.owners.lock().expect("owners lock").get(name) == Some(&Owner::Peer(*who))
+    /// `who`, the owner of `name` at epoch `epoch`, offers it in a handoff: true if this peer may
+    /// take it. Only the recorded owner at its recorded epoch can hand a region over.
+    pub fn may_take_over(&self, name: &str, who: &Fingerprint, epoch: u64) -> bool {
+        self.owners.lock().expect("owners lock").get(name)
+            == Some(&Record {
+                holder: Holder::Peer(*who),
+                epoch,
+            })
     }
 
-    /// This peer owns `name` from now on (it accepted a handoff).
-    pub fn became_owner(&self, name: &str) -> Result<(), WireError> {
+    /// This peer owns `name` from now on, at the epoch after `epoch` (it accepted a handoff of
+    /// the stream of that epoch).
+    pub fn became_owner(&self, name: &str, epoch: u64) -> Result<(), WireError> {
+        let record = epoch::handed_over(epoch).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::ProtocolViolation,
+                "no ownership epoch after this one",
+            )
+        })?;
         let mut owners = self.owners.lock().expect("owners lock");
-        self.record(&mut owners, name, Owner::Here)
-            .map_err(remembering)
+        self.record(&mut owners, name, record).map_err(remembering)
     }
 
     /// Makes this peer the owner of `name`, whose recorded owner was lost (an operator's decision,
-    /// spec §8.6): that owner is fenced from now on. Returns it.
-    pub fn promote(&self, name: &str) -> Result<Fingerprint, PolicyError> {
+    /// spec §8.6), at the next epoch: that owner is fenced from now on. Returns it and the epoch.
+    pub fn promote(&self, name: &str) -> Result<(Fingerprint, u64), PolicyError> {
         let mut owners = self.owners.lock().expect("owners lock");
-        let lost = match owners.get(name) {
-            Some(Owner::Peer(fp)) => *fp,
-            Some(Owner::Here | Owner::Promoted(_)) => {
-                return Err(PolicyError::Promote(format!(
-                    "region {name} is owned by this peer already"
-                )))
-            }
+        let record = match owners.get(name) {
+            Some(r) => epoch::promoted(r).ok_or_else(|| {
+                PolicyError::Promote(format!("region {name} is owned by this peer already"))
+            })?,
             None => {
                 return Err(PolicyError::Promote(format!(
                     "no owner of region {name} is recorded in {}: this peer never replicated it",
@@ -298,8 +329,11 @@ impl Policy {
                 )))
             }
         };
-        self.record(&mut owners, name, Owner::Promoted(lost))?;
-        Ok(lost)
+        self.record(&mut owners, name, record)?;
+        let Holder::Promoted { lost } = record.holder else {
+            unreachable!("a promotion records a promoted holder")
+        };
+        Ok((lost, record.epoch))
     }
 
     /// Records `owner` of `name` and writes the file, or leaves both as they were.
@@ -320,8 +354,13 @@ impl Policy {
 
     /// Lets `who` mount `name`: its owner, or a peer the mount rules grant it to.
     pub fn may_mount(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
-        let owner = self.owners.lock().expect("owners lock").get(name).copied();
-        if owner == Some(Owner::Peer(*who)) || granted(&self.mount_rules, name, who) {
+        let owner = self
+            .owners
+            .lock()
+            .expect("owners lock")
+            .get(name)
+            .map(|r| r.holder);
+        if owner == Some(Holder::Peer(*who)) || granted(&self.mount_rules, name, who) {
             return Ok(());
         }
         Err(forbidden(format!(
@@ -337,10 +376,10 @@ impl Policy {
             .expect("the owners file is in a directory");
         let tmp = dir.join(format!("{OWNERS_FILE}.tmp"));
         let mut text = String::from(
-            "# region owner (a fingerprint; self after a handoff; promoted:FP after a promotion, FP fenced; remove a line to let another peer own it)\n",
+            "# region owner epoch (owner: a fingerprint; self after a handoff; promoted:FP after a promotion, FP fenced; epoch: grows at every handoff and promotion, older ones are fenced; remove a line to let another peer own the region)\n",
         );
-        for (name, fp) in owners {
-            text.push_str(&format!("{name} {fp}\n"));
+        for (name, owner) in owners {
+            text.push_str(&format!("{name} {}\n", show_owner(owner)));
         }
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(text.as_bytes()).map_err(io(&tmp))?;
@@ -349,6 +388,56 @@ impl Policy {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))
+    }
+}
+
+/// The owners file at `file`, or nothing if there is none.
+fn read_owners(file: &Path) -> Result<BTreeMap<String, Owner>, PolicyError> {
+    let mut owners = BTreeMap::new();
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(owners),
+        Err(source) => return Err(io(file)(source)),
+    };
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || PolicyError::BadOwnerLine {
+            path: file.to_owned(),
+            line: i + 1,
+        };
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(owner), epoch, None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return Err(bad());
+        };
+        owners.insert(name.to_owned(), parse_owner(owner, epoch).ok_or_else(bad)?);
+    }
+    Ok(owners)
+}
+
+/// The ownership epoch at which this peer owns region `name` in file `path` (spec §8.8): the one
+/// recorded beside it (`DIR/.memsync/owners`) after a handoff or promotion here, else 1. A region
+/// recorded there as a replica of another peer is not this peer's to own. Reads the file without
+/// the directory's lock: a `peer serve` of DIR may run, and it replaces the file atomically.
+pub fn owned_epoch(path: &Path, name: &str) -> Result<u64, PolicyError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let record = dir.join(STATE_DIR).join(OWNERS_FILE);
+    match read_owners(&record)?.get(name) {
+        None => Ok(epoch::FIRST),
+        Some(Record {
+            holder: Holder::Peer(owner),
+            epoch,
+        }) => Err(PolicyError::NotOwned {
+            path: path.to_owned(),
+            owner: *owner,
+            epoch: *epoch,
+            record,
+        }),
+        Some(r) => Ok(r.epoch),
     }
 }
 
@@ -385,9 +474,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = (fp(1), fp(2), fp(3));
         let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
-        p.claim("x", &a).unwrap();
-        p.claim("x", &a).unwrap();
-        let e = p.claim("x", &b).unwrap_err();
+        p.claim("x", &fp(9), &a, 1).unwrap();
+        p.claim("x", &fp(9), &a, 1).unwrap();
+        let e = p.claim("x", &fp(9), &b, 1).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         assert!(e.reason.contains(&b.to_string()) && e.reason.contains(&a.to_string()));
         // Restarted: still a's. One policy holds the directory at a time.
@@ -399,10 +488,16 @@ mod tests {
         let rules = vec![format!("vm-*={b}").parse().unwrap()];
         let mounts = vec![format!("vm-1={c}").parse().unwrap()];
         let p = Policy::load(dir.path(), rules, mounts).unwrap();
-        assert_eq!(p.claim("x", &b).unwrap_err().code, ErrorCode::Forbidden);
-        p.claim("x", &a).unwrap();
-        assert_eq!(p.claim("y", &a).unwrap_err().code, ErrorCode::Forbidden);
-        p.claim("vm-1", &b).unwrap();
+        assert_eq!(
+            p.claim("x", &fp(9), &b, 1).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+        p.claim("x", &fp(9), &a, 1).unwrap();
+        assert_eq!(
+            p.claim("y", &fp(9), &a, 1).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+        p.claim("vm-1", &fp(9), &b, 1).unwrap();
         p.may_mount("vm-1", &b).unwrap();
         p.may_mount("vm-1", &c).unwrap();
         assert_eq!(
@@ -421,20 +516,74 @@ mod tests {
         let (a, b) = (fp(1), fp(2));
         let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
         assert!(matches!(p.promote("x"), Err(PolicyError::Promote(_))));
-        p.claim("x", &a).unwrap();
-        assert_eq!(p.promote("x").unwrap(), a);
+        p.claim("x", &fp(9), &a, 1).unwrap();
+        assert_eq!(p.promote("x").unwrap(), (a, 2));
         assert!(matches!(p.promote("x"), Err(PolicyError::Promote(_))));
         drop(p);
         let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
-        let e = p.claim("x", &a).unwrap_err();
-        assert_eq!(e.code, ErrorCode::HandedOver);
+        let e = p.claim("x", &fp(9), &a, 1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Fenced);
         assert!(
             e.reason.contains("fenced") && e.reason.contains("rejoin"),
             "{e}"
         );
-        let e = p.claim("x", &b).unwrap_err();
-        assert_eq!(e.code, ErrorCode::HandedOver);
+        let e = p.claim("x", &fp(9), &b, 1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Fenced);
         assert!(!e.reason.contains("fenced"), "{e}");
-        assert!(!p.may_take_over("x", &a));
+        assert!(!p.may_take_over("x", &a, 1));
+        // The region moved on from here (a peer this one synced to owns it at a newer epoch).
+        p.claim("x", &fp(9), &b, 3).unwrap();
+        assert!(p.may_take_over("x", &b, 3));
+    }
+
+    #[test]
+    fn epochs_move_a_region_and_fence_the_older_owner_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (fp(1), fp(2));
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        p.claim("x", &fp(9), &a, 1).unwrap();
+        assert!(!p.admits("x", &fp(9), &a, 1).unwrap());
+        // B owns it at epoch 2 (a promotion or handoff elsewhere): it moves, A is fenced.
+        assert!(p.admits("x", &fp(9), &b, 2).unwrap());
+        p.claim("x", &fp(9), &b, 2).unwrap();
+        drop(p);
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        let e = p.claim("x", &fp(9), &a, 1).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Fenced);
+        assert!(e.reason.contains(&b.to_string()), "{e}");
+        // A handoff from B here: owned here at 3; B's own probe at 2 hears HANDED_OVER.
+        assert!(p.may_take_over("x", &b, 2));
+        p.became_owner("x", 2).unwrap();
+        assert_eq!(
+            p.claim("x", &fp(9), &b, 2).unwrap_err().code,
+            ErrorCode::HandedOver
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(".memsync/owners"))
+                .unwrap()
+                .lines()
+                .last(),
+            Some("x self 3")
+        );
+        // A sync of the region owned here runs at its epoch; a replica's region is not owned.
+        let file = dir.path().join("x");
+        assert_eq!(owned_epoch(&file, "x").unwrap(), 3);
+        assert_eq!(owned_epoch(&file, "y").unwrap(), 1);
+        p.claim("y", &fp(9), &a, 1).unwrap();
+        assert!(matches!(
+            owned_epoch(&dir.path().join("y"), "y"),
+            Err(PolicyError::NotOwned { .. })
+        ));
+        // Files written before epochs: two words, epoch 1.
+        drop(p);
+        std::fs::write(dir.path().join(".memsync/owners"), format!("z {a}\n")).unwrap();
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        assert!(!p.admits("z", &fp(9), &a, 1).unwrap());
+        drop(p);
+        std::fs::write(dir.path().join(".memsync/owners"), format!("z {a} 0\n")).unwrap();
+        assert!(matches!(
+            Policy::load(dir.path(), vec![], vec![]),
+            Err(PolicyError::BadOwnerLine { line: 1, .. })
+        ));
     }
 }
