@@ -142,12 +142,13 @@ fn stopped(pid: u32) -> bool {
     (0..100).any(|_| state() || (std::thread::sleep(Duration::from_millis(20)), false).1)
 }
 
-/// Whether the serve of world `w` (directory `replicas`) owns `name`.
+/// Whether the serve of world `w` (directory `replicas`) owns `name`, handed over from A (at the
+/// epoch after A's first).
 fn owned_at_b(w: &World, name: &str) -> bool {
     std::fs::read_to_string(w.path("replicas/.memsync/owners"))
         .unwrap_or_default()
         .lines()
-        .any(|l| l == format!("{name} self"))
+        .any(|l| l == format!("{name} self 2"))
 }
 
 /// The move is complete: B alone owns `mem` and holds A's final bytes of `file`, and A's writer
@@ -688,6 +689,8 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
         "{said}"
     );
     assert!(promote(false).contains("owned by this peer already"));
+    // The replica's index no longer describes DIR/mem, which the workload writes from now on.
+    assert_eq!(replicas.join(".mem.index").metadata().unwrap().len(), 0);
     let owners = std::fs::read_to_string(replicas.join(".memsync/owners")).unwrap();
     assert!(
         owners.contains(&format!("mem promoted:{}", w.owner_fp)),

@@ -318,9 +318,10 @@ enum Cmd {
     /// throughput and lag, and a final byte-for-byte check.
     Demo(demo::DemoArgs),
     /// Make this peer the owner of replica DIR/NAME when its owner is lost for good (an
-    /// operator's decision): the lost owner is fenced (its OPENs here are refused, saying how to
-    /// rejoin), and DIR/NAME can be written and replicated from here (`peer sync --region
-    /// DIR/NAME`). Run it with the directory's `peer serve` stopped.
+    /// operator's decision), at the next ownership epoch: the lost owner is fenced (its OPENs
+    /// are refused, here and at every replica this peer then syncs to, saying how to rejoin),
+    /// and DIR/NAME can be written and replicated from here (`peer sync --region DIR/NAME`). Run
+    /// it with the directory's `peer serve` stopped.
     Promote {
         /// The replica directory of `peer serve`.
         #[arg(long, value_name = "DIR")]
@@ -944,8 +945,9 @@ fn trust_set(a: &TrustArgs) -> Result<TrustSet> {
     Ok(t)
 }
 
-/// `peer promote`: records DIR/NAME as owned here, its owner fenced, once a crash-consistent
-/// replica's journal is settled (so the file holds one whole generation).
+/// `peer promote`: records DIR/NAME as owned here at the next epoch, its owner fenced, once a
+/// crash-consistent replica's journal is settled (so the file holds one whole generation) and its
+/// index emptied.
 fn promote(dir: &Path, name: &str) -> Result<()> {
     check_region_name(name)?;
     let dir = memsync_peer::region::ReplicaDir::open(dir).context("replica directory")?;
@@ -957,6 +959,9 @@ fn promote(dir: &Path, name: &str) -> Result<()> {
         );
     }
     memsync_peer::roles::replica::recover_journals(&dir);
+    // The workload writes DIR/NAME from now on, and no index describes those writes: should the
+    // region come back here as a replica, its bytes are hashed anew.
+    memsync_peer::region::forget_index(&dir, name)?;
     let (lost, epoch) = policy.promote(name)?;
     println!(
         "region {name}: this peer owns {} now, at ownership epoch {epoch}; peer {lost} is fenced \

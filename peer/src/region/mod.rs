@@ -10,7 +10,7 @@ mod index;
 mod journal;
 
 pub use dir::{file_type_name, ReplicaDir};
-pub use index::{Loaded, ReplicaIndex};
+pub use index::{forget_index, Loaded, ReplicaIndex};
 pub use journal::{pending_journals, recover, Journal, Recovered};
 
 use guard::Guard;

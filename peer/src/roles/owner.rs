@@ -1197,11 +1197,12 @@ fn on_frame(
         }
         OwnerEvent::PeerError { code, reason } => {
             let name = r.owner.name().to_owned();
-            // HANDED_OVER: the replica owns the region (a handoff this peer does not remember),
-            // so the writers must not go on here.
-            // In Probing only STATE or HANDED_OVER settles the lost HANDOFF (spec §8.6): any
-            // other answer leaves the writers frozen too.
-            let handed_over = code == ErrorCode::HandedOver as u32;
+            // HANDED_OVER: the replica owns the region (a handoff this peer does not remember);
+            // FENCED: another peer owns it at a newer epoch (spec §8.8). Either way the writers
+            // must not go on here. In Probing only STATE or HANDED_OVER settles the lost HANDOFF
+            // (spec §8.6): any other answer leaves the writers frozen too.
+            let handed_over =
+                code == ErrorCode::HandedOver as u32 || code == ErrorCode::Fenced as u32;
             if let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) {
                 if !handed_over && !probing {
                     warn!("{name}: the replica refused the handoff; writers thawed");
