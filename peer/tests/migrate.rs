@@ -685,7 +685,7 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
     assert!(server_b.wait(Duration::from_secs(20)).success());
     let said = promote(true);
     assert!(
-        said.contains("fenced") && said.contains(&w.owner_fp),
+        said.contains("fenced") && said.contains(&w.owner_fp) && said.contains("generation 1"),
         "{said}"
     );
     assert!(promote(false).contains("owned by this peer already"));
@@ -722,7 +722,7 @@ fn a_promoted_replica_fences_its_lost_owner_which_rejoins_as_its_replica() {
     assert!(
         sync_b
             .output()
-            .contains("replica reconciled, 4 of 64 chunks differ"),
+            .contains("replica reconciled, 4 of 64 chunks differ (3 written by the fenced owner after generation 1, discarded; 1 changed here since the promotion)"),
         "{}",
         sync_b.output()
     );
@@ -788,7 +788,7 @@ fn a_promotion_fences_the_lost_owner_at_every_replica_the_new_owner_reaches() {
     assert!(
         b_to_c
             .output()
-            .contains("replica reconciled, 2 of 64 chunks differ"),
+            .contains("replica reconciled, 2 of 64 chunks differ (1 written by the fenced owner after generation 1, discarded; 1 changed here since the promotion)"),
         "{}",
         b_to_c.output()
     );

@@ -296,6 +296,11 @@ impl Owner {
         self.acked
     }
 
+    /// Chunks changed (or found different by reconciliation) and not yet in a round.
+    pub fn pending(&self) -> &DirtySet {
+        &self.pending
+    }
+
     /// Chunks waiting to be sent (pending plus the rest of the round).
     pub fn backlog(&self) -> u64 {
         self.pending.count() + self.round.count()

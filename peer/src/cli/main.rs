@@ -16,7 +16,7 @@ use memsync_peer::region::Source;
 use memsync_peer::roles::migrate::{Freezer, MigrateRequest};
 use memsync_peer::roles::mount::MemorySink;
 use memsync_peer::roles::owner::{SyncError, SyncOptions, SyncRegion, SyncStats};
-use memsync_peer::roles::replica::policy::owned_epoch;
+use memsync_peer::roles::replica::policy::{owned_at, Owned};
 use memsync_protocol::wire::ErrorCode;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -545,7 +545,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     None => file_name(path)?,
                 };
                 check_region_name(&name)?;
-                let epoch = owned_epoch(path, &name)?;
+                let owned = owned_at(path, &name)?;
                 let mut region = match (detector, &nbd_listen) {
                     (Detector::Nbd, Some(listen)) => {
                         let flush = flush_waits_for_replica;
@@ -562,7 +562,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
                 };
-                region.epoch = epoch;
+                owned_here(&mut region, path, owned);
                 opened.push(region.askable());
             }
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
@@ -676,7 +676,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let trust = trust_set(&trust)?;
             let addr = resolve(&peer)?;
             let mut migration = req.migration().map_err(anyhow::Error::msg)?;
-            let epoch = owned_epoch(&region, &name)?;
+            let owned = owned_at(&region, &name)?;
             let (mut r, export) = match (detector, &nbd_listen) {
                 (Detector::Nbd, Some(listen)) => {
                     let limits = nbd_limits.limits();
@@ -705,7 +705,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 );
             }
             let report = migration.report();
-            r.epoch = epoch;
+            owned_here(&mut r, &region, owned);
             r.migration = Some(migration);
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let opts = SyncOptions {
@@ -959,10 +959,20 @@ fn promote(dir: &Path, name: &str) -> Result<()> {
         );
     }
     memsync_peer::roles::replica::recover_journals(&dir);
-    // The workload writes DIR/NAME from now on, and no index describes those writes: should the
-    // region come back here as a replica, its bytes are hashed anew.
+    // What the replica holds now, to tell a fenced owner's writes apart later; then the index
+    // goes: the workload writes DIR/NAME from now on, and no index describes those writes, so
+    // should the region come back here as a replica, its bytes are hashed anew.
+    let kept = memsync_peer::region::Promotion::record(&dir, name)?;
     memsync_peer::region::forget_index(&dir, name)?;
     let (lost, epoch) = policy.promote(name)?;
+    if let Some(p) = kept {
+        println!(
+            "region {name}: kept the chunk hashes of generation {}, the last one peer {lost} \
+             had acknowledged here: a replica this peer reconciles is told which of its chunks \
+             hold writes of the fenced owner, which are discarded",
+            p.generation
+        );
+    }
     println!(
         "region {name}: this peer owns {} now, at ownership epoch {epoch}; peer {lost} is fenced \
          (its writes are refused here, and at every replica this peer syncs to). Start the \
@@ -971,6 +981,19 @@ fn promote(dir: &Path, name: &str) -> Result<()> {
         dir.display(name).display(),
     );
     Ok(())
+}
+
+/// Sets the epoch `r` (the region file `path`) is owned at, and for a region promoted here what
+/// the promotion kept, which tells a fenced owner's discarded writes apart when a replica is
+/// reconciled.
+fn owned_here(r: &mut SyncRegion, path: &Path, owned: Owned) {
+    r.epoch = owned.epoch;
+    if owned.promoted_from.is_some() {
+        match memsync_peer::region::Promotion::load(path, r.name(), r.owner.geometry()) {
+            Ok(p) => r.promotion = p,
+            Err(why) => tracing::warn!("{why}: a fenced owner's writes are not told apart"),
+        }
+    }
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {

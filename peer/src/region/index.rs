@@ -144,6 +144,19 @@ pub fn forget_index(dir: &ReplicaDir, name: &str) -> Result<(), RegionError> {
     Ok(())
 }
 
+/// The geometry replica `name`'s index records, if it has a valid index (checked no further: the
+/// replica opened with it proves or rebuilds the rest).
+pub fn recorded_geometry(dir: &ReplicaDir, name: &str) -> Option<Geometry> {
+    let file = dir.open_existing(&index_name(name)).ok()??;
+    // SAFETY: as in `parse`: DIR's own file, validated before any field is read.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let a = rkyv::access::<ArchivedLayout, rancor::Error>(&map).ok()?;
+    if a.magic != MAGIC || a.format.to_native() != FORMAT || a.name.as_str() != name {
+        return None;
+    }
+    Geometry::new(a.size.to_native(), a.chunk_shift).ok()
+}
+
 /// The index's file name for region `name` (region names never start with a dot, spec §5.3).
 fn index_name(name: &str) -> String {
     format!(".{name}.index")

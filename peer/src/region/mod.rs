@@ -8,10 +8,12 @@ mod dir;
 pub mod guard;
 mod index;
 mod journal;
+mod promotion;
 
 pub use dir::{file_type_name, ReplicaDir};
 pub use index::{forget_index, Loaded, ReplicaIndex};
 pub use journal::{pending_journals, recover, Journal, Recovered};
+pub use promotion::Promotion;
 
 use guard::Guard;
 use memmap2::{Mmap, MmapMut, MmapOptions};

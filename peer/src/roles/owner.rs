@@ -6,7 +6,7 @@
 use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
 use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use crate::ops::metrics::{RegionMetrics, Role};
-use crate::region::{RegionError, Source, SourceFile};
+use crate::region::{Promotion, RegionError, Source, SourceFile};
 use crate::roles::migrate::{Freezer, Migration, MigrationReport, Phase, RoundReport};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -152,8 +152,11 @@ pub struct SyncRegion {
     /// Freezes what else writes the region (e.g. its NBD export) for a migration asked for.
     pub freeze_also: Option<Arc<dyn Fn() -> Box<dyn Freezer> + Send + Sync>>,
     /// The ownership epoch this peer owns the region at (spec §8.8; 1 unless a handoff or a
-    /// promotion made this peer its owner, see [`crate::roles::replica::policy::owned_epoch`]).
+    /// promotion made this peer its owner, see [`crate::roles::replica::policy::owned_at`]).
     pub epoch: u64,
+    /// For a region promoted here, the replica as it was promoted: what a reconciled replica holds
+    /// beyond it, where this peer did not change it, is a fenced owner's writes.
+    pub promotion: Option<Promotion>,
 }
 
 /// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
@@ -232,6 +235,7 @@ impl SyncRegion {
             reply: None,
             freeze_also: None,
             epoch: memsync_protocol::epoch::FIRST,
+            promotion: None,
         })
     }
 
@@ -256,6 +260,7 @@ impl SyncRegion {
             reply: None,
             freeze_also: None,
             epoch: memsync_protocol::epoch::FIRST,
+            promotion: None,
         })
     }
 
@@ -1134,8 +1139,23 @@ fn on_frame(
         OwnerEvent::Reconciled { differing, .. } => {
             let total = r.owner.geometry().chunk_count();
             stats.reconciles.fetch_add(1, Relaxed);
+            let split = match r.promotion.as_ref().filter(|_| differing > 0) {
+                Some(p) => {
+                    let known = r.owner.known_hashes();
+                    let fenced = (r.owner.pending().iter())
+                        .filter(|&i| known[i as usize] == p.hashes[i as usize])
+                        .count() as u64;
+                    format!(
+                        " ({fenced} written by the fenced owner after generation {}, discarded; \
+                         {} changed here since the promotion)",
+                        p.generation,
+                        differing - fenced
+                    )
+                }
+                None => String::new(),
+            };
             info!(
-                "{}: replica reconciled, {differing} of {total} chunks differ",
+                "{}: replica reconciled, {differing} of {total} chunks differ{split}",
                 r.name()
             );
             if opts.progress && differing > 0 {

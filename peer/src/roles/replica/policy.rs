@@ -10,7 +10,7 @@
 //! `promoted:FP`: the lost owner FP is fenced, and told what happened and how to rejoin. One
 //! process holds a directory's policy at a time (an exclusive flock(2) of `DIR/.memsync/lock`), so
 //! an offline promotion never races a running serve's own record; a `peer sync` of a region owned
-//! here reads its epoch from the file without the lock ([`owned_epoch`]).
+//! here reads its epoch from the file without the lock ([`owned_at`]).
 
 use crate::net::identity::{Fingerprint, IdentityError};
 use memsync_protocol::epoch::{self, Admission, Holder, Record, Refusal};
@@ -419,15 +419,28 @@ fn read_owners(file: &Path) -> Result<BTreeMap<String, Owner>, PolicyError> {
     Ok(owners)
 }
 
-/// The ownership epoch at which this peer owns region `name` in file `path` (spec §8.8): the one
-/// recorded beside it (`DIR/.memsync/owners`) after a handoff or promotion here, else 1. A region
-/// recorded there as a replica of another peer is not this peer's to own. Reads the file without
-/// the directory's lock: a `peer serve` of DIR may run, and it replaces the file atomically.
-pub fn owned_epoch(path: &Path, name: &str) -> Result<u64, PolicyError> {
+/// How this peer owns a region file it replicates from (spec §8.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owned {
+    /// The ownership epoch: the one recorded beside the file after a handoff or promotion here,
+    /// else 1.
+    pub epoch: u64,
+    /// The owner declared lost, when this peer owns the region by a promotion.
+    pub promoted_from: Option<Fingerprint>,
+}
+
+/// How this peer owns region `name` in file `path`, from the records beside it
+/// (`DIR/.memsync/owners`). A region recorded there as a replica of another peer is not this
+/// peer's to own. Reads the file without the directory's lock: a `peer serve` of DIR may run, and
+/// it replaces the file atomically.
+pub fn owned_at(path: &Path, name: &str) -> Result<Owned, PolicyError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let record = dir.join(STATE_DIR).join(OWNERS_FILE);
     match read_owners(&record)?.get(name) {
-        None => Ok(epoch::FIRST),
+        None => Ok(Owned {
+            epoch: epoch::FIRST,
+            promoted_from: None,
+        }),
         Some(Record {
             holder: Holder::Peer(owner),
             epoch,
@@ -437,7 +450,13 @@ pub fn owned_epoch(path: &Path, name: &str) -> Result<u64, PolicyError> {
             epoch: *epoch,
             record,
         }),
-        Some(r) => Ok(r.epoch),
+        Some(r) => Ok(Owned {
+            epoch: r.epoch,
+            promoted_from: match r.holder {
+                Holder::Promoted { lost } => Some(lost),
+                _ => None,
+            },
+        }),
     }
 }
 
@@ -567,11 +586,11 @@ mod tests {
         );
         // A sync of the region owned here runs at its epoch; a replica's region is not owned.
         let file = dir.path().join("x");
-        assert_eq!(owned_epoch(&file, "x").unwrap(), 3);
-        assert_eq!(owned_epoch(&file, "y").unwrap(), 1);
+        assert_eq!(owned_at(&file, "x").unwrap().epoch, 3);
+        assert_eq!(owned_at(&file, "y").unwrap().epoch, 1);
         p.claim("y", &fp(9), &a, 1).unwrap();
         assert!(matches!(
-            owned_epoch(&dir.path().join("y"), "y"),
+            owned_at(&dir.path().join("y"), "y"),
             Err(PolicyError::NotOwned { .. })
         ));
         // Files written before epochs: two words, epoch 1.
