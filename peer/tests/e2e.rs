@@ -400,3 +400,43 @@ fn a_mount_follows_its_replica_as_the_owner_writes() {
         }
     });
 }
+
+/// `--detector inotify` (inotify(7)): changes made with write(2) replicate; a writer through a
+/// shared mapping raises no event, so the detector warns and falls back to hashing at every
+/// interval, which replicates its writes too.
+#[test]
+fn the_inotify_detector_replicates_writes_and_falls_back_to_scanning_for_a_mapped_writer() {
+    use std::os::unix::fs::FileExt;
+    let w = World::new();
+    let _server = w.serve();
+    let file = w.random_file("db", 16 << 16);
+    let replica = w.replica("db");
+    let sync = w.sync(&file, &["--detector", "inotify", "--interval", "100ms"]);
+    wait_identical(&file, &replica, Duration::from_secs(30));
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(b"written with pwrite", 5 << 16).unwrap();
+    wait_identical(&file, &replica, Duration::from_secs(30));
+
+    // A writer through a shared mapping, kept mapped: python's mmap, then msync.
+    let script = format!(
+        "import mmap, sys, time\n\
+         f = open({:?}, 'r+b')\n\
+         m = mmap.mmap(f.fileno(), 0)\n\
+         m[9 * 65536:9 * 65536 + 6] = b'mapped'\n\
+         m.flush()\n\
+         print('written', file=sys.stderr, flush=True)\n\
+         time.sleep(60)\n",
+        file.to_str().unwrap()
+    );
+    let writer = Proc::spawn(Command::new("python3").args(["-c", &script]));
+    writer.wait_for("written", Duration::from_secs(20));
+    sync.wait_for(
+        "mapped shared and writable by process",
+        Duration::from_secs(20),
+    );
+    wait_identical(&file, &replica, Duration::from_secs(30));
+    assert_eq!(
+        &std::fs::read(&replica).unwrap()[9 << 16..(9 << 16) + 6],
+        b"mapped"
+    );
+}

@@ -359,6 +359,9 @@ enum Detector {
     /// userfaultfd write tracking: only for memory written through the tracking process's own
     /// mapping (embedded `memsync_peer::embed`, or `peer uffd track`); refused for files.
     Uffd,
+    /// inotify(7): hash the file only after the kernel reported a write(2) to it (idle costs
+    /// nothing); while a process maps it shared and writable, hash at every interval.
+    Inotify,
 }
 
 /// Colour (ANSI escapes) in log lines only on a terminal, and never with `NO_COLOR` set to
@@ -535,7 +538,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                 (Detector::Nbd, Some(_), n) if n > 1 => {
                     bail!("--detector nbd serves one region per process; start one `peer sync` per region")
                 }
-                (Detector::Hash, Some(_), _) => bail!("--nbd-listen needs --detector nbd"),
+                (Detector::Hash | Detector::Inotify, Some(_), _) => {
+                    bail!("--nbd-listen needs --detector nbd")
+                }
                 _ => {}
             }
             let mut opened = Vec::new();
@@ -559,6 +564,8 @@ async fn run(cmd: Cmd) -> Result<()> {
                         }));
                         r
                     }
+                    (Detector::Inotify, _) => SyncRegion::open_inotify(path, &name, shift)
+                        .with_context(|| format!("opening {}", path.display()))?,
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
                 };
@@ -690,9 +697,16 @@ async fn run(cmd: Cmd) -> Result<()> {
                     "`peer migrate` watches a file; memory tracked with uffd migrates through \
                      memsync_peer::roles::migrate from the application that embeds it"
                 ),
-                (Detector::Hash, Some(_)) => bail!("--nbd-listen needs --detector nbd"),
+                (Detector::Hash | Detector::Inotify, Some(_)) => {
+                    bail!("--nbd-listen needs --detector nbd")
+                }
                 (Detector::Hash, None) => {
                     let r = SyncRegion::open(&region, &name, shift)
+                        .with_context(|| format!("opening {}", region.display()))?;
+                    (r, None)
+                }
+                (Detector::Inotify, None) => {
+                    let r = SyncRegion::open_inotify(&region, &name, shift)
                         .with_context(|| format!("opening {}", region.display()))?;
                     (r, None)
                 }

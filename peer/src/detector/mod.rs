@@ -2,10 +2,12 @@
 //! sent them. Every peer picks its own; all feed the same owner state machine.
 
 mod hash;
+mod inotify;
 mod marks;
 mod uffd;
 
 pub use hash::HashDetector;
+pub use inotify::InotifyDetector;
 pub use marks::{Marks, MarksDetector};
 pub use uffd::UffdDetector;
 
@@ -20,6 +22,9 @@ pub enum DetectorError {
     /// Reported as "uffd write tracking: {0}".
     #[error("uffd write tracking: {0}")]
     Uffd(#[from] crate::uffd::UffdError),
+    /// Reported as "inotify: {0}".
+    #[error("inotify: {0}")]
+    Inotify(std::io::Error),
 }
 
 /// Finds changed chunks.

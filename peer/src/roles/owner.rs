@@ -3,7 +3,9 @@
 //! and reports a status line per acknowledged round. A lost connection is re-established and every
 //! region reconciles again, so only differing chunks move.
 
-use crate::detector::{ChangeDetector, DetectorError, HashDetector, Marks, MarksDetector};
+use crate::detector::{
+    ChangeDetector, DetectorError, HashDetector, InotifyDetector, Marks, MarksDetector,
+};
 use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
 use crate::ops::metrics::{RegionMetrics, Role};
 use crate::region::{Promotion, RegionError, Source, SourceFile};
@@ -205,6 +207,18 @@ impl SyncRegion {
         let source: Arc<dyn Source> = Arc::new(SourceFile::open(path, chunk_shift)?);
         let detector = Box::new(HashDetector::new(source.clone()));
         Self::new(source, name, detector)
+    }
+
+    /// Maps the file at `path` for the `inotify` detector (hashed only after the kernel reported
+    /// a write to it).
+    pub fn open_inotify(path: &Path, name: &str, chunk_shift: u8) -> Result<Self, SyncError> {
+        let source: Arc<dyn Source> = Arc::new(SourceFile::open(path, chunk_shift)?);
+        let detector =
+            InotifyDetector::new(source.clone(), path).map_err(|e| SyncError::Detector {
+                region: name.to_owned(),
+                source: DetectorError::Inotify(e),
+            })?;
+        Self::new(source, name, Box::new(detector))
     }
 
     /// Maps `file` (at `path`) to serve a lazy mount. The replica holds nothing, so every chunk is
