@@ -1,6 +1,7 @@
 //! The memsync peer: the drivers of the roles (owner, replica, lazy mounts) around the sans-IO
 //! protocol core, with what they run on: the QUIC network with pinned mutual TLS ([`net`]),
-//! region stores ([`region`]), change detectors ([`detector`]), NBD exports ([`nbd`]) and the
+//! region stores ([`region`]), change detectors ([`detector`]), NBD exports ([`nbd`]), the FUSE
+//! mount of a region ([`fuse`]) and the
 //! embedding API ([`embed`]). The `peer` command (`src/cli/`) is a thin layer over this library.
 //!
 //! Data flows one way: detector → owner state machine → QUIC stream → replica state machine →
@@ -10,6 +11,7 @@
 
 pub mod detector;
 pub mod embed;
+pub mod fuse;
 pub mod nbd;
 pub mod net;
 pub mod ops;

@@ -440,3 +440,84 @@ fn the_inotify_detector_replicates_writes_and_falls_back_to_scanning_for_a_mappe
         b"mapped"
     );
 }
+
+/// `--detector fuse`: the region is mounted as DIR/NAME; a python writer through a shared mapping
+/// (msync) and pwrite(2) through the mount replicate byte for byte, with no scan. The sync killed
+/// -9: calls on the mount fail at once (no hung process), and a restarted sync mounts it again.
+#[test]
+fn the_fuse_detector_replicates_mapped_and_written_changes_and_survives_a_killed_daemon() {
+    use std::os::unix::fs::FileExt;
+    let w = World::new();
+    let _server = w.serve();
+    let file = w.random_file("db", 16 << 16);
+    let replica = w.replica("db");
+    let mnt = w.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let fuse = ["--detector", "fuse", "--fuse-mount", mnt.to_str().unwrap()];
+    let mut sync = w.sync(&file, &fuse);
+    sync.wait_for("serving", Duration::from_secs(20));
+    wait_identical(&file, &replica, Duration::from_secs(30));
+    let through = mnt.join("db");
+    assert_eq!(
+        std::fs::read(&through).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+
+    let script = format!(
+        "import mmap\n\
+         f = open({:?}, 'r+b')\n\
+         m = mmap.mmap(f.fileno(), 0)\n\
+         for p in range(0, 256, 5):\n\
+         \x20   m[p * 4096:p * 4096 + 4] = b'page'\n\
+         m.flush()\n",
+        through.to_str().unwrap()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&through)
+        .unwrap();
+    f.write_all_at(b"written through the mount", 7 << 16)
+        .unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(
+        &std::fs::read(&file).unwrap()[5 * 4096..5 * 4096 + 4],
+        b"page"
+    );
+    wait_identical(&file, &replica, Duration::from_secs(30));
+    // The size is the region's.
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&through)
+        .is_err());
+
+    sync.kill9();
+    let reader = std::thread::spawn({
+        let through = through.clone();
+        move || std::fs::read(through)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "a read of the dead mount hangs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reader.join().unwrap().is_err());
+    let sync = w.sync(&file, &fuse);
+    sync.wait_for("serving", Duration::from_secs(20));
+    assert_eq!(
+        std::fs::read(&through).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    drop(sync);
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+}

@@ -198,9 +198,15 @@ enum Cmd {
         nbd_listen: Option<nbd::Listen>,
         #[command(flatten)]
         nbd_limits: NbdLimitArgs,
-        /// With --detector nbd: FLUSH and FUA writes complete only once the replica acknowledged
-        /// them, not just once they are durable here; with --require-durable, once they are on
-        /// the replica's stable storage too (DRBD's protocol C).
+        /// With --detector fuse: mount the region here (an existing empty directory) as DIR/NAME,
+        /// which applications read, write and mmap; writes through it are replicated without any
+        /// scan.
+        #[arg(long, value_name = "DIR")]
+        fuse_mount: Option<PathBuf>,
+        /// With --detector nbd or fuse: FLUSH and FUA writes (fsync and close through the mount)
+        /// complete only once the replica acknowledged them, not just once they are durable here;
+        /// with --require-durable, once they are on the replica's stable storage too (DRBD's
+        /// protocol C).
         #[arg(long)]
         flush_waits_for_replica: bool,
         /// Refuse a replica that acknowledges generations before they are on its stable storage
@@ -362,6 +368,9 @@ enum Detector {
     /// inotify(7): hash the file only after the kernel reported a write(2) to it (idle costs
     /// nothing); while a process maps it shared and writable, hash at every interval.
     Inotify,
+    /// Mount the region with FUSE (--fuse-mount DIR); every write through DIR/NAME is a precise
+    /// mark.
+    Fuse,
 }
 
 /// Colour (ANSI escapes) in log lines only on a terminal, and never with `NO_COLOR` set to
@@ -505,6 +514,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             once,
             nbd_listen,
             nbd_limits,
+            fuse_mount,
             flush_waits_for_replica,
             require_durable,
             max_rate,
@@ -538,12 +548,28 @@ async fn run(cmd: Cmd) -> Result<()> {
                 (Detector::Nbd, Some(_), n) if n > 1 => {
                     bail!("--detector nbd serves one region per process; start one `peer sync` per region")
                 }
-                (Detector::Hash | Detector::Inotify, Some(_), _) => {
+                (Detector::Hash | Detector::Inotify | Detector::Fuse, Some(_), _) => {
                     bail!("--nbd-listen needs --detector nbd")
                 }
                 _ => {}
             }
+            match (detector, &fuse_mount, regions.len()) {
+                (Detector::Fuse, None, _) => bail!("--detector fuse needs --fuse-mount DIR"),
+                (Detector::Fuse, Some(_), n) if n > 1 => {
+                    bail!("--detector fuse mounts one region per process; start one `peer sync` per region")
+                }
+                (
+                    Detector::Hash | Detector::Nbd | Detector::Uffd | Detector::Inotify,
+                    Some(_),
+                    _,
+                ) => {
+                    bail!("--fuse-mount needs --detector fuse")
+                }
+                _ => {}
+            }
             let mut opened = Vec::new();
+            // Mounted for as long as the sync runs.
+            let mut mounted = Vec::new();
             for path in &regions {
                 let name = match &name {
                     Some(n) => n.clone(),
@@ -566,6 +592,17 @@ async fn run(cmd: Cmd) -> Result<()> {
                     }
                     (Detector::Inotify, _) => SyncRegion::open_inotify(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
+                    (Detector::Fuse, _) => {
+                        let at = fuse_mount.as_deref().expect("checked above");
+                        let flush = flush_waits_for_replica;
+                        let (mut r, export, mount) =
+                            serve_fuse_region(path, &name, shift, at, flush)?;
+                        mounted.push(mount);
+                        r.freeze_also = Some(Arc::new(move || {
+                            Box::new(nbd::ExportFreezer(export.clone())) as Box<dyn Freezer>
+                        }));
+                        r
+                    }
                     _ => SyncRegion::open(path, &name, shift)
                         .with_context(|| format!("opening {}", path.display()))?,
                 };
@@ -705,6 +742,11 @@ async fn run(cmd: Cmd) -> Result<()> {
                         .with_context(|| format!("opening {}", region.display()))?;
                     (r, None)
                 }
+                (Detector::Fuse, _) => bail!(
+                    "`peer migrate` has no --fuse-mount: run `peer sync --detector fuse` and \
+                     migrate its region with `peer migrate --sync PID --name NAME`, which holds \
+                     the mount's writes at the freeze"
+                ),
                 (Detector::Inotify, None) => {
                     let r = SyncRegion::open_inotify(&region, &name, shift)
                         .with_context(|| format!("opening {}", region.display()))?;
@@ -877,13 +919,7 @@ async fn serve_nbd_region(
     limits: nbd::server::Limits,
     flush_waits_for_replica: bool,
 ) -> Result<(SyncRegion, Arc<nbd::FileExport>)> {
-    let source = Arc::new(
-        memsync_peer::region::SourceFile::open(path, shift)
-            .with_context(|| format!("opening {}", path.display()))?,
-    );
-    let marks = Marks::new(source.geometry());
-    let export = nbd::FileExport::open(path, marks.clone(), flush_waits_for_replica)
-        .with_context(|| format!("opening {} for writing", path.display()))?;
+    let (source, marks, export) = file_export(path, shift, flush_waits_for_replica)?;
     let server = nbd::NbdServer::bind(listen)
         .await
         .with_context(|| format!("listening for NBD on {listen}"))?
@@ -893,10 +929,52 @@ async fn serve_nbd_region(
         path.display(),
         server.uri(name)
     );
-    let export = Arc::new(export);
     tokio::spawn(server.serve(name.to_owned(), export.clone()));
     let detector = Box::new(MarksDetector::nbd(marks, source.clone()));
     Ok((SyncRegion::new(source, name, detector)?, export))
+}
+
+/// Opens `path` for `--detector fuse`: mounted at `at` as `at/name`, whose writes mark chunks for
+/// the sync loop.
+fn serve_fuse_region(
+    path: &Path,
+    name: &str,
+    shift: u8,
+    at: &Path,
+    flush_waits_for_replica: bool,
+) -> Result<(
+    SyncRegion,
+    Arc<nbd::FileExport>,
+    memsync_peer::fuse::FuseMount,
+)> {
+    let (source, marks, export) = file_export(path, shift, flush_waits_for_replica)?;
+    let handle = tokio::runtime::Handle::current();
+    let mount = memsync_peer::fuse::mount(at, name, export.clone(), handle)
+        .with_context(|| format!("mounting {} with FUSE at {}", path.display(), at.display()))?;
+    tracing::info!("serving {} as {}", path.display(), at.join(name).display());
+    let detector = Box::new(MarksDetector::nbd(marks, source.clone()));
+    Ok((SyncRegion::new(source, name, detector)?, export, mount))
+}
+
+/// The region file at `path`, mapped for the sync loop and writable through an export whose
+/// writes mark their chunks (NBD and FUSE serve it).
+fn file_export(
+    path: &Path,
+    shift: u8,
+    flush_waits_for_replica: bool,
+) -> Result<(
+    Arc<memsync_peer::region::SourceFile>,
+    Arc<Marks>,
+    Arc<nbd::FileExport>,
+)> {
+    let source = Arc::new(
+        memsync_peer::region::SourceFile::open(path, shift)
+            .with_context(|| format!("opening {}", path.display()))?,
+    );
+    let marks = Marks::new(source.geometry());
+    let export = nbd::FileExport::open(path, marks.clone(), flush_waits_for_replica)
+        .with_context(|| format!("opening {} for writing", path.display()))?;
+    Ok((source, marks, Arc::new(export)))
 }
 
 /// Mounts `name` from the peer at `addr` into memory.
