@@ -205,7 +205,11 @@ impl Filesystem for RegionFs {
         if ino != FILE {
             return reply.error(Errno::EISDIR);
         }
+        // At or past the end: nothing to read (and no slice of the mapping to make).
         let len = (size as u64).min(self.export.size().saturating_sub(offset));
+        if len == 0 {
+            return reply.data(&[]);
+        }
         let export = self.export.clone();
         self.rt.spawn(async move {
             let mut buf = vec![0; len as usize];

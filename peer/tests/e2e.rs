@@ -472,15 +472,7 @@ fn the_fuse_detector_replicates_mapped_and_written_changes_and_survives_a_killed
          m.flush()\n",
         through.to_str().unwrap()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python(&script);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&through)

@@ -45,16 +45,7 @@ fn scrape(addr: &str) -> String {
          assert r.headers['Content-Type'].startswith('application/openmetrics-text'); \
          print(r.read().decode())"
     );
-    let out = Command::new("python3")
-        .args(["-c", &code])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    python(&code)
 }
 
 fn sample(text: &str, series: &str) -> Option<f64> {

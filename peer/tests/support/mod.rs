@@ -282,6 +282,20 @@ pub fn wait_identical(a: &Path, b: &Path, timeout: Duration) {
     }
 }
 
+/// Runs `script` with python3; its stdout. Fails the test with python's stderr if it fails.
+pub fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A UDP port free on loopback a moment ago.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
