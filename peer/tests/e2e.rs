@@ -513,3 +513,102 @@ fn the_fuse_detector_replicates_mapped_and_written_changes_and_survives_a_killed
     drop(sync);
     let _ = Command::new("umount").arg("-l").arg(&mnt).status();
 }
+
+/// The rows of the Markdown table under `heading` in `md`, as trimmed cells (header and rule
+/// left out).
+fn md_table(md: &str, heading: &str) -> Vec<Vec<String>> {
+    let at = md
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in\n{md}"));
+    (md[at..].lines())
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            let l = l.trim().trim_start_matches('|').trim_end_matches('|');
+            l.split('|').map(|c| c.trim().to_owned()).collect()
+        })
+        .collect()
+}
+
+/// `peer compare --quick` measures all five detectors against a real replica and writes a report
+/// whose every figure is there and in range (no speed asserted): idle sends nothing, every write
+/// workload has CPU, a writer time, bytes on the wire and p50 ≤ p99; each replica ended identical;
+/// each recommendation names a measured detector; the plots are SVG.
+#[test]
+fn peer_compare_quick_measures_every_detector_and_recommends_from_its_figures() {
+    let w = World::new();
+    let out = w.path("report");
+    let run = Command::new(BIN)
+        .args(["compare", "--quick", "--out", out.to_str().unwrap()])
+        .args(["--work-dir", w.path("work").to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Recommendations:"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let detectors = ["hash", "uffd", "inotify", "fuse", "nbd"];
+    assert!(!md.contains("not measured:"), "{md}");
+
+    let idle = md_table(&md, "## Idle");
+    assert_eq!(idle.len(), detectors.len(), "{md}");
+    for row in &idle {
+        assert!(detectors.contains(&row[0].as_str()), "{row:?}");
+        let cpu: f64 = row[2].parse().unwrap();
+        assert!(cpu.is_finite() && cpu >= 0.0, "{row:?}");
+        assert_eq!(row[4], "0", "an idle region sent chunks: {row:?}");
+    }
+    let cells = md_table(&md, "## Under writes");
+    assert_eq!(cells.len(), detectors.len() * 3, "{md}");
+    for row in &cells {
+        assert_eq!(row.len(), 11, "{row:?}");
+        assert!(row.iter().all(|c| !c.is_empty()), "an empty cell: {row:?}");
+        let f: Vec<f64> = row[3..].iter().map(|c| c.parse().unwrap()).collect();
+        let [cpu, replica_cpu, write_us, slowdown, wire, p50, p99, overhead] = f[..] else {
+            unreachable!()
+        };
+        assert!(cpu > 0.0 && replica_cpu >= 0.0 && write_us > 0.0, "{row:?}");
+        assert!(slowdown > 0.0 && overhead >= cpu, "{row:?}");
+        // Every chunk written was sent: in 64 KiB chunks for 4 KiB writes, at most 16 bytes (plus
+        // headers) per byte changed, and at least one where no page is written twice in a round
+        // (a hot set's pages are).
+        let least = if row[2].starts_with("hot set") {
+            0.01
+        } else {
+            0.9
+        };
+        assert!(wire >= least && wire <= 17.0, "{row:?}");
+        assert!(p50 > 0.0 && p50 <= p99, "{row:?}");
+    }
+    for d in detectors {
+        assert_eq!(
+            cells.iter().filter(|r| r[0] == d).count(),
+            3,
+            "{d}: random, sequential, hot set"
+        );
+        assert!(
+            md.contains(&format!("- {d} (64 MiB): byte-identical")),
+            "{d}'s replica: {md}"
+        );
+    }
+    let recs: Vec<&str> = (md.lines())
+        .skip_while(|l| !l.starts_with("## Recommendations"))
+        .filter(|l| l.starts_with("- **"))
+        .collect();
+    assert_eq!(recs.len(), 6, "{md}");
+    for r in recs {
+        let picked = r.split("**").nth(3).unwrap_or("");
+        assert!(detectors.contains(&picked), "{r}");
+    }
+    for svg in ["cpu.svg", "lag.svg", "slowdown.svg", "wire.svg"] {
+        let s = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(s.contains("<svg") && s.contains("uffd"), "{svg}");
+        assert!(
+            md.contains(&format!("]({svg})")),
+            "{svg} is not in the report"
+        );
+    }
+}

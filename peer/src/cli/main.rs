@@ -1,5 +1,6 @@
 //! The `peer` command: identities, serving replicas, syncing regions, and the demo.
 
+mod compare;
 mod config;
 mod demo;
 mod uffd;
@@ -323,6 +324,11 @@ enum Cmd {
     /// Two peers in one process on loopback: a generated region, a writer mutating it, live
     /// throughput and lag, and a final byte-for-byte check.
     Demo(demo::DemoArgs),
+    /// Measure every change detector this machine supports against a real replica (a `peer
+    /// serve` on loopback): CPU, the writer's slowdown, bytes on the wire, change → ACK lag and
+    /// idle cost, per workload; prints a table and writes a report with plots and a
+    /// recommendation per use case.
+    Compare(compare::CompareArgs),
     /// Make this peer the owner of replica DIR/NAME when its owner is lost for good (an
     /// operator's decision), at the next ownership epoch: the lost owner is fenced (its OPENs
     /// are refused, here and at every replica this peer then syncs to, saying how to rejoin),
@@ -356,7 +362,7 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Detector {
     /// xxh3 scan of every chunk (portable).
     Hash,
@@ -390,6 +396,7 @@ fn main() {
     let cli = Cli::parse_from(args);
     let default = match (cli.verbose, &cli.cmd) {
         (0, Cmd::Demo(_)) => "warn,peer::demo=info",
+        (0, Cmd::Compare(_)) => "warn,peer::compare=info",
         (0, _) => "info",
         (1, _) => "debug",
         _ => "trace",
@@ -799,6 +806,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Uffd(cmd) => uffd::run(cmd).await,
         Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Compare(args) => compare::run(args).await,
     }
 }
 

@@ -9,7 +9,9 @@
 //! Rule: a collection reads every queued event itself before it decides, and the kernel queues
 //! IN_MODIFY before write(2) returns, so a write that returned before a collection (a writer
 //! frozen for a handoff, say) is always seen by it. A watcher thread only polls, to wake the sync
-//! loop early.
+//! loop early; after each collection it waits nine times as long as the collection took before it
+//! may wake the loop again, so that writes coming without pause cost at most a tenth of a core in
+//! early hashing (`peer compare` found them hashing the file back to back).
 
 use super::{ChangeDetector, DetectorError, HashDetector};
 use crate::region::Source;
@@ -29,6 +31,8 @@ use tracing::{info, warn};
 struct Shared {
     stop: AtomicBool,
     wake: Arc<Notify>,
+    /// Nanoseconds the watcher waits after a collection before it polls again.
+    pause_ns: AtomicU64,
 }
 
 /// The `inotify` detector over a file region.
@@ -57,6 +61,7 @@ impl InotifyDetector {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            pause_ns: AtomicU64::new(0),
         });
         let (fd2, shared2) = (fd.clone(), shared.clone());
         let watcher = std::thread::Builder::new()
@@ -125,13 +130,17 @@ impl ChangeDetector for InotifyDetector {
     }
 
     fn collect(&mut self, known: &[u64], out: &mut DirtySet) -> Result<(), DetectorError> {
+        let start = std::time::Instant::now();
         self.check_mapped();
         let changed = self.modified()? | std::mem::take(&mut self.first);
         if !changed && self.mapped_by.is_none() {
             return Ok(());
         }
         self.scans.fetch_add(1, Ordering::Relaxed);
-        self.scan.collect(known, out)
+        let scanned = self.scan.collect(known, out);
+        let pause = start.elapsed() * 9;
+        (self.shared.pause_ns).store(pause.as_nanos() as u64, Ordering::Relaxed);
+        scanned
     }
 
     fn wakeup(&self) -> Option<Arc<Notify>> {
@@ -160,6 +169,14 @@ fn watch(fd: &OwnedFd, shared: &Shared) {
             Ok(n) if n > 0 => {
                 shared.wake.notify_one();
                 std::thread::park_timeout(Duration::from_secs(1));
+                let pause = Duration::from_nanos(shared.pause_ns.load(Ordering::Relaxed));
+                let until = std::time::Instant::now() + pause.min(Duration::from_secs(10));
+                while !shared.stop.load(Ordering::SeqCst) {
+                    match until.checked_duration_since(std::time::Instant::now()) {
+                        Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                        _ => break,
+                    }
+                }
             }
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {

@@ -123,7 +123,9 @@ pub struct SyncStats {
     pub bytes_sent: AtomicU64,
     /// CHUNK frames written to streams.
     pub chunks_sent: AtomicU64,
-    /// Rounds acknowledged by the replica.
+    /// Rounds begun: generations whose changes were sent.
+    pub rounds_begun: AtomicU64,
+    /// Rounds acknowledged by the replica (one ACK may acknowledge several).
     pub rounds_acked: AtomicU64,
     /// Bytes of CHUNK frames in the rounds the replica acknowledged.
     pub bytes_acked: AtomicU64,
@@ -133,6 +135,36 @@ pub struct SyncStats {
     pub reconciles: AtomicU64,
     /// Connections made (the first and every reconnect).
     pub connections: AtomicU64,
+    /// The latest acknowledged rounds, oldest first (at most [`ROUND_LOG`]): when each round's
+    /// changes were found and when its ACK came, for whoever measures the lag of single writes.
+    pub round_log: Mutex<std::collections::VecDeque<AckedRound>>,
+}
+
+/// How many acknowledged rounds [`SyncStats::round_log`] keeps.
+pub const ROUND_LOG: usize = 4096;
+
+/// An acknowledged round, as [`SyncStats::round_log`] keeps it. Every write that completed
+/// before `detected` is in this round or an earlier one.
+#[derive(Clone, Copy, Debug)]
+pub struct AckedRound {
+    /// When the detector run that found the round's changes began.
+    pub detected: Instant,
+    /// When the replica's ACK of it was read.
+    pub acked: Instant,
+}
+
+impl SyncStats {
+    fn log_round(&self, round: &Round) {
+        let mut log = self.round_log.lock().expect("round log lock");
+        if log.len() == ROUND_LOG {
+            log.pop_front();
+        }
+        log.push_back(AckedRound {
+            detected: round.detected,
+            acked: Instant::now(),
+        });
+        self.rounds_acked.fetch_add(1, Relaxed);
+    }
 }
 
 /// A region this peer owns and replicates.
@@ -740,6 +772,7 @@ async fn pump(
         }
         if r.owner.generation() != gen_before {
             r.metrics.generation(r.owner.generation());
+            stats.rounds_begun.fetch_add(1, Relaxed);
             rounds.insert(
                 r.owner.generation(),
                 Round {
@@ -1195,6 +1228,7 @@ fn on_frame(
                     break;
                 }
                 let round = e.remove();
+                stats.log_round(&round);
                 chunks += round.chunks;
                 bytes += round.bytes;
                 detected.get_or_insert(round.detected);
@@ -1206,7 +1240,6 @@ fn on_frame(
             }
             let lag = detected.map_or(Duration::ZERO, |d| d.elapsed());
             stats.bytes_acked.fetch_add(bytes, Relaxed);
-            stats.rounds_acked.fetch_add(1, Relaxed);
             stats.last_lag_us.store(lag.as_micros() as u64, Relaxed);
             r.metrics.acked(generation, lag);
             if let Some(pb) = progress.take() {
