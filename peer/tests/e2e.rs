@@ -549,6 +549,19 @@ fn peer_compare_quick_measures_every_detector_and_recommends_from_its_figures() 
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("Recommendations:"), "{stdout}");
+    // Its FUSE mounts (its own and nbdfuse's) are gone, and so are its children.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(w.path("work").to_str().unwrap()),
+        "{mounts}"
+    );
+    let work = w.path("work");
+    let left: Vec<String> = (std::fs::read_dir("/proc").unwrap().flatten())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(work.to_str().unwrap()))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let detectors = ["hash", "uffd", "inotify", "fuse", "nbd"];
     assert!(!md.contains("not measured:"), "{md}");
@@ -564,12 +577,14 @@ fn peer_compare_quick_measures_every_detector_and_recommends_from_its_figures() 
     let cells = md_table(&md, "## Under writes");
     assert_eq!(cells.len(), detectors.len() * 3, "{md}");
     for row in &cells {
-        assert_eq!(row.len(), 11, "{row:?}");
+        assert_eq!(row.len(), 12, "{row:?}");
         assert!(row.iter().all(|c| !c.is_empty()), "an empty cell: {row:?}");
         let f: Vec<f64> = row[3..].iter().map(|c| c.parse().unwrap()).collect();
-        let [cpu, replica_cpu, write_us, slowdown, wire, p50, p99, overhead] = f[..] else {
+        let [written, cpu, replica_cpu, write_us, slowdown, wire, p50, p99, overhead] = f[..]
+        else {
             unreachable!()
         };
+        assert!(written > 0.0 && written <= 16.0 * 1.05, "{row:?}");
         assert!(cpu > 0.0 && replica_cpu >= 0.0 && write_us > 0.0, "{row:?}");
         assert!(slowdown > 0.0 && overhead >= cpu, "{row:?}");
         // Every chunk written was sent: in 64 KiB chunks for 4 KiB writes, at most 16 bytes (plus

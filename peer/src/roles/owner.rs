@@ -135,9 +135,10 @@ pub struct SyncStats {
     pub reconciles: AtomicU64,
     /// Connections made (the first and every reconnect).
     pub connections: AtomicU64,
-    /// The latest acknowledged rounds, oldest first (at most [`ROUND_LOG`]): when each round's
-    /// changes were found and when its ACK came, for whoever measures the lag of single writes.
-    pub round_log: Mutex<std::collections::VecDeque<AckedRound>>,
+    /// The latest acknowledged rounds, oldest first (at most [`ROUND_LOG`]; see
+    /// [`SyncStats::take_rounds`]): when each round's changes were found and when its ACK came,
+    /// for whoever measures the lag of single writes.
+    round_log: Mutex<std::collections::VecDeque<AckedRound>>,
 }
 
 /// How many acknowledged rounds [`SyncStats::round_log`] keeps.
@@ -154,6 +155,13 @@ pub struct AckedRound {
 }
 
 impl SyncStats {
+    /// Takes the acknowledged rounds logged since the last call, oldest first. Only the newest
+    /// [`ROUND_LOG`] are kept between calls: `rounds_acked` tells whether any were dropped.
+    pub fn take_rounds(&self) -> Vec<AckedRound> {
+        let mut log = self.round_log.lock().expect("round log lock");
+        log.drain(..).collect()
+    }
+
     fn log_round(&self, round: &Round) {
         let mut log = self.round_log.lock().expect("round log lock");
         if log.len() == ROUND_LOG {

@@ -89,7 +89,10 @@ pub fn writes_how(d: Detector) -> &'static str {
 }
 
 pub async fn run(a: CompareArgs) -> Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = std::iter::once("peer".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
     let shift = crate::chunk_shift(a.chunk_size)?;
     let sizes = match (&a.sizes[..], a.quick) {
         ([], true) => vec![64 << 20],
@@ -181,52 +184,61 @@ pub async fn run(a: CompareArgs) -> Result<()> {
         time,
         replica: &replica,
     };
-    for &size in &sizes {
-        // The writer's baseline: the same writes into untracked anonymous memory.
-        let mut base = memmap2::MmapMut::map_anon(size as usize).context("mapping memory")?;
-        base.fill(1);
-        let mut baselines = Vec::new();
-        for &rate in &rates {
-            for &p in &patterns {
-                bar.set_message(format!("untracked memory · {} · {}", p.name(), mibs(rate)));
-                let target = Target::Memory {
-                    ptr: base.as_mut_ptr(),
-                    len: base.len(),
+    // Interrupted (Ctrl-C, SIGTERM): what the loop holds is dropped, so its mounts, bridges and
+    // the replica end with it.
+    let measured = async {
+        for &size in &sizes {
+            // The writer's baseline: the same writes into untracked anonymous memory.
+            let mut base = memmap2::MmapMut::map_anon(size as usize).context("mapping memory")?;
+            base.fill(1);
+            let mut baselines = Vec::new();
+            for &rate in &rates {
+                for &p in &patterns {
+                    bar.set_message(format!("untracked memory · {} · {}", p.name(), mibs(rate)));
+                    let target = Target::Memory {
+                        ptr: base.as_mut_ptr(),
+                        len: base.len(),
+                    };
+                    let t = time.min(Duration::from_secs(1));
+                    let (_, w) = write(target, p, rate, t, 1).await?;
+                    baselines.push(((p, rate), w.mean_ns()));
+                    bar.inc(1);
+                }
+            }
+            for &d in &supported {
+                bar.set_message(format!("{} · {} MiB: setting up", name(d), size >> 20));
+                let subject = Subject::open(d, &work, size, shift, &replica)
+                    .await
+                    .with_context(|| format!("setting up the {} detector", name(d)))?;
+                let base_of = |p, r| {
+                    baselines
+                        .iter()
+                        .find(|(k, _)| *k == (p, r))
+                        .map_or(0.0, |&(_, ns)| ns)
                 };
-                let t = time.min(Duration::from_secs(1));
-                let (_, w) = write(target, p, rate, t, 1).await?;
-                baselines.push(((p, rate), w.mean_ns()));
-                bar.inc(1);
-            }
-        }
-        for &d in &supported {
-            bar.set_message(format!("{} · {} MiB: setting up", name(d), size >> 20));
-            let subject = Subject::open(d, &work, size, shift, &replica)
-                .await
-                .with_context(|| format!("setting up the {} detector", name(d)))?;
-            let base_of = |p, r| {
-                baselines
-                    .iter()
-                    .find(|(k, _)| *k == (p, r))
-                    .map_or(0.0, |&(_, ns)| ns)
-            };
-            match m
-                .detector(&ep, subject, size, &rates, &patterns, &bar, base_of)
-                .await
-            {
-                Ok((idle, cells, verified)) => {
-                    run.idle.push(idle);
-                    run.cells.extend(cells);
-                    run.verified.push(verified);
-                }
-                Err(e) => {
-                    bar.inc(per_size as u64);
-                    let e = format!("{e:#}");
-                    tracing::error!("{} at {} MiB: {e}", name(d), size >> 20);
-                    run.failed.push((name(d), size, e));
+                match m
+                    .detector(&ep, subject, size, &rates, &patterns, &bar, base_of)
+                    .await
+                {
+                    Ok((idle, cells, verified)) => {
+                        run.idle.push(idle);
+                        run.cells.extend(cells);
+                        run.verified.push(verified);
+                    }
+                    Err(e) => {
+                        bar.inc(per_size as u64);
+                        let e = format!("{e:#}");
+                        tracing::error!("{} at {} MiB: {e}", name(d), size >> 20);
+                        run.failed.push((name(d), size, e));
+                    }
                 }
             }
         }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = measured => r?,
+        _ = crate::stop_signal() => bail!("interrupted"),
     }
     bar.finish_and_clear();
     drop(replica);
@@ -304,6 +316,7 @@ impl Replica {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            .dies_with_parent()
             .spawn()
             .context("starting `peer serve` for the replica")?;
         let mut r = Replica {
@@ -446,6 +459,7 @@ impl Subject {
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
+                    .dies_with_parent()
                     .spawn()
                     .context("starting nbdfuse")?;
                 bridge = Bridge(Some(child));
@@ -483,16 +497,39 @@ impl Subject {
     }
 }
 
-/// Unmounts nbdfuse's mount point when dropped (before nbdfuse is killed).
+/// Unmounts nbdfuse's mount point when dropped (before nbdfuse is killed): umount(2) as root,
+/// else fusermount3 -u.
 struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
+        if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty()).is_err() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Children that end with this process, however it ends (kill -9 included): prctl(2)
+/// PR_SET_PDEATHSIG.
+trait DiesWithParent {
+    fn dies_with_parent(&mut self) -> &mut Self;
+}
+
+impl DiesWithParent for Command {
+    fn dies_with_parent(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        let kill = rustix::process::Signal::KILL;
+        // SAFETY: between fork and exec the closure makes one system call and allocates nothing.
+        unsafe {
+            self.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(kill))
+                    .map_err(std::io::Error::from)
+            })
+        }
     }
 }
 
@@ -572,7 +609,7 @@ impl Measure<'_> {
         };
         let d = name(detector);
         bar.set_message(format!("{d} · {} MiB: first sync", size >> 20));
-        self.settle(&stats, &driver, true).await?;
+        self.settle(&stats, &driver, true, &mut Vec::new()).await?;
 
         let mut cells = Vec::new();
         let mut idle = None;
@@ -595,14 +632,25 @@ impl Measure<'_> {
             let cpu0 = writer::process_cpu() + bridge.cpu();
             let rep0 = self.replica.cpu();
             let sent0 = stats.bytes_sent.load(Relaxed);
-            let (t, w) = write(
+            // The rounds of this workload, taken from the stats as they come (they keep only the
+            // newest few thousand).
+            stats.take_rounds();
+            let acked0 = stats.rounds_acked.load(Relaxed);
+            let mut log = Vec::new();
+            let writing = write(
                 target,
                 pattern.unwrap_or(Pattern::Random),
                 rate,
                 self.time,
                 seed,
-            )
-            .await?;
+            );
+            tokio::pin!(writing);
+            let (t, w) = loop {
+                tokio::select! {
+                    r = &mut writing => break r?,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => log.extend(stats.take_rounds()),
+                }
+            };
             target = t;
             let owner_cpu = (writer::process_cpu() + bridge.cpu())
                 .saturating_sub(cpu0)
@@ -611,7 +659,11 @@ impl Measure<'_> {
                 / w.wall.as_secs_f64();
             let replica_cpu =
                 self.replica.cpu().saturating_sub(rep0).as_secs_f64() / w.wall.as_secs_f64();
-            self.settle(&stats, &driver, false).await?;
+            self.settle(&stats, &driver, false, &mut log).await?;
+            log.extend(stats.take_rounds());
+            if log.len() as u64 != stats.rounds_acked.load(Relaxed) - acked0 {
+                bail!("rounds were acknowledged faster than they could be logged");
+            }
             let wire = stats.bytes_sent.load(Relaxed) - sent0;
             bar.inc(1);
             let Some(pattern) = pattern else {
@@ -624,14 +676,7 @@ impl Measure<'_> {
                 });
                 continue;
             };
-            let log: Vec<_> = stats
-                .round_log
-                .lock()
-                .expect("round log")
-                .iter()
-                .copied()
-                .collect();
-            let lag = Lag::of(&w.ended, &log);
+            let lag = Lag::of(w.spans(), &log);
             if lag.unacked > 0 {
                 bail!(
                     "{} of {} writes ({}, {}) were never acknowledged",
@@ -653,6 +698,7 @@ impl Measure<'_> {
                 base_ns: base_of(pattern, rate),
                 wire,
                 changed: w.bytes(),
+                written: w.bytes() as f64 / w.wall.as_secs_f64(),
                 lag,
             });
         }
@@ -680,17 +726,19 @@ impl Measure<'_> {
 
     /// Waits until every round begun is acknowledged and none began for a while (a few detector
     /// intervals): every write before the call has then reached the replica. `first`: wait for
-    /// the first reconciliation too.
+    /// the first reconciliation too. The rounds acknowledged meanwhile go to `log`.
     async fn settle(
         &self,
         stats: &SyncStats,
         driver: &tokio::task::JoinHandle<Result<(), memsync_peer::roles::owner::SyncError>>,
         first: bool,
+        log: &mut Vec<memsync_peer::roles::owner::AckedRound>,
     ) -> Result<()> {
         let quiet = (self.interval * 4).max(Duration::from_millis(300));
         let until = Instant::now() + Duration::from_secs(300);
         let mut last = (u64::MAX, Instant::now());
         loop {
+            log.extend(stats.take_rounds());
             if driver.is_finished() {
                 bail!("the sync ended early; its log says why");
             }

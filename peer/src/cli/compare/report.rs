@@ -59,6 +59,9 @@ pub struct Cell {
     /// Bytes of chunks sent, and bytes the writer wrote.
     pub wire: u64,
     pub changed: u64,
+    /// Bytes per second the writer reached: below `rate` where each write takes longer than
+    /// the rate allows.
+    pub written: f64,
     pub lag: Lag,
 }
 
@@ -81,7 +84,10 @@ impl Cell {
 
 /// Change → ACK: from the end of each write to the ACK of the first round whose detection began
 /// after it (the round that must carry it; a round detected just before may have carried it
-/// already, so this errs long, never short).
+/// already, so this errs long, never short). A write that no round detected after its end
+/// followed was carried by the last round if that round's detection began after the write did
+/// (a mark is made before the writer's call returns, and its ACK may even come first); the
+/// final byte-for-byte check of the replica backs that.
 pub struct Lag {
     pub p50: Duration,
     pub p99: Duration,
@@ -89,19 +95,20 @@ pub struct Lag {
 }
 
 impl Lag {
-    /// `log`: the acknowledged rounds, in order.
-    pub fn of(ended: &[Instant], log: &[AckedRound]) -> Lag {
-        let mut lags = Vec::with_capacity(ended.len());
+    /// `writes`: when each write began and ended; `log`: the acknowledged rounds, in order.
+    pub fn of(writes: impl Iterator<Item = (Instant, Instant)>, log: &[AckedRound]) -> Lag {
+        let mut lags = Vec::new();
         let mut unacked = 0;
-        for &t in ended {
-            let i = log.partition_point(|r| r.detected < t);
-            // No round began after it: the last one, if its ACK came after the write, read it.
+        for (began, ended) in writes {
+            let i = log.partition_point(|r| r.detected < ended);
             let acked = match log.get(i) {
                 Some(r) => Some(r.acked),
-                None => log.last().map(|r| r.acked).filter(|&a| a >= t),
+                None => (log.last())
+                    .filter(|r| r.detected >= began || r.acked >= ended)
+                    .map(|r| r.acked),
             };
             match acked {
-                Some(a) => lags.push(a - t),
+                Some(a) => lags.push(a.saturating_duration_since(ended)),
                 None => unacked += 1,
             }
         }
@@ -179,10 +186,11 @@ const IDLE_HEAD: [&str; 5] = [
     "replica CPU (ms/s)",
     "bytes sent",
 ];
-const CELL_HEAD: [&str; 11] = [
+const CELL_HEAD: [&str; 12] = [
     "detector",
     "region",
     "workload",
+    "written (MiB/s)",
     "owner CPU (ms/s)",
     "replica CPU (ms/s)",
     "µs per write",
@@ -214,6 +222,7 @@ fn cell_rows(run: &Run) -> Vec<Vec<String>> {
                 c.detector.into(),
                 size_name(c.size),
                 workload(c),
+                format!("{:.1}", c.written / (1 << 20) as f64),
                 format!("{:.1}", c.owner_cpu * 1e3),
                 format!("{:.1}", c.replica_cpu * 1e3),
                 format!("{:.2}", c.write_ns / 1e3),
@@ -355,6 +364,15 @@ impl Figure {
         }
     }
 
+    fn short(self, v: f64) -> String {
+        match self {
+            Figure::Overhead => format!("{v:.1} ms/s"),
+            Figure::Slowdown => format!("{v:.1}×"),
+            Figure::P99 => format!("{v:.1} ms"),
+            Figure::Wire => format!("{v:.2}"),
+        }
+    }
+
     fn show(self, v: f64) -> String {
         match self {
             Figure::Overhead => format!("{v:.1} ms/s of overhead"),
@@ -410,14 +428,23 @@ pub fn recommend(run: &Run) -> Vec<String> {
     let mut out = Vec::new();
     for (title, candidates, patterns, figure) in cases {
         let mut scored: Vec<(&str, f64)> = Vec::new();
+        let mut short = Vec::new();
         for &d in candidates {
-            let vals: Vec<f64> = (run.cells.iter())
+            let cells: Vec<&Cell> = (run.cells.iter())
                 .filter(|c| c.detector == d && c.size == size && c.rate == rate)
                 .filter(|c| patterns.contains(&c.pattern))
-                .map(|c| figure.of(c, run.time))
                 .collect();
-            if !vals.is_empty() {
-                scored.push((d, vals.iter().sum::<f64>() / vals.len() as f64));
+            if cells.is_empty() {
+                continue;
+            }
+            let n = cells.len() as f64;
+            scored.push((
+                d,
+                cells.iter().map(|c| figure.of(c, run.time)).sum::<f64>() / n,
+            ));
+            let written = cells.iter().map(|c| c.written).sum::<f64>() / n;
+            if written < 0.9 * rate as f64 {
+                short.push(format!("{d} wrote {:.1} MiB/s", written / (1 << 20) as f64));
             }
         }
         let at = format!(
@@ -426,7 +453,17 @@ pub fn recommend(run: &Run) -> Vec<String> {
             rate >> 20,
             size_name(size)
         );
-        out.push(verdict(title, &scored, figure, &at, candidates));
+        let mut line = verdict(title, &scored, figure, &at, candidates);
+        if !short.is_empty() {
+            let _ = write!(
+                line,
+                " Short of {} MiB/s, each write taking too long, so that their figures are for a \
+                 lighter load: {}.",
+                rate >> 20,
+                short.join(", ")
+            );
+        }
+        out.push(line);
     }
     // Idle cost: every detector, largest region.
     let idle: Vec<(&str, f64)> = (run.idle.iter())
@@ -472,7 +509,7 @@ fn verdict(
     let others = join(
         s[1..]
             .iter()
-            .map(|(d, w)| format!("{d} {}", figure.show(*w))),
+            .map(|(d, w)| format!("{d} {}", figure.short(*w))),
     );
     let pick = match close.is_empty() {
         true => format!("**{best}**"),
@@ -588,8 +625,9 @@ fn bars(
     });
     let (lo, hi) = match (log, lo <= hi) {
         (_, false) => (0.0, 1.0),
-        (true, true) => (lo.floor().min(0.0), hi.ceil().max(lo.floor() + 1.0)),
-        (false, true) => (0.0, (hi * 1.15).max(1e-6)),
+        // Headroom above the highest bar for the legend.
+        (true, true) => (lo.floor().min(0.0), (hi + 0.8).max(lo.floor() + 1.0)),
+        (false, true) => (0.0, (hi * 1.5).max(1e-6)),
     };
     let width = (groups.len() * 150 + 180).max(640) as u32;
     let root = SVGBackend::new(path, (width, 440)).into_drawing_area();
@@ -600,9 +638,13 @@ fn bars(
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..groups.len().max(1) as f64, lo..hi)?;
-    let fmt = |v: &f64| match log {
-        true => format!("{}", 10f64.powf(*v)),
-        false => format!("{v:.1}"),
+    let fmt = |v: &f64| {
+        let v = if log { 10f64.powf(*v) } else { *v };
+        match v.abs() {
+            a if a >= 10.0 || a == 0.0 => format!("{v:.0}"),
+            a if a >= 1.0 => format!("{v:.1}"),
+            _ => format!("{v:.2}"),
+        }
     };
     chart
         .configure_mesh()

@@ -87,6 +87,12 @@ impl Writes {
     pub fn bytes(&self) -> u64 {
         (self.took_ns.len() * PAGE) as u64
     }
+
+    /// When each write began and ended.
+    pub fn spans(&self) -> impl Iterator<Item = (Instant, Instant)> + '_ {
+        (self.ended.iter().zip(&self.took_ns))
+            .map(|(&end, &ns)| (end - Duration::from_nanos(ns), end))
+    }
 }
 
 /// Writes pages of `target` in `pattern` at `rate` bytes per second for `time` (no writes at all
