@@ -6,8 +6,14 @@
 //! Crash rule (DRBD's activity log, by extents of 4 MiB): an extent's *hot* flag is on stable
 //! storage before any chunk in it is written; a checkpoint puts the replica's bytes on stable
 //! storage, then the hashes and per-extent checksums, then clears the flags of extents that were
-//! not written since the previous checkpoint. On load, hot extents are rehashed from the data
-//! (whatever a crash left there) and every other extent must match its checksum.
+//! not written in the last [`COOL_AFTER`] checkpoints. On load, hot extents are rehashed from the
+//! data (whatever a crash left there) and every other extent must match its checksum.
+//!
+//! Heating an extent costs an fdatasync before the write it precedes (and so before the ACK of
+//! its round), so extents stay hot for a few checkpoints: writes scattered over the region would
+//! otherwise re-heat the extents each checkpoint cooled, one sync each (`peer compare` traced
+//! stalls of up to half a second to them, as DRBD keeps an LRU of active extents for the same
+//! reason). A crash then rehashes what was written in the last ~30 s, not the last 5.
 
 use super::{hash_file, io, RegionError, ReplicaDir};
 use memsync_protocol::hash::{chunk_hash, ZeroHashes};
@@ -28,6 +34,8 @@ const EXTENT_BYTES_SHIFT: u8 = 22;
 /// Most extents a sequential run marks hot ahead of itself: 64 MiB, which a crash may leave to
 /// rehash beyond what was written.
 const MARK_AHEAD: usize = 16;
+/// Checkpoints in a row an extent must go unwritten before it cools.
+const COOL_AFTER: u8 = 6;
 /// How often a replica that keeps receiving checkpoints (bounds what a crash leaves to rehash).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
@@ -96,6 +104,8 @@ pub struct ReplicaIndex {
     hot: Vec<bool>,
     /// Extents written since the last checkpoint.
     touched: Vec<bool>,
+    /// Checkpoints in a row each hot extent went unwritten.
+    unwritten: Vec<u8>,
     committed: u64,
     /// The chunk that would continue the current run of consecutive writes, and the extent
     /// the run started in.
@@ -303,6 +313,7 @@ impl ReplicaIndex {
             hashes: a.hashes.iter().map(|h| h.to_native()).collect(),
             hot: a.hot.iter().map(|&h| h != 0).collect(),
             touched: vec![false; extents],
+            unwritten: vec![0; extents],
             committed: a.committed.to_native(),
             next_in_run: u64::MAX,
             run_from: 0,
@@ -459,7 +470,8 @@ impl ReplicaIndex {
     }
 
     /// Puts `data` (the replica file) and then the index on stable storage, and cools the hot
-    /// extents not written since the previous checkpoint (all of them when `all`: a clean stop).
+    /// extents not written in the last [`COOL_AFTER`] checkpoints (all of them when `all`: a clean
+    /// stop).
     pub fn checkpoint(&mut self, data: &File, all: bool) -> std::io::Result<()> {
         let all = all || self.last_checkpoint.is_none();
         self.last_checkpoint = Some(Instant::now());
@@ -479,7 +491,11 @@ impl ReplicaIndex {
         }
         let mut cooled = false;
         for e in 0..self.hot.len() {
-            if self.hot[e] && (all || !self.touched[e]) {
+            self.unwritten[e] = match self.touched[e] {
+                true => 0,
+                false => self.unwritten[e].saturating_add(1),
+            };
+            if self.hot[e] && (all || self.unwritten[e] >= COOL_AFTER) {
                 self.hot[e] = false;
                 self.file.write_all_at(&[0], self.at.hot + e as u64)?;
                 cooled = true;
@@ -500,6 +516,7 @@ impl ReplicaIndex {
 
 #[cfg(test)]
 mod tests {
+    use super::COOL_AFTER;
     use crate::region::{hash_all, Loaded, ReplicaDir, ReplicaFile};
     use memsync_protocol::Geometry;
     use std::os::unix::fs::FileExt;
@@ -567,6 +584,35 @@ mod tests {
         check(&f);
         drop(f);
         assert_eq!(open(&dir, "r").loaded(), &Loaded::Reused { rehashed: 0 });
+    }
+
+    #[test]
+    fn an_extent_cools_only_after_checkpoints_without_writes() {
+        // The first commit checkpointed everything cold; chunk 700 heats extent 0.
+        let (_tmp, _dir, mut f) = written();
+        f.write_chunk(700, Some(&[8; 4096])).unwrap();
+        let ReplicaFile { index, file, .. } = &mut f;
+        index.checkpoint(file, false).unwrap();
+        for _ in 0..COOL_AFTER {
+            assert!(
+                index.hot[0],
+                "cooled after fewer than {COOL_AFTER} quiet checkpoints"
+            );
+            index.checkpoint(file, false).unwrap();
+        }
+        assert!(!index.hot[0]);
+        // A write in the meantime keeps it hot from then on.
+        f.write_chunk(700, Some(&[9; 4096])).unwrap();
+        let ReplicaFile { index, file, .. } = &mut f;
+        for _ in 0..COOL_AFTER - 1 {
+            index.checkpoint(file, false).unwrap();
+        }
+        f.write_chunk(701, Some(&[9; 4096])).unwrap();
+        let ReplicaFile { index, file, .. } = &mut f;
+        for _ in 0..COOL_AFTER - 1 {
+            index.checkpoint(file, false).unwrap();
+            assert!(index.hot[0]);
+        }
     }
 
     /// Opens `r` after `spoil` changed its index, and expects a rebuild whose reason contains
