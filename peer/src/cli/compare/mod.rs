@@ -141,7 +141,7 @@ pub async fn run(a: CompareArgs) -> Result<()> {
     let mut supported = Vec::new();
     let mut unsupported = Vec::new();
     for d in asked {
-        match support(d, &work) {
+        match support(d) {
             Ok(()) => supported.push(d),
             Err(why) => {
                 tracing::warn!("{}: not measured: {why}", name(d));
@@ -256,19 +256,16 @@ fn mibs(rate: u64) -> String {
 }
 
 /// Why `d` cannot be measured here, if it cannot.
-fn support(d: Detector, work: &Path) -> Result<(), String> {
+fn support(d: Detector) -> Result<(), String> {
     match d {
         Detector::Hash | Detector::Inotify => Ok(()),
         Detector::Uffd => memsync_peer::uffd::Probe::run()
             .require_write_tracking()
             .map_err(|e| e.to_string()),
-        Detector::Fuse => {
-            if !Path::new("/dev/fuse").exists() {
-                return Err("/dev/fuse is absent (load the fuse module)".into());
-            }
-            let _ = work;
-            Ok(())
+        Detector::Fuse if !Path::new("/dev/fuse").exists() => {
+            Err("/dev/fuse is absent (load the fuse module)".into())
         }
+        Detector::Fuse => Ok(()),
         Detector::Nbd => {
             if !Path::new("/dev/fuse").exists() {
                 return Err("its writer goes through nbdfuse, and /dev/fuse is absent".into());
