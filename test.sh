@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test of the workspace: the README's test command,
 # and what .ci/run calls. The tests drive real NBD clients (qemu-io and qemu-img from qemu-utils;
-# nbdinfo, nbdcopy and nbdfuse from libnbd-bin), FUSE (fuse3) and a real VM (qemu-system-x86 with
-# Debian's kernel and busybox as the guest); missing ones are installed with apt-get (as root, or
-# through sudo). Arguments go to `cargo test`.
+# nbdinfo, nbdcopy and nbdfuse from libnbd-bin), FUSE (fuse3), a real VM (qemu-system-x86 with
+# Debian's kernel and busybox as the guest) and a real S3 cluster (Garage); missing ones are
+# installed with apt-get (as root, or through sudo) or cargo. Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -40,6 +40,17 @@ if [ ! -s "$MEMSYNC_VM_DIR/vmlinuz" ] || [ ! -s "$MEMSYNC_VM_DIR/busybox" ]; the
   cp "$work"/root/boot/vmlinuz-* "$MEMSYNC_VM_DIR/vmlinuz"
   cp "$work/root/bin/busybox" "$MEMSYNC_VM_DIR/busybox"
   rm -rf "$work"
+fi
+
+# The object-store tests' S3 cluster (peer/tests/store.rs): Garage, which no package registry
+# here ships as a binary, built once with cargo into cargo's bin directory (about 15 minutes on
+# two cores; SQLite only, no LMDB, metrics or K2V) and reused while its version matches.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+garage_version=2.5.0
+if ! garage --version 2>/dev/null | grep -qF "$garage_version"; then
+  echo "test.sh: building garage $garage_version (once, about 15 minutes)" >&2
+  cargo install garage --version "$garage_version" --locked --quiet \
+    --no-default-features --features bundled-libs,sqlite
 fi
 
 # Every test binary runs even when an earlier one fails, so one failure hides no other.

@@ -5,7 +5,10 @@
 //! first round); against raw quinn's time for the same bytes, measured in this run.
 //!
 //! `cargo bench -p memsync-benches --bench migrate` (`MIGRATE_BENCH_MIB`, default 1024;
-//! `MIGRATE_BENCH_DOWNTIME_MS`, default 50; `MIGRATE_BENCH_DIR`, where both copies live).
+//! `MIGRATE_BENCH_DOWNTIME_MS`, default 50; `MIGRATE_BENCH_DIR`, where both copies live;
+//! `MIGRATE_BENCH_RUNS`, migrations per cell, default 1, whose median and range are reported;
+//! `MIGRATE_BENCH_DETECTORS`, default `uffd,hash`; `MIGRATE_BENCH_RATES` in MiB/s, default
+//! `0,16,64,256`).
 
 use memsync_benches::raw_quinn;
 use memsync_peer::embed::TrackedRegion;
@@ -106,11 +109,16 @@ fn migrate<W: Writable>(
     report
 }
 
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).map_or(default, |v| v.parse().ok().expect(name))
+}
+
 fn main() {
-    let mib: usize = std::env::var("MIGRATE_BENCH_MIB").map_or(1024, |v| v.parse().unwrap());
-    let downtime = Duration::from_millis(
-        std::env::var("MIGRATE_BENCH_DOWNTIME_MS").map_or(50, |v| v.parse().unwrap()),
-    );
+    let mib: usize = env("MIGRATE_BENCH_MIB", 1024);
+    let downtime = Duration::from_millis(env("MIGRATE_BENCH_DOWNTIME_MS", 50));
+    let runs: usize = env("MIGRATE_BENCH_RUNS", 1);
+    let detectors: String = env("MIGRATE_BENCH_DETECTORS", "uffd,hash".to_string());
+    let rates: String = env("MIGRATE_BENCH_RATES", "0,16,64,256".to_string());
     let size = mib << 20;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -140,45 +148,110 @@ fn main() {
     let client = rt.block_on(async {
         PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
     });
-    println!("| detector | writer MiB/s | rounds | froze because | downtime ms | total s | total / raw quinn |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for detector in ["uffd", "hash"] {
-        for rate in [0u64, 16, 64, 256] {
-            let name = format!("{detector}-{rate}");
-            let rate = rate << 20;
-            let report = if detector == "uffd" {
-                let mut mem = TrackedRegion::with_chunk_shift(size, SHIFT).unwrap();
-                mem.copy_from_slice(&image);
-                let region = mem.sync_region(&name).unwrap();
-                migrate(&rt, &client, addr, region, mem, rate, downtime)
-            } else {
-                let path = dir.path().join(&name);
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .unwrap();
-                std::io::Write::write_all(&mut &file, &image).unwrap();
-                // SAFETY: the bench owns the file; the sync maps it read-only beside this.
-                let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
-                let region = rt
-                    .block_on(async {
-                        tokio::task::block_in_place(|| SyncRegion::open(&path, &name, SHIFT))
-                    })
-                    .unwrap();
-                migrate(&rt, &client, addr, region, map, rate, downtime)
-            };
-            let rate = rate >> 20;
+    println!(
+        "| detector | writer MiB/s | runs | rounds | froze because (last run) | downtime ms, p50 (min–max) | total s, p50 | total / raw quinn, p50 (min–max) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for detector in detectors.split(',') {
+        for rate in rates.split(',') {
+            let rate: u64 = rate.parse().expect("MIGRATE_BENCH_RATES");
+            let mut reports = Vec::new();
+            for run in 0..runs {
+                let name = format!("{detector}-{rate}-{run}");
+                reports.push(migrate_once(
+                    &rt,
+                    &client,
+                    addr,
+                    dir.path(),
+                    &image,
+                    detector,
+                    &name,
+                    rate << 20,
+                    downtime,
+                ));
+            }
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let mut down: Vec<f64> = reports.iter().map(|r| ms(r.downtime)).collect();
+            let mut total: Vec<f64> = reports.iter().map(|r| ms(r.total)).collect();
+            let rounds: Vec<String> = reports.iter().map(|r| r.rounds.len().to_string()).collect();
+            let (d50, dmin, dmax) = median_range(&mut down);
+            let (t50, tmin, tmax) = median_range(&mut total);
+            let raw = ms(raw);
             println!(
-                "| {detector} | {rate} | {} | {} | {:.1} | {:.2} | {:.2}× |",
-                report.rounds.len(),
-                report.froze_because,
-                report.downtime.as_secs_f64() * 1e3,
-                report.total.as_secs_f64(),
-                report.total.as_secs_f64() / raw.as_secs_f64()
+                "| {detector} | {rate} | {runs} | {} | {} | {d50:.1} ({dmin:.1}–{dmax:.1}) | {:.2} | {:.2}× ({:.2}–{:.2}) |",
+                rounds.join(","),
+                reports.last().expect("one run").froze_because,
+                t50 / 1e3,
+                t50 / raw,
+                tmin / raw,
+                tmax / raw
             );
         }
     }
+}
+
+/// The median, minimum and maximum of `v` (not empty).
+fn median_range(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+/// One migration of a fresh copy of `image` named `name`, with `detector`'s region.
+#[allow(clippy::too_many_arguments)]
+fn migrate_once(
+    rt: &tokio::runtime::Runtime,
+    client: &PeerEndpoint,
+    addr: SocketAddr,
+    dir: &std::path::Path,
+    image: &[u8],
+    detector: &str,
+    name: &str,
+    rate: u64,
+    downtime: Duration,
+) -> MigrationReport {
+    let size = image.len();
+    let report = if detector == "uffd" {
+        let mut mem = TrackedRegion::with_chunk_shift(size, SHIFT).unwrap();
+        mem.copy_from_slice(image);
+        let region = mem.sync_region(name).unwrap();
+        migrate(rt, client, addr, region, mem, rate, downtime)
+    } else {
+        let path = dir.join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut &file, image).unwrap();
+        // SAFETY: the bench owns the file; the sync maps it read-only beside this.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+        let region = rt
+            .block_on(async {
+                tokio::task::block_in_place(|| SyncRegion::open(&path, name, SHIFT))
+            })
+            .unwrap();
+        let report = migrate(rt, client, addr, region, map, rate, downtime);
+        std::fs::remove_file(&path).unwrap();
+        report
+    };
+    eprintln!(
+        "{name}: first round {:.0} ms; {report}",
+        report
+            .rounds
+            .first()
+            .map_or(0.0, |r| r.duration.as_secs_f64() * 1e3)
+    );
+    // The replica's copy and index (1 GiB each run) go too, or /dev/shm fills up.
+    for f in [name.to_string(), format!(".{name}.index")] {
+        let _ = std::fs::remove_file(dir.join("replicas").join(f));
+    }
+    report
 }

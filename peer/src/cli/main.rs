@@ -3,6 +3,7 @@
 mod compare;
 mod config;
 mod demo;
+mod store;
 mod uffd;
 mod units;
 
@@ -173,8 +174,21 @@ enum Cmd {
         #[arg(long = "region", value_name = "FILE", required = true)]
         regions: Vec<PathBuf>,
         /// Address of the peer running `peer serve`.
-        #[arg(long, value_name = "ADDR")]
-        peer: String,
+        #[arg(long, value_name = "ADDR", required_unless_present = "to")]
+        peer: Option<String>,
+        /// Instead of a peer, keep the region in an S3-compatible object store: every round
+        /// uploads the chunks that changed and publishes a generation (spec/STORAGE.md).
+        /// Credentials and endpoint from the environment (AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP).
+        #[arg(long, value_name = "s3://BUCKET/[ROOT/]NAME", conflicts_with_all = ["peer", "name", "require_durable", "flush_waits_for_replica", "max_rate"])]
+        to: Option<String>,
+        /// With --to: take the region over from the peer that last claimed it (its owner is gone
+        /// for good); without it such a region is refused.
+        #[arg(long, requires = "to")]
+        take_over: bool,
+        /// With --to: chunk uploads in flight at once.
+        #[arg(long, default_value_t = 16, value_name = "N", requires = "to")]
+        parallel: usize,
         /// Region name on the peer [default: the file's name]; only with a single --region.
         #[arg(long)]
         name: Option<String>,
@@ -299,12 +313,19 @@ enum Cmd {
     /// Mount a remote region lazily as a read-only NBD export: reads of data not yet here are
     /// fetched at once, the rest streams in the background.
     Mount {
+        /// A generation in an object store instead of a peer: s3://BUCKET/[ROOT/]NAME (the
+        /// newest) or …NAME@GENERATION; every chunk is checked against its name.
+        #[arg(value_name = "s3://BUCKET/[ROOT/]NAME[@GENERATION]", conflicts_with_all = ["peer", "name"])]
+        source: Option<String>,
         /// Address of the peer holding the region (`peer serve`).
-        #[arg(long, value_name = "ADDR")]
-        peer: String,
+        #[arg(long, value_name = "ADDR", required_unless_present = "source")]
+        peer: Option<String>,
         /// Region name on that peer.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "source")]
+        name: Option<String>,
+        /// From an object store: GETs in flight at once.
+        #[arg(long, default_value_t = 16, value_name = "N")]
+        parallel: usize,
         /// Where to serve the NBD export (HOST:PORT or unix:PATH).
         #[arg(long, value_name = "ADDR|unix:PATH")]
         nbd_listen: nbd::Listen,
@@ -341,6 +362,9 @@ enum Cmd {
         /// The region to own.
         name: String,
     },
+    /// The generations of a region kept in an object store (`peer sync --to`).
+    #[command(subcommand)]
+    Snapshot(store::SnapshotCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell to complete for.
@@ -445,6 +469,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Status { control, json } => status(control, json),
         Cmd::Promote { dir, name } => promote(&dir, &name),
+        Cmd::Snapshot(cmd) => store::snapshot(cmd).await,
         Cmd::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .context("writing the manual page"),
@@ -513,6 +538,9 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Sync {
             regions,
             peer,
+            to,
+            take_over,
+            parallel,
             name,
             detector,
             chunk_size,
@@ -546,8 +574,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                 );
             }
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
-            let trust = trust_set(&trust)?;
-            let addr = resolve(&peer)?;
+            if to.is_some() && regions.len() > 1 {
+                bail!("--to names one region; start one `peer sync --to` per region");
+            }
             match (detector, &nbd_listen, regions.len()) {
                 (Detector::Nbd, None, _) => {
                     bail!("--detector nbd needs --nbd-listen ADDR|unix:PATH")
@@ -616,6 +645,22 @@ async fn run(cmd: Cmd) -> Result<()> {
                 owned_here(&mut region, path, owned);
                 opened.push(region.askable());
             }
+            if let Some(url) = to {
+                let opts = memsync_peer::store::upload::UploadOptions {
+                    interval: Duration::from_millis(interval.max(1)),
+                    once,
+                    parallel,
+                    take_over,
+                };
+                let region = opened.pop().expect("one region");
+                ready();
+                return tokio::select! {
+                    r = store::sync_to(&url, region, &ident, &opts) => r,
+                    _ = stop_signal() => Ok(()),
+                };
+            }
+            let trust = trust_set(&trust)?;
+            let addr = resolve(peer.as_deref().expect("clap: --peer or --to"))?;
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let opts = SyncOptions {
                 interval: Duration::from_millis(interval.max(1)),
@@ -644,8 +689,10 @@ async fn run(cmd: Cmd) -> Result<()> {
             Ok(ran?)
         }
         Cmd::Mount {
+            source,
             peer,
             name,
+            parallel,
             nbd_listen,
             nbd_limits,
             id,
@@ -653,18 +700,32 @@ async fn run(cmd: Cmd) -> Result<()> {
             ops,
         } => {
             let _ops = ops.start("mount").await?;
-            check_region_name(&name)?;
-            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
-            let trust = trust_set(&trust)?;
-            let addr = resolve(&peer)?;
-            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
-            let (remote, sink) = mount_remote(&ep, addr, &name).await?;
+            // A chunk of a store that fails its check fails only its reads; a peer that went away
+            // ends the mount.
+            let from_store = source.is_some();
+            let (remote, sink, from) = match (source, peer, name) {
+                (Some(url), _, _) => {
+                    let (remote, sink, generation) = store::mount(&url, parallel).await?;
+                    (remote, sink, format!("{url} (generation {generation})"))
+                }
+                (None, Some(peer), Some(name)) => {
+                    check_region_name(&name)?;
+                    let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+                    let trust = trust_set(&trust)?;
+                    let addr = resolve(&peer)?;
+                    let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
+                    let (remote, sink) = mount_remote(&ep, addr, &name).await?;
+                    (remote, sink, addr.to_string())
+                }
+                _ => bail!("name a region: s3://BUCKET/[ROOT/]NAME, or --peer ADDR --name NAME"),
+            };
+            let name = remote.name().to_owned();
             let server = nbd::NbdServer::bind(&nbd_listen)
                 .await
                 .with_context(|| format!("listening for NBD on {nbd_listen}"))?
                 .with_limits(nbd_limits.limits());
             tracing::info!(
-                "{name} ({} bytes) mounted lazily from {addr}; NBD export at {}",
+                "{name} ({} bytes) mounted lazily from {from}; NBD export at {}",
                 remote.geometry().size(),
                 server.uri(&name)
             );
@@ -672,8 +733,11 @@ async fn run(cmd: Cmd) -> Result<()> {
             tokio::spawn(server.serve(name.clone(), export.clone()));
             tokio::select! {
                 r = export.remote().complete() => {
-                    r?;
-                    tracing::info!("{name}: every chunk is here");
+                    match r {
+                        Ok(()) => tracing::info!("{name}: every chunk is here"),
+                        Err(e) if from_store => tracing::error!("{name}: {e}"),
+                        Err(e) => return Err(e.into()),
+                    }
                     stop_signal().await?;
                 }
                 _ = stop_signal() => {}

@@ -68,6 +68,11 @@ impl Fingerprint {
         Fingerprint(Sha256::digest(cert).into())
     }
 
+    /// The 32 bytes of the digest.
+    pub fn bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     /// Parses 64 hex digits; `:` separators and case are ignored.
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
         let clean: String = s.trim().chars().filter(|c| *c != ':').collect();

@@ -7,6 +7,8 @@
 
 use crate::net::transport::{FrameReader, LaneWait, PeerEndpoint, StreamError, TransportError};
 use crate::ops::metrics::{RegionMetrics, Role};
+use crate::store::format::Manifest;
+use crate::store::RegionStore;
 use memsync_protocol::wire::{feature, ErrorCode, MAX_BODY};
 use memsync_protocol::{
     DirtySet, Frame, Geometry, LaneEvent, Local, Replica, ReplicaEvent, WireError,
@@ -113,6 +115,9 @@ struct Presence {
     /// Chunks not yet here.
     missing: u64,
     waiting: HashMap<u64, Vec<Waker>>,
+    /// Chunks that cannot arrive, and why (an object that failed its check): reads of them fail,
+    /// the others go on.
+    bad: HashMap<u64, String>,
 }
 
 impl Presence {
@@ -135,6 +140,29 @@ impl Presence {
 }
 
 impl Shared {
+    fn new(name: &str, chunks: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            present: Mutex::new(Presence {
+                chunks: DirtySet::new(chunks),
+                missing: chunks,
+                waiting: HashMap::new(),
+                bad: HashMap::new(),
+            }),
+            lane_copies: AtomicU64::new(0),
+            lane_parts: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            metrics: RegionMetrics::new(name, Role::Mount),
+        })
+    }
+
+    /// Chunk `index` will not arrive: the reads that need it fail with `why`.
+    fn chunk_failed(&self, index: u64, why: String) {
+        warn!("mount: {why}");
+        let mut p = self.present.lock().expect("lock");
+        p.bad.insert(index, why);
+        p.wake_all();
+    }
+
     /// Chunk `index` arrived: it is present from now on, and its waiters wake.
     fn arrived(&self, index: u64) {
         let mut p = self.present.lock().expect("lock");
@@ -215,17 +243,7 @@ impl RemoteRegion {
         let parts = session.negotiated.features & want == want;
         let (opened_tx, opened_rx) = oneshot::channel();
         let (req_tx, req_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            present: Mutex::new(Presence {
-                chunks: DirtySet::new(0),
-                missing: 0,
-                waiting: HashMap::new(),
-            }),
-            lane_copies: AtomicU64::new(0),
-            lane_parts: AtomicU64::new(0),
-            failure: Mutex::new(None),
-            metrics: RegionMetrics::new(name, Role::Mount),
-        });
+        let shared = Shared::new(name, 0);
         shared.metrics.set_peer(addr.to_string());
         shared.metrics.set_state("opening");
         let task = {
@@ -272,6 +290,42 @@ impl RemoteRegion {
             requests: req_tx,
             task,
         })
+    }
+
+    /// A lazy mount of one generation of a region in an object store (spec/STORAGE.md): every
+    /// chunk is fetched in the background, `parallel` GETs at a time, those readers wait for
+    /// first. Each object is checked against its name; one that fails the check fails only the
+    /// reads that need its chunk.
+    pub fn from_store(
+        store: Arc<RegionStore>,
+        manifest: Manifest,
+        make_sink: SinkFactory,
+        parallel: usize,
+    ) -> RemoteRegion {
+        let geom = manifest.geometry;
+        let name = manifest.name.clone();
+        let n = geom.chunk_count();
+        let shared = Shared::new(&name, n);
+        shared.metrics.set_peer(store.url().region());
+        shared.metrics.lazy(n, n);
+        shared.metrics.set_state("lazy: pulling in the background");
+        let sink = make_sink(geom);
+        let (requests, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(pull_from_store(
+            store,
+            Arc::new(manifest),
+            sink,
+            shared.clone(),
+            rx,
+            parallel.max(1),
+        ));
+        RemoteRegion {
+            name,
+            geom,
+            shared,
+            requests,
+            task,
+        }
     }
 
     /// The region's name.
@@ -373,6 +427,12 @@ impl RemoteRegion {
             blocked.get_or_insert_with(std::time::Instant::now);
             if let Some(e) = self.failed() {
                 return Poll::Ready(Err(e));
+            }
+            if let Some(why) = (next..range.end).find_map(|i| p.bad.get(&i)) {
+                return Poll::Ready(Err(MountError::Failed {
+                    name: self.name.clone(),
+                    reason: why.clone(),
+                }));
             }
             if !asked {
                 asked = true;
@@ -569,6 +629,71 @@ impl Driver {
             self.send.write_all(&f).await?;
         }
         Ok(())
+    }
+}
+
+/// Pulls every chunk of `manifest` from `store` into `sink`, at most `parallel` GETs at a time,
+/// the chunks readers asked for first; zero chunks are never fetched.
+async fn pull_from_store(
+    store: Arc<RegionStore>,
+    manifest: Arc<Manifest>,
+    sink: Arc<dyn ChunkSink>,
+    shared: Arc<Shared>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    parallel: usize,
+) {
+    let n = manifest.geometry.chunk_count();
+    // Chunks fetched, being fetched, or zeros.
+    let mut taken = DirtySet::new(n);
+    let mut asked: std::collections::VecDeque<u64> = Default::default();
+    let mut next = 0;
+    let mut gets = tokio::task::JoinSet::new();
+    loop {
+        while gets.len() < parallel {
+            let index = match asked.pop_front() {
+                Some(i) if taken.contains(i) => continue,
+                Some(i) => i,
+                None => {
+                    while next < n && taken.contains(next) {
+                        next += 1;
+                    }
+                    if next == n {
+                        break;
+                    }
+                    next
+                }
+            };
+            taken.insert(index);
+            if manifest.chunks[index as usize] == crate::store::format::ZERO {
+                sink.write_chunk(index, None);
+                shared.arrived(index);
+                continue;
+            }
+            let (store, manifest) = (store.clone(), manifest.clone());
+            gets.spawn(async move { (index, store.chunk(&manifest, index).await) });
+        }
+        tokio::select! {
+            req = requests.recv() => {
+                let range = match req {
+                    None => return,
+                    Some(Request::Chunks { range, .. }) => range,
+                    Some(Request::Part { index, .. }) => index..index.saturating_add(1),
+                };
+                asked.extend((range.start..range.end.min(n)).filter(|&i| !taken.contains(i)));
+            }
+            Some(done) = gets.join_next() => match done {
+                Ok((index, Ok(data))) => {
+                    sink.write_chunk(index, data.as_deref());
+                    shared.arrived(index);
+                }
+                Ok((index, Err(e))) => shared.chunk_failed(index, e.to_string()),
+                Err(e) => {
+                    *shared.failure.lock().expect("lock") = Some(format!("a fetch failed: {e}"));
+                    shared.present.lock().expect("lock").wake_all();
+                    return;
+                }
+            },
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! world of two identities and a replica directory, and file helpers.
 #![allow(dead_code)]
 
+pub mod garage;
+
 use rand::RngCore;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,439 @@
+//! Regions in object storage, against a real three-node Garage cluster on loopback: `peer sync
+//! --to s3://…` under a live writer, `peer mount s3://…[@GENERATION]` read back through NBD
+//! (qemu-img, qemu-io), a node killed mid-upload, damaged and missing objects, bad credentials,
+//! a missing bucket, two owners on one region, and prune while an upload runs.
+
+mod support;
+
+use object_store::{ObjectStoreExt, PutPayload};
+use rand::{Rng, RngCore};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::garage::{Garage, BUCKET};
+use support::{Proc, BIN};
+
+const T: Duration = Duration::from_secs(60);
+
+fn peer(g: &Garage, args: &[&str]) -> Proc {
+    Proc::spawn(Command::new(BIN).args(args).envs(g.env()))
+}
+
+fn run(g: &Garage, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .envs(g.env())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn url(root: &str, name: &str) -> String {
+    format!("s3://{BUCKET}/{root}/{name}")
+}
+
+/// `peer sync --region FILE --to URL --once` as identity `id`; its output.
+fn upload_once(g: &Garage, file: &Path, url: &str, id: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sync",
+        "--region",
+        file.to_str().unwrap(),
+        "--to",
+        url,
+        "--once",
+        "--identity",
+        id.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(g, &args)
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "failed: {err}");
+    err
+}
+
+/// The one `error:` line a failed command printed.
+fn one_error(out: &Output) -> String {
+    assert!(!out.status.success(), "it succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_owned()
+}
+
+/// Mounts `url` over NBD and reads the whole export with qemu-img; its bytes, or qemu-img's
+/// error with the mount's log.
+fn mount_read(g: &Garage, dir: &Path, url: &str, name: &str) -> Result<Vec<u8>, String> {
+    let sock = dir.join(format!("m{}.sock", rand::random::<u32>()));
+    let out = dir.join("read.raw");
+    let listen = format!("unix:{}", sock.display());
+    let m = peer(g, &["mount", url, "--nbd-listen", &listen]);
+    m.wait_for("NBD export at", T);
+    let conv = Command::new("qemu-img")
+        .args(["convert", "-f", "raw"])
+        .arg(format!("nbd+unix:///{name}?socket={}", sock.display()))
+        .args(["-O", "raw"])
+        .arg(&out)
+        .output()
+        .expect("qemu-img is needed (test.sh installs it)");
+    if !conv.status.success() {
+        return Err(format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&conv.stderr),
+            m.output()
+        ));
+    }
+    Ok(std::fs::read(&out).unwrap())
+}
+
+/// The generations `peer snapshot list` prints: (generation, line).
+fn generations(g: &Garage, url: &str) -> Vec<(u64, String)> {
+    let out = run(g, &["snapshot", "list", url]);
+    ok(&out);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let g = l
+                .split_once('@')?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((g, l.to_owned()))
+        })
+        .collect()
+}
+
+/// Writes random bytes into a random 4 KiB page of `file` every `pause` until stopped.
+fn writer(file: PathBuf, pause: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let pages = f.metadata().unwrap().len() / 4096;
+        let mut rng = rand::rng();
+        let mut page = [0u8; 4096];
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            rng.fill_bytes(&mut page);
+            f.write_all_at(&page, rng.random_range(0..pages) * 4096)
+                .unwrap();
+            n += 1;
+            std::thread::sleep(pause);
+        }
+        n
+    })
+}
+
+#[test]
+fn uploads_under_a_live_writer_and_mounts_of_the_latest_and_an_older_generation_are_byte_identical()
+{
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = dir.path().join("id");
+    let file = dir.path().join("mem");
+    support::random_file(&file, 16 << 20);
+    // A hole of zeros, which is not stored.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(&[0; 1 << 20], 4 << 20)
+        .unwrap();
+    let u = url("fleet", "mem");
+    let first = ok(&upload_once(&g, &file, &u, &id, &[]));
+    assert!(
+        first.contains("generation 1: 240 chunks changed, 15.0 MiB uploaded"),
+        "{first}"
+    );
+    let older = std::fs::read(&file).unwrap();
+
+    // One chunk changed: one chunk uploaded.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(&[7; 100], 9 << 20)
+        .unwrap();
+    let second = ok(&upload_once(&g, &file, &u, &id, &[]));
+    assert!(
+        second.contains("generation 2: 1 chunks changed, 0.1 MiB uploaded"),
+        "{second}"
+    );
+
+    // A continuous upload while a writer writes, then a last generation once it stopped.
+    let sync = peer(
+        &g,
+        &[
+            "sync",
+            "--region",
+            file.to_str().unwrap(),
+            "--to",
+            &u,
+            "--interval",
+            "100ms",
+            "--identity",
+            id.to_str().unwrap(),
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(file.clone(), Duration::from_millis(2), stop.clone());
+    sync.wait_for("generation 6:", T);
+    stop.store(true, Ordering::Relaxed);
+    assert!(w.join().unwrap() > 100);
+    drop(sync);
+    ok(&upload_once(&g, &file, &u, &id, &[]));
+    let latest = std::fs::read(&file).unwrap();
+
+    let gens = generations(&g, &u);
+    assert!(gens.len() >= 7, "{gens:?}");
+    assert_eq!(gens[0].0, 1);
+    assert!(gens.windows(2).all(|w| w[0].0 < w[1].0), "{gens:?}");
+    assert_eq!(mount_read(&g, dir.path(), &u, "mem").unwrap(), latest);
+    assert_eq!(
+        mount_read(&g, dir.path(), &format!("{u}@1"), "mem").unwrap(),
+        older
+    );
+    assert_ne!(older, latest);
+}
+
+#[test]
+fn a_node_killed_mid_upload_does_not_stop_it_and_the_result_verifies() {
+    let mut g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    support::random_file(&file, 64 << 20);
+    let u = url("q", "big");
+    let id = dir.path().join("id");
+    let mut up = peer(
+        &g,
+        &[
+            "sync",
+            "--region",
+            file.to_str().unwrap(),
+            "--to",
+            &u,
+            "--once",
+            "--parallel",
+            "4",
+            "--chunk-size",
+            "16KiB",
+            "--identity",
+            id.to_str().unwrap(),
+        ],
+    );
+    up.wait_for("epoch 1 claimed", T);
+    std::thread::sleep(Duration::from_millis(300));
+    g.kill9(2);
+    assert!(
+        up.wait(Duration::from_secs(300)).success(),
+        "{}",
+        up.output()
+    );
+    up.wait_for("generation 1: 4096 chunks changed, 64.0 MiB uploaded", T);
+    assert_eq!(
+        mount_read(&g, dir.path(), &u, "big").unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+}
+
+#[test]
+fn a_corrupted_or_missing_chunk_object_is_reported_and_never_served() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r");
+    support::random_file(&file, 1 << 20);
+    let u = url("c", "r");
+    ok(&upload_once(&g, &file, &u, &dir.path().join("id"), &[]));
+    let bytes = std::fs::read(&file).unwrap();
+    let name = |i: usize| {
+        let chunk = &bytes[i * 65536..(i + 1) * 65536];
+        format!("c/chunks/{}", blake3::hash(chunk).to_hex())
+    };
+    let client = g.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let spoilt = PutPayload::from(vec![0x55u8; 65536]);
+        client.put(&name(3).as_str().into(), spoilt).await.unwrap();
+        client.delete(&name(5).as_str().into()).await.unwrap();
+    });
+
+    let sock = dir.path().join("m.sock");
+    let m = peer(
+        &g,
+        &[
+            "mount",
+            &u,
+            "--nbd-listen",
+            &format!("unix:{}", sock.display()),
+        ],
+    );
+    m.wait_for("NBD export at", T);
+    let uri = format!("nbd+unix:///r?socket={}", sock.display());
+    let read = |off: usize| {
+        Command::new("qemu-io")
+            .args(["-r", "-f", "raw", &uri, "-c"])
+            .arg(format!("read -v {off} 16"))
+            .output()
+            .unwrap()
+    };
+    // A good chunk reads as it was uploaded.
+    let good = read(65536);
+    let text = String::from_utf8_lossy(&good.stdout);
+    let first = text.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first.contains(&format!("{:02x} {:02x}", bytes[65536], bytes[65537])),
+        "{text}"
+    );
+    for (chunk, why) in [(3, "does not hold the bytes it names"), (5, "is missing")] {
+        let bad = read(chunk * 65536);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&bad.stdout),
+            String::from_utf8_lossy(&bad.stderr)
+        );
+        assert!(out.contains("Input/output error"), "chunk {chunk}: {out}");
+        assert!(
+            !out.contains("55 55 55"),
+            "chunk {chunk} served spoilt bytes: {out}"
+        );
+        m.wait_for(why, T);
+    }
+}
+
+#[test]
+fn bad_credentials_a_missing_bucket_and_a_second_owner_each_get_one_clear_error() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let u = url("o", "r");
+    let list = |env: &[(&str, &str)], url: &str| {
+        Command::new(BIN)
+            .args(["snapshot", "list", url])
+            .envs(g.env())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let e = one_error(&list(&[("AWS_SECRET_ACCESS_KEY", "wrong")], &u));
+    assert!(e.contains("refused the credentials"), "{e}");
+    let e = one_error(&list(&[], "s3://no-such-bucket/o/r"));
+    assert!(e.contains("not found (is the bucket there?)"), "{e}");
+
+    // Two owners: the second is refused by the first's claim, until it takes the region over.
+    let file = dir.path().join("r");
+    support::random_file(&file, 1 << 20);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ok(&upload_once(&g, &file, &u, &a, &[]));
+    let e = one_error(&upload_once(&g, &file, &u, &b, &[]));
+    let a_fp = support::peer_id(&a);
+    assert!(
+        e.contains(&format!("owned by peer {a_fp}")) && e.contains("--take-over"),
+        "{e}"
+    );
+
+    let mut running = peer(
+        &g,
+        &[
+            "sync",
+            "--region",
+            file.to_str().unwrap(),
+            "--to",
+            &u,
+            "--interval",
+            "100ms",
+            "--identity",
+            a.to_str().unwrap(),
+        ],
+    );
+    running.wait_for("epoch 2 claimed", T);
+    let theirs = dir.path().join("theirs");
+    support::random_file(&theirs, 1 << 20);
+    ok(&upload_once(&g, &theirs, &u, &b, &["--take-over"]));
+    // A keeps writing until it notices: its next generation is refused, and it stops.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(&[1; 10], 0)
+        .unwrap();
+    assert!(!running.wait(T).success());
+    running.wait_for("was taken over", T);
+    assert_eq!(
+        mount_read(&g, dir.path(), &u, "r").unwrap(),
+        std::fs::read(&theirs).unwrap()
+    );
+    let e = one_error(&upload_once(&g, &file, &u, &a, &[]));
+    assert!(
+        e.contains(&format!("owned by peer {}", support::peer_id(&b))),
+        "{e}"
+    );
+}
+
+#[test]
+fn prune_while_uploading_never_deletes_a_chunk_a_kept_generation_needs() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p");
+    support::random_file(&file, 8 << 20);
+    let u = url("p", "p");
+    let id = dir.path().join("id");
+    let sync = peer(
+        &g,
+        &[
+            "sync",
+            "--region",
+            file.to_str().unwrap(),
+            "--to",
+            &u,
+            "--interval",
+            "300ms",
+            "--identity",
+            id.to_str().unwrap(),
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // About 40 pages a second: each generation replaces a few of the region's 128 chunks.
+    let w = writer(file.clone(), Duration::from_millis(25), stop.clone());
+    sync.wait_for("generation 2:", T);
+    let mut deleted = 0u64;
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = run(
+            &g,
+            &["snapshot", "prune", &u, "--keep", "3", "--grace", "2s"],
+        );
+        ok(&out);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let n: u64 = text
+            .split(" chunk objects deleted")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        deleted += n;
+    }
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    drop(sync);
+    assert!(
+        deleted > 0,
+        "prune never deleted a chunk: the test would not bite"
+    );
+    ok(&run(
+        &g,
+        &["snapshot", "prune", &u, "--keep", "3", "--grace", "2s"],
+    ));
+    let gens = generations(&g, &u);
+    assert_eq!(gens.len(), 3, "{gens:?}");
+    // Every kept generation reads whole: none of its chunks was deleted.
+    for (n, _) in gens {
+        mount_read(&g, dir.path(), &format!("{u}@{n}"), "p")
+            .unwrap_or_else(|e| panic!("generation {n}: {e}"));
+    }
+}
