@@ -874,18 +874,20 @@ fn child_lazy_reader() {
 /// Starts `peer uffd restore` for region `img` and a fake VMM whose guest memory is `regions`
 /// (size, offset in the image) handed to it.
 fn restore_and_vmm(w: &World, regions: &str) -> (Proc, Proc) {
+    let mut args = vec!["--name".to_owned(), "img".to_owned()];
+    args.extend(w.owner_args());
+    restore_from(w, &args, &[], regions)
+}
+
+/// `restore_and_vmm` with `from` naming the image and `env` for `peer uffd restore`.
+fn restore_from(w: &World, from: &[String], env: &[(&str, String)], regions: &str) -> (Proc, Proc) {
     let sock = w.path("pf.sock");
-    let mut args = vec![
-        "uffd",
-        "restore",
-        "--socket",
-        sock.to_str().unwrap(),
-        "--name",
-        "img",
-    ];
-    let owner = w.owner_args();
-    args.extend(owner.iter().map(String::as_str));
-    let restore = Proc::start(&args);
+    let restore = Proc::spawn(
+        std::process::Command::new(support::BIN)
+            .args(["uffd", "restore", "--socket", sock.to_str().unwrap()])
+            .args(from)
+            .envs(env.iter().map(|(k, v)| (k, v))),
+    );
     restore.wait_for("waiting for a VMM", HANG);
     let vmm = child(
         "fake-vmm",
@@ -907,6 +909,52 @@ fn firecracker_handover_restores_a_vmm_memory_from_a_remote_peer() {
     // address order).
     let (mut restore, mut vmm) =
         restore_and_vmm(&w, &format!("{}:{},{}:0", 8 << 20, 32 << 20, 32 << 20));
+    vmm.send_line("verify");
+    vmm.wait_for("verified", HANG);
+    assert!(vmm.output().contains("verified ok"), "{}", vmm.output());
+    vmm.send_line("exit");
+    assert!(vmm.wait(HANG).success());
+    let status = restore.wait(HANG);
+    assert!(status.success(), "restore failed:\n{}", restore.output());
+}
+
+#[test]
+fn firecracker_handover_restores_a_vmm_memory_from_an_object_store() {
+    let img = pattern(24 << 20, 36);
+    let g = support::garage::Garage::start();
+    let w = World::new();
+    let file = w.path("img");
+    std::fs::write(&file, &img).unwrap();
+    let url = format!("s3://{}/vms/img", support::garage::BUCKET);
+    let up = std::process::Command::new(support::BIN)
+        .args([
+            "sync",
+            "--region",
+            file.to_str().unwrap(),
+            "--to",
+            &url,
+            "--once",
+        ])
+        .arg("--identity")
+        .arg(w.path("owner-id"))
+        .envs(g.env())
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // The fake VMM compares with the image where a replica would be.
+    std::fs::create_dir_all(w.path("replicas")).unwrap();
+    std::fs::write(w.replica("img"), &img).unwrap();
+    let (mut restore, mut vmm) = restore_from(
+        &w,
+        &["--from".to_owned(), format!("{url}@1")],
+        &g.env(),
+        &format!("{}:{},{}:0", 8 << 20, 16 << 20, 16 << 20),
+    );
+    restore.wait_for("vms/img@1 mounted", HANG);
     vmm.send_line("verify");
     vmm.wait_for("verified", HANG);
     assert!(vmm.output().contains("verified ok"), "{}", vmm.output());

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use memsync_peer::net::identity::Identity;
 use memsync_peer::roles::mount::{ChunkSink, MemorySink, RemoteRegion};
 use memsync_peer::roles::owner::SyncRegion;
-use memsync_peer::store::format::Writer;
+use memsync_peer::store::format::{Manifest, Writer};
 use memsync_peer::store::upload::{self, UploadOptions};
 use memsync_peer::store::{RegionStore, StoreUrl};
 use std::sync::Arc;
@@ -102,14 +102,20 @@ pub async fn sync_to(
     Ok(())
 }
 
-/// `peer mount s3://…[@GENERATION]`: a lazy mount of one generation, fetched from the store.
-pub async fn mount(url: &str, parallel: usize) -> Result<(RemoteRegion, Arc<MemorySink>, u64)> {
+/// The store of `url` and the manifest of the generation it names (the newest without one).
+pub async fn generation(url: &str) -> Result<(Arc<RegionStore>, Manifest)> {
     let url = StoreUrl::parse(url)?;
     let store = Arc::new(RegionStore::open(&url)?);
     let manifest = store
         .manifest(url.generation)
         .await
         .with_context(|| format!("mounting {}", url.region()))?;
+    Ok((store, manifest))
+}
+
+/// `peer mount s3://…[@GENERATION]`: a lazy mount of one generation, fetched from the store.
+pub async fn mount(url: &str, parallel: usize) -> Result<(RemoteRegion, Arc<MemorySink>, u64)> {
+    let (store, manifest) = generation(url).await?;
     let generation = manifest.generation;
     let sink = Arc::new(MemorySink::new(manifest.geometry));
     let s = sink.clone();

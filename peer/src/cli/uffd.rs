@@ -8,6 +8,7 @@ use clap::Subcommand;
 use memsync_peer::net::identity::Identity;
 use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::roles::lazy::LazyOptions;
+use memsync_peer::roles::mount::Origin;
 use memsync_peer::roles::owner::SyncOptions;
 use memsync_peer::uffd::Probe;
 use std::path::{Path, PathBuf};
@@ -46,12 +47,16 @@ pub enum UffdCmd {
         /// Unix socket the VMM connects to (created; an existing socket file is replaced).
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// A memory image in an object store instead of a peer: s3://BUCKET/[ROOT/]NAME (its
+        /// newest generation) or …NAME@GENERATION (`peer sync --to`).
+        #[arg(long, value_name = "s3://BUCKET/[ROOT/]NAME[@GENERATION]", conflicts_with_all = ["peer", "name"])]
+        from: Option<String>,
         /// Address of the peer holding the memory image (`peer serve`).
-        #[arg(long, value_name = "ADDR")]
-        peer: String,
+        #[arg(long, value_name = "ADDR", required_unless_present = "from")]
+        peer: Option<String>,
         /// Region name of the memory image on that peer.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "from")]
+        name: Option<String>,
         /// Largest read-ahead window in 64 KiB chunks (0: off).
         #[arg(long, default_value_t = 64, value_name = "CHUNKS")]
         readahead: u64,
@@ -104,30 +109,48 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
         }
         UffdCmd::Restore {
             socket,
+            from,
             peer,
             name,
             readahead,
             id,
             trust,
         } => {
-            crate::check_region_name(&name)?;
             Probe::run().require_missing_faults()?;
-            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
-            let trust = trust_set(&trust)?;
-            let addr = resolve(&peer)?;
-            let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
-            let listener = listen(&socket)?;
-            tracing::info!(
-                "waiting for a VMM's uffd on {}; its memory comes from {name} at {addr}",
-                socket.display()
-            );
             let opts = LazyOptions {
                 readahead_max: readahead,
                 ..LazyOptions::default()
             };
-            match memsync_peer::roles::lazy::serve_fault_handover(listener, &ep, addr, &name, opts)
-                .await
-            {
+            let (ep, addr);
+            let origin = match (&from, peer, &name) {
+                (Some(url), _, _) => {
+                    let (store, manifest) = crate::store::generation(url).await?;
+                    Origin::Store {
+                        store,
+                        manifest,
+                        parallel: 16,
+                    }
+                }
+                (None, Some(peer), Some(name)) => {
+                    crate::check_region_name(name)?;
+                    let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+                    let trust = trust_set(&trust)?;
+                    addr = resolve(&peer)?;
+                    ep = PeerEndpoint::client_for(addr, &ident, trust)?;
+                    Origin::Peer {
+                        ep: &ep,
+                        addr,
+                        name,
+                    }
+                }
+                _ => bail!("name the memory image: --from s3://…, or --peer ADDR --name NAME"),
+            };
+            let listener = listen(&socket)?;
+            tracing::info!(
+                "waiting for a VMM's uffd on {}; its memory comes from {origin}",
+                socket.display()
+            );
+            match memsync_peer::roles::lazy::serve_fault_handover(listener, origin, opts).await {
                 Ok(()) => {
                     tracing::info!("the VMM exited; every fault was served");
                     Ok(())

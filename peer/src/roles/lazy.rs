@@ -9,7 +9,7 @@
 //! ordinary threads, never from tasks of the runtime that drives the mount.
 
 use crate::net::transport::PeerEndpoint;
-use crate::roles::mount::{ChunkSink, MountError, RemoteRegion};
+use crate::roles::mount::{ChunkSink, MountError, Origin, RemoteRegion};
 use crate::uffd::handover::{self, GuestRegionUffdMapping, HandoverError};
 use crate::uffd::{
     page_size, Event, Features, FillError, Mapping, OpenFlags, RegisterMode, Uffd, UffdError,
@@ -734,15 +734,13 @@ impl ChunkSink for NullSink {
 
 /// Serves one Firecracker-style page-fault-handler hand-over (see
 /// [`crate::uffd::handover`]) received on `listener`: the VMM's guest memory regions are filled
-/// from region `name` at the peer `addr` (region bytes at each mapping's `offset`), lazily on
-/// faults and in the background. Returns when the VMM exits: `Ok` if every fault was answered
-/// with its data, or the mount's error if the remote peer was lost first (the VMM was sent
-/// SIGBUS, see the module docs).
+/// from the region `origin` names (a peer, or a generation in an object store; region bytes at
+/// each mapping's `offset`), lazily on faults and in the background. Returns when the VMM exits:
+/// `Ok` if every fault was answered with its data, or the mount's error if the origin was lost
+/// first (the VMM was sent SIGBUS, see the module docs).
 pub async fn serve_fault_handover(
     listener: tokio::net::UnixListener,
-    ep: &PeerEndpoint,
-    addr: SocketAddr,
-    name: &str,
+    origin: Origin<'_>,
     opts: LazyOptions,
 ) -> Result<(), LazyError> {
     let (stream, _) = listener.accept().await?;
@@ -812,21 +810,22 @@ pub async fn serve_fault_handover(
         rustix::process::PidfdFlags::empty(),
     )
     .map_err(std::io::Error::from)?;
-    let remote = Arc::new(RemoteRegion::mount_with(ep, addr, name, make_sink).await?);
+    let from = origin.to_string();
+    let remote = Arc::new(RemoteRegion::open(origin, make_sink).await?);
     let target = built
         .lock()
         .expect("lock")
         .take()
         .ok_or_else(|| LazyError::Layout("the mount built no sink".into()))?;
     info!(
-        "{name} mounted from {addr}: {} bytes, {} chunks to pull",
+        "{from} mounted: {} bytes, {} chunks to pull",
         remote.geometry().size(),
         remote.missing()
     );
     let size = remote.geometry().size().next_multiple_of(ps);
     if let Some(w) = windows.iter().find(|w| w.offset + w.len > size) {
         return Err(LazyError::Layout(format!(
-            "a guest region needs bytes {}..{} of {name}, which has {} bytes",
+            "a guest region needs bytes {}..{} of {from}, which has {} bytes",
             w.offset,
             w.offset + w.len,
             remote.geometry().size()

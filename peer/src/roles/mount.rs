@@ -187,6 +187,39 @@ enum Request {
     Part { index: u64, offset: u32, len: u32 },
 }
 
+/// Where a lazy mount's chunks come from.
+pub enum Origin<'a> {
+    /// Region `name` at the `peer serve` at `addr`, over QUIC.
+    Peer {
+        /// This peer's endpoint.
+        ep: &'a PeerEndpoint,
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The region's name there.
+        name: &'a str,
+    },
+    /// One generation of a region in an object store.
+    Store {
+        /// The region's store.
+        store: Arc<RegionStore>,
+        /// The generation's manifest.
+        manifest: Manifest,
+        /// GETs in flight at once.
+        parallel: usize,
+    },
+}
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Peer { addr, name, .. } => write!(f, "{name} at {addr}"),
+            Origin::Store {
+                store, manifest, ..
+            } => write!(f, "{}@{}", store.url().region(), manifest.generation),
+        }
+    }
+}
+
 /// A lazy replica of region `name` held by the peer at `addr`.
 pub struct RemoteRegion {
     name: String,
@@ -290,6 +323,22 @@ impl RemoteRegion {
             requests: req_tx,
             task,
         })
+    }
+
+    /// Mounts the region `origin` names; chunks land in the sink `make_sink` builds once the
+    /// region's geometry is known.
+    pub async fn open(
+        origin: Origin<'_>,
+        make_sink: SinkFactory,
+    ) -> Result<RemoteRegion, MountError> {
+        match origin {
+            Origin::Peer { ep, addr, name } => Self::mount_with(ep, addr, name, make_sink).await,
+            Origin::Store {
+                store,
+                manifest,
+                parallel,
+            } => Ok(Self::from_store(store, manifest, make_sink, parallel)),
+        }
     }
 
     /// A lazy mount of one generation of a region in an object store (spec/STORAGE.md): every
