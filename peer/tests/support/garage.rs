@@ -1,6 +1,8 @@
-//! A real S3-compatible cluster for the object-store tests: three Garage nodes on loopback with
-//! replication factor 3, a bucket and a key made with Garage's own CLI. `test.sh` installs
-//! `garage`; the cluster lives in a temporary directory and dies with the value.
+//! A real S3-compatible cluster for the object-store tests and benches: three Garage nodes on
+//! loopback with replication factor 3, a bucket and a key made with Garage's own CLI. `test.sh`
+//! installs `garage`; the cluster lives in a temporary directory and dies with the value.
+//! Self-contained, so that `benches/benches/store.rs` includes it too.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +48,11 @@ fn retry(what: &str, mut f: impl FnMut() -> Result<String, String>) -> String {
     }
 }
 
+fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 fn field<'a>(text: &'a str, name: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
@@ -60,7 +67,7 @@ impl Garage {
         let secret: [u8; 32] = rand::random();
         let (mut nodes, mut configs, mut s3_ports) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..3 {
-            let (s3, rpc) = (super::free_tcp_port(), super::free_tcp_port());
+            let (s3, rpc) = (free_tcp_port(), free_tcp_port());
             let node = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node).unwrap();
             let config = node.join("garage.toml");
