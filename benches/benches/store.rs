@@ -127,14 +127,18 @@ fn main() {
             image[at..at + 4096].copy_from_slice(&page);
             changed.extend_from_slice(&image[c * chunk..(c + 1) * chunk]);
         }
-        let base = rt.block_on(multipart(&*client, "baseline/change", &changed, parallel));
         if generation > 2 {
+            // From the change to the first generation holding some of it (a scan that began
+            // during the writes may split them over two).
             let t = Instant::now();
             let p: upload::Published = rt.block_on(published.recv()).unwrap();
-            lags.push((t.elapsed(), base));
+            let lag = t.elapsed();
             changes += p.uploaded;
+            let base = rt.block_on(multipart(&*client, "baseline/change", &changed, parallel));
+            lags.push((lag, base));
             continue;
         }
+        let base = rt.block_on(multipart(&*client, "baseline/change", &changed, parallel));
         let (up, bytes) = rt.block_on(upload_once(&url, &file, shift, parallel));
         changes += bytes;
         if generation == 2 {
@@ -171,7 +175,11 @@ fn main() {
             );
         }
     }
+    std::thread::sleep(Duration::from_millis(500));
     running.expect("started").abort();
+    while let Ok(p) = published.try_recv() {
+        changes += p.uploaded;
+    }
     lags.sort();
     let (lag, base) = lags[lags.len() / 2];
     println!(
@@ -209,7 +217,8 @@ fn main() {
         let t = Instant::now();
         let key: object_store::path::Path = "baseline/full".into();
         let off = (c * chunk) as u64;
-        rt.block_on(client.get_range(&key, off..off + 4096)).unwrap();
+        rt.block_on(client.get_range(&key, off..off + 4096))
+            .unwrap();
         first_get.push(t.elapsed());
         let t = Instant::now();
         let m = rt.block_on(store.manifest(None)).unwrap();
@@ -239,7 +248,10 @@ fn main() {
         let key: object_store::path::Path = "baseline/full".into();
         for c in 0..chunks as u64 {
             let off = c * chunk as u64;
-            client.get_range(&key, off..off + chunk as u64).await.unwrap();
+            client
+                .get_range(&key, off..off + chunk as u64)
+                .await
+                .unwrap();
         }
     });
     let get_loop = t.elapsed();

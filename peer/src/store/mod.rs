@@ -294,35 +294,42 @@ impl RegionStore {
         }
     }
 
-    /// The claims of the region's epochs, by epoch: who holds each and when it was made.
-    async fn claims(
-        &self,
-    ) -> Result<BTreeMap<u64, (Writer, chrono::DateTime<chrono::Utc>)>, StoreError> {
-        let mut out = BTreeMap::new();
-        for meta in self.list(&self.keys.claims()).await? {
-            let Some(epoch) = self.keys.parse_claim(meta.location.as_ref()) else {
-                continue;
-            };
-            let body = self.get(meta.location.as_ref()).await?;
-            let w = Writer::parse_claim(&body)
-                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", meta.location)))?;
-            out.insert(epoch, (w, meta.last_modified));
+    /// The region's claims by epoch, with when each was stored: one listing, no bodies.
+    async fn claims(&self) -> Result<BTreeMap<u64, chrono::DateTime<chrono::Utc>>, StoreError> {
+        Ok(self
+            .list(&self.keys.claims())
+            .await?
+            .into_iter()
+            .filter_map(|m| Some((self.keys.parse_claim(m.location.as_ref())?, m.last_modified)))
+            .collect())
+    }
+
+    /// Who holds the claim of `epoch`.
+    async fn holder(&self, epoch: u64) -> Result<Writer, StoreError> {
+        let key = self.keys.claim(epoch);
+        let body = self.get(&key).await?;
+        Writer::parse_claim(&body).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+    }
+
+    /// The newest claim and its holder.
+    async fn newest_claim(&self) -> Result<Option<(u64, Writer)>, StoreError> {
+        match self.claims().await?.last_key_value() {
+            Some((&e, _)) => Ok(Some((e, self.holder(e).await?))),
+            None => Ok(None),
         }
-        Ok(out)
     }
 
     /// Claims the next epoch for `me`. A region whose last claim is another peer's is refused
     /// unless `take_over`; one of this peer's (a restart) is taken over, which fences any
     /// process of it still writing.
     pub async fn claim(&self, me: Writer, take_over: bool) -> Result<Claim, StoreError> {
-        let claims = self.claims().await?;
-        let epoch = match claims.last_key_value() {
+        let epoch = match self.newest_claim().await? {
             None => 1,
-            Some((e, (w, _))) if w.fingerprint == me.fingerprint || take_over => e + 1,
-            Some((e, (w, at))) => {
+            Some((e, w)) if w.fingerprint == me.fingerprint || take_over => e + 1,
+            Some((e, w)) => {
                 return Err(StoreError::Owned(format!(
-                    "{} is owned by peer {} (epoch {e}, claimed {at}); run with --take-over once \
-                     that owner is gone",
+                    "{} is owned by peer {} (epoch {e}); run with --take-over once that owner \
+                     is gone",
                     self.url.region(),
                     hex::encode(w.fingerprint),
                 )))
@@ -362,10 +369,9 @@ impl RegionStore {
     /// Fails unless `claim` is still the region's newest and still this process's: a store that
     /// ignores conditional writes lets a racing claim replace it, and a later epoch fences it.
     pub async fn still_owned(&self, claim: &Claim) -> Result<(), StoreError> {
-        let claims = self.claims().await?;
-        match claims.last_key_value() {
-            Some((&e, (w, _))) if e == claim.epoch && *w == claim.writer => Ok(()),
-            Some((&e, (w, _))) => Err(StoreError::Owned(format!(
+        match self.newest_claim().await? {
+            Some((e, w)) if e == claim.epoch && w == claim.writer => Ok(()),
+            Some((e, w)) => Err(StoreError::Owned(format!(
                 "{} was taken over: epoch {e} is held by peer {} (this writer held epoch {}); \
                  it stops writing",
                 self.url.region(),
@@ -414,6 +420,8 @@ impl RegionStore {
     /// claim (a fenced writer's last manifests are never read).
     pub async fn generations(&self) -> Result<Vec<Generation>, StoreError> {
         let claims = self.claims().await?;
+        // Each epoch's holder, read once for the manifests of that epoch.
+        let mut holders: std::collections::HashMap<u64, Writer> = Default::default();
         let mut out = Vec::new();
         for meta in self.list(&self.keys.manifests()).await? {
             let key = meta.location.as_ref();
@@ -426,13 +434,17 @@ impl RegionStore {
             let Some((epoch, generation)) = format::parse_manifest_tail(eg) else {
                 continue;
             };
-            let Some((w, _)) = claims.get(&epoch) else {
+            if !claims.contains_key(&epoch) {
                 continue;
+            }
+            let w = match holders.get(&epoch) {
+                Some(w) => *w,
+                None => *holders.entry(epoch).or_insert(self.holder(epoch).await?),
             };
             if hex::encode(w.nonce) != nonce {
                 continue;
             }
-            let superseded = claims.range(epoch + 1..).next().map(|(_, (_, at))| *at);
+            let superseded = claims.range(epoch + 1..).next().map(|(_, at)| *at);
             if superseded.is_some_and(|at| meta.last_modified > at) {
                 continue;
             }
@@ -551,6 +563,24 @@ impl RegionStore {
             }
             self.delete(key).await?;
             out.manifests_deleted += 1;
+        }
+        // Claims of epochs older than every manifest left are read no more (the readability of a
+        // manifest looks only at claims of its own epoch and later ones); the newest stays.
+        let left = self.list(&self.keys.manifests()).await?;
+        let oldest = left
+            .iter()
+            .filter_map(|m| {
+                let tail = m.location.as_ref().strip_prefix(&self.keys.manifests())?;
+                format::parse_manifest_tail(tail.rsplit_once('-')?.0)
+            })
+            .map(|(e, _)| e)
+            .min();
+        let claims = self.claims().await?;
+        let newest = claims.keys().next_back().copied();
+        for &e in claims.keys() {
+            if oldest.is_some_and(|o| e < o) && Some(e) != newest {
+                self.delete(&self.keys.claim(e)).await?;
+            }
         }
         // Every manifest left under the root, of every region, names what must stay.
         let mut named: HashSet<ChunkName> = HashSet::new();
