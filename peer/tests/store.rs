@@ -5,7 +5,9 @@
 
 mod support;
 
-use object_store::{ObjectStoreExt, PutPayload};
+use futures::TryStreamExt;
+use memsync_peer::store::format::{Manifest, Writer, ZERO};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rand::{Rng, RngCore};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -372,6 +374,54 @@ fn bad_credentials_a_missing_bucket_and_a_second_owner_each_get_one_clear_error(
     assert!(
         e.contains(&format!("owned by peer {}", support::peer_id(&b))),
         "{e}"
+    );
+
+    // A fenced writer whose last check raced the take-over may still store one manifest: one of
+    // A's epoch 2, with a generation above B's, stored now. Readers never follow it.
+    let client = g.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let get = |k: String| {
+            let client = &client;
+            async move {
+                client
+                    .get(&k.as_str().into())
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+            }
+        };
+        let a_claim =
+            Writer::parse_claim(&get("o/regions/r/claims/0000000000000002".into()).await).unwrap();
+        let newest = client
+            .list(Some(&"o/regions/r/generations/".into()))
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .max()
+            .unwrap();
+        let mut stale = Manifest::decode(&get(newest).await).unwrap();
+        (stale.epoch, stale.generation, stale.writer) = (2, 99, a_claim);
+        stale.chunks.fill(ZERO);
+        let key = format!(
+            "o/regions/r/generations/{:016x}-{:016x}-{}",
+            2,
+            99,
+            hex::encode(a_claim.nonce)
+        );
+        client
+            .put(&key.as_str().into(), stale.encode().into())
+            .await
+            .unwrap();
+    });
+    assert!(generations(&g, &u).iter().all(|(n, _)| *n != 99));
+    assert_eq!(
+        mount_read(&g, dir.path(), &u, "r").unwrap(),
+        std::fs::read(&theirs).unwrap()
     );
 }
 
