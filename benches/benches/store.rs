@@ -44,13 +44,21 @@ async fn multipart(store: &dyn ObjectStore, key: &str, data: &[u8], parallel: us
     t.elapsed()
 }
 
-/// One `peer sync --to … --once` of `file`: (time, bytes uploaded).
-async fn upload_once(url: &StoreUrl, file: &Path, shift: u8, parallel: usize) -> (Duration, u64) {
+/// `peer sync --to` of `file` (once, or a round every 50 ms), telling `published` of each
+/// generation.
+async fn upload(
+    url: &StoreUrl,
+    file: &Path,
+    shift: u8,
+    parallel: usize,
+    once: bool,
+    published: impl FnMut(&upload::Published),
+) {
     let store = Arc::new(RegionStore::open(url).unwrap());
     let region = SyncRegion::open(file, &url.name, shift).unwrap();
     let opts = UploadOptions {
-        interval: Duration::from_millis(100),
-        once: true,
+        interval: Duration::from_millis(50),
+        once,
         parallel,
         take_over: false,
     };
@@ -58,13 +66,16 @@ async fn upload_once(url: &StoreUrl, file: &Path, shift: u8, parallel: usize) ->
         fingerprint: [7; 32],
         nonce: rand::random(),
     };
+    upload::run(store, region.source, region.detector, me, &opts, published)
+        .await
+        .unwrap();
+}
+
+/// One `peer sync --to … --once` of `file`: (time, bytes uploaded).
+async fn upload_once(url: &StoreUrl, file: &Path, shift: u8, parallel: usize) -> (Duration, u64) {
     let mut uploaded = 0;
     let t = Instant::now();
-    upload::run(store, region.source, region.detector, me, &opts, |p| {
-        uploaded = p.uploaded
-    })
-    .await
-    .unwrap();
+    upload(url, file, shift, parallel, true, |p| uploaded = p.uploaded).await;
     (t.elapsed(), uploaded)
 }
 
@@ -144,23 +155,10 @@ fn main() {
         if generation == 2 {
             let (url, file, tx) = (url.clone(), file.clone(), tx.clone());
             running = Some(rt.spawn(async move {
-                let store = Arc::new(RegionStore::open(&url).unwrap());
-                let region = SyncRegion::open(&file, &url.name, shift).unwrap();
-                let opts = UploadOptions {
-                    interval: Duration::from_millis(50),
-                    once: false,
-                    parallel,
-                    take_over: false,
-                };
-                let me = Writer {
-                    fingerprint: [7; 32],
-                    nonce: rand::random(),
-                };
-                upload::run(store, region.source, region.detector, me, &opts, |p| {
+                upload(&url, &file, shift, parallel, false, |p| {
                     let _ = tx.send(p.clone());
                 })
                 .await
-                .unwrap();
             }));
             // Its first generation re-reads the region as it is.
             rt.block_on(published.recv()).unwrap();

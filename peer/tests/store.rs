@@ -94,6 +94,23 @@ fn mount_read(g: &Garage, dir: &Path, url: &str, name: &str) -> Result<Vec<u8>, 
     Ok(std::fs::read(&out).unwrap())
 }
 
+/// A running `peer sync --region FILE --to URL` as identity `id`, a round every `interval`.
+fn continuous(g: &Garage, file: &Path, url: &str, id: &Path, interval: &str) -> Proc {
+    let (file, id) = (file.to_str().unwrap(), id.to_str().unwrap());
+    let args = [
+        "sync",
+        "--region",
+        file,
+        "--to",
+        url,
+        "--interval",
+        interval,
+        "--identity",
+        id,
+    ];
+    peer(g, &args)
+}
+
 /// The generations `peer snapshot list` prints: (generation, line).
 fn generations(g: &Garage, url: &str) -> Vec<(u64, String)> {
     let out = run(g, &["snapshot", "list", url]);
@@ -170,20 +187,7 @@ fn uploads_under_a_live_writer_and_mounts_of_the_latest_and_an_older_generation_
     );
 
     // A continuous upload while a writer writes, then a last generation once it stopped.
-    let sync = peer(
-        &g,
-        &[
-            "sync",
-            "--region",
-            file.to_str().unwrap(),
-            "--to",
-            &u,
-            "--interval",
-            "100ms",
-            "--identity",
-            id.to_str().unwrap(),
-        ],
-    );
+    let sync = continuous(&g, &file, &u, &id, "100ms");
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(file.clone(), Duration::from_millis(2), stop.clone());
     sync.wait_for("generation 6:", T);
@@ -339,20 +343,7 @@ fn bad_credentials_a_missing_bucket_and_a_second_owner_each_get_one_clear_error(
         "{e}"
     );
 
-    let mut running = peer(
-        &g,
-        &[
-            "sync",
-            "--region",
-            file.to_str().unwrap(),
-            "--to",
-            &u,
-            "--interval",
-            "100ms",
-            "--identity",
-            a.to_str().unwrap(),
-        ],
-    );
+    let mut running = continuous(&g, &file, &u, &a, "100ms");
     running.wait_for("epoch 2 claimed", T);
     let theirs = dir.path().join("theirs");
     support::random_file(&theirs, 1 << 20);
@@ -433,20 +424,7 @@ fn prune_while_uploading_never_deletes_a_chunk_a_kept_generation_needs() {
     support::random_file(&file, 8 << 20);
     let u = url("p", "p");
     let id = dir.path().join("id");
-    let sync = peer(
-        &g,
-        &[
-            "sync",
-            "--region",
-            file.to_str().unwrap(),
-            "--to",
-            &u,
-            "--interval",
-            "300ms",
-            "--identity",
-            id.to_str().unwrap(),
-        ],
-    );
+    let sync = continuous(&g, &file, &u, &id, "300ms");
     let stop = Arc::new(AtomicBool::new(false));
     // About 40 pages a second: each generation replaces a few of the region's 128 chunks.
     let w = writer(file.clone(), Duration::from_millis(25), stop.clone());

@@ -901,6 +901,18 @@ fn restore_from(w: &World, from: &[String], env: &[(&str, String)], regions: &st
     (restore, vmm)
 }
 
+/// The fake VMM reads all its memory and compares it with the image, then exits; so does the
+/// restore, successfully.
+fn verify_then_exit(restore: &mut Proc, vmm: &mut Proc) {
+    vmm.send_line("verify");
+    vmm.wait_for("verified", HANG);
+    assert!(vmm.output().contains("verified ok"), "{}", vmm.output());
+    vmm.send_line("exit");
+    assert!(vmm.wait(HANG).success());
+    let status = restore.wait(HANG);
+    assert!(status.success(), "restore failed:\n{}", restore.output());
+}
+
 #[test]
 fn firecracker_handover_restores_a_vmm_memory_from_a_remote_peer() {
     let img = pattern(40 << 20, 34);
@@ -909,13 +921,7 @@ fn firecracker_handover_restores_a_vmm_memory_from_a_remote_peer() {
     // address order).
     let (mut restore, mut vmm) =
         restore_and_vmm(&w, &format!("{}:{},{}:0", 8 << 20, 32 << 20, 32 << 20));
-    vmm.send_line("verify");
-    vmm.wait_for("verified", HANG);
-    assert!(vmm.output().contains("verified ok"), "{}", vmm.output());
-    vmm.send_line("exit");
-    assert!(vmm.wait(HANG).success());
-    let status = restore.wait(HANG);
-    assert!(status.success(), "restore failed:\n{}", restore.output());
+    verify_then_exit(&mut restore, &mut vmm);
 }
 
 #[test]
@@ -955,13 +961,7 @@ fn firecracker_handover_restores_a_vmm_memory_from_an_object_store() {
         &format!("{}:{},{}:0", 8 << 20, 16 << 20, 16 << 20),
     );
     restore.wait_for("vms/img@1 mounted", HANG);
-    vmm.send_line("verify");
-    vmm.wait_for("verified", HANG);
-    assert!(vmm.output().contains("verified ok"), "{}", vmm.output());
-    vmm.send_line("exit");
-    assert!(vmm.wait(HANG).success());
-    let status = restore.wait(HANG);
-    assert!(status.success(), "restore failed:\n{}", restore.output());
+    verify_then_exit(&mut restore, &mut vmm);
 }
 
 #[test]
