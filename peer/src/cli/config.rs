@@ -104,9 +104,14 @@ fn flags_from<C: CommandFactory>(file: &Path, sub: &str) -> Result<Vec<String>, 
                     )))
                 }
             };
+            // The flag alone, without its relations to other flags (which this command lacks).
+            let alone = clap::Arg::new("value")
+                .long(long.clone())
+                .value_parser(arg.get_value_parser().clone())
+                .allow_hyphen_values(arg.is_allow_hyphen_values_set());
             clap::Command::new("config")
                 .no_binary_name(true)
-                .arg(arg.clone().required(false))
+                .arg(alone)
                 .try_get_matches_from([format!("--{long}"), s.clone()])
                 .map_err(|e| {
                     let e = e.to_string();
