@@ -72,10 +72,23 @@ fn one_error(out: &Output) -> String {
 /// Mounts `url` over NBD and reads the whole export with qemu-img; its bytes, or qemu-img's
 /// error with the mount's log.
 fn mount_read(g: &Garage, dir: &Path, url: &str, name: &str) -> Result<Vec<u8>, String> {
+    mount_read_with(g, dir, url, name, &[]).1
+}
+
+/// [`mount_read`] with `extra` arguments to `peer mount`; the mount (still running) too.
+fn mount_read_with(
+    g: &Garage,
+    dir: &Path,
+    url: &str,
+    name: &str,
+    extra: &[&str],
+) -> (Proc, Result<Vec<u8>, String>) {
     let sock = dir.join(format!("m{}.sock", rand::random::<u32>()));
     let out = dir.join("read.raw");
     let listen = format!("unix:{}", sock.display());
-    let m = peer(g, &["mount", url, "--nbd-listen", &listen]);
+    let mut args = vec!["mount", url, "--nbd-listen", &listen];
+    args.extend_from_slice(extra);
+    let m = peer(g, &args);
     m.wait_for("NBD export at", T);
     let conv = Command::new("qemu-img")
         .args(["convert", "-f", "raw"])
@@ -85,13 +98,10 @@ fn mount_read(g: &Garage, dir: &Path, url: &str, name: &str) -> Result<Vec<u8>, 
         .output()
         .expect("qemu-img is needed (test.sh installs it)");
     if !conv.status.success() {
-        return Err(format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&conv.stderr),
-            m.output()
-        ));
+        let e = format!("{}\n{}", String::from_utf8_lossy(&conv.stderr), m.output());
+        return (m, Err(e));
     }
-    Ok(std::fs::read(&out).unwrap())
+    (m, Ok(std::fs::read(&out).unwrap()))
 }
 
 /// A running `peer sync --region FILE --to URL` as identity `id`, a round every `interval`.
@@ -311,6 +321,61 @@ fn a_corrupted_or_missing_chunk_object_is_reported_and_never_served() {
         );
         m.wait_for(why, T);
     }
+}
+
+/// The bytes of the files in `dir`.
+fn bytes_in(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_local_cache_answers_a_second_mount_within_its_bound_and_is_checked() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r");
+    support::random_file(&file, 1 << 20);
+    let bytes = std::fs::read(&file).unwrap();
+    let u = url("k", "r");
+    ok(&upload_once(&g, &file, &u, &dir.path().join("id"), &[]));
+    let (small, big) = (dir.path().join("small"), dir.path().join("big"));
+    let with_cache = |cache: &Path, size: &str| {
+        let extra = ["--cache", cache.to_str().unwrap(), "--cache-size", size];
+        let (m, read) = mount_read_with(&g, dir.path(), &u, "r", &extra);
+        assert_eq!(read.unwrap(), bytes);
+        m
+    };
+    // 16 chunks of 64 KiB through a cache of 4: it keeps 4.
+    let m = with_cache(&small, "256KiB");
+    m.wait_for("every chunk fetched, 0 from the local cache", T);
+    drop(m);
+    assert_eq!(bytes_in(&small), 256 << 10);
+    // A cache that holds them all answers the next mount, even with the store's objects gone;
+    // the one file spoilt in it is fetched again, from the one object left.
+    let m = with_cache(&big, "4MiB");
+    m.wait_for("every chunk fetched, 0 from the local cache", T);
+    drop(m);
+    assert_eq!(bytes_in(&big), 1 << 20);
+    let chunk_name = |i: usize| blake3::hash(&bytes[i * 65536..(i + 1) * 65536]).to_hex();
+    let spoilt = big.join(chunk_name(2).as_str());
+    let mut data = std::fs::read(&spoilt).unwrap();
+    data[100] ^= 1;
+    std::fs::write(&spoilt, data).unwrap();
+    let client = g.client();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        for i in (0..16).filter(|&i| i != 2) {
+            let key = format!("k/chunks/{}", chunk_name(i));
+            client.delete(&key.as_str().into()).await.unwrap();
+        }
+    });
+    let m = with_cache(&big, "4MiB");
+    m.wait_for(
+        "not the chunk it names; deleted, fetching the chunk again",
+        T,
+    );
+    m.wait_for("every chunk fetched, 15 from the local cache", T);
 }
 
 #[test]

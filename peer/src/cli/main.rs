@@ -323,9 +323,8 @@ enum Cmd {
         /// Region name on that peer.
         #[arg(long, required_unless_present = "source")]
         name: Option<String>,
-        /// From an object store: GETs in flight at once.
-        #[arg(long, default_value_t = 16, value_name = "N")]
-        parallel: usize,
+        #[command(flatten)]
+        from_store: store::StoreReadArgs,
         /// Where to serve the NBD export (HOST:PORT or unix:PATH).
         #[arg(long, value_name = "ADDR|unix:PATH")]
         nbd_listen: nbd::Listen,
@@ -692,7 +691,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             source,
             peer,
             name,
-            parallel,
+            from_store: how,
             nbd_listen,
             nbd_limits,
             id,
@@ -705,7 +704,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let from_store = source.is_some();
             let (remote, sink, from) = match (source, peer, name) {
                 (Some(url), _, _) => {
-                    let (remote, sink, generation) = store::mount(&url, parallel).await?;
+                    let (remote, sink, generation) = store::mount(&url, &how).await?;
                     (remote, sink, format!("{url} (generation {generation})"))
                 }
                 (None, Some(peer), Some(name)) => {

@@ -1,13 +1,16 @@
 //! The object-store commands: `peer sync --to s3://…`, `peer mount s3://…` and `peer snapshot`.
 //! Credentials and the endpoint come from the environment, as the AWS tools read them.
 
+use crate::units;
 use anyhow::{Context, Result};
 use memsync_peer::net::identity::Identity;
 use memsync_peer::roles::mount::{ChunkSink, MemorySink, RemoteRegion};
 use memsync_peer::roles::owner::SyncRegion;
+use memsync_peer::store::cache::ChunkCache;
 use memsync_peer::store::format::{Manifest, Writer};
 use memsync_peer::store::upload::{self, UploadOptions};
 use memsync_peer::store::{RegionStore, StoreUrl};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,10 +105,32 @@ pub async fn sync_to(
     Ok(())
 }
 
-/// The store of `url` and the manifest of the generation it names (the newest without one).
-pub async fn generation(url: &str) -> Result<(Arc<RegionStore>, Manifest)> {
+/// How a mount or restore reads a generation from an object store.
+#[derive(clap::Args)]
+pub struct StoreReadArgs {
+    /// From an object store: GETs in flight at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub parallel: usize,
+    /// From an object store: keep the chunks read in DIR and read them from there first (shared
+    /// by every mount and restore naming DIR; each file is checked against its chunk's name).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// The most the --cache directory holds; the least recently used chunks go first.
+    #[arg(long, default_value = "4GiB", value_name = "SIZE", value_parser = units::bytes, requires = "cache")]
+    cache_size: u64,
+}
+
+/// The store of `url` and the manifest of the generation it names (the newest without one),
+/// read as `how` says.
+pub async fn generation(url: &str, how: &StoreReadArgs) -> Result<(Arc<RegionStore>, Manifest)> {
     let url = StoreUrl::parse(url)?;
-    let store = Arc::new(RegionStore::open(&url)?);
+    let mut store = RegionStore::open(&url)?;
+    if let Some(dir) = &how.cache {
+        let cache = ChunkCache::open(dir, how.cache_size)
+            .with_context(|| format!("opening the chunk cache {}", dir.display()))?;
+        store = store.with_cache(Arc::new(cache));
+    }
+    let store = Arc::new(store);
     let manifest = store
         .manifest(url.generation)
         .await
@@ -114,12 +139,12 @@ pub async fn generation(url: &str) -> Result<(Arc<RegionStore>, Manifest)> {
 }
 
 /// `peer mount s3://…[@GENERATION]`: a lazy mount of one generation, fetched from the store.
-pub async fn mount(url: &str, parallel: usize) -> Result<(RemoteRegion, Arc<MemorySink>, u64)> {
-    let (store, manifest) = generation(url).await?;
+pub async fn mount(url: &str, how: &StoreReadArgs) -> Result<(RemoteRegion, Arc<MemorySink>, u64)> {
+    let (store, manifest) = generation(url, how).await?;
     let generation = manifest.generation;
     let sink = Arc::new(MemorySink::new(manifest.geometry));
     let s = sink.clone();
     let make = Box::new(move |_| s as Arc<dyn ChunkSink>);
-    let remote = RemoteRegion::from_store(store, manifest, make, parallel);
+    let remote = RemoteRegion::from_store(store, manifest, make, how.parallel);
     Ok((remote, sink, generation))
 }

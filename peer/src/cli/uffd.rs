@@ -61,6 +61,8 @@ pub enum UffdCmd {
         #[arg(long, default_value_t = 64, value_name = "CHUNKS")]
         readahead: u64,
         #[command(flatten)]
+        from_store: crate::store::StoreReadArgs,
+        #[command(flatten)]
         id: IdentityArgs,
         #[command(flatten)]
         trust: TrustArgs,
@@ -113,6 +115,7 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
             peer,
             name,
             readahead,
+            from_store,
             id,
             trust,
         } => {
@@ -124,11 +127,11 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
             let (ep, addr);
             let origin = match (&from, peer, &name) {
                 (Some(url), _, _) => {
-                    let (store, manifest) = crate::store::generation(url).await?;
+                    let (store, manifest) = crate::store::generation(url, &from_store).await?;
                     Origin::Store {
                         store,
                         manifest,
-                        parallel: 16,
+                        parallel: from_store.parallel,
                     }
                 }
                 (None, Some(peer), Some(name)) => {

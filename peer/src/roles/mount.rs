@@ -697,7 +697,21 @@ async fn pull_from_store(
     let mut asked: std::collections::VecDeque<u64> = Default::default();
     let mut next = 0;
     let mut gets = tokio::task::JoinSet::new();
+    let mut reported = false;
     loop {
+        if !reported && next == n && gets.is_empty() {
+            reported = true;
+            if let Some(cache) = store.cache() {
+                let (hits, misses) = cache.counts();
+                tracing::info!(
+                    "{}@{}: every chunk fetched, {hits} from the local cache {} and {misses} \
+                     from the store",
+                    store.url().region(),
+                    manifest.generation,
+                    cache.dir().display()
+                );
+            }
+        }
         while gets.len() < parallel {
             let index = match asked.pop_front() {
                 Some(i) if taken.contains(i) => continue,

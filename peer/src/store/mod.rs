@@ -5,11 +5,13 @@
 //! ([`crate::roles::mount::RemoteRegion::from_store`]). Every object is checked on read: a wrong
 //! or missing one is an error, never wrong bytes.
 
+pub mod cache;
 pub mod format;
 mod profile;
 pub mod upload;
 
 use bytes::Bytes;
+use cache::ChunkCache;
 use format::{ChunkName, Keys, Manifest, Writer, ZERO};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -133,6 +135,8 @@ pub struct RegionStore {
     store: Arc<dyn ObjectStore>,
     keys: Keys,
     url: StoreUrl,
+    /// Where chunks read are kept, and looked for before a GET.
+    cache: Option<Arc<ChunkCache>>,
 }
 
 /// One line of what the store said, for messages: the S3 error's code and message where the
@@ -249,7 +253,20 @@ impl RegionStore {
             store,
             keys: Keys::new(&url.root, &url.name),
             url: url.clone(),
+            cache: None,
         }
+    }
+
+    /// Reads chunks through `cache`: a chunk found there (and checked) is not fetched, and one
+    /// fetched is kept there.
+    pub fn with_cache(mut self, cache: Arc<ChunkCache>) -> RegionStore {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The local chunk cache, if reads go through one.
+    pub fn cache(&self) -> Option<&Arc<ChunkCache>> {
+        self.cache.as_ref()
     }
 
     /// The region's URL.
@@ -511,6 +528,13 @@ impl RegionStore {
         if *name == ZERO {
             return Ok(None);
         }
+        let len = manifest.geometry.chunk_len(index);
+        if let Some(cache) = &self.cache {
+            let (c, n) = (cache.clone(), *name);
+            if let Ok(Some(d)) = tokio::task::spawn_blocking(move || c.get(&n, len)).await {
+                return Ok(Some(Bytes::from(d)));
+            }
+        }
         let key = self.keys.chunk(name);
         let data = self.get(&key).await.map_err(|e| match e {
             StoreError::NotFound(m) => StoreError::Corrupt(format!(
@@ -519,7 +543,6 @@ impl RegionStore {
             )),
             e => e,
         })?;
-        let len = manifest.geometry.chunk_len(index);
         if data.len() != len || format::chunk_name(&data) != *name {
             return Err(StoreError::Corrupt(format!(
                 "{}: chunk {index} of generation {}: {key} does not hold the bytes it names \
@@ -528,6 +551,12 @@ impl RegionStore {
                 manifest.generation,
                 data.len()
             )));
+        }
+        if let Some(cache) = &self.cache {
+            let (c, n, d) = (cache.clone(), *name, data.clone());
+            // Kept before it is served: a mount that ends once its reads did leaves every chunk
+            // it read in the cache (a local write, small beside the GET).
+            let _ = tokio::task::spawn_blocking(move || c.put(&n, &d)).await;
         }
         Ok(Some(data))
     }
