@@ -1,6 +1,6 @@
 //! Object storage against a real three-node Garage cluster on loopback (replication factor 3):
 //! `peer sync --to`'s upload of a fresh region and of a 1% change against `object_store`'s own
-//! multipart put of the same bytes; a lazy mount's first read and cold sequential read against a
+//! multipart put of as many bytes; a lazy mount's first read and cold sequential read against a
 //! plain ranged GET of the same bytes; bytes stored for ten generations of a 1%-changing region.
 //!
 //! `cargo bench -p memsync-benches --bench store` (`STORE_BENCH_MIB`, default 1024;
@@ -11,7 +11,8 @@
 mod garage;
 
 use bytes::Bytes;
-use memsync_peer::roles::mount::{ChunkSink, MemorySink, RemoteRegion};
+use memsync_peer::detector::{Marks, MarksDetector};
+use memsync_peer::roles::mount::{ChunkSink, MemorySink, RemoteRegion, StorePull};
 use memsync_peer::roles::owner::SyncRegion;
 use memsync_peer::store::format::Writer;
 use memsync_peer::store::upload::{self, UploadOptions};
@@ -45,17 +46,22 @@ async fn multipart(store: &dyn ObjectStore, key: &str, data: &[u8], parallel: us
 }
 
 /// `peer sync --to` of `file` (once, or a round every 50 ms), telling `published` of each
-/// generation.
+/// generation; its detector hashes the region, or with `marks` takes the marks of each write (as
+/// the `nbd` detector does).
 async fn upload(
     url: &StoreUrl,
     file: &Path,
     shift: u8,
     parallel: usize,
     once: bool,
+    marks: Option<Arc<Marks>>,
     published: impl FnMut(&upload::Published),
 ) {
     let store = Arc::new(RegionStore::open(url).unwrap());
-    let region = SyncRegion::open(file, &url.name, shift).unwrap();
+    let mut region = SyncRegion::open(file, &url.name, shift).unwrap();
+    if let Some(marks) = marks {
+        region.detector = Box::new(MarksDetector::nbd(marks, region.source.clone()));
+    }
     let opts = UploadOptions {
         interval: Duration::from_millis(50),
         once,
@@ -75,8 +81,46 @@ async fn upload(
 async fn upload_once(url: &StoreUrl, file: &Path, shift: u8, parallel: usize) -> (Duration, u64) {
     let mut uploaded = 0;
     let t = Instant::now();
-    upload(url, file, shift, parallel, true, |p| uploaded = p.uploaded).await;
+    upload(url, file, shift, parallel, true, None, |p| {
+        uploaded = p.uploaded
+    })
+    .await;
     (t.elapsed(), uploaded)
+}
+
+/// One page of 4 KiB written with random bytes in each of `per_gen` random chunks of `file` (and
+/// of `image`, its copy), marked in `marks` if given.
+fn change(
+    f: &std::fs::File,
+    image: &mut [u8],
+    chunk: usize,
+    per_gen: usize,
+    rng: &mut impl Rng,
+    marks: Option<&Marks>,
+) {
+    let chunks = image.len() / chunk;
+    let mut written = Vec::new();
+    for _ in 0..per_gen {
+        let c = rng.random_range(0..chunks);
+        let mut page = [0u8; 4096];
+        rng.fill_bytes(&mut page);
+        let at = c * chunk + rng.random_range(0..chunk / 4096) * 4096;
+        f.write_all_at(&page, at as u64).unwrap();
+        written.push(at);
+        image[at..at + 4096].copy_from_slice(&page);
+    }
+    // Marked once all are written, so that one round takes the whole change.
+    if let Some(m) = marks {
+        for &at in &written {
+            m.mark(at as u64, 4096);
+        }
+    }
+}
+
+/// The median (change → published, multipart put of the change) of `lags`.
+fn median(lags: &mut [(Duration, Duration)]) -> (Duration, Duration) {
+    lags.sort();
+    lags[lags.len() / 2]
 }
 
 fn main() {
@@ -124,20 +168,16 @@ fn main() {
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let mut changes = 0u64;
+    // The baselines put as many random bytes as each change uploads.
+    let mut sample = vec![0u8; per_gen * chunk];
+    rng.fill_bytes(&mut sample);
     let (tx, mut published) = tokio::sync::mpsc::unbounded_channel();
     let mut running = None;
     let mut lags = Vec::new();
     for generation in 2..=10 {
-        let mut changed = Vec::new();
-        for _ in 0..per_gen {
-            let c = rng.random_range(0..chunks);
-            let mut page = [0u8; 4096];
-            rng.fill_bytes(&mut page);
-            let at = c * chunk + rng.random_range(0..chunk / 4096) * 4096;
-            f.write_all_at(&page, at as u64).unwrap();
-            image[at..at + 4096].copy_from_slice(&page);
-            changed.extend_from_slice(&image[c * chunk..(c + 1) * chunk]);
-        }
+        // The baseline first, under the same background load (the running upload's scans).
+        let base = rt.block_on(multipart(&*client, "baseline/change", &sample, parallel));
+        change(&f, &mut image, chunk, per_gen, &mut rng, None);
         if generation > 2 {
             // From the change to the first generation holding some of it (a scan that began
             // during the writes may split them over two).
@@ -145,17 +185,15 @@ fn main() {
             let p: upload::Published = rt.block_on(published.recv()).unwrap();
             let lag = t.elapsed();
             changes += p.uploaded;
-            let base = rt.block_on(multipart(&*client, "baseline/change", &changed, parallel));
             lags.push((lag, base));
             continue;
         }
-        let base = rt.block_on(multipart(&*client, "baseline/change", &changed, parallel));
         let (up, bytes) = rt.block_on(upload_once(&url, &file, shift, parallel));
         changes += bytes;
         if generation == 2 {
             let (url, file, tx) = (url.clone(), file.clone(), tx.clone());
             running = Some(rt.spawn(async move {
-                upload(&url, &file, shift, parallel, false, |p| {
+                upload(&url, &file, shift, parallel, false, None, |p| {
                     let _ = tx.send(p.clone());
                 })
                 .await
@@ -165,7 +203,7 @@ fn main() {
             println!(
                 "| 1% change ({} MiB in {per_gen} chunks) | object_store multipart {:.0} ms | \
                  memsync {:.0} ms (reads and names the whole region, uploads {:.1} MiB) | {:.2}× |",
-                changed.len() >> 20,
+                sample.len() >> 20,
                 base.as_secs_f64() * 1e3,
                 up.as_secs_f64() * 1e3,
                 bytes as f64 / (1 << 20) as f64,
@@ -178,10 +216,9 @@ fn main() {
     while let Ok(p) = published.try_recv() {
         changes += p.uploaded;
     }
-    lags.sort();
-    let (lag, base) = lags[lags.len() / 2];
+    let (lag, base) = median(&mut lags);
     println!(
-        "| 1% change, running upload (median of {}) | object_store multipart {:.0} ms | memsync change → published {:.0} ms | {:.2}× |",
+        "| 1% change, running upload, hash detector (median of {}) | object_store multipart {:.0} ms | memsync change → published {:.0} ms | {:.2}× |",
         lags.len(),
         base.as_secs_f64() * 1e3,
         lag.as_secs_f64() * 1e3,
@@ -209,6 +246,10 @@ fn main() {
     // 3. A lazy mount of the newest generation: the first read of a page, and a cold sequential
     //    read, against ranged GETs of the same bytes of the baseline object.
     let store = Arc::new(RegionStore::open(&url).unwrap());
+    let pull = StorePull {
+        parallel,
+        background: true,
+    };
     let (mut first, mut first_get, mut opened) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..5 {
         let c = (k * 7919) % chunks;
@@ -226,7 +267,7 @@ fn main() {
             let sink = Arc::new(MemorySink::new(m.geometry));
             let s = sink.clone();
             let make = Box::new(move |_| s as Arc<dyn ChunkSink>);
-            let r = RemoteRegion::from_store(store.clone(), m, make, parallel);
+            let r = RemoteRegion::from_store(store.clone(), m, make, pull);
             r.ensure(c as u64..c as u64 + 1).await.unwrap();
         });
         first.push(t.elapsed());
@@ -253,27 +294,68 @@ fn main() {
         }
     });
     let get_loop = t.elapsed();
-    let t = Instant::now();
-    let sink = rt.block_on(async {
-        let m = store.manifest(None).await.unwrap();
-        let sink = Arc::new(MemorySink::new(m.geometry));
-        let s = sink.clone();
-        let make = Box::new(move |_| s as Arc<dyn ChunkSink>);
-        let r = RemoteRegion::from_store(store.clone(), m, make, parallel);
-        for c in 0..chunks as u64 {
-            r.ensure(c..c + 1).await.unwrap();
-        }
-        sink
-    });
-    let seq = t.elapsed();
-    let mut got = vec![0u8; size];
-    sink.read(0, &mut got);
-    assert!(got == image, "the mount read other bytes than the region's");
+    // With the background pull, and fetching only what is read (with its read-ahead).
+    for background in [true, false] {
+        let t = Instant::now();
+        let sink = rt.block_on(async {
+            let m = store.manifest(None).await.unwrap();
+            let sink = Arc::new(MemorySink::new(m.geometry));
+            let s = sink.clone();
+            let make = Box::new(move |_| s as Arc<dyn ChunkSink>);
+            let pull = StorePull {
+                parallel,
+                background,
+            };
+            let r = RemoteRegion::from_store(store.clone(), m, make, pull);
+            for c in 0..chunks as u64 {
+                r.ensure(c..c + 1).await.unwrap();
+            }
+            sink
+        });
+        let seq = t.elapsed();
+        let mut got = vec![0u8; size];
+        sink.read(0, &mut got);
+        assert!(got == image, "the mount read other bytes than the region's");
+        println!(
+            "| cold sequential read | ranged GET loop of {} KiB {:.0} MiB/s | memsync mount{} {:.0} MiB/s | {:.2}× |",
+            chunk >> 10,
+            mibps(size, get_loop),
+            if background { "" } else { " --on-demand" },
+            mibps(size, seq),
+            get_loop.as_secs_f64() / seq.as_secs_f64()
+        );
+    }
+
+    // 4. The same 1% changes, uploaded by a running upload whose detector takes the marks of
+    //    each write (the `nbd` and `fuse` detectors' way): nothing is scanned.
+    let marks = Marks::new(rt.block_on(store.manifest(None)).unwrap().geometry);
+    let (tx, mut published) = tokio::sync::mpsc::unbounded_channel();
+    let running = {
+        let (url, file, marks) = (url.clone(), file.clone(), marks.clone());
+        rt.spawn(async move {
+            upload(&url, &file, shift, parallel, false, Some(marks), |p| {
+                let _ = tx.send(p.clone());
+            })
+            .await
+        })
+    };
+    // Its first round reads the region as it is.
+    rt.block_on(published.recv()).unwrap();
+    let mut lags = Vec::new();
+    for _ in 0..8 {
+        let base = rt.block_on(multipart(&*client, "baseline/change", &sample, parallel));
+        change(&f, &mut image, chunk, per_gen, &mut rng, Some(&marks));
+        let t = Instant::now();
+        rt.block_on(published.recv()).unwrap();
+        lags.push((t.elapsed(), base));
+    }
+    running.abort();
+    let (lag, base) = median(&mut lags);
     println!(
-        "| cold sequential read | ranged GET loop of {} KiB {:.0} MiB/s | memsync mount {:.0} MiB/s | {:.2}× |",
-        chunk >> 10,
-        mibps(size, get_loop),
-        mibps(size, seq),
-        get_loop.as_secs_f64() / seq.as_secs_f64()
+        "| 1% change, running upload, marks detector (median of {}) | object_store multipart {:.0} ms | memsync change → published {:.0} ms | {:.2}× |",
+        lags.len(),
+        base.as_secs_f64() * 1e3,
+        lag.as_secs_f64() * 1e3,
+        base.as_secs_f64() / lag.as_secs_f64()
     );
 }

@@ -72,24 +72,25 @@ fn one_error(out: &Output) -> String {
 /// Mounts `url` over NBD and reads the whole export with qemu-img; its bytes, or qemu-img's
 /// error with the mount's log.
 fn mount_read(g: &Garage, dir: &Path, url: &str, name: &str) -> Result<Vec<u8>, String> {
-    mount_read_with(g, dir, url, name, &[]).1
+    let (m, sock) = mount(g, dir, url, &[]);
+    read_export(&m, dir, &sock, name)
 }
 
-/// [`mount_read`] with `extra` arguments to `peer mount`; the mount (still running) too.
-fn mount_read_with(
-    g: &Garage,
-    dir: &Path,
-    url: &str,
-    name: &str,
-    extra: &[&str],
-) -> (Proc, Result<Vec<u8>, String>) {
+/// `peer mount URL --nbd-listen unix:SOCK EXTRA…` once its export is up: the mount, and SOCK.
+fn mount(g: &Garage, dir: &Path, url: &str, extra: &[&str]) -> (Proc, PathBuf) {
     let sock = dir.join(format!("m{}.sock", rand::random::<u32>()));
-    let out = dir.join("read.raw");
     let listen = format!("unix:{}", sock.display());
     let mut args = vec!["mount", url, "--nbd-listen", &listen];
     args.extend_from_slice(extra);
     let m = peer(g, &args);
     m.wait_for("NBD export at", T);
+    (m, sock)
+}
+
+/// Every byte of export `name` of mount `m` at `sock`, read with qemu-img into `dir`; or
+/// qemu-img's error with the mount's log.
+fn read_export(m: &Proc, dir: &Path, sock: &Path, name: &str) -> Result<Vec<u8>, String> {
+    let out = dir.join("read.raw");
     let conv = Command::new("qemu-img")
         .args(["convert", "-f", "raw"])
         .arg(format!("nbd+unix:///{name}?socket={}", sock.display()))
@@ -98,10 +99,13 @@ fn mount_read_with(
         .output()
         .expect("qemu-img is needed (test.sh installs it)");
     if !conv.status.success() {
-        let e = format!("{}\n{}", String::from_utf8_lossy(&conv.stderr), m.output());
-        return (m, Err(e));
+        return Err(format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&conv.stderr),
+            m.output()
+        ));
     }
-    (m, Ok(std::fs::read(&out).unwrap()))
+    Ok(std::fs::read(&out).unwrap())
 }
 
 /// A running `peer sync --region FILE --to URL` as identity `id`, a round every `interval`.
@@ -332,7 +336,7 @@ fn bytes_in(dir: &Path) -> u64 {
 }
 
 #[test]
-fn a_local_cache_answers_a_second_mount_within_its_bound_and_is_checked() {
+fn on_demand_mounts_fetch_what_is_read_and_a_local_cache_answers_the_next_within_its_bound() {
     let g = Garage::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("r");
@@ -343,10 +347,35 @@ fn a_local_cache_answers_a_second_mount_within_its_bound_and_is_checked() {
     let (small, big) = (dir.path().join("small"), dir.path().join("big"));
     let with_cache = |cache: &Path, size: &str| {
         let extra = ["--cache", cache.to_str().unwrap(), "--cache-size", size];
-        let (m, read) = mount_read_with(&g, dir.path(), &u, "r", &extra);
-        assert_eq!(read.unwrap(), bytes);
+        let (m, sock) = mount(&g, dir.path(), &u, &extra);
+        assert!(read_export(&m, dir.path(), &sock, "r").unwrap() == bytes);
         m
     };
+    let chunk_name = |i: usize| blake3::hash(&bytes[i * 65536..(i + 1) * 65536]).to_hex();
+    // --on-demand fetches what is read, and nothing in the background.
+    let lazy = dir.path().join("lazy");
+    let (m, sock) = mount(
+        &g,
+        dir.path(),
+        &u,
+        &["--on-demand", "--cache", lazy.to_str().unwrap()],
+    );
+    let uri = format!("nbd+unix:///r?socket={}", sock.display());
+    let one = Command::new("qemu-io")
+        .args(["-r", "-f", "raw", &uri, "-c", "read 327680 16"])
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", m.output());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lazy.join(chunk_name(5).as_str()).exists());
+    assert!(
+        std::fs::read_dir(&lazy).unwrap().count() <= 2,
+        "{}",
+        m.output()
+    );
+    assert!(read_export(&m, dir.path(), &sock, "r").unwrap() == bytes);
+    assert_eq!(bytes_in(&lazy), 1 << 20);
+    drop(m);
     // 16 chunks of 64 KiB through a cache of 4: it keeps 4.
     let m = with_cache(&small, "256KiB");
     m.wait_for("every chunk fetched, 0 from the local cache", T);
@@ -358,7 +387,6 @@ fn a_local_cache_answers_a_second_mount_within_its_bound_and_is_checked() {
     m.wait_for("every chunk fetched, 0 from the local cache", T);
     drop(m);
     assert_eq!(bytes_in(&big), 1 << 20);
-    let chunk_name = |i: usize| blake3::hash(&bytes[i * 65536..(i + 1) * 65536]).to_hex();
     let spoilt = big.join(chunk_name(2).as_str());
     let mut data = std::fs::read(&spoilt).unwrap();
     data[100] ^= 1;

@@ -4,7 +4,7 @@
 use crate::units;
 use anyhow::{Context, Result};
 use memsync_peer::net::identity::Identity;
-use memsync_peer::roles::mount::{ChunkSink, MemorySink, RemoteRegion};
+use memsync_peer::roles::mount::{ChunkSink, MemorySink, RemoteRegion, StorePull};
 use memsync_peer::roles::owner::SyncRegion;
 use memsync_peer::store::cache::ChunkCache;
 use memsync_peer::store::format::{Manifest, Writer};
@@ -110,7 +110,11 @@ pub async fn sync_to(
 pub struct StoreReadArgs {
     /// From an object store: GETs in flight at once.
     #[arg(long, default_value_t = 16, value_name = "N")]
-    pub parallel: usize,
+    parallel: usize,
+    /// From an object store: fetch only the chunks read (and, after sequential reads, the next
+    /// --parallel ones), not every chunk in the background.
+    #[arg(long)]
+    on_demand: bool,
     /// From an object store: keep the chunks read in DIR and read them from there first (shared
     /// by every mount and restore naming DIR; each file is checked against its chunk's name).
     #[arg(long, value_name = "DIR")]
@@ -118,6 +122,16 @@ pub struct StoreReadArgs {
     /// The most the --cache directory holds; the least recently used chunks go first.
     #[arg(long, default_value = "4GiB", value_name = "SIZE", value_parser = units::bytes, requires = "cache")]
     cache_size: u64,
+}
+
+impl StoreReadArgs {
+    /// How chunks are fetched.
+    pub fn pull(&self) -> StorePull {
+        StorePull {
+            parallel: self.parallel,
+            background: !self.on_demand,
+        }
+    }
 }
 
 /// The store of `url` and the manifest of the generation it names (the newest without one),
@@ -145,6 +159,6 @@ pub async fn mount(url: &str, how: &StoreReadArgs) -> Result<(RemoteRegion, Arc<
     let sink = Arc::new(MemorySink::new(manifest.geometry));
     let s = sink.clone();
     let make = Box::new(move |_| s as Arc<dyn ChunkSink>);
-    let remote = RemoteRegion::from_store(store, manifest, make, how.parallel);
+    let remote = RemoteRegion::from_store(store, manifest, make, how.pull());
     Ok((remote, sink, generation))
 }

@@ -131,7 +131,7 @@ pub async fn run(cmd: UffdCmd) -> Result<()> {
                     Origin::Store {
                         store,
                         manifest,
-                        parallel: from_store.parallel,
+                        pull: from_store.pull(),
                     }
                 }
                 (None, Some(peer), Some(name)) => {

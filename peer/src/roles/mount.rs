@@ -204,9 +204,20 @@ pub enum Origin<'a> {
         store: Arc<RegionStore>,
         /// The generation's manifest.
         manifest: Manifest,
-        /// GETs in flight at once.
-        parallel: usize,
+        /// How its chunks are fetched.
+        pull: StorePull,
     },
+}
+
+/// How a mount fetches a generation's chunks from an object store.
+#[derive(Clone, Copy, Debug)]
+pub struct StorePull {
+    /// GETs in flight at once.
+    pub parallel: usize,
+    /// Every chunk is fetched in the background, those that readers wait for first; otherwise
+    /// only those, and after a read that follows the previous one, the `parallel` chunks after it
+    /// (read-ahead).
+    pub background: bool,
 }
 
 impl std::fmt::Display for Origin<'_> {
@@ -336,20 +347,19 @@ impl RemoteRegion {
             Origin::Store {
                 store,
                 manifest,
-                parallel,
-            } => Ok(Self::from_store(store, manifest, make_sink, parallel)),
+                pull,
+            } => Ok(Self::from_store(store, manifest, make_sink, pull)),
         }
     }
 
-    /// A lazy mount of one generation of a region in an object store (spec/STORAGE.md): every
-    /// chunk is fetched in the background, `parallel` GETs at a time, those readers wait for
-    /// first. Each object is checked against its name; one that fails the check fails only the
-    /// reads that need its chunk.
+    /// A lazy mount of one generation of a region in an object store (spec/STORAGE.md), its
+    /// chunks fetched as `pull` says. Each object is checked against its name; one that fails the
+    /// check fails only the reads that need its chunk.
     pub fn from_store(
         store: Arc<RegionStore>,
         manifest: Manifest,
         make_sink: SinkFactory,
-        parallel: usize,
+        pull: StorePull,
     ) -> RemoteRegion {
         let geom = manifest.geometry;
         let name = manifest.name.clone();
@@ -357,7 +367,10 @@ impl RemoteRegion {
         let shared = Shared::new(&name, n);
         shared.metrics.set_peer(store.url().region());
         shared.metrics.lazy(n, n);
-        shared.metrics.set_state("lazy: pulling in the background");
+        shared.metrics.set_state(match pull.background {
+            true => "lazy: pulling in the background",
+            false => "lazy: fetching what is read",
+        });
         let sink = make_sink(geom);
         let (requests, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(pull_from_store(
@@ -366,7 +379,7 @@ impl RemoteRegion {
             sink,
             shared.clone(),
             rx,
-            parallel.max(1),
+            pull,
         ));
         RemoteRegion {
             name,
@@ -689,15 +702,20 @@ async fn pull_from_store(
     sink: Arc<dyn ChunkSink>,
     shared: Arc<Shared>,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    parallel: usize,
+    pull: StorePull,
 ) {
     let n = manifest.geometry.chunk_count();
+    let parallel = pull.parallel.max(1);
     // Chunks fetched, being fetched, or zeros.
     let mut taken = DirtySet::new(n);
     let mut asked: std::collections::VecDeque<u64> = Default::default();
-    let mut next = 0;
+    // The next chunk of the background pull (none without one).
+    let mut next = if pull.background { 0 } else { n };
+    // Where the last read waited for (with its read-ahead) ended: a read starting there is
+    // sequential.
+    let mut last_end = u64::MAX;
     let mut gets = tokio::task::JoinSet::new();
-    let mut reported = false;
+    let mut reported = !pull.background;
     loop {
         if !reported && next == n && gets.is_empty() {
             reported = true;
@@ -737,12 +755,21 @@ async fn pull_from_store(
         }
         tokio::select! {
             req = requests.recv() => {
-                let range = match req {
+                let (range, urgent) = match req {
                     None => return,
-                    Some(Request::Chunks { range, .. }) => range,
-                    Some(Request::Part { index, .. }) => index..index.saturating_add(1),
+                    Some(Request::Chunks { range, urgent }) => (range, urgent),
+                    Some(Request::Part { index, .. }) => (index..index.saturating_add(1), true),
                 };
-                asked.extend((range.start..range.end.min(n)).filter(|&i| !taken.contains(i)));
+                let mut end = range.end.min(n);
+                if urgent && !pull.background {
+                    // Reads of chunks already here ask for nothing, so a read that starts where
+                    // the last read-ahead ended is sequential too.
+                    if range.start == last_end {
+                        end = end.saturating_add(parallel as u64).min(n);
+                    }
+                    last_end = end;
+                }
+                asked.extend((range.start..end).filter(|&i| !taken.contains(i)));
             }
             Some(done) = gets.join_next() => match done {
                 Ok((index, Ok(data))) => {

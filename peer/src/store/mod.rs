@@ -413,9 +413,10 @@ impl RegionStore {
         Ok(())
     }
 
-    /// Publishes `manifest` as the region's newest generation, if `claim` still owns it.
-    pub async fn put_manifest(&self, claim: &Claim, manifest: &Manifest) -> Result<(), StoreError> {
-        self.still_owned(claim).await?;
+    /// Publishes `manifest` as the region's newest generation: a PUT under its writer's key, once
+    /// [`RegionStore::still_owned`] has passed for its claim (spec/STORAGE.md §6: the check may
+    /// run while the generation's chunks upload).
+    pub(crate) async fn publish(&self, manifest: &Manifest) -> Result<(), StoreError> {
         let key = self.manifest_key(manifest.epoch, manifest.generation, &manifest.writer);
         self.store
             .put(&Path::from(key.as_str()), manifest.encode().into())

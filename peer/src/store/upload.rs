@@ -105,16 +105,22 @@ pub async fn run(
         if !dirty.is_empty() {
             let round = dirty.take();
             let started = Instant::now();
-            let (changed, uploaded) = upload_round(
-                &store,
-                &source,
-                &round,
-                &mut names,
-                &mut known,
-                opts.parallel,
-            )
-            .await?;
+            // The claim is checked while the chunks go up: one round trip less before the
+            // manifest (spec/STORAGE.md §6).
+            let (round, owned) = tokio::join!(
+                upload_round(
+                    &store,
+                    &source,
+                    &round,
+                    &mut names,
+                    &mut known,
+                    opts.parallel,
+                ),
+                store.still_owned(&claim)
+            );
+            let (changed, uploaded) = round?;
             if changed > 0 || first {
+                owned?;
                 generation += 1;
                 let manifest = Manifest {
                     name: store.url().name.clone(),
@@ -129,7 +135,7 @@ pub async fn run(
                     uploaded,
                     chunks: names.clone(),
                 };
-                store.put_manifest(&claim, &manifest).await?;
+                store.publish(&manifest).await?;
                 info!(
                     "{}: generation {generation}: {changed} chunks changed, {:.1} MiB uploaded in {:.0?}",
                     store.url().region(),
@@ -157,6 +163,40 @@ pub async fn run(
     }
 }
 
+/// Bytes of chunks named at a time: the copies of changed chunks held at once.
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// A chunk of a round as read: its index, protocol hash, name, and bytes if its name is new.
+type Named = (u64, u64, ChunkName, Option<Bytes>);
+
+/// Reads chunks `part` on every core, `before[k]` being the name chunk `part[k]` had. One whose
+/// name is unchanged is not copied; one whose name is new is copied, and named and hashed again
+/// from its copy, so that an object's bytes match its name while a writer goes on.
+fn name_part(source: &dyn Source, part: &[u64], before: &[ChunkName]) -> Vec<Named> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let name = |(&index, old): (&u64, &ChunkName)| -> Named {
+        let live = source.chunk(index);
+        let hash = chunk_hash(live);
+        if chunk_name(live) == *old {
+            return (index, hash, *old, None);
+        }
+        let data = Bytes::copy_from_slice(source.chunk(index));
+        (index, chunk_hash(&data), chunk_name(&data), Some(data))
+    };
+    let per = part.len().div_ceil(cores).max(1);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = part
+            .chunks(per)
+            .zip(before.chunks(per))
+            .map(|(p, b)| s.spawn(move || p.iter().zip(b).map(name).collect::<Vec<_>>()))
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a naming thread panicked"))
+            .collect()
+    })
+}
+
 /// Reads every chunk of `round` once and uploads those whose content address is new, at most
 /// `parallel` at a time; returns the chunks changed and the bytes uploaded.
 async fn upload_round(
@@ -170,27 +210,36 @@ async fn upload_round(
     let mut tasks = tokio::task::JoinSet::new();
     let mut this_round: HashSet<ChunkName> = HashSet::new();
     let (mut changed, mut uploaded) = (0u64, 0u64);
-    for index in round.iter() {
-        let data = Bytes::copy_from_slice(source.chunk(index));
+    let indices: Vec<u64> = round.iter().collect();
+    let batch = (BATCH_BYTES / source.geometry().chunk_size()).max(1) as usize;
+    for part in indices.chunks(batch) {
+        let named = {
+            let before: Vec<ChunkName> = part.iter().map(|&i| names[i as usize]).collect();
+            let (source, part) = (source.clone(), part.to_vec());
+            tokio::task::spawn_blocking(move || name_part(&*source, &part, &before))
+                .await
+                .map_err(|e| StoreError::Config(format!("naming the chunks failed: {e}")))?
+        };
         if !source.intact() {
             source.check()?;
         }
-        known[index as usize] = chunk_hash(&data);
-        let name = chunk_name(&data);
-        if name == names[index as usize] {
-            continue;
+        for (index, hash, name, data) in named {
+            known[index as usize] = hash;
+            if name == names[index as usize] {
+                continue;
+            }
+            names[index as usize] = name;
+            changed += 1;
+            let Some(data) = data.filter(|_| name != ZERO && this_round.insert(name)) else {
+                continue;
+            };
+            while tasks.len() >= parallel.max(1) {
+                join_one(&mut tasks).await?;
+            }
+            uploaded += data.len() as u64;
+            let store = store.clone();
+            tasks.spawn(async move { store.put_chunk(&name, data).await });
         }
-        names[index as usize] = name;
-        changed += 1;
-        if name == ZERO || !this_round.insert(name) {
-            continue;
-        }
-        while tasks.len() >= parallel.max(1) {
-            join_one(&mut tasks).await?;
-        }
-        uploaded += data.len() as u64;
-        let store = store.clone();
-        tasks.spawn(async move { store.put_chunk(&name, data).await });
     }
     while !tasks.is_empty() {
         join_one(&mut tasks).await?;
