@@ -117,10 +117,18 @@ fn change(
     }
 }
 
-/// The median (change → published, multipart put of the change) of `lags`.
-fn median(lags: &mut [(Duration, Duration)]) -> (Duration, Duration) {
+/// Prints the row of a running upload with `detector`: the median of its `lags` (change →
+/// published, multipart put of as many bytes).
+fn lag_row(detector: &str, lags: &mut [(Duration, Duration)]) {
     lags.sort();
-    lags[lags.len() / 2]
+    let (lag, base) = lags[lags.len() / 2];
+    println!(
+        "| 1% change, running upload, {detector} detector (median of {}) | object_store multipart {:.0} ms | memsync change → published {:.0} ms | {:.2}× |",
+        lags.len(),
+        base.as_secs_f64() * 1e3,
+        lag.as_secs_f64() * 1e3,
+        base.as_secs_f64() / lag.as_secs_f64()
+    );
 }
 
 fn main() {
@@ -216,14 +224,7 @@ fn main() {
     while let Ok(p) = published.try_recv() {
         changes += p.uploaded;
     }
-    let (lag, base) = median(&mut lags);
-    println!(
-        "| 1% change, running upload, hash detector (median of {}) | object_store multipart {:.0} ms | memsync change → published {:.0} ms | {:.2}× |",
-        lags.len(),
-        base.as_secs_f64() * 1e3,
-        lag.as_secs_f64() * 1e3,
-        base.as_secs_f64() / lag.as_secs_f64()
-    );
+    lag_row("hash", &mut lags);
     let stored: u64 = rt.block_on(async {
         use futures::TryStreamExt;
         client
@@ -350,12 +351,5 @@ fn main() {
         lags.push((t.elapsed(), base));
     }
     running.abort();
-    let (lag, base) = median(&mut lags);
-    println!(
-        "| 1% change, running upload, marks detector (median of {}) | object_store multipart {:.0} ms | memsync change → published {:.0} ms | {:.2}× |",
-        lags.len(),
-        base.as_secs_f64() * 1e3,
-        lag.as_secs_f64() * 1e3,
-        base.as_secs_f64() / lag.as_secs_f64()
-    );
+    lag_row("marks", &mut lags);
 }
