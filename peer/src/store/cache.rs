@@ -85,8 +85,11 @@ impl ChunkCache {
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
-            // Not followed: a link in the directory is neither a chunk nor deleted.
-            let meta = entry.metadata()?;
+            // Not followed: a link in the directory is neither a chunk nor deleted. A file
+            // another process deleted meanwhile (its own eviction) is skipped.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
             if !meta.file_type().is_file() {
                 continue;
             }
