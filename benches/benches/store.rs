@@ -67,6 +67,7 @@ async fn upload(
         once,
         parallel,
         take_over: false,
+        settle: false,
     };
     let me = Writer {
         fingerprint: [7; 32],

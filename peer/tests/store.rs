@@ -558,3 +558,116 @@ fn prune_while_uploading_never_deletes_a_chunk_a_kept_generation_needs() {
             .unwrap_or_else(|e| panic!("generation {n}: {e}"));
     }
 }
+
+/// `peer serve --to s3://BUCKET/ROOT` with the garage's credentials; `extra` arguments.
+fn serve_to(g: &Garage, w: &support::World, root: &str, extra: &[&str]) -> Proc {
+    let (dir, id) = (w.path("replicas"), w.path("replica-id"));
+    let to = format!("s3://{BUCKET}/{root}");
+    let listen = w.addr();
+    let mut args = vec!["serve", "--listen", &listen];
+    args.extend(["--dir", dir.to_str().unwrap()]);
+    args.extend(["--identity", id.to_str().unwrap(), "--trust", &w.owner_fp]);
+    args.extend(["--to", &to, "--to-interval", "200ms"]);
+    args.extend_from_slice(extra);
+    let p = peer(g, &args);
+    p.wait_for("serving replicas", T);
+    p
+}
+
+/// The newest generation mounted from the store equals `file` within `T` (the archive publishes
+/// what the replica received at its next interval).
+fn wait_stored(g: &Garage, dir: &Path, url: &str, name: &str, file: &Path) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let want = std::fs::read(file).unwrap();
+        match mount_read(g, dir, url, name) {
+            Ok(got) if got == want => return,
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(300))
+            }
+            Ok(_) => panic!("{url} never held what {} holds", file.display()),
+            Err(e) => panic!("{url}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_replica_served_with_to_is_kept_in_the_store_and_a_restart_uploads_nothing_again() {
+    let g = Garage::start();
+    let w = support::World::new();
+    let u = url("replicas", "mem");
+    let serve = serve_to(&g, &w, "replicas", &[]);
+    let file = w.random_file("mem", 8 << 20);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(&[0; 1 << 20], 2 << 20)
+        .unwrap();
+    let sync = w.sync(&file, &["--interval", "50"]);
+    // The owner writes while its replica is archived: generations follow the replica.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(file.clone(), Duration::from_millis(2), stop.clone());
+    serve.wait_for("generation 3:", T);
+    stop.store(true, Ordering::Relaxed);
+    assert!(writing.join().unwrap() > 10);
+    support::wait_identical(&file, &w.replica("mem"), T);
+    wait_stored(&g, w.dir.path(), &u, "mem", &file);
+    let gens = generations(&g, &u);
+    assert!(gens.len() >= 3, "{gens:?}");
+    assert!(gens.iter().all(|(_, l)| l.contains("epoch 1")), "{gens:?}");
+    let before = chunk_bytes(&g, "replicas");
+    drop(sync);
+
+    // A restarted serve claims the next epoch and finds every chunk stored already.
+    drop(serve);
+    let serve = serve_to(&g, &w, "replicas", &[]);
+    let sync = w.sync(&file, &["--interval", "50"]);
+    let line = serve.wait_for("chunks changed", T);
+    assert!(
+        line.contains("0 chunks changed, 0.0 MiB uploaded"),
+        "{line}\n{}",
+        serve.output()
+    );
+    assert_eq!(chunk_bytes(&g, "replicas"), before);
+    // And goes on with what changes next.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(&[9; 4096], 5 << 20)
+        .unwrap();
+    support::wait_identical(&file, &w.replica("mem"), T);
+    wait_stored(&g, w.dir.path(), &u, "mem", &file);
+    assert!(generations(&g, &u).last().unwrap().1.contains("epoch 2"));
+    drop(sync);
+    drop(serve);
+
+    // A store it cannot use stops serve at once, with one clear line.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(w.path("replicas"))
+        .arg("--identity")
+        .arg(w.path("replica-id"))
+        .args(["--trust", &w.owner_fp, "--to", "s3://no-such-bucket/r"])
+        .envs(g.env())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let e = one_error(&out);
+    assert!(e.contains("not found (is the bucket there?)"), "{e}");
+}
+
+/// Bytes of the chunk objects under `root`.
+fn chunk_bytes(g: &Garage, root: &str) -> u64 {
+    let client = g.client();
+    let prefix = object_store::path::Path::from(format!("{root}/chunks"));
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        client
+            .list(Some(&prefix))
+            .map_ok(|m| m.size)
+            .try_fold(0, |a, s| async move { Ok(a + s) })
+            .await
+            .unwrap()
+    })
+}

@@ -156,6 +156,18 @@ enum Cmd {
         /// see one half applied. ACKs are then durable too.
         #[arg(long)]
         consistent: bool,
+        /// Also keep every replica in an S3-compatible object store, region NAME as
+        /// s3://BUCKET/ROOT/NAME (spec/STORAGE.md): the chunks its owner's streams wrote are
+        /// uploaded and a generation published, at most once per --to-interval. Credentials and
+        /// endpoint from the environment, as for `sync --to`.
+        #[arg(long, value_name = "s3://BUCKET[/ROOT]")]
+        to: Option<String>,
+        /// With --to: the shortest time between two generations of a region (or 30s, 2m).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "to")]
+        to_interval: Duration,
+        /// With --to: chunk uploads in flight at once, per region.
+        #[arg(long, default_value_t = 16, value_name = "N", requires = "to")]
+        to_parallel: usize,
         /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
         /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
         #[arg(long, value_name = "FILE")]
@@ -487,13 +499,34 @@ async fn run(cmd: Cmd) -> Result<()> {
             on_handoff,
             durability,
             consistent,
+            to,
+            to_interval,
+            to_parallel,
             id,
             trust,
             ops,
             config: _,
         } => {
             let _ops = ops.start("serve").await?;
-            use memsync_peer::roles::replica::Durability;
+            use memsync_peer::roles::replica::{Archive, Durability};
+            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
+            let archive = match to {
+                Some(root) => {
+                    let opts = memsync_peer::store::upload::UploadOptions {
+                        interval: to_interval,
+                        once: false,
+                        parallel: to_parallel,
+                        take_over: false,
+                        settle: true,
+                    };
+                    let a = Archive::open(&root, ident.fingerprint().bytes(), opts)
+                        .await
+                        .with_context(|| format!("--to {root}"))?;
+                    tracing::info!("keeping every replica in {} too", a.url());
+                    Some(Arc::new(a))
+                }
+                None => None,
+            };
             let opts = memsync_peer::roles::replica::ServeOptions {
                 mounts: SyncOptions {
                     max_rate: mount_max_rate.map(mib_per_sec),
@@ -502,8 +535,8 @@ async fn run(cmd: Cmd) -> Result<()> {
                 on_handoff,
                 durability,
                 consistent,
+                archive,
             };
-            let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let trust = trust_set(&trust)?;
             let dir = memsync_peer::region::ReplicaDir::open(&dir).context("replica directory")?;
             let policy =
@@ -650,6 +683,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     once,
                     parallel,
                     take_over,
+                    settle: false,
                 };
                 let region = opened.pop().expect("one region");
                 ready();

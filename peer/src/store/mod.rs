@@ -98,6 +98,19 @@ impl StoreUrl {
         })
     }
 
+    /// Parses `s3://BUCKET[/ROOT]`: a root of regions (its name is empty), such as the one
+    /// `peer serve --to` keeps every replica under.
+    pub fn parse_root(url: &str) -> Result<StoreUrl, StoreError> {
+        if url.contains('@') {
+            return Err(StoreError::Config(format!(
+                "{url}: a root of regions has no @GENERATION"
+            )));
+        }
+        let mut root = StoreUrl::parse(&format!("{}/root", url.trim_end_matches('/')))?;
+        root.name.clear();
+        Ok(root)
+    }
+
     /// The URL without a generation.
     pub fn region(&self) -> String {
         match self.root.is_empty() {
@@ -262,6 +275,33 @@ impl RegionStore {
     pub fn with_cache(mut self, cache: Arc<ChunkCache>) -> RegionStore {
         self.cache = Some(cache);
         self
+    }
+
+    /// Region `name` under the same root, through the same client.
+    pub fn sibling(&self, name: &str) -> Result<RegionStore, StoreError> {
+        memsync_protocol::wire::check_name(name)
+            .map_err(|e| StoreError::Config(format!("{}: {e}", self.url.region())))?;
+        let url = StoreUrl {
+            name: name.to_owned(),
+            generation: None,
+            ..self.url.clone()
+        };
+        Ok(RegionStore::with_store(self.store.clone(), &url))
+    }
+
+    /// Fails unless the bucket exists and the credentials may list it (one request): a clear
+    /// error before anything depends on the store.
+    pub async fn check_access(&self) -> Result<(), StoreError> {
+        let prefix = self.keys.regions();
+        match self
+            .store
+            .list(Some(&Path::from(prefix.as_str())))
+            .next()
+            .await
+        {
+            Some(Err(e)) => Err(self.failed(format!("listing {prefix}"))(e)),
+            _ => Ok(()),
+        }
     }
 
     /// The local chunk cache, if reads go through one.

@@ -26,6 +26,9 @@ pub struct UploadOptions {
     pub parallel: usize,
     /// Take the region over from another peer's claim (its owner is gone).
     pub take_over: bool,
+    /// Wait the whole interval between rounds even when the detector reports a write sooner:
+    /// at most one generation per interval (a replica's archive, whose streams write often).
+    pub settle: bool,
 }
 
 /// Why an upload stopped.
@@ -154,7 +157,7 @@ pub async fn run(
             return Ok(());
         }
         first = false;
-        match &wakeup {
+        match wakeup.as_ref().filter(|_| !opts.settle) {
             Some(w) => {
                 let _ = tokio::time::timeout(opts.interval, w.notified()).await;
             }

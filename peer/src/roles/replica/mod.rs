@@ -2,8 +2,10 @@
 //! stream they open, keeps DIR/NAME identical to the owner's region, as far as the [`policy`]
 //! lets each peer own or mount it.
 
+pub mod archive;
 pub mod policy;
 
+pub use archive::Archive;
 pub use policy::{Policy, PolicyError, Rule};
 
 use crate::detector::Marks;
@@ -71,6 +73,8 @@ struct Slot {
     mounts: Mutex<Vec<Weak<Marks>>>,
     /// The replica's figures, kept across its streams (`peer status` lists it while serve runs).
     metrics: Mutex<Option<RegionMetrics>>,
+    /// Its upload to an object store (`serve --to`), across its streams.
+    archiving: Mutex<Option<archive::Archiving>>,
 }
 
 impl Slot {
@@ -89,6 +93,29 @@ impl Slot {
             .lock()
             .expect("slot lock")
             .push(Arc::downgrade(marks));
+    }
+
+    /// Archives the replica (of `geometry`) with `archive`, unless that already runs.
+    fn archive(
+        self: &Arc<Self>,
+        archive: &Arc<Archive>,
+        dir: &Arc<ReplicaDir>,
+        name: &str,
+        geometry: memsync_protocol::Geometry,
+    ) {
+        let mut running = self.archiving.lock().expect("slot lock");
+        if !running.as_ref().is_some_and(|a| a.covers(geometry)) {
+            // The one before (of another size, or stopped) ends first.
+            *running = None;
+            let slot = self.clone();
+            *running = Some(archive::start(
+                archive.clone(),
+                slot,
+                dir.clone(),
+                name,
+                geometry,
+            ));
+        }
     }
 
     /// Tells every mount of this region that the replica's bytes `range` were written.
@@ -206,6 +233,8 @@ pub struct ServeOptions {
     /// Stage each generation in a journal and apply it whole at its COMMIT, so the replica file
     /// always holds exactly one committed generation (crash-consistent; implies durable ACKs).
     pub consistent: bool,
+    /// Also keep every replica in an object store (`serve --to`).
+    pub archive: Option<Arc<Archive>>,
 }
 
 /// What a replica's ACK{g} promises its owner (spec §8.4, STATE flag DURABLE), like PostgreSQL's
@@ -563,6 +592,9 @@ async fn receive(
                 // Mounts of the region check its (possibly new) size.
                 if let Some(c) = claim {
                     c.slot.each_mount(Marks::wake);
+                    if let Some(a) = &s.opts.archive {
+                        c.slot.archive(a, &s.dir, name, geometry);
+                    }
                     let m = c.slot.metrics(name);
                     m.set_peer(who.to_string());
                     m.set_state("receiving");
@@ -653,6 +685,14 @@ async fn receive(
                     })?;
                 }
                 f.owned_here();
+                if let Some(c) = claim {
+                    if c.slot.archiving.lock().expect("slot lock").take().is_some() {
+                        info!(
+                            "region {name}: archiving stopped, its writes are this peer's now \
+                             (keep it in the store with `peer sync --to`)"
+                        );
+                    }
+                }
                 if let Some(m) = shown.0.take() {
                     m.set_state("owned here (handed over)");
                 }
