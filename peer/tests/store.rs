@@ -1,7 +1,9 @@
 //! Regions in object storage, against a real three-node Garage cluster on loopback: `peer sync
 //! --to s3://…` under a live writer, `peer mount s3://…[@GENERATION]` read back through NBD
 //! (qemu-img, qemu-io), a node killed mid-upload, damaged and missing objects, bad credentials,
-//! a missing bucket, two owners on one region, and prune while an upload runs.
+//! a missing bucket, two owners on one region (and two racing for its first epoch), prune while an
+//! upload runs, uploads of an NBD export's writes, and a replica peer keeping the store (`serve
+//! --to`).
 
 mod support;
 
@@ -727,4 +729,60 @@ fn two_writers_racing_for_the_first_epoch_leave_one_readable_region_never_a_mix(
             got == want_a
         );
     }
+}
+
+#[test]
+fn writes_through_an_nbd_export_are_uploaded_without_a_scan() {
+    let g = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk");
+    support::random_file(&file, 4 << 20);
+    let id = dir.path().join("id");
+    let u = url("nbd", "disk");
+    let port = support::free_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (f, i) = (file.to_str().unwrap(), id.to_str().unwrap());
+    let args = [
+        "sync",
+        "--region",
+        f,
+        "--to",
+        &u,
+        "--identity",
+        i,
+        "--detector",
+        "nbd",
+        "--nbd-listen",
+        &listen,
+        "--interval",
+        "100",
+    ];
+    let sync = peer(&g, &args);
+    sync.wait_for("as NBD export", T);
+    sync.wait_for("generation 1:", T);
+    let uri = format!("nbd://{listen}/disk");
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            &uri,
+            "-c",
+            "write -P 0xab 4k 8k",
+            "-c",
+            "flush",
+        ])
+        .output()
+        .expect("qemu-io is needed (test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The export's one write is the one changed chunk: nothing was hashed to find it.
+    let line = sync.wait_for("generation 2:", T);
+    assert!(line.contains(" 1 chunks changed"), "{line}");
+    assert_eq!(
+        mount_read(&g, dir.path(), &u, "disk").unwrap(),
+        std::fs::read(&file).unwrap()
+    );
 }
