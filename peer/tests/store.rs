@@ -27,12 +27,14 @@ fn peer(g: &Garage, args: &[&str]) -> Proc {
 }
 
 fn run(g: &Garage, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .envs(g.env())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    command(g, args).output().unwrap()
+}
+
+/// The `peer` command with `args` and the garage's credentials.
+fn command(g: &Garage, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).envs(g.env()).env("NO_COLOR", "1");
+    c
 }
 
 fn url(root: &str, name: &str) -> String {
@@ -41,6 +43,11 @@ fn url(root: &str, name: &str) -> String {
 
 /// `peer sync --region FILE --to URL --once` as identity `id`; its output.
 fn upload_once(g: &Garage, file: &Path, url: &str, id: &Path, extra: &[&str]) -> Output {
+    upload_once_cmd(g, file, url, id, extra).output().unwrap()
+}
+
+/// The command of [`upload_once`].
+fn upload_once_cmd(g: &Garage, file: &Path, url: &str, id: &Path, extra: &[&str]) -> Command {
     let mut args = vec![
         "sync",
         "--region",
@@ -52,7 +59,7 @@ fn upload_once(g: &Garage, file: &Path, url: &str, id: &Path, extra: &[&str]) ->
         id.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    run(g, &args)
+    command(g, &args)
 }
 
 fn ok(out: &Output) -> String {
@@ -110,10 +117,18 @@ fn read_export(m: &Proc, dir: &Path, sock: &Path, name: &str) -> Result<Vec<u8>,
     Ok(std::fs::read(&out).unwrap())
 }
 
-/// A running `peer sync --region FILE --to URL` as identity `id`, a round every `interval`.
-fn continuous(g: &Garage, file: &Path, url: &str, id: &Path, interval: &str) -> Proc {
+/// A running `peer sync --region FILE --to URL` as identity `id`, a round every `interval`,
+/// with `extra` arguments.
+fn continuous(
+    g: &Garage,
+    file: &Path,
+    url: &str,
+    id: &Path,
+    interval: &str,
+    extra: &[&str],
+) -> Proc {
     let (file, id) = (file.to_str().unwrap(), id.to_str().unwrap());
-    let args = [
+    let mut args = vec![
         "sync",
         "--region",
         file,
@@ -124,6 +139,7 @@ fn continuous(g: &Garage, file: &Path, url: &str, id: &Path, interval: &str) -> 
         "--identity",
         id,
     ];
+    args.extend_from_slice(extra);
     peer(g, &args)
 }
 
@@ -145,6 +161,16 @@ fn generations(g: &Garage, url: &str) -> Vec<(u64, String)> {
             Some((g, l.to_owned()))
         })
         .collect()
+}
+
+/// Writes `data` at `offset` of `file`.
+fn write_at(file: &Path, data: &[u8], offset: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(data, offset)
+        .unwrap();
 }
 
 /// Writes random bytes into a random 4 KiB page of `file` every `pause` until stopped.
@@ -175,12 +201,7 @@ fn uploads_under_a_live_writer_and_mounts_of_the_latest_and_an_older_generation_
     let file = dir.path().join("mem");
     support::random_file(&file, 16 << 20);
     // A hole of zeros, which is not stored.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(&[0; 1 << 20], 4 << 20)
-        .unwrap();
+    write_at(&file, &[0; 1 << 20], 4 << 20);
     let u = url("fleet", "mem");
     let first = ok(&upload_once(&g, &file, &u, &id, &[]));
     assert!(
@@ -190,12 +211,7 @@ fn uploads_under_a_live_writer_and_mounts_of_the_latest_and_an_older_generation_
     let older = std::fs::read(&file).unwrap();
 
     // One chunk changed: one chunk uploaded.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(&[7; 100], 9 << 20)
-        .unwrap();
+    write_at(&file, &[7; 100], 9 << 20);
     let second = ok(&upload_once(&g, &file, &u, &id, &[]));
     assert!(
         second.contains("generation 2: 1 chunks changed, 0.1 MiB uploaded"),
@@ -203,7 +219,7 @@ fn uploads_under_a_live_writer_and_mounts_of_the_latest_and_an_older_generation_
     );
 
     // A continuous upload while a writer writes, then a last generation once it stopped.
-    let sync = continuous(&g, &file, &u, &id, "100ms");
+    let sync = continuous(&g, &file, &u, &id, "100ms", &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(file.clone(), Duration::from_millis(2), stop.clone());
     sync.wait_for("generation 6:", T);
@@ -438,18 +454,13 @@ fn bad_credentials_a_missing_bucket_and_a_second_owner_each_get_one_clear_error(
         "{e}"
     );
 
-    let mut running = continuous(&g, &file, &u, &a, "100ms");
+    let mut running = continuous(&g, &file, &u, &a, "100ms", &[]);
     running.wait_for("epoch 2 claimed", T);
     let theirs = dir.path().join("theirs");
     support::random_file(&theirs, 1 << 20);
     ok(&upload_once(&g, &theirs, &u, &b, &["--take-over"]));
     // A keeps writing until it notices: its next generation is refused, and it stops.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(&[1; 10], 0)
-        .unwrap();
+    write_at(&file, &[1; 10], 0);
     assert!(!running.wait(T).success());
     running.wait_for("was taken over", T);
     assert_eq!(
@@ -519,7 +530,7 @@ fn prune_while_uploading_never_deletes_a_chunk_a_kept_generation_needs() {
     support::random_file(&file, 8 << 20);
     let u = url("p", "p");
     let id = dir.path().join("id");
-    let sync = continuous(&g, &file, &u, &id, "300ms");
+    let sync = continuous(&g, &file, &u, &id, "300ms", &[]);
     let stop = Arc::new(AtomicBool::new(false));
     // About 40 pages a second: each generation replaces a few of the region's 128 chunks.
     let w = writer(file.clone(), Duration::from_millis(25), stop.clone());
@@ -600,12 +611,7 @@ fn a_replica_served_with_to_is_kept_in_the_store_and_a_restart_uploads_nothing_a
     let u = url("replicas", "mem");
     let serve = serve_to(&g, &w, "replicas", &[]);
     let file = w.random_file("mem", 8 << 20);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(&[0; 1 << 20], 2 << 20)
-        .unwrap();
+    write_at(&file, &[0; 1 << 20], 2 << 20);
     let sync = w.sync(&file, &["--interval", "50"]);
     // The owner writes while its replica is archived: generations follow the replica.
     let stop = Arc::new(AtomicBool::new(false));
@@ -633,12 +639,7 @@ fn a_replica_served_with_to_is_kept_in_the_store_and_a_restart_uploads_nothing_a
     );
     assert_eq!(chunk_bytes(&g, "replicas"), before);
     // And goes on with what changes next.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(&[9; 4096], 5 << 20)
-        .unwrap();
+    write_at(&file, &[9; 4096], 5 << 20);
     support::wait_identical(&file, &w.replica("mem"), T);
     wait_stored(&g, w.dir.path(), &u, "mem", &file);
     assert!(generations(&g, &u).last().unwrap().1.contains("epoch 2"));
@@ -688,21 +689,7 @@ fn two_writers_racing_for_the_first_epoch_leave_one_readable_region_never_a_mix(
     for round in 0..4 {
         let u = url("race", &format!("r{round}"));
         let start = |id: &Path, file: &Path| {
-            let (id, file) = (id.to_str().unwrap(), file.to_str().unwrap());
-            let args = [
-                "sync",
-                "--region",
-                file,
-                "--to",
-                &u,
-                "--once",
-                "--identity",
-                id,
-            ];
-            Command::new(BIN)
-                .args(args)
-                .envs(g.env())
-                .env("NO_COLOR", "1")
+            upload_once_cmd(&g, file, &u, id, &[])
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -741,23 +728,8 @@ fn writes_through_an_nbd_export_are_uploaded_without_a_scan() {
     let u = url("nbd", "disk");
     let port = support::free_tcp_port();
     let listen = format!("127.0.0.1:{port}");
-    let (f, i) = (file.to_str().unwrap(), id.to_str().unwrap());
-    let args = [
-        "sync",
-        "--region",
-        f,
-        "--to",
-        &u,
-        "--identity",
-        i,
-        "--detector",
-        "nbd",
-        "--nbd-listen",
-        &listen,
-        "--interval",
-        "100",
-    ];
-    let sync = peer(&g, &args);
+    let nbd = ["--detector", "nbd", "--nbd-listen", &listen];
+    let sync = continuous(&g, &file, &u, &id, "100", &nbd);
     sync.wait_for("as NBD export", T);
     sync.wait_for("generation 1:", T);
     let uri = format!("nbd://{listen}/disk");
