@@ -176,6 +176,10 @@ fn migrating_world() -> (World, Proc, PathBuf, Killed) {
     (w, b, file, at_a)
 }
 
+// On this machine's kernel (6.18.44-fc) this test fails now and then with one page of B's copy
+// reading 0 after B's writer was frozen: the kernel loses a page of a process frozen (SIGSTOP or
+// cgroup.freeze) while it writes a shared file mapping, without memsync too
+// (tests/kernel/frozen_writer_loses_a_page.py: 1-2 % of its iterations).
 #[test]
 fn a_written_region_migrates_there_and_back_without_a_lost_or_stale_page() {
     let w = World::new();
