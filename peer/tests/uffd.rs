@@ -303,23 +303,23 @@ fn serve_in_process() -> (
 
 // Migration of an embedded region
 
-/// An application writing its tracked memory migrates it to a `serve`: pre-copy with the `uffd`
-/// detector while its writer thread runs, the application's own callback stops the writer at the
-/// freeze, and the replica holds exactly what the writer last wrote.
-#[test]
-fn an_embedded_region_migrates_with_the_applications_own_freeze() {
+/// An application writing its tracked memory, which starts as `initial`, migrates it to a
+/// `serve`: pre-copy with the `uffd` detector while its writer thread increments counters in
+/// random pages (in the style of QEMU's migration test), and the application's own callback stops
+/// the writer at the freeze. Returns the memory as the writer left it and the replica's file.
+fn migrate_embedded(initial: &[u8], seed: u64) -> (Vec<u8>, Vec<u8>) {
     use memsync_peer::roles::migrate::{FnFreezer, MigrateOptions, Migration};
-    use std::sync::atomic::{AtomicBool, Ordering};
     let (rt, dir, addr, client) = serve_in_process();
 
-    let size = 16 << 20;
+    let size = initial.len();
     let mut region = TrackedRegion::new(size).unwrap();
+    region.copy_from_slice(initial);
     let mut sync_region = region.sync_region("app").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             while !stop.load(Ordering::Acquire) {
                 for _ in 0..64 {
                     let page = rng.random_range(0..size / 4096) * 4096;
@@ -379,11 +379,40 @@ fn an_embedded_region_migrates_with_the_applications_own_freeze() {
         .unwrap()
         .take()
         .expect("the writer was frozen");
-    let written: u64 = (0..size / 4096)
-        .map(|p| u64::from_le_bytes(region[p * 4096..p * 4096 + 8].try_into().unwrap()))
-        .sum();
-    assert!(written > 0, "the writer wrote nothing before the freeze");
-    assert!(std::fs::read(dir.path().join("app")).unwrap() == region[..]);
+    (
+        region.to_vec(),
+        std::fs::read(dir.path().join("app")).unwrap(),
+    )
+}
+
+/// The page counters of `mem`.
+fn page_counters(mem: &[u8]) -> Vec<u64> {
+    mem.chunks(4096)
+        .map(|p| u64::from_le_bytes(p[..8].try_into().unwrap()))
+        .collect()
+}
+
+/// The there-and-back move with the `uffd` detector: the application migrates its memory A → B,
+/// continues at B from B's copy, and migrates back; each replica holds exactly what the writer
+/// last wrote, and no page at B went back from A's.
+#[test]
+fn an_embedded_region_migrates_there_and_back_with_the_applications_own_freeze() {
+    let size = 16 << 20;
+    let (at_a, b_copy) = migrate_embedded(&vec![0; size], 5);
+    let written = page_counters(&at_a);
+    assert!(
+        written.iter().sum::<u64>() > 0,
+        "the writer wrote nothing before the freeze"
+    );
+    assert!(b_copy == at_a, "B's copy is not what A's writer last wrote");
+    let (at_b, a_copy) = migrate_embedded(&b_copy, 6);
+    assert!(a_copy == at_b, "A's copy is not what B's writer last wrote");
+    let went_on = page_counters(&at_b);
+    assert!(
+        (0..size / 4096).all(|p| went_on[p] >= written[p]),
+        "a page went back"
+    );
+    assert!(went_on.iter().sum::<u64>() > written.iter().sum::<u64>());
 }
 
 // Replication of an embedded region
