@@ -646,6 +646,31 @@ fn a_replica_served_with_to_is_kept_in_the_store_and_a_restart_uploads_nothing_a
     drop(sync);
     drop(serve);
 
+    // Another writer takes the region over in the store: the serve then leaves it to that
+    // writer, saying how to take it back; with --take-over it does.
+    ok(&upload_once(
+        &g,
+        &file,
+        &u,
+        &w.path("owner-id"),
+        &["--take-over"],
+    ));
+    let serve = serve_to(&g, &w, "replicas", &[]);
+    let sync = w.sync(&file, &["--interval", "50"]);
+    let line = serve.wait_for("archiving stopped", T);
+    assert!(
+        line.contains(&w.owner_fp) && line.contains("--take-over"),
+        "{line}"
+    );
+    drop((sync, serve));
+    let serve = serve_to(&g, &w, "replicas", &["--take-over"]);
+    let sync = w.sync(&file, &["--interval", "50"]);
+    write_at(&file, &[7; 4096], 6 << 20);
+    support::wait_identical(&file, &w.replica("mem"), T);
+    wait_stored(&g, w.dir.path(), &u, "mem", &file);
+    assert!(generations(&g, &u).last().unwrap().1.contains("epoch 4"));
+    drop((sync, serve));
+
     // A store it cannot use stops serve at once, with one clear line.
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--dir"])

@@ -168,6 +168,10 @@ enum Cmd {
         /// With --to: chunk uploads in flight at once, per region.
         #[arg(long, default_value_t = 16, value_name = "N", requires = "to")]
         to_parallel: usize,
+        /// With --to: take each region over from the peer that last claimed it in the store
+        /// (that writer is gone for good); without it such a region is left to that writer.
+        #[arg(long, requires = "to")]
+        take_over: bool,
         /// Read flags from the `[COMMAND]` table of this TOML file (command-line flags override
         /// them, list flags add to them) [default: $XDG_CONFIG_HOME/memsync/config.toml if it exists].
         #[arg(long, value_name = "FILE")]
@@ -502,6 +506,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             to,
             to_interval,
             to_parallel,
+            take_over,
             id,
             trust,
             ops,
@@ -512,14 +517,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             let ident = Identity::load_or_create(&identity_dir(&id)?)?;
             let archive = match to {
                 Some(root) => {
-                    let opts = memsync_peer::store::upload::UploadOptions {
-                        interval: to_interval,
-                        once: false,
-                        parallel: to_parallel,
-                        take_over: false,
-                        settle: true,
-                    };
-                    let a = Archive::open(&root, ident.fingerprint().bytes(), opts)
+                    let me = ident.fingerprint().bytes();
+                    let a = Archive::open(&root, me, to_interval, to_parallel, take_over)
                         .await
                         .with_context(|| format!("--to {root}"))?;
                     tracing::info!("keeping every replica in {} too", a.url());

@@ -34,19 +34,24 @@ impl std::fmt::Debug for Archive {
 
 impl Archive {
     /// Keeps the replicas under `root` (`s3://BUCKET[/ROOT]`), writing as the peer of
-    /// `fingerprint`, a generation per `opts.interval` at most; fails unless the store answers
-    /// with these credentials.
+    /// `fingerprint`, a generation per `interval` at most with `parallel` chunk uploads in
+    /// flight; `take_over` takes a region over from another writer's claim (that writer is gone
+    /// for good). Fails unless the store answers with these credentials.
     pub async fn open(
         root: &str,
         fingerprint: [u8; 32],
-        opts: UploadOptions,
+        interval: Duration,
+        parallel: usize,
+        take_over: bool,
     ) -> Result<Archive, StoreError> {
         let root = RegionStore::open(&StoreUrl::parse_root(root)?)?;
         root.check_access().await?;
         let opts = UploadOptions {
-            settle: true,
+            interval,
             once: false,
-            ..opts
+            parallel,
+            take_over,
+            settle: true,
         };
         let me = Writer {
             fingerprint,
