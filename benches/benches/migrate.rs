@@ -2,7 +2,9 @@
 //! while a writer thread dirties random 4 KiB pages at 0, 16, 64 and 256 MiB/s, with the `uffd`
 //! detector (an embedded `TrackedRegion`) and the `hash` detector (a mapped file), frozen by the
 //! application's own callback; 4 KiB chunks, random contents (the whole region crosses in the
-//! first round); against raw quinn's time for the same bytes, measured in this run.
+//! first round); against raw quinn's time for the same bytes, measured in this run, and against
+//! raw quinn landing them in a new file in the same directory (the floor of a replica that keeps a
+//! file: on tmpfs that is every page allocated, cleared and copied).
 //!
 //! `cargo bench -p memsync-benches --bench migrate` (`MIGRATE_BENCH_MIB`, default 1024;
 //! `MIGRATE_BENCH_DOWNTIME_MS`, default 50; `MIGRATE_BENCH_DIR`, where both copies live;
@@ -10,7 +12,7 @@
 //! `MIGRATE_BENCH_DETECTORS`, default `uffd,hash`; `MIGRATE_BENCH_RATES` in MiB/s, default
 //! `0,16,64,256`).
 
-use memsync_benches::raw_quinn;
+use memsync_benches::{raw_quinn, raw_quinn_into};
 use memsync_peer::embed::TrackedRegion;
 use memsync_peer::net::identity::{Identity, TrustSet};
 use memsync_peer::net::transport::PeerEndpoint;
@@ -126,21 +128,28 @@ fn main() {
         .build()
         .unwrap();
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let (raw, _) = rt.block_on(raw_quinn(size as u64, &a, &b)).unwrap();
-    println!(
-        "raw quinn, {mib} MiB: {:.0} ms (baseline); downtime target {} ms",
-        raw.as_secs_f64() * 1e3,
-        downtime.as_millis()
-    );
-    // Random contents, so the whole region crosses in the first round.
-    let mut image = vec![0u8; size];
-    rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut image);
     // MIGRATE_BENCH_DIR=/dev/shm puts both copies in memory, where the replica's fsync before it
     // takes ownership costs nothing: the downtime is then the protocol's alone.
     let dir = match std::env::var_os("MIGRATE_BENCH_DIR") {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
+    let (raw, _) = rt.block_on(raw_quinn(size as u64, &a, &b)).unwrap();
+    // The second baseline lands the bytes in a new file beside the replicas, as a replica must.
+    let landed = dir.path().join("raw-quinn-into");
+    let into = rt.block_on(raw_quinn_into(size as u64, &a, &b, Some(&landed)));
+    let (into, _) = into.unwrap();
+    std::fs::remove_file(&landed).unwrap();
+    println!(
+        "raw quinn, {mib} MiB: {:.0} ms (baseline); into a new file there: {:.0} ms (second \
+         baseline); downtime target {} ms",
+        raw.as_secs_f64() * 1e3,
+        into.as_secs_f64() * 1e3,
+        downtime.as_millis()
+    );
+    // Random contents, so the whole region crosses in the first round.
+    let mut image = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut image);
     let server = rt.block_on(async { PeerEndpoint::loopback(&b, a.fingerprint()).unwrap() });
     let addr = server.local_addr();
     let replicas = ReplicaDir::open(&dir.path().join("replicas")).unwrap();
@@ -149,9 +158,9 @@ fn main() {
         PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
     });
     println!(
-        "| detector | writer MiB/s | runs | rounds | froze because (last run) | downtime ms, p50 (min–max) | total s, p50 | total / raw quinn, p50 (min–max) |"
+        "| detector | writer MiB/s | runs | rounds | froze because (last run) | downtime ms, p50 (min–max) | total s, p50 | total / raw quinn, p50 (min–max) | total / raw quinn into a file, p50 |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for detector in detectors.split(',') {
         for rate in rates.split(',') {
             let rate: u64 = rate.parse().expect("MIGRATE_BENCH_RATES");
@@ -178,13 +187,14 @@ fn main() {
             let (t50, tmin, tmax) = median_range(&mut total);
             let raw = ms(raw);
             println!(
-                "| {detector} | {rate} | {runs} | {} | {} | {d50:.1} ({dmin:.1}–{dmax:.1}) | {:.2} | {:.2}× ({:.2}–{:.2}) |",
+                "| {detector} | {rate} | {runs} | {} | {} | {d50:.1} ({dmin:.1}–{dmax:.1}) | {:.2} | {:.2}× ({:.2}–{:.2}) | {:.2}× |",
                 rounds.join(","),
                 reports.last().expect("one run").froze_because,
                 t50 / 1e3,
                 t50 / raw,
                 tmin / raw,
-                tmax / raw
+                tmax / raw,
+                t50 / ms(into)
             );
         }
     }

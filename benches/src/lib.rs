@@ -40,6 +40,20 @@ pub fn mibps(bytes: u64, d: Duration) -> f64 {
 /// endpoints on loopback (same TLS and transport settings), written in 1 MiB blocks and
 /// discarded by the receiver. Returns the wall time and the process CPU time it took.
 pub async fn raw_quinn(size: u64, a: &Identity, b: &Identity) -> Result<(Duration, Duration)> {
+    raw_quinn_into(size, a, b, None).await
+}
+
+/// [`raw_quinn`], the receiver writing what it receives at its offset into a new file `into`
+/// (pwrite(2), as a replica lands chunks) instead of discarding it: the floor of any transfer
+/// that keeps a copy in a file there.
+pub async fn raw_quinn_into(
+    size: u64,
+    a: &Identity,
+    b: &Identity,
+    into: Option<&std::path::Path>,
+) -> Result<(Duration, Duration)> {
+    use std::os::unix::fs::FileExt;
+    let file = into.map(std::fs::File::create_new).transpose()?;
     let server = PeerEndpoint::loopback(b, a.fingerprint())?;
     let addr = server.local_addr();
     let sink = tokio::spawn(async move {
@@ -48,6 +62,9 @@ pub async fn raw_quinn(size: u64, a: &Identity, b: &Identity) -> Result<(Duratio
         let (mut send, mut recv) = session.conn.accept_bi().await?;
         let mut n = 0u64;
         while let Some(c) = recv.read_chunk(usize::MAX, true).await? {
+            if let Some(f) = &file {
+                f.write_all_at(&c.bytes, c.offset)?;
+            }
             n += c.bytes.len() as u64;
         }
         send.write_all(&[1]).await?;

@@ -432,15 +432,10 @@ impl ReplicaIndex {
         Ok(())
     }
 
-    /// Chunk `index` now holds `data` (zeros when `None`).
-    pub fn written(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
-        let h = data.map_or_else(|| self.zero.of(index), chunk_hash);
-        self.hashes[index as usize] = h;
-        if self.forgotten() {
-            return Ok(());
-        }
-        self.file
-            .write_all_at(&h.to_le_bytes(), self.at.hashes + 8 * index)
+    /// Chunk `index` now holds `data` (zeros when `None`). Only in memory: its extent is hot, so
+    /// the table on disk is not trusted for it until a checkpoint wrote the extent's hashes.
+    pub fn written(&mut self, index: u64, data: Option<&[u8]>) {
+        self.hashes[index as usize] = data.map_or_else(|| self.zero.of(index), chunk_hash);
     }
 
     /// The last generation acknowledged, as recorded (0 for a new index).
@@ -482,7 +477,14 @@ impl ReplicaIndex {
             data.sync_data()?;
             for e in 0..self.hot.len() {
                 if self.touched[e] {
-                    let sum = sum_of(&self.hashes[self.extent(e)]);
+                    let chunks = self.extent(e);
+                    let table: Vec<u8> = self.hashes[chunks.clone()]
+                        .iter()
+                        .flat_map(|h| h.to_le_bytes())
+                        .collect();
+                    let at = self.at.hashes + 8 * chunks.start as u64;
+                    self.file.write_all_at(&table, at)?;
+                    let sum = sum_of(&self.hashes[chunks]);
                     self.file
                         .write_all_at(&sum.to_le_bytes(), self.at.sums + 8 * e as u64)?;
                 }

@@ -435,7 +435,8 @@ impl ReplicaFile {
                 self.file.write_all_at(&self.zeros, offset)?
             }
         }
-        self.index.written(index, data)
+        self.index.written(index, data);
+        Ok(())
     }
 }
 
