@@ -742,6 +742,75 @@ fn a_handoff_lost_with_the_link_is_probed_and_offered_again() {
     );
 }
 
+/// kill -9 of A (`kill_a`) or of B once HANDOFF went out and before its acknowledgement reached
+/// A: the relay holds HANDOFF (`hold_handoff`) or the acknowledgement for 2 s from the freeze, the
+/// process is killed, and the link is cut (what was held is lost). Nobody writes then, and the
+/// operator's resolution completes the move: after a kill of A, the same `peer migrate` again;
+/// after a kill of B, B's `serve` restarted (A's probe then asks it). Returns the log of the
+/// `peer migrate` that completed it.
+fn killed_at_the_handoff(kill_a: bool, hold_handoff: bool) -> String {
+    let (w, mut b, file, at_a) = migrating_world();
+    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
+    relay.delay(hold_handoff, Duration::from_secs(2));
+    std::fs::write(&go, "").unwrap();
+    m.wait_for("offering ownership", Duration::from_secs(60));
+    if !hold_handoff {
+        // HANDOFF reaches B at once: it takes the region before the kill.
+        b.wait_for("this peer owns it now", Duration::from_secs(10));
+    }
+    relay.cut(true);
+    if kill_a {
+        m.kill9();
+    } else {
+        b.kill9();
+    }
+    relay.delay(hold_handoff, Duration::ZERO);
+    // Nobody writes: A's writer is frozen, and B owns the region exactly if HANDOFF reached it.
+    assert!(stopped(pid));
+    assert_eq!(owned_at_b(&w, "mem"), !hold_handoff);
+    if kill_a {
+        let freeze = ["--freeze-pid", &pid.to_string()];
+        let (id, trust) = (w.path("owner-id"), &w.replica_fp);
+        let (ok, stdout, stderr) = migrate_run(&file, &w.addr(), &id, trust, &freeze);
+        assert!(ok, "{stderr}{stdout}");
+        assert_moved(&w, &file, pid);
+        return stdout;
+    }
+    let _b = w.serve();
+    std::thread::sleep(Duration::from_secs(6));
+    relay.cut(false);
+    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    assert_moved(&w, &file, pid);
+    m.output()
+}
+
+#[test]
+fn a_migrate_killed_after_b_took_the_handoff_is_told_so_when_run_again() {
+    let out = killed_at_the_handoff(true, false);
+    assert!(out.contains("already handed over"), "{out}");
+}
+
+#[test]
+fn a_migrate_killed_with_its_handoff_lost_completes_when_run_again() {
+    let out = killed_at_the_handoff(true, true);
+    assert!(out.contains("handed over at generation"), "{out}");
+}
+
+#[test]
+fn a_replica_killed_after_taking_the_handoff_says_so_to_the_probe_after_its_restart() {
+    let log = killed_at_the_handoff(false, false);
+    assert!(log.contains("the replica had taken the handoff"), "{log}");
+}
+
+#[test]
+fn a_replica_killed_before_the_handoff_reached_it_takes_it_when_offered_again() {
+    let log = killed_at_the_handoff(false, true);
+    assert!(
+        log.contains("the replica did not take the handoff"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
     let (w, _b, file, at_a) = migrating_world();
