@@ -1,5 +1,6 @@
 //! Live migration of a region its owner streams (spec §8.6): pre-copy rounds while the writers run,
-//! until the bytes still dirty fit the downtime target at the send rate measured on the last round
+//! until finding and sending the bytes still dirty (at the send rate measured on the last round)
+//! fits the downtime target
 //! (or the rounds run out, or the dirty set stops shrinking); then the writers are frozen, their
 //! last changes sent, and ownership handed to the replica. The owner driver runs it
 //! ([`crate::roles::owner`]); [`Freezer`]s say how writers stop.
@@ -17,8 +18,9 @@ use tracing::{info, warn};
 /// How a migration decides to stop pre-copying.
 #[derive(Clone, Debug)]
 pub struct MigrateOptions {
-    /// The pause the workload may see: writers are frozen once the bytes still dirty would cross
-    /// in this time at the measured rate (QEMU's `downtime-limit`, 300 ms by default there too).
+    /// The pause the workload may see: writers are frozen once finding the bytes still dirty (the
+    /// detector's last run took that long) and sending them at the measured rate would fit in
+    /// this time (QEMU's `downtime-limit`, 300 ms by default there too).
     pub downtime: Duration,
     /// Pre-copy rounds at most, counting the first full one; then the writers are frozen however
     /// much is dirty.
@@ -422,9 +424,11 @@ impl Migration {
         }
     }
 
-    /// After a round, with `dirty` bytes found by the scan that followed it: whether to freeze
-    /// now, and why.
-    pub(crate) fn should_freeze(&mut self, dirty: u64) -> Option<String> {
+    /// After a round, with `dirty` bytes found by the detector run that followed it, which took
+    /// `found_in`: whether to freeze now, and why. The writers' pause is the run after the freeze
+    /// (as long as this one: a hash scan reads the whole region) and the sending of what it finds,
+    /// so both count against the target.
+    pub(crate) fn should_freeze(&mut self, dirty: u64, found_in: Duration) -> Option<String> {
         self.dirty_trend.push(dirty);
         if dirty == 0 {
             return Some("nothing was dirty".into());
@@ -437,13 +441,13 @@ impl Migration {
         let dirty_rate = dirty as f64 / secs;
         drop(report);
         self.report.lock().expect("report lock").dirty_rate = dirty_rate;
-        let estimate = Duration::from_secs_f64(dirty as f64 / rate.max(1.0));
+        let estimate = found_in + Duration::from_secs_f64(dirty as f64 / rate.max(1.0));
         let rounds = self.dirty_trend.len() as u32;
         let t = &self.dirty_trend;
         let stalled = t.len() >= 4 && t[t.len() - 3..].iter().all(|&d| d >= t[t.len() - 4]);
         if estimate <= self.opts.downtime {
             Some(format!(
-                "the {:.1} ms to send what is dirty fit the {} ms target",
+                "the {:.1} ms to find and send what is dirty fit the {} ms target",
                 estimate.as_secs_f64() * 1e3,
                 self.opts.downtime.as_millis()
             ))
@@ -501,5 +505,53 @@ impl Migration {
                 warn!("thawing {}: {e}", f.describe());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration whose one round sent 64 MiB in 64 ms (1 GiB/s), with a 50 ms target.
+    fn after_a_round() -> Migration {
+        let opts = MigrateOptions {
+            downtime: Duration::from_millis(50),
+            max_rounds: 30,
+        };
+        let mut m = Migration::new(opts, Vec::new());
+        m.round_acked(RoundReport {
+            generation: 1,
+            chunks: 1024,
+            bytes: 64 << 20,
+            duration: Duration::from_millis(64),
+        });
+        m
+    }
+
+    #[test]
+    fn the_detector_run_counts_against_the_downtime_target() {
+        // 10 MiB dirty is 10 ms to send: it fits after a 5 ms run, not after a 45 ms scan.
+        let why = after_a_round().should_freeze(10 << 20, Duration::from_millis(5));
+        assert!(why.is_some_and(|w| w.contains("15.0 ms to find and send")));
+        let mut m = after_a_round();
+        assert_eq!(m.should_freeze(10 << 20, Duration::from_millis(45)), None);
+        // Nothing dirty freezes at once, however long the run took.
+        assert!(m.should_freeze(0, Duration::from_millis(45)).is_some());
+    }
+
+    #[test]
+    fn a_dirty_set_that_stops_shrinking_or_the_last_round_freezes() {
+        let mut m = after_a_round();
+        let scan = Duration::from_millis(45);
+        for _ in 0..3 {
+            assert_eq!(m.should_freeze(10 << 20, scan), None);
+        }
+        let why = m.should_freeze(10 << 20, scan);
+        assert_eq!(why.as_deref(), Some("the dirty set stopped shrinking"));
+        let mut m = after_a_round();
+        m.opts.max_rounds = 2;
+        assert_eq!(m.should_freeze(20 << 20, scan), None);
+        let why = m.should_freeze(10 << 20, scan);
+        assert_eq!(why.as_deref(), Some("2 rounds were the most allowed"));
     }
 }

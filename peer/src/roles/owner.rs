@@ -1095,10 +1095,12 @@ fn migration_step(
     let streaming = r.owner.state() == OwnerState::Streaming;
     match phase {
         Phase::PreCopy if streaming && r.owner.is_synced() => {
+            let run = Instant::now();
             detect(r, dirty, last_detect)?;
+            let found_in = run.elapsed();
             let bytes = dirty.count() * r.owner.geometry().chunk_size();
             let m = r.migration.as_mut().expect("checked above");
-            if let Some(why) = m.should_freeze(bytes) {
+            if let Some(why) = m.should_freeze(bytes, found_in) {
                 if let Err(e) = tokio::task::block_in_place(|| m.freeze(why, bytes)) {
                     // Asked for through the control socket: the migration fails, the sync goes on.
                     if let Some(reply) = r.reply.take() {
