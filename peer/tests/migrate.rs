@@ -696,19 +696,48 @@ fn migrate_through_relay(w: &World, file: &Path, at_a: &Killed) -> (Relay, Proc,
     (relay, m, pid, go)
 }
 
-/// Migrates through a relay, and once HANDOFF went out cuts the link for longer than QUIC's
-/// 5 s idle timeout, while the relay holds the frames of one direction for 2 s from the freeze
-/// on (so the cut finds HANDOFF, or its acknowledgement, in flight). Returns A's log.
-fn cut_at_the_handoff(hold_handoff: bool) -> String {
-    let (w, _b, file, at_a) = migrating_world();
+/// Who is killed with kill -9 in [`at_the_handoff`].
+#[derive(Clone, Copy, PartialEq)]
+enum Kill {
+    Nobody,
+    A,
+    B,
+}
+
+/// Migrates through a relay that holds HANDOFF (`hold_handoff`) or its acknowledgement for 2 s
+/// from the freeze; once HANDOFF went out, cuts the link for longer than QUIC's 5 s idle timeout
+/// (what was held is lost) and kills `kill`. Nobody writes then, and B owns the region exactly if
+/// HANDOFF reached it. The move completes by A's probe once the link is back, after B's `serve`
+/// was restarted (a kill of B), or by running the same `peer migrate` again (a kill of A).
+/// Returns the log (stdout, after a kill of A) of the `peer migrate` that completed it.
+fn at_the_handoff(hold_handoff: bool, kill: Kill) -> String {
+    let (w, mut b, file, at_a) = migrating_world();
     let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
     relay.delay(hold_handoff, Duration::from_secs(2));
     std::fs::write(&go, "").unwrap();
     m.wait_for("offering ownership", Duration::from_secs(60));
+    if !hold_handoff {
+        // HANDOFF reaches B at once: it takes the region before the cut.
+        b.wait_for("this peer owns it now", Duration::from_secs(10));
+    }
     relay.cut(true);
+    match kill {
+        Kill::A => m.kill9(),
+        Kill::B => b.kill9(),
+        Kill::Nobody => {}
+    }
     relay.delay(hold_handoff, Duration::ZERO);
-    // Nobody owns the region now: A's writer is frozen, and B did or did not accept.
     assert!(stopped(pid));
+    assert_eq!(owned_at_b(&w, "mem"), !hold_handoff);
+    if kill == Kill::A {
+        let freeze = ["--freeze-pid", &pid.to_string()];
+        let (id, trust) = (w.path("owner-id"), &w.replica_fp);
+        let (ok, stdout, stderr) = migrate_run(&file, &w.addr(), &id, trust, &freeze);
+        assert!(ok, "{stderr}{stdout}");
+        assert_moved(&w, &file, pid);
+        return stdout;
+    }
+    let _b = (kill == Kill::B).then(|| w.serve());
     std::thread::sleep(Duration::from_secs(7));
     relay.cut(false);
     assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
@@ -720,7 +749,7 @@ fn cut_at_the_handoff(hold_handoff: bool) -> String {
 #[test]
 fn a_handoff_acknowledgement_lost_with_the_link_is_settled_by_the_probe() {
     // B accepted; its HANDOFF_ACK was lost. A's probe hears HANDED_OVER.
-    let log = cut_at_the_handoff(false);
+    let log = at_the_handoff(false, Kill::Nobody);
     assert!(
         log.contains("asking the replica whether it took the handoff"),
         "{log}"
@@ -731,7 +760,7 @@ fn a_handoff_acknowledgement_lost_with_the_link_is_settled_by_the_probe() {
 #[test]
 fn a_handoff_lost_with_the_link_is_probed_and_offered_again() {
     // HANDOFF itself was lost: B answers the probe as a replica, A offers the handoff again.
-    let log = cut_at_the_handoff(true);
+    let log = at_the_handoff(true, Kill::Nobody);
     assert!(
         log.contains("asking the replica whether it took the handoff"),
         "{log}"
@@ -742,69 +771,27 @@ fn a_handoff_lost_with_the_link_is_probed_and_offered_again() {
     );
 }
 
-/// kill -9 of A (`kill_a`) or of B once HANDOFF went out and before its acknowledgement reached
-/// A: the relay holds HANDOFF (`hold_handoff`) or the acknowledgement for 2 s from the freeze, the
-/// process is killed, and the link is cut (what was held is lost). Nobody writes then, and the
-/// operator's resolution completes the move: after a kill of A, the same `peer migrate` again;
-/// after a kill of B, B's `serve` restarted (A's probe then asks it). Returns the log of the
-/// `peer migrate` that completed it.
-fn killed_at_the_handoff(kill_a: bool, hold_handoff: bool) -> String {
-    let (w, mut b, file, at_a) = migrating_world();
-    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
-    relay.delay(hold_handoff, Duration::from_secs(2));
-    std::fs::write(&go, "").unwrap();
-    m.wait_for("offering ownership", Duration::from_secs(60));
-    if !hold_handoff {
-        // HANDOFF reaches B at once: it takes the region before the kill.
-        b.wait_for("this peer owns it now", Duration::from_secs(10));
-    }
-    relay.cut(true);
-    if kill_a {
-        m.kill9();
-    } else {
-        b.kill9();
-    }
-    relay.delay(hold_handoff, Duration::ZERO);
-    // Nobody writes: A's writer is frozen, and B owns the region exactly if HANDOFF reached it.
-    assert!(stopped(pid));
-    assert_eq!(owned_at_b(&w, "mem"), !hold_handoff);
-    if kill_a {
-        let freeze = ["--freeze-pid", &pid.to_string()];
-        let (id, trust) = (w.path("owner-id"), &w.replica_fp);
-        let (ok, stdout, stderr) = migrate_run(&file, &w.addr(), &id, trust, &freeze);
-        assert!(ok, "{stderr}{stdout}");
-        assert_moved(&w, &file, pid);
-        return stdout;
-    }
-    let _b = w.serve();
-    std::thread::sleep(Duration::from_secs(6));
-    relay.cut(false);
-    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
-    assert_moved(&w, &file, pid);
-    m.output()
-}
-
 #[test]
 fn a_migrate_killed_after_b_took_the_handoff_is_told_so_when_run_again() {
-    let out = killed_at_the_handoff(true, false);
+    let out = at_the_handoff(false, Kill::A);
     assert!(out.contains("already handed over"), "{out}");
 }
 
 #[test]
 fn a_migrate_killed_with_its_handoff_lost_completes_when_run_again() {
-    let out = killed_at_the_handoff(true, true);
+    let out = at_the_handoff(true, Kill::A);
     assert!(out.contains("handed over at generation"), "{out}");
 }
 
 #[test]
 fn a_replica_killed_after_taking_the_handoff_says_so_to_the_probe_after_its_restart() {
-    let log = killed_at_the_handoff(false, false);
+    let log = at_the_handoff(false, Kill::B);
     assert!(log.contains("the replica had taken the handoff"), "{log}");
 }
 
 #[test]
 fn a_replica_killed_before_the_handoff_reached_it_takes_it_when_offered_again() {
-    let log = killed_at_the_handoff(false, true);
+    let log = at_the_handoff(true, Kill::B);
     assert!(
         log.contains("the replica did not take the handoff"),
         "{log}"

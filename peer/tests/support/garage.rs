@@ -36,18 +36,6 @@ fn garage(config: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Retries `f` for up to 30 s: the nodes take a moment to listen, connect and agree.
-fn retry(what: &str, mut f: impl FnMut() -> Result<String, String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match f() {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
 fn free_tcp_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -61,14 +49,37 @@ fn field<'a>(text: &'a str, name: &str) -> &'a str {
 }
 
 impl Garage {
-    /// Starts the cluster and returns once the bucket and key exist.
+    /// Starts the cluster and returns once the bucket and key exist. A cluster that does not
+    /// come together (a node exits, or does not answer for 30 s: a port picked free was taken
+    /// before the node bound it) is stopped and started again on other ports, twice at most.
     pub fn start() -> Garage {
+        let mut failed = Vec::new();
+        while failed.len() < 3 {
+            match Self::try_start() {
+                Ok(g) => return g,
+                Err(e) => {
+                    eprintln!("garage: the cluster did not start ({e}); again on other ports");
+                    failed.push(e);
+                }
+            }
+        }
+        panic!("garage: the cluster did not start:\n{}", failed.join("\n"));
+    }
+
+    fn try_start() -> Result<Garage, String> {
         let dir = tempfile::tempdir().unwrap();
         let secret: [u8; 32] = rand::random();
-        let (mut nodes, mut configs, mut s3_ports) = (Vec::new(), Vec::new(), Vec::new());
+        let mut g = Garage {
+            dir,
+            nodes: Vec::new(),
+            configs: Vec::new(),
+            s3_ports: Vec::new(),
+            key_id: String::new(),
+            secret: String::new(),
+        };
         for i in 0..3 {
             let (s3, rpc) = (free_tcp_port(), free_tcp_port());
-            let node = dir.path().join(format!("node{i}"));
+            let node = g.dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node).unwrap();
             let config = node.join("garage.toml");
             std::fs::write(
@@ -95,41 +106,42 @@ impl Garage {
                 .stdin(Stdio::null())
                 .spawn()
                 .expect("garage is not installed here; `bash test.sh` installs it");
-            nodes.push(Some(child));
-            configs.push(config);
-            s3_ports.push(s3);
+            g.nodes.push(Some(child));
+            g.configs.push(config);
+            g.s3_ports.push(s3);
         }
-        let ids: Vec<String> = configs
-            .iter()
-            .map(|c| {
-                retry("node id", || garage(c, &["node", "id", "-q"]))
-                    .trim()
-                    .to_owned()
-            })
-            .collect();
-        let first = &configs[0];
+        let first = g.configs[0].clone();
+        let mut ids = Vec::new();
+        for c in g.configs.clone() {
+            let id = g.retry("node id", || garage(&c, &["node", "id", "-q"]))?;
+            ids.push(id.trim().to_owned());
+        }
         for id in &ids[1..] {
-            retry("node connect", || garage(first, &["node", "connect", id]));
+            g.retry("node connect", || garage(&first, &["node", "connect", id]))?;
         }
         for id in &ids {
             let short = &id[..16];
-            retry("layout assign", || {
-                garage(first, &["layout", "assign", "-z", "dc1", "-c", "1G", short])
-            });
+            g.retry("layout assign", || {
+                garage(
+                    &first,
+                    &["layout", "assign", "-z", "dc1", "-c", "1G", short],
+                )
+            })?;
         }
-        retry("layout apply", || {
-            garage(first, &["layout", "apply", "--version", "1"])
-        });
-        retry("bucket create", || {
-            garage(first, &["bucket", "create", BUCKET])
-        });
-        let key = retry("key create", || {
-            garage(first, &["key", "create", "memsync-test"])
-        });
-        let (key_id, secret) = (field(&key, "Key ID:"), field(&key, "Secret key:"));
-        retry("bucket allow", || {
+        g.retry("layout apply", || {
+            garage(&first, &["layout", "apply", "--version", "1"])
+        })?;
+        g.retry("bucket create", || {
+            garage(&first, &["bucket", "create", BUCKET])
+        })?;
+        let key = g.retry("key create", || {
+            garage(&first, &["key", "create", "memsync-test"])
+        })?;
+        g.key_id = field(&key, "Key ID:").to_owned();
+        g.secret = field(&key, "Secret key:").to_owned();
+        g.retry("bucket allow", || {
             garage(
-                first,
+                &first,
                 &[
                     "bucket",
                     "allow",
@@ -141,14 +153,34 @@ impl Garage {
                     "memsync-test",
                 ],
             )
-        });
-        Garage {
-            key_id: key_id.to_owned(),
-            secret: secret.to_owned(),
-            dir,
-            nodes,
-            configs,
-            s3_ports,
+        })?;
+        Ok(g)
+    }
+
+    /// Retries `f` for up to 30 s (the nodes take a moment to listen, connect and agree), and
+    /// gives up at once when a node exited.
+    fn retry(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut() -> Result<String, String>,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let e = match f() {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            for (i, node) in self.nodes.iter_mut().enumerate() {
+                if let Some(Ok(Some(status))) = node.as_mut().map(Child::try_wait) {
+                    let log = std::fs::read_to_string(self.configs[i].with_file_name("log"));
+                    let log = log.unwrap_or_default();
+                    return Err(format!("{what}: node {i} exited ({status}): {log}"));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{what}: {e}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
