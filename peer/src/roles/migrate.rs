@@ -1,9 +1,8 @@
 //! Live migration of a region its owner streams (spec §8.6): pre-copy rounds while the writers run,
 //! until finding and sending the bytes still dirty (at the send rate measured on the last round)
-//! fits the downtime target
-//! (or the rounds run out, or the dirty set stops shrinking); then the writers are frozen, their
-//! last changes sent, and ownership handed to the replica. The owner driver runs it
-//! ([`crate::roles::owner`]); [`Freezer`]s say how writers stop.
+//! fits the downtime target, or the rounds run out, or the dirty set stops shrinking; then the
+//! writers are frozen, their last changes sent, and ownership handed to the replica. The owner
+//! driver runs it ([`crate::roles::owner`]); [`Freezer`]s say how writers stop.
 //!
 //! Rule: after the freeze nothing at this peer writes the region again, unless the replica refused
 //! the handoff; a handoff that was sent and never acknowledged leaves the writers frozen.
