@@ -35,42 +35,11 @@ impl Drop for Killed {
     }
 }
 
-/// A writer process incrementing the u64 at the start of random pages of `file`, forever.
+/// A writer process incrementing the u64 at the start of random pages of `file` until it is
+/// stopped from outside (SIGSTOP, a cgroup's freeze) or killed: the [`COUNTER_WRITER`] in its
+/// mmap mode, never asked to stop itself.
 fn writer(w: &World, file: &Path) -> Killed {
-    let script = w.path("writer.py");
-    std::fs::write(
-        &script,
-        r#"
-import mmap, random, struct, sys
-f = open(sys.argv[1], "r+b")
-m = mmap.mmap(f.fileno(), 0)
-pages = len(m) // 4096
-while True:
-    i = random.randrange(pages) * 4096
-    struct.pack_into("<Q", m, i, struct.unpack_from("<Q", m, i)[0] + 1)
-"#,
-    )
-    .unwrap();
-    Killed(
-        Command::new("python3")
-            .arg(&script)
-            .arg(file)
-            .spawn()
-            .expect("python3 runs the writer"),
-    )
-}
-
-/// Waits until the writer has written to `file` (python can take a while to start on a busy
-/// machine, and a migration of an unwritten region is over at once).
-fn wait_written(file: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while counters(file).iter().sum::<u64>() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never wrote"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    CounterWriter::start(w, file, "mmap", "writer").child
 }
 
 fn counters(file: &Path) -> Vec<u64> {
@@ -166,7 +135,7 @@ fn migrating_world() -> (World, Proc, PathBuf, Killed) {
         .set_len((PAGES * 4096) as u64)
         .unwrap();
     let at_a = writer(&w, &file);
-    wait_written(&file);
+    wait_more(&file, 0);
     (w, b, file, at_a)
 }
 
@@ -213,7 +182,7 @@ while True:
 
 /// A running [`COUNTER_WRITER`].
 struct CounterWriter {
-    _child: Killed,
+    child: Killed,
     stop: PathBuf,
     stopped: PathBuf,
 }
@@ -234,7 +203,7 @@ impl CounterWriter {
             .spawn()
             .expect("python3 runs the writer");
         CounterWriter {
-            _child: Killed(child),
+            child: Killed(child),
             stop,
             stopped,
         }
@@ -586,7 +555,7 @@ fn a_cgroup_is_frozen_for_the_handoff_and_stays_frozen() {
     let cg = Cgroup::new("memsync-migrate");
     let at_a = writer(&w, &file);
     std::fs::write(cg.0.join("cgroup.procs"), at_a.id().to_string()).unwrap();
-    wait_written(&file);
+    wait_more(&file, 0);
     let cgroup = cg.0.to_str().unwrap();
     let report = migrate_freezing(
         &file,
