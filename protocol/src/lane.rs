@@ -419,7 +419,10 @@ mod tests {
         );
         assert_eq!(r.missing(), 2, "a lane copy makes nothing present");
         assert_eq!(
-            code(r.handle(&Frame::Handoff { generation: 0 })),
+            code(r.handle(&Frame::Handoff {
+                generation: 0,
+                postcopy: false,
+            })),
             ErrorCode::ProtocolViolation
         );
 
@@ -447,7 +450,10 @@ mod tests {
         let region1 = region_copy(1, &[0], true);
         r.handle(&decode(&region1)).unwrap();
         assert_eq!(
-            r.handle(&Frame::Handoff { generation: 0 }),
+            r.handle(&Frame::Handoff {
+                generation: 0,
+                postcopy: false,
+            }),
             Ok(ReplicaEvent::BecameOwner { generation: 0 })
         );
     }

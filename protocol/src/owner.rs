@@ -45,6 +45,13 @@ pub enum OwnerState {
         /// The generation the lost HANDOFF named.
         generation: u64,
     },
+    /// The replica accepted a post-copy HANDOFF at `generation` (spec §8.10): it owns the
+    /// region, and this peer, writing nothing, answers its FETCHes of the chunks it still misses
+    /// until it ends the stream ([`Owner::finish`]).
+    Serving {
+        /// The generation the HANDOFF named.
+        generation: u64,
+    },
     /// The replica accepted ownership; this stream now carries the reverse direction.
     HandedOff,
 }
@@ -125,6 +132,12 @@ pub struct Owner {
     bytes_sent: u64,
     /// Refuse a replica whose STATE does not promise durable ACKs (spec §8.4).
     require_durable: bool,
+    /// The handoff asked for is a post-copy one (spec §8.10): Draining sends no more round
+    /// chunks, STALE names what is pending, HANDOFF carries POSTCOPY, and HANDOFF_ACK leads to
+    /// Serving.
+    postcopy: bool,
+    /// In a post-copy Draining, the first chunk not yet named by STALE.
+    stale_cursor: u64,
     /// The replica on this stream promised durable ACKs.
     durable: bool,
     /// The ownership epoch OPEN carries, where the EPOCH feature is negotiated (spec §8.8).
@@ -175,6 +188,8 @@ impl Owner {
             on_stream: DirtySet::new(n),
             bytes_sent: 0,
             require_durable: false,
+            postcopy: false,
+            stale_cursor: 0,
             durable: false,
             epoch: None,
         };
@@ -209,9 +224,9 @@ impl Owner {
                     "ownership was handed to the replica; this peer must not resume as owner",
                 ))
             }
-            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
-                OwnerState::Probing { generation }
-            }
+            OwnerState::HandingOff { generation }
+            | OwnerState::Probing { generation }
+            | OwnerState::Serving { generation } => OwnerState::Probing { generation },
             _ => OwnerState::Opening,
         };
         let rest = self.round.take();
@@ -226,9 +241,15 @@ impl Owner {
         self.urgent.clear();
         self.background.clear();
         self.on_stream.clear();
+        self.stale_cursor = 0;
         self.state = next;
         self.queue_open();
         Ok(())
+    }
+
+    /// Whether the handoff asked for (or offered, or taken) is a post-copy one (spec §8.10).
+    pub fn is_postcopy(&self) -> bool {
+        self.postcopy
     }
 
     /// The region's geometry.
@@ -339,6 +360,7 @@ impl Owner {
         match self.state {
             OwnerState::Streaming => {
                 self.state = OwnerState::Draining;
+                self.postcopy = false;
                 Ok(())
             }
             s => Err(WireError::new(
@@ -348,19 +370,53 @@ impl Owner {
         }
     }
 
+    /// Asks for a post-copy handoff (spec §8.10): the round in progress is cut short and
+    /// committed as far as it was sent, and once that is acknowledged, STALE names every chunk
+    /// still pending and HANDOFF{POSTCOPY} offers ownership. After HANDOFF_ACK this owner serves
+    /// the new owner's FETCHes ([`OwnerState::Serving`]). Only where the POSTCOPY feature is
+    /// negotiated; the caller must have stopped writers and reported their last changes first.
+    pub fn begin_postcopy(&mut self) -> Result<(), WireError> {
+        match self.state {
+            OwnerState::Streaming => {
+                self.state = OwnerState::Draining;
+                self.postcopy = true;
+                self.stale_cursor = 0;
+                Ok(())
+            }
+            s => Err(WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!("cannot hand off in state {s:?}"),
+            )),
+        }
+    }
+
+    /// The replica ended the stream cleanly. In [`OwnerState::Serving`] that is the end of a
+    /// post-copy handoff: the new owner holds every chunk (spec §8.10), and this returns the
+    /// handoff's generation. Anywhere else the stream ended too early: `None`.
+    pub fn finish(&mut self) -> Option<u64> {
+        match self.state {
+            OwnerState::Serving { generation } => {
+                self.state = OwnerState::HandedOff;
+                Some(generation)
+            }
+            _ => None,
+        }
+    }
+
     /// Handles one frame from the replica.
     pub fn handle(&mut self, frame: &Frame<'_>) -> Result<OwnerEvent, WireError> {
         frame.check_geometry(&self.geom)?;
         // FETCH_PART is an urgent FETCH of its chunk here; which bytes the reader waits for
         // matters only to the fetch lane (spec §8.7).
         let frame = match (*frame, self.state) {
-            (Frame::FetchPart { index, .. }, OwnerState::Streaming | OwnerState::Draining) => {
-                Frame::Fetch {
-                    first: index,
-                    count: 1,
-                    urgent: true,
-                }
-            }
+            (
+                Frame::FetchPart { index, .. },
+                OwnerState::Streaming | OwnerState::Draining | OwnerState::Serving { .. },
+            ) => Frame::Fetch {
+                first: index,
+                count: 1,
+                urgent: true,
+            },
             (f, _) => f,
         };
         match (frame, self.state) {
@@ -369,6 +425,14 @@ impl Owner {
                 if code == ErrorCode::HandedOver as u32 =>
             {
                 self.state = OwnerState::HandedOff;
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            // The probe's answer from a new owner still fetching after a post-copy handoff at
+            // `generation`: serve it again (spec §8.10, recovery).
+            (Frame::HandoffAck { generation: g }, OwnerState::Probing { generation })
+                if self.postcopy && g == generation =>
+            {
+                self.serve(generation);
                 Ok(OwnerEvent::HandedOff { generation })
             }
             (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
@@ -485,7 +549,7 @@ impl Owner {
                     count,
                     urgent,
                 },
-                OwnerState::Streaming | OwnerState::Draining,
+                OwnerState::Streaming | OwnerState::Draining | OwnerState::Serving { .. },
             ) => {
                 let q = if urgent {
                     &mut self.urgent
@@ -507,7 +571,11 @@ impl Owner {
             (Frame::HandoffAck { generation }, OwnerState::HandingOff { generation: g })
                 if generation == g =>
             {
-                self.state = OwnerState::HandedOff;
+                if self.postcopy {
+                    self.serve(generation);
+                } else {
+                    self.state = OwnerState::HandedOff;
+                }
                 Ok(OwnerEvent::HandedOff { generation })
             }
             (f, s) => Err(WireError::new(
@@ -518,6 +586,15 @@ impl Owner {
                 ),
             )),
         }
+    }
+
+    /// Enters Serving after a post-copy HANDOFF_ACK: nothing sent before it answers a FETCH any
+    /// more (the chunks the new owner asks for are exactly those whose copies it holds are stale).
+    fn serve(&mut self, generation: u64) {
+        self.state = OwnerState::Serving { generation };
+        self.on_stream.clear();
+        self.urgent.clear();
+        self.background.clear();
     }
 
     /// Takes the generation the replica reports holding: numbering continues above it, and the
@@ -550,7 +627,10 @@ impl Owner {
         if let Some(f) = self.queued.pop_front() {
             return Some(Transmit::Frame(f));
         }
-        if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
+        if !matches!(
+            self.state,
+            OwnerState::Streaming | OwnerState::Draining | OwnerState::Serving { .. }
+        ) {
             return None;
         }
         while let Some(index) = self
@@ -578,6 +658,9 @@ impl Owner {
         }
         if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
             return None;
+        }
+        if self.postcopy && self.state == OwnerState::Draining {
+            return self.poll_postcopy_drain();
         }
         if !self.in_round
             && (!self.pending.is_empty() || self.needs_commit)
@@ -617,11 +700,70 @@ impl Owner {
             return Some(Transmit::Frame(
                 Frame::Handoff {
                     generation: self.generation,
+                    postcopy: false,
                 }
                 .to_vec(),
             ));
         }
         None
+    }
+
+    /// Draining for a post-copy handoff: the round in progress ends where it is, with a COMMIT of
+    /// what it sent (the rest goes back to pending); a commit still owed is made, empty; once
+    /// every COMMIT is acknowledged, STALE names each run of pending chunks, then HANDOFF.
+    fn poll_postcopy_drain(&mut self) -> Option<Transmit> {
+        if self.in_round {
+            let rest = self.round.take();
+            self.pending.union_with(&rest);
+            self.in_round = false;
+            self.committed = self.generation;
+            return Some(Transmit::Frame(
+                Frame::Commit {
+                    generation: self.generation,
+                    count: self.summary.count(),
+                    summary: self.summary.digest(),
+                }
+                .to_vec(),
+            ));
+        }
+        if self.needs_commit && self.generation < MAX_GENERATION {
+            self.needs_commit = false;
+            self.generation += 1;
+            self.committed = self.generation;
+            self.summary.reset();
+            return Some(Transmit::Frame(
+                Frame::Commit {
+                    generation: self.generation,
+                    count: 0,
+                    summary: self.summary.digest(),
+                }
+                .to_vec(),
+            ));
+        }
+        if self.acked != self.generation {
+            return None;
+        }
+        // A run is at most MAX_CHUNKS (2^24) long, so its count fits STALE's u32.
+        if let Some(run) = self.pending.runs().find(|r| r.start >= self.stale_cursor) {
+            self.stale_cursor = run.end;
+            return Some(Transmit::Frame(
+                Frame::Stale {
+                    first: run.start,
+                    count: (run.end - run.start) as u32,
+                }
+                .to_vec(),
+            ));
+        }
+        self.state = OwnerState::HandingOff {
+            generation: self.generation,
+        };
+        Some(Transmit::Frame(
+            Frame::Handoff {
+                generation: self.generation,
+                postcopy: true,
+            }
+            .to_vec(),
+        ))
     }
 
     /// Records that chunk `index` is sent with bytes `data` (read by the caller just now) and

@@ -21,6 +21,11 @@ pub enum ReplicaState {
     AwaitLocal,
     /// Receiving generations.
     Receiving,
+    /// Ownership accepted in a post-copy HANDOFF (spec §8.10) while chunks were still missing:
+    /// this peer owns the region and fetches them from the old owner on this stream. Readers and
+    /// partial writers of a missing chunk wait for it; a chunk arriving after this peer wrote it
+    /// whole ([`Replica::local_write`]) is dropped. Once none is missing: BecameOwner.
+    PostCopy,
     /// Ownership accepted: the caller now runs an owner on this stream.
     BecameOwner,
 }
@@ -109,7 +114,8 @@ pub enum LaneEvent<'a> {
 pub struct Replica {
     state: ReplicaState,
     geom: Option<Geometry>,
-    /// Chunks held, for a lazy replica (`None` when eager: it holds every chunk).
+    /// Chunks held, for a lazy replica or one told of stale chunks (`None` when it holds every
+    /// chunk).
     present: Option<DirtySet>,
     requested: Option<DirtySet>,
     summary: Summary,
@@ -119,6 +125,9 @@ pub struct Replica {
     durable: bool,
     /// The OPEN's ownership epoch, echoed in STATE (spec §8.8).
     epoch: Option<u64>,
+    /// Ownership was taken with chunks missing (spec §8.10): copies of them may still arrive,
+    /// and are dropped once the chunk is held, also after the last one arrived.
+    postcopy: bool,
 }
 
 impl Replica {
@@ -136,6 +145,7 @@ impl Replica {
             max_body: MAX_BODY,
             durable: false,
             epoch: None,
+            postcopy: false,
         }
     }
 
@@ -179,7 +189,7 @@ impl Replica {
         self.present.as_ref().is_none_or(|p| p.contains(index))
     }
 
-    /// For a lazy replica: chunks still missing.
+    /// Chunks still missing: a lazy replica's not yet received, a post-copy one's stale.
     pub fn missing(&self) -> u64 {
         match (&self.present, &self.geom) {
             (Some(p), Some(g)) => g.chunk_count() - p.count(),
@@ -408,8 +418,14 @@ impl Replica {
                 self.queued.push_back(Frame::Ack { generation }.to_vec());
                 Ok(ReplicaEvent::Committed { generation })
             }
-            (Frame::Handoff { generation }, ReplicaState::Receiving) => {
-                if generation != self.committed || self.missing() != 0 {
+            (
+                Frame::Handoff {
+                    generation,
+                    postcopy,
+                },
+                ReplicaState::Receiving,
+            ) => {
+                if generation != self.committed || (!postcopy && self.missing() != 0) {
                     return Err(WireError::new(
                         ErrorCode::ProtocolViolation,
                         format!(
@@ -419,10 +435,46 @@ impl Replica {
                         ),
                     ));
                 }
-                self.state = ReplicaState::BecameOwner;
-                self.queued
-                    .push_back(Frame::HandoffAck { generation }.to_vec());
+                self.take_ownership(generation);
                 Ok(ReplicaEvent::BecameOwner { generation })
+            }
+            (Frame::Stale { first, count }, ReplicaState::Receiving) => {
+                let n = self.geom.map_or(0, |g| g.chunk_count());
+                let present = self.present.get_or_insert_with(|| DirtySet::full(n));
+                // Checked against the geometry above.
+                for i in first..first + count as u64 {
+                    present.remove(i);
+                }
+                self.requested.get_or_insert_with(|| DirtySet::new(n));
+                Ok(ReplicaEvent::None)
+            }
+            // The old owner's answer to a FETCH after a post-copy handoff: applied unless this
+            // peer holds the chunk already (it wrote it whole, or an earlier copy arrived); a
+            // late copy never overwrites the new owner's write (spec §8.10).
+            (
+                Frame::Chunk {
+                    index,
+                    hash,
+                    zero,
+                    fetched: true,
+                    payload,
+                },
+                ReplicaState::PostCopy | ReplicaState::BecameOwner,
+            ) if self.postcopy => {
+                if !zero && chunk_hash(payload) != hash {
+                    return Err(WireError::new(
+                        ErrorCode::HashMismatch,
+                        format!("chunk {index} does not match its hash"),
+                    ));
+                }
+                if self.is_present(index) {
+                    return Ok(ReplicaEvent::None);
+                }
+                self.arrived(index);
+                Ok(ReplicaEvent::Write {
+                    index,
+                    data: (!zero).then_some(payload),
+                })
             }
             (f, s) => Err(WireError::new(
                 ErrorCode::ProtocolViolation,
@@ -501,6 +553,96 @@ impl Replica {
                 data,
             },
         })
+    }
+
+    /// Accepts ownership at `generation`: queues HANDOFF_ACK and, after a post-copy HANDOFF with
+    /// chunks missing, a background FETCH of each run of them (spec §8.10).
+    fn take_ownership(&mut self, generation: u64) {
+        self.queued
+            .push_back(Frame::HandoffAck { generation }.to_vec());
+        if self.missing() == 0 {
+            self.state = ReplicaState::BecameOwner;
+            return;
+        }
+        self.state = ReplicaState::PostCopy;
+        self.postcopy = true;
+        if let Some(r) = &mut self.requested {
+            r.clear();
+        }
+        let Some(present) = &self.present else {
+            return;
+        };
+        let mut missing = DirtySet::full(present.capacity());
+        for i in present.iter() {
+            missing.remove(i);
+        }
+        // A run is at most MAX_CHUNKS (2^24) long, so its count fits FETCH's u32.
+        for run in missing.runs() {
+            self.fetch(run.start, (run.end - run.start) as u32, false);
+        }
+    }
+
+    /// Chunk `index` is held from now on; in PostCopy, the last one makes this peer a complete
+    /// owner.
+    fn arrived(&mut self, index: u64) {
+        if let Some(p) = &mut self.present {
+            p.insert(index);
+        }
+        if self.state == ReplicaState::PostCopy && self.missing() == 0 {
+            self.state = ReplicaState::BecameOwner;
+        }
+    }
+
+    /// In PostCopy: this peer, the owner now, wrote chunk `index` whole (or wrote into it after
+    /// it arrived): it is held, and a copy still on its way from the old owner is dropped. Returns
+    /// whether it was missing. The caller writes a part of a missing chunk only after the chunk
+    /// arrived.
+    pub fn local_write(&mut self, index: u64) -> bool {
+        if self.state != ReplicaState::PostCopy || self.is_present(index) {
+            return false;
+        }
+        self.arrived(index);
+        true
+    }
+
+    /// Resumes a post-copy handoff at `generation` on a new stream (spec §8.10, recovery): the old
+    /// owner's OPEN (its probe) was answered by this peer, which took ownership at `generation`
+    /// and still misses `missing`. Called after [`ReplicaEvent::Opened`] instead of
+    /// [`Replica::local_state`]; queues HANDOFF_ACK{generation} and the FETCHes of what is
+    /// missing. The OPEN's geometry must be the region's, with `missing` of its chunk count.
+    pub fn resume_postcopy(
+        &mut self,
+        generation: u64,
+        missing: &DirtySet,
+    ) -> Result<(), WireError> {
+        let geom = match (self.state, self.geom) {
+            (ReplicaState::AwaitLocal, Some(g)) => g,
+            _ => {
+                return Err(WireError::new(
+                    ErrorCode::Internal,
+                    "resume_postcopy called before OPEN",
+                ))
+            }
+        };
+        let n = geom.chunk_count();
+        if missing.capacity() != n {
+            return Err(WireError::new(
+                ErrorCode::BadGeometry,
+                format!(
+                    "the region taken over has {} chunks, the OPEN {n}",
+                    missing.capacity()
+                ),
+            ));
+        }
+        let mut present = DirtySet::full(n);
+        for i in missing.iter() {
+            present.remove(i);
+        }
+        self.present = Some(present);
+        self.requested = Some(DirtySet::new(n));
+        self.committed = generation;
+        self.take_ownership(generation);
+        Ok(())
     }
 
     /// The next encoded frame to send, if any.

@@ -149,6 +149,7 @@ impl Pair {
             }
             ReplicaEvent::Committed { generation } => self.acks.push(generation),
             ReplicaEvent::BecameOwner { generation } => self.became_owner = Some(generation),
+            ReplicaEvent::None => {}
             e => panic!("unexpected replica event {e:?}"),
         }
         while let Some(f) = self.replica.poll_transmit() {

@@ -62,6 +62,8 @@ pub mod kind {
     pub const HANDOFF: u8 = 0x40;
     /// HANDOFF_ACK: the replica accepts ownership at that generation (spec §5.13).
     pub const HANDOFF_ACK: u8 = 0x41;
+    /// STALE: chunks the replica holds an old copy of, ahead of a post-copy HANDOFF (spec §5.19).
+    pub const STALE: u8 = 0x42;
 }
 
 /// Frame flag bits (spec §5); bits not defined for a type must be zero.
@@ -86,6 +88,9 @@ pub mod flag {
     pub const FETCH_URGENT: u16 = 1;
     /// PART: the part is all zeros; no payload.
     pub const PART_ZERO: u16 = 1;
+    /// HANDOFF: post-copy: the replica may take ownership before it holds every chunk, and
+    /// fetches the stale ones from the old owner afterwards (spec §8.10).
+    pub const HANDOFF_POSTCOPY: u16 = 1;
 }
 
 /// Error codes carried by ERROR frames and by QUIC stream resets and connection closes (spec §7).
@@ -272,6 +277,7 @@ impl Header {
             kind::CHUNK => flag::CHUNK_ZERO | flag::CHUNK_FETCHED,
             kind::FETCH => flag::FETCH_URGENT,
             kind::PART => flag::PART_ZERO,
+            kind::HANDOFF => flag::HANDOFF_POSTCOPY,
             kind::HELLO
             | kind::ERROR
             | kind::MOUNT
@@ -280,7 +286,7 @@ impl Header {
             | kind::FETCH_PART
             | kind::COMMIT
             | kind::ACK
-            | kind::HANDOFF
+            | kind::STALE
             | kind::HANDOFF_ACK => 0,
             other => {
                 return Err(err(
@@ -346,6 +352,9 @@ pub mod feature {
     /// The peer knows ownership epochs: the OPEN and STATE flags EPOCH and the error FENCED
     /// (spec §8.8).
     pub const EPOCH: u64 = 8;
+    /// The peer knows post-copy handoffs: STALE, HANDOFF's POSTCOPY flag, and serving or
+    /// fetching stale chunks after HANDOFF_ACK (spec §8.10).
+    pub const POSTCOPY: u64 = 16;
 }
 
 impl Default for Hello {
@@ -358,7 +367,8 @@ impl Default for Hello {
             features: feature::FETCH_LANE
                 | feature::FETCH_PARTS
                 | feature::DURABLE
-                | feature::EPOCH,
+                | feature::EPOCH
+                | feature::POSTCOPY,
         }
     }
 }
@@ -561,6 +571,16 @@ pub enum Frame<'a> {
     Handoff {
         /// The owner's last generation, acknowledged by the replica.
         generation: u64,
+        /// POSTCOPY flag: the chunks named by STALE may still be missing (spec §8.10).
+        postcopy: bool,
+    },
+    /// STALE: the replica's copies of chunks `first .. first + count` are older than the
+    /// owner's, ahead of a post-copy HANDOFF (spec §5.19).
+    Stale {
+        /// First stale chunk.
+        first: u64,
+        /// Number of stale chunks, at least 1.
+        count: u32,
     },
     /// HANDOFF_ACK: the replica accepts ownership at `generation` (spec §5.13).
     HandoffAck {
@@ -817,7 +837,16 @@ impl<'a> Frame<'a> {
             }
             kind::HANDOFF => Frame::Handoff {
                 generation: r.u64()?,
+                postcopy: f & flag::HANDOFF_POSTCOPY != 0,
             },
+            kind::STALE => {
+                let first = r.u64()?;
+                let count = r.u32()?;
+                if count == 0 {
+                    return Err(err(ErrorCode::Malformed, "STALE of zero chunks"));
+                }
+                Frame::Stale { first, count }
+            }
             kind::HANDOFF_ACK => Frame::HandoffAck {
                 generation: r.u64()?,
             },
@@ -850,6 +879,7 @@ impl<'a> Frame<'a> {
             Frame::FetchPart { .. } => kind::FETCH_PART,
             Frame::Handoff { .. } => kind::HANDOFF,
             Frame::HandoffAck { .. } => kind::HANDOFF_ACK,
+            Frame::Stale { .. } => kind::STALE,
         }
     }
 
@@ -874,6 +904,7 @@ impl<'a> Frame<'a> {
             }
             Frame::Fetch { urgent, .. } => bit(urgent, flag::FETCH_URGENT),
             Frame::Part { zero, .. } => bit(zero, flag::PART_ZERO),
+            Frame::Handoff { postcopy, .. } => bit(postcopy, flag::HANDOFF_POSTCOPY),
             _ => 0,
         }
     }
@@ -945,11 +976,11 @@ impl<'a> Frame<'a> {
             }
             Frame::Lane { stream } => out.extend_from_slice(&stream.to_le_bytes()),
             Frame::Ack { generation }
-            | Frame::Handoff { generation }
+            | Frame::Handoff { generation, .. }
             | Frame::HandoffAck { generation } => {
                 out.extend_from_slice(&generation.to_le_bytes());
             }
-            Frame::Fetch { first, count, .. } => {
+            Frame::Fetch { first, count, .. } | Frame::Stale { first, count } => {
                 out.extend_from_slice(&first.to_le_bytes());
                 out.extend_from_slice(&count.to_le_bytes());
             }
@@ -1019,10 +1050,13 @@ impl<'a> Frame<'a> {
                 }
                 Ok(())
             }
-            Frame::Fetch { first, count, .. } => {
+            Frame::Fetch { first, count, .. } | Frame::Stale { first, count } => {
                 let end = first.checked_add(count as u64);
                 if end.is_none_or(|e| e > geom.chunk_count()) {
-                    return Err(err(ErrorCode::OutOfRange, "FETCH past the region's end"));
+                    return Err(err(
+                        ErrorCode::OutOfRange,
+                        format!("frame type {:#04x} past the region's end", self.kind()),
+                    ));
                 }
                 Ok(())
             }
@@ -1138,8 +1172,9 @@ mod tests {
         Part(u64, u32, Vec<u8>),
         ZeroPart(u64, u32, u32),
         FetchPart(u64, u32, u32),
-        Handoff(u64),
+        Handoff(u64, bool),
         HandoffAck(u64),
+        Stale(u64, u32),
     }
 
     fn arb_owned() -> impl Strategy<Value = Owned> {
@@ -1199,8 +1234,9 @@ mod tests {
                 .prop_map(|(i, o, p)| Owned::Part(i, o, p)),
             (any::<u64>(), any::<u32>(), 1u32..).prop_map(|(i, o, l)| Owned::ZeroPart(i, o, l)),
             (any::<u64>(), any::<u32>(), 1u32..).prop_map(|(i, o, l)| Owned::FetchPart(i, o, l)),
-            any::<u64>().prop_map(Owned::Handoff),
+            (any::<u64>(), any::<bool>()).prop_map(|(g, p)| Owned::Handoff(g, p)),
             any::<u64>().prop_map(Owned::HandoffAck),
+            (any::<u64>(), 1u32..).prop_map(|(f, c)| Owned::Stale(f, c)),
         ]
     }
 
@@ -1278,7 +1314,14 @@ mod tests {
                 offset: *o,
                 len: *l,
             },
-            Owned::Handoff(g) => Frame::Handoff { generation: *g },
+            Owned::Handoff(g, p) => Frame::Handoff {
+                generation: *g,
+                postcopy: *p,
+            },
+            Owned::Stale(first, count) => Frame::Stale {
+                first: *first,
+                count: *count,
+            },
             Owned::HandoffAck(g) => Frame::HandoffAck { generation: *g },
         }
     }
@@ -1389,16 +1432,16 @@ mod tests {
         let mut theirs = Hello {
             max_body: MIN_MAX_BODY,
             max_regions: 3,
-            features: 17,
+            features: 33,
             ..Hello::default()
         };
         let n = ours.negotiate(&theirs).unwrap();
-        // Bit 4 (value 16) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
+        // Bit 5 (value 32) is unknown to us and drops out; FETCH_LANE (bit 0) is common.
         assert_eq!(
             (n.max_body, n.max_regions, n.features),
             (MIN_MAX_BODY, 3, feature::FETCH_LANE)
         );
-        theirs.features = 16;
+        theirs.features = 32;
         assert_eq!(ours.negotiate(&theirs).unwrap().features, 0);
         theirs.major = 2;
         assert_eq!(

@@ -300,11 +300,19 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
         ("fetch_background", fetch(0, 3, false)),
         ("fetch_urgent", fetch(2, 1, true)),
         ("fetch_max_count", fetch(0, u32::MAX, false)),
-        ("handoff_basic", Frame::Handoff { generation: 7 }.to_vec()),
+        (
+            "handoff_basic",
+            Frame::Handoff {
+                generation: 7,
+                postcopy: false,
+            }
+            .to_vec(),
+        ),
         (
             "handoff_max",
             Frame::Handoff {
                 generation: u64::MAX,
+                postcopy: false,
             }
             .to_vec(),
         ),
