@@ -94,6 +94,7 @@ fn migrate<W: Writable>(
     let opts = MigrateOptions {
         downtime,
         max_rounds: 30,
+        ..MigrateOptions::default()
     };
     let migration = Migration::new(opts, vec![Box::new(freezer)]);
     let report = migration.report();

@@ -355,6 +355,7 @@ fn migrate_embedded(initial: &[u8], seed: u64) -> (Vec<u8>, Vec<u8>) {
     let opts = MigrateOptions {
         downtime: Duration::from_millis(20),
         max_rounds: 50,
+        ..MigrateOptions::default()
     };
     let migration = Migration::new(opts, vec![Box::new(freezer)]);
     let report = migration.report();

@@ -252,6 +252,22 @@ impl Owner {
         self.postcopy
     }
 
+    /// Lets the OPEN just queued be answered with HANDOFF_ACK: this peer may have handed the
+    /// region over in a post-copy handoff it no longer remembers (its process was restarted),
+    /// and the new owner, still fetching, answers the OPEN as it answers a probe (spec §8.10).
+    /// Only in Opening, where the POSTCOPY feature is negotiated; the caller's writers must
+    /// still be stopped, since what it serves must be what it froze.
+    pub fn accept_postcopy_resume(&mut self) -> Result<(), WireError> {
+        if self.state != OwnerState::Opening {
+            return Err(WireError::new(
+                ErrorCode::Internal,
+                "accept_postcopy_resume called after OPEN was answered",
+            ));
+        }
+        self.postcopy = true;
+        Ok(())
+    }
+
     /// The region's geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geom
@@ -432,6 +448,11 @@ impl Owner {
             (Frame::HandoffAck { generation: g }, OwnerState::Probing { generation })
                 if self.postcopy && g == generation =>
             {
+                self.serve(generation);
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            // A restarted old owner's OPEN, answered by a new owner still fetching.
+            (Frame::HandoffAck { generation }, OwnerState::Opening) if self.postcopy => {
                 self.serve(generation);
                 Ok(OwnerEvent::HandedOff { generation })
             }

@@ -317,9 +317,18 @@ fn constructed() -> BTreeMap<&'static str, Vec<u8>> {
             .to_vec(),
         ),
         (
+            "handoff_postcopy",
+            Frame::Handoff {
+                generation: 7,
+                postcopy: true,
+            }
+            .to_vec(),
+        ),
+        (
             "handoff_ack_basic",
             Frame::HandoffAck { generation: 7 }.to_vec(),
         ),
+        ("stale_basic", Frame::Stale { first: 1, count: 2 }.to_vec()),
         ("lane_basic", Frame::Lane { stream: 4 }.to_vec()),
         ("lane_max", Frame::Lane { stream: u64::MAX }.to_vec()),
         (
@@ -404,6 +413,7 @@ fn vectors_cover_every_type_and_framing_error() {
         kind::FETCH_PART,
         kind::HANDOFF,
         kind::HANDOFF_ACK,
+        kind::STALE,
     ];
     for k in kinds {
         assert!(types.contains(&k), "no valid vector of frame type {k:#04x}");
@@ -413,10 +423,13 @@ fn vectors_cover_every_type_and_framing_error() {
         (kind::STATE, flag::STATE_EMPTY),
         (kind::STATE, flag::STATE_LAZY),
         (kind::STATE, flag::STATE_DURABLE),
+        (kind::STATE, flag::STATE_EPOCH),
+        (kind::OPEN, flag::OPEN_EPOCH),
         (kind::CHUNK, flag::CHUNK_ZERO),
         (kind::CHUNK, flag::CHUNK_FETCHED),
         (kind::FETCH, flag::FETCH_URGENT),
         (kind::PART, flag::PART_ZERO),
+        (kind::HANDOFF, flag::HANDOFF_POSTCOPY),
     ] {
         assert!(
             all.iter().any(|v| v.expect == Expect::Ok

@@ -16,24 +16,26 @@ import sys
 MAGIC = 0xD5
 HELLO, ERROR, OPEN, MOUNT, STATE, HASHES, LANE = 0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14
 CHUNK, COMMIT, ACK, PART, FETCH, FETCH_PART = 0x20, 0x21, 0x22, 0x23, 0x30, 0x31
-HANDOFF, HANDOFF_ACK = 0x40, 0x41
+HANDOFF, HANDOFF_ACK, STALE = 0x40, 0x41, 0x42
 
 STATE_EMPTY, STATE_LAZY, STATE_DURABLE, STATE_EPOCH = 1, 2, 4, 8
 OPEN_EPOCH = 1
 CHUNK_ZERO, CHUNK_FETCHED = 1, 2
 FETCH_URGENT = 1
 PART_ZERO = 1
+HANDOFF_POSTCOPY = 1
 FEATURE_FETCH_LANE = 1  # HELLO feature bit 0
 FEATURE_FETCH_PARTS = 2  # HELLO feature bit 1
 FEATURE_DURABLE = 4  # HELLO feature bit 2
 FEATURE_EPOCH = 8  # HELLO feature bit 3
+FEATURE_POSTCOPY = 16  # HELLO feature bit 4
 
 MAX_BODY = (1 << 22) + 16  # 4194320
 MIN_MAX_BODY = (1 << 16) + 16  # 65552
 U64_MAX = (1 << 64) - 1
 U32_MAX = (1 << 32) - 1
 
-# The example region used by the CHUNK/HASHES/FETCH/COMMIT vectors: 8193 bytes in 4 KiB chunks,
+# The example region used by the CHUNK/HASHES/FETCH/COMMIT/STALE vectors: 8193 bytes in 4 KiB chunks,
 # so chunks 0 and 1 are 4096 bytes and chunk 2 (the last) is 1 byte.
 GEOM = (8193, 12)
 PAYLOAD_4096 = bytes((i * 7 + 3) & 0xFF for i in range(4096))
@@ -101,6 +103,10 @@ def fetch(first, count):
     return struct.pack("<QI", first, count)
 
 
+def stale(first, count):
+    return struct.pack("<QI", first, count)
+
+
 def lane(stream):
     return struct.pack("<Q", stream)
 
@@ -123,9 +129,10 @@ def case(name, desc, data, expect="ok", geometry=None):
 # --- valid frames -------------------------------------------------------------------------------
 
 case("hello_default", "HELLO as the reference peer sends it: version 1.0, max_body 4194320, "
-     "1024 regions, features FETCH_LANE (bit 0), FETCH_PARTS (bit 1) and DURABLE (bit 2): 7.",
+     "1024 regions, features FETCH_LANE (bit 0), FETCH_PARTS (bit 1), DURABLE (bit 2), EPOCH "
+     "(bit 3) and POSTCOPY (bit 4): 31.",
      frame(HELLO, hello(features=FEATURE_FETCH_LANE | FEATURE_FETCH_PARTS | FEATURE_DURABLE
-                          | FEATURE_EPOCH)))
+                          | FEATURE_EPOCH | FEATURE_POSTCOPY)))
 case("hello_min_limits", "HELLO with the smallest legal max_body (65552), one region and every "
      "feature bit set (unknown bits are ignored by negotiation, not by the decoder).",
      frame(HELLO, hello(max_body=MIN_MAX_BODY, max_regions=1, features=U64_MAX)))
@@ -229,7 +236,13 @@ case("fetch_max_count", "FETCH of 2^32-1 chunks from 0: decodes (a geometry chec
 
 case("handoff_basic", "HANDOFF at generation 7.", frame(HANDOFF, gen(7)))
 case("handoff_max", "HANDOFF at generation 2^64-1.", frame(HANDOFF, gen(U64_MAX)))
+case("handoff_postcopy", "HANDOFF POSTCOPY at generation 7: a post-copy handoff; the replica "
+     "may accept it with chunks missing (section 8.10).", frame(HANDOFF, gen(7), HANDOFF_POSTCOPY))
 case("handoff_ack_basic", "HANDOFF_ACK at generation 7.", frame(HANDOFF_ACK, gen(7)))
+
+case("stale_basic", "STALE of chunks 1 and 2, the last two of the example region: the replica's "
+     "copies of them are older than the owner's, ahead of a post-copy HANDOFF (section 5.19).",
+     frame(STALE, stale(1, 2)), geometry=GEOM)
 
 case("lane_basic", "LANE opening a fetch lane for the region stream with QUIC stream ID 4 (the "
      "client's second bidirectional stream).", frame(LANE, lane(4)))
@@ -303,6 +316,10 @@ case("part_undefined_flag", "PART with flag bit 1 (only ZERO=1 is defined; PART 
      frame(PART, part(2, 0, 1, H_2A, b"\x2a"), 2), "error MALFORMED")
 case("fetch_part_flag", "FETCH_PART with flag bit 0 (FETCH_PART defines no flags; it is always "
      "urgent).", frame(FETCH_PART, fetch_part(0, 1024, 16), 1), "error MALFORMED")
+case("handoff_undefined_flag", "HANDOFF with flag bit 1 (only POSTCOPY=1 is defined).",
+     frame(HANDOFF, gen(7), 2), "error MALFORMED")
+case("stale_undefined_flag", "STALE with flag bit 0 (STALE defines no flags).",
+     frame(STALE, stale(1, 2), 1), "error MALFORMED")
 
 # --- body lengths ---------------------------------------------------------------------------------
 
@@ -474,6 +491,17 @@ case("fetch_part_index_past_end", "FETCH_PART of chunk 3 of the 3-chunk example 
 case("fetch_part_overflow", "FETCH_PART of chunk 0 with offset and len 2^32-1 (offset + len "
      "overflows u32).", frame(FETCH_PART, fetch_part(0, U32_MAX, U32_MAX)), "error OUT_OF_RANGE",
      GEOM)
+
+# --- STALE ------------------------------------------------------------------------------------------
+
+case("stale_count_zero", "STALE of zero chunks.", frame(STALE, stale(0, 0)), "error MALFORMED")
+case("stale_short", "STALE body of 11 bytes.", frame(STALE, stale(1, 2)[:11]), "error MALFORMED")
+case("stale_trailing", "STALE body with one trailing byte.",
+     frame(STALE, stale(1, 2) + b"\x00"), "error MALFORMED")
+case("stale_past_end", "STALE of chunks 2..4 in the 3-chunk example region.",
+     frame(STALE, stale(2, 2)), "error OUT_OF_RANGE", GEOM)
+case("stale_overflow", "STALE from index 2^64-1 (first + count overflows u64).",
+     frame(STALE, stale(U64_MAX, 1)), "error OUT_OF_RANGE", GEOM)
 
 
 def render(name, desc, data, expect, geometry):

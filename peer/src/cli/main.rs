@@ -15,7 +15,7 @@ use memsync_peer::net::identity::{Fingerprint, Identity, TrustSet};
 use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::net::transport::StreamError;
 use memsync_peer::region::Source;
-use memsync_peer::roles::migrate::{Freezer, MigrateRequest};
+use memsync_peer::roles::migrate::{Freezer, MigrateRequest, Postcopy};
 use memsync_peer::roles::mount::MemorySink;
 use memsync_peer::roles::owner::{SyncError, SyncOptions, SyncRegion, SyncStats};
 use memsync_peer::roles::replica::policy::{owned_at, Owned};
@@ -142,9 +142,22 @@ enum Cmd {
         #[arg(long, value_name = "PATTERN=FP")]
         allow_mount: Vec<memsync_peer::roles::replica::Rule>,
         /// Run this shell command when this peer takes a region over in a handoff (`peer
-        /// migrate` at its owner), with MEMSYNC_REGION, MEMSYNC_PATH and MEMSYNC_GENERATION set.
+        /// migrate` at its owner), with MEMSYNC_REGION, MEMSYNC_PATH and MEMSYNC_GENERATION set,
+        /// and MEMSYNC_NBD (the export's URI) with --nbd-dir. After a post-copy handoff without
+        /// --nbd-dir it runs once every chunk is here.
         #[arg(long, value_name = "CMD")]
         on_handoff: Option<String>,
+        /// Serve every region taken over here in a handoff as an NBD export at the Unix socket
+        /// NBD_DIR/NAME.sock (URI nbd+unix:///NAME?socket=NBD_DIR/NAME.sock), read-write, from
+        /// the handoff on. After a post-copy handoff (`peer migrate --postcopy`) it is how the
+        /// region is used before every chunk is here: a read of a missing chunk waits for it.
+        #[arg(long, value_name = "NBD_DIR")]
+        nbd_dir: Option<PathBuf>,
+        /// After a post-copy handoff, how long reads and writes of chunks still with the old
+        /// owner wait while it is unreachable before they fail with EIO (QEMU's
+        /// postcopy-paused; or 30s, 5m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        outage_tolerance: Duration,
         /// When an ACK goes to the owner: `none` once a generation is applied (in the page
         /// cache), `fsync` once it is on stable storage here (fdatasync first; survives a power
         /// loss of this machine). Owners with --require-durable refuse `none`.
@@ -287,6 +300,12 @@ enum Cmd {
         /// Pre-copy rounds at most before the writers are frozen anyway.
         #[arg(long, default_value_t = 30, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_rounds: u32,
+        /// Hand the region over before the peer holds every chunk (post-copy, spec §8.10): the
+        /// pause is the freeze and one round trip whatever is dirty; the peer then fetches what
+        /// it lacks from here, and this command serves it until it holds everything. `always`:
+        /// at the freeze; `fallback`: only when pre-copy did not converge to the downtime target.
+        #[arg(long, value_enum, default_value_t = Postcopy::Never, num_args = 0..=1, default_missing_value = "always", value_name = "WHEN")]
+        postcopy: Postcopy,
         /// Freeze this process (SIGSTOP) for the handoff; it stays stopped afterwards. Repeatable.
         #[arg(long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
         freeze_pid: Vec<i32>,
@@ -501,6 +520,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             allow_owner,
             allow_mount,
             on_handoff,
+            nbd_dir,
+            outage_tolerance,
             durability,
             consistent,
             to,
@@ -535,6 +556,8 @@ async fn run(cmd: Cmd) -> Result<()> {
                 durability,
                 consistent,
                 archive,
+                nbd_dir,
+                outage_tolerance: Some(outage_tolerance),
             };
             let trust = trust_set(&trust)?;
             let dir = memsync_peer::region::ReplicaDir::open(&dir).context("replica directory")?;
@@ -783,6 +806,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             chunk_size,
             downtime_ms,
             max_rounds,
+            postcopy,
             freeze_pid,
             freeze_cgroup,
             before_freeze,
@@ -801,6 +825,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             let req = MigrateRequest {
                 downtime_ms,
                 max_rounds,
+                postcopy,
                 freeze_pid,
                 freeze_cgroup,
                 before_freeze,

@@ -6,6 +6,7 @@ use super::server::Export;
 use crate::detector::Marks;
 use crate::region::{open_region, MappedFile};
 use crate::roles::mount::{MemorySink, RemoteRegion};
+use crate::roles::replica::OwnedRegion;
 use memmap2::MmapMut;
 use std::io;
 use std::path::Path;
@@ -243,6 +244,68 @@ impl Export for MountExport {
     fn cache(&self, offset: u64, len: u64) {
         self.remote
             .prefetch(self.remote.geometry().chunks_of_range(offset, len));
+    }
+}
+
+/// A region taken over here in a handoff, served read-write to the workload that now runs here
+/// (`serve --nbd-dir`). After a post-copy handoff a read, or a write of part of a chunk, waits
+/// for the chunks still with the old owner ([`OwnedRegion`]), and fails with EIO once the old
+/// owner has been unreachable for the outage tolerance.
+pub struct OwnedExport(pub Arc<OwnedRegion>);
+
+/// Zeros written per piece by WRITE_ZEROES on an [`OwnedExport`].
+const ZERO_PIECE: u64 = 1 << 20;
+
+impl Export for OwnedExport {
+    fn size(&self) -> u64 {
+        self.0.geometry().size()
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn preferred_block(&self) -> u32 {
+        self.0.geometry().chunk_size() as u32
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read(offset, buf).await
+    }
+
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.0.write(offset, data).await?;
+        if fua {
+            tokio::task::block_in_place(|| self.0.sync())?;
+        }
+        Ok(())
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        let zeros = vec![0; len.min(ZERO_PIECE) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(ZERO_PIECE);
+            self.0.write(at, &zeros[..n as usize]).await?;
+            at += n;
+        }
+        if fua {
+            tokio::task::block_in_place(|| self.0.sync())?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        tokio::task::block_in_place(|| self.0.sync())
+    }
+
+    fn cache(&self, offset: u64, len: u64) {
+        // Asks for the chunks without waiting for them.
+        let owned = self.0.clone();
+        let chunks = owned.geometry().chunks_of_range(offset, len);
+        tokio::spawn(async move {
+            let _ = owned.ensure(chunks).await;
+        });
     }
 }
 

@@ -24,6 +24,8 @@ pub struct MigrateOptions {
     /// Pre-copy rounds at most, counting the first full one; then the writers are frozen however
     /// much is dirty.
     pub max_rounds: u32,
+    /// When to hand over before the replica holds everything (spec §8.10).
+    pub postcopy: Postcopy,
 }
 
 impl Default for MigrateOptions {
@@ -31,8 +33,35 @@ impl Default for MigrateOptions {
         MigrateOptions {
             downtime: Duration::from_millis(300),
             max_rounds: 30,
+            postcopy: Postcopy::Never,
         }
     }
+}
+
+/// When a migration hands the region over before the replica holds every chunk (post-copy,
+/// spec §8.10): the writers' pause is then the freeze and one round trip, whatever is dirty, and
+/// the new owner fetches the chunks it lacks from this peer, which serves them until it holds
+/// everything (QEMU's `postcopy-ram`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Postcopy {
+    /// Always pre-copy: the final round is sent while the writers are frozen.
+    #[default]
+    Never,
+    /// Post-copy when pre-copy did not converge (the downtime estimate never fit the target).
+    Fallback,
+    /// Post-copy at the freeze, after the pre-copy rounds.
+    Always,
 }
 
 /// A migration as an operator asks for it: its options and how to freeze the writers. `peer
@@ -45,6 +74,8 @@ pub struct MigrateRequest {
     pub downtime_ms: u64,
     /// Pre-copy rounds at most.
     pub max_rounds: u32,
+    /// When to hand over before the replica holds everything.
+    pub postcopy: Postcopy,
     /// Processes to freeze with SIGSTOP.
     pub freeze_pid: Vec<i32>,
     /// cgroup v2 directories to freeze.
@@ -63,6 +94,7 @@ impl Default for MigrateRequest {
         MigrateRequest {
             downtime_ms: o.downtime.as_millis() as u64,
             max_rounds: o.max_rounds,
+            postcopy: o.postcopy,
             freeze_pid: Vec::new(),
             freeze_cgroup: Vec::new(),
             before_freeze: None,
@@ -97,6 +129,7 @@ impl MigrateRequest {
         let opts = MigrateOptions {
             downtime: Duration::from_millis(self.downtime_ms),
             max_rounds: self.max_rounds.max(1),
+            postcopy: self.postcopy,
         };
         Ok(Migration::new(opts, freezers))
     }
@@ -329,6 +362,20 @@ pub struct MigrationReport {
     pub total: Duration,
     /// The generation ownership moved at.
     pub generation: u64,
+    /// Post-copy: what the new owner still lacked at the handoff and fetched from this peer.
+    pub postcopy: Option<PostcopyReport>,
+}
+
+/// The post-copy phase of a migration: from the handoff until the new owner held every chunk.
+#[derive(Clone, Debug, Default)]
+pub struct PostcopyReport {
+    /// Chunks the new owner lacked (named STALE) at the handoff.
+    pub stale_chunks: u64,
+    /// Bytes of CHUNK frames this peer sent it afterwards.
+    pub bytes: u64,
+    /// From the handoff until the new owner ended the stream, holding everything; `None` while
+    /// it still fetches.
+    pub duration: Option<Duration>,
 }
 
 impl std::fmt::Display for MigrationReport {
@@ -349,7 +396,20 @@ impl std::fmt::Display for MigrationReport {
             mib(self.final_round.as_ref().map_or(0, |r| r.bytes)),
             self.downtime.as_secs_f64() * 1e3,
             self.total.as_secs_f64()
-        )
+        )?;
+        if let Some(p) = &self.postcopy {
+            write!(
+                f,
+                "; post-copy: {} stale chunks, {:.1} MiB served",
+                p.stale_chunks,
+                mib(p.bytes)
+            )?;
+            match p.duration {
+                Some(d) => write!(f, " in {:.2} s", d.as_secs_f64())?,
+                None => write!(f, ", unfinished")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -373,6 +433,12 @@ pub struct Migration {
     frozen_at: Option<Instant>,
     /// Bytes dirty after each round, to see whether the dirty set still shrinks.
     dirty_trend: Vec<u64>,
+    /// The freeze came because the downtime estimate fit the target (pre-copy converged).
+    converged: bool,
+    /// When the handoff was acknowledged.
+    handed_off_at: Option<Instant>,
+    /// Bytes the owner had sent on the stream then.
+    bytes_at_handoff: u64,
     report: Arc<Mutex<MigrationReport>>,
 }
 
@@ -387,6 +453,9 @@ impl Migration {
             started: Instant::now(),
             frozen_at: None,
             dirty_trend: Vec::new(),
+            converged: false,
+            handed_off_at: None,
+            bytes_at_handoff: 0,
             report: Arc::default(),
         }
     }
@@ -430,6 +499,7 @@ impl Migration {
     pub(crate) fn should_freeze(&mut self, dirty: u64, found_in: Duration) -> Option<String> {
         self.dirty_trend.push(dirty);
         if dirty == 0 {
+            self.converged = true;
             return Some("nothing was dirty".into());
         }
         let report = self.report.lock().expect("report lock");
@@ -444,7 +514,8 @@ impl Migration {
         let rounds = self.dirty_trend.len() as u32;
         let t = &self.dirty_trend;
         let stalled = t.len() >= 4 && t[t.len() - 3..].iter().all(|&d| d >= t[t.len() - 4]);
-        if estimate <= self.opts.downtime {
+        self.converged = estimate <= self.opts.downtime;
+        if self.converged {
             Some(format!(
                 "the {:.1} ms to find and send what is dirty fit the {} ms target",
                 estimate.as_secs_f64() * 1e3,
@@ -456,6 +527,15 @@ impl Migration {
             Some("the dirty set stopped shrinking".into())
         } else {
             None
+        }
+    }
+
+    /// Whether the handoff after the freeze is to be a post-copy one.
+    pub fn wants_postcopy(&self) -> bool {
+        match self.opts.postcopy {
+            Postcopy::Never => false,
+            Postcopy::Fallback => !self.converged,
+            Postcopy::Always => true,
         }
     }
 
@@ -479,21 +559,47 @@ impl Migration {
         Ok(())
     }
 
-    /// The replica acknowledged the handoff at `generation`.
-    pub(crate) fn handed_off(&mut self, generation: u64) {
+    /// The replica acknowledged the handoff at `generation`; in a post-copy handoff it lacked
+    /// `stale` chunks, which it now fetches ([`Migration::postcopy_done`] follows).
+    pub(crate) fn handed_off(&mut self, generation: u64, stale: Option<u64>, bytes_sent: u64) {
         let now = Instant::now();
         self.phase = Phase::HandedOff;
+        self.handed_off_at = Some(now);
+        self.bytes_at_handoff = bytes_sent;
         {
             let mut report = self.report.lock().expect("report lock");
             report.generation = generation;
             report.downtime = self.frozen_at.map_or(Duration::ZERO, |t| now - t);
             report.total = now - self.started;
+            report.postcopy = stale.map(|stale_chunks| PostcopyReport {
+                stale_chunks,
+                ..PostcopyReport::default()
+            });
         }
         for f in &mut self.freezers {
             if let Err(e) = f.handed_off() {
                 warn!("after the handoff, {}: {e}", f.describe());
             }
         }
+    }
+
+    /// The new owner holds every chunk after a post-copy handoff; this peer's stream had sent
+    /// `bytes_sent` bytes then.
+    pub(crate) fn postcopy_done(&mut self, bytes_sent: u64) {
+        let now = Instant::now();
+        let bytes = bytes_sent.saturating_sub(self.bytes_at_handoff);
+        let mut report = self.report.lock().expect("report lock");
+        report.total = now - self.started;
+        let took = self.handed_off_at.map(|t| now - t);
+        let p = report.postcopy.get_or_insert_with(PostcopyReport::default);
+        p.bytes = bytes;
+        p.duration = took;
+        info!(
+            "migration: post-copy done: {} stale chunks, {:.1} MiB served in {:.2} s",
+            p.stale_chunks,
+            bytes as f64 / (1 << 20) as f64,
+            took.unwrap_or_default().as_secs_f64()
+        );
     }
 
     /// The replica refused the handoff: this peer still owns the region and its writers go on.
@@ -516,6 +622,7 @@ mod tests {
         let opts = MigrateOptions {
             downtime: Duration::from_millis(50),
             max_rounds: 30,
+            ..MigrateOptions::default()
         };
         let mut m = Migration::new(opts, Vec::new());
         m.round_acked(RoundReport {

@@ -199,6 +199,8 @@ pub struct SyncRegion {
     /// For a region promoted here, the replica as it was promoted: what a reconciled replica holds
     /// beyond it, where this peer did not change it, is a fenced owner's writes.
     pub promotion: Option<Promotion>,
+    /// The replica's peer takes post-copy handoffs (the POSTCOPY feature, spec §8.10).
+    peer_postcopy: bool,
 }
 
 /// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
@@ -290,6 +292,7 @@ impl SyncRegion {
             freeze_also: None,
             epoch: memsync_protocol::epoch::FIRST,
             promotion: None,
+            peer_postcopy: false,
         })
     }
 
@@ -315,6 +318,7 @@ impl SyncRegion {
             freeze_also: None,
             epoch: memsync_protocol::epoch::FIRST,
             promotion: None,
+            peer_postcopy: false,
         })
     }
 
@@ -352,6 +356,45 @@ impl SyncRegion {
         self.reply = Some(reply);
     }
 
+    /// Answers the migration's caller with its report, once ownership moved and (post-copy) the
+    /// new owner holds everything; no more migrations of the region can be asked for here.
+    fn migration_over(&mut self) {
+        let Some(m) = &self.migration else {
+            return;
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Ok(m.report().lock().expect("report lock").clone()));
+        }
+        let mut askable = askable().lock().expect("askable lock");
+        if askable
+            .get(self.owner.name())
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.asked)))
+        {
+            askable.remove(self.owner.name());
+        }
+    }
+
+    /// Offers the region to the replica once the writers are frozen: post-copy where the
+    /// migration wants it and the peer takes it (spec §8.10), else a plain handoff.
+    fn offer(&mut self) -> Result<(), WireError> {
+        let postcopy = self
+            .migration
+            .as_ref()
+            .is_some_and(Migration::wants_postcopy);
+        if postcopy && !self.peer_postcopy {
+            warn!(
+                "{}: the replica's peer does not take post-copy handoffs; the last changes go \
+                 before the handoff",
+                self.name()
+            );
+        }
+        if postcopy && self.peer_postcopy {
+            self.owner.begin_postcopy()
+        } else {
+            self.owner.begin_handoff()
+        }
+    }
+
     /// Shows what the region is doing in `peer status`.
     fn show_state(&self) {
         let migrating = self.migration.as_ref().map(Migration::phase);
@@ -366,6 +409,7 @@ impl SyncRegion {
             (OwnerState::Streaming, _) => "streaming",
             (OwnerState::Draining, _) => "draining for the handoff",
             (OwnerState::HandingOff { .. }, _) => "handing off",
+            (OwnerState::Serving { .. }, _) => "post-copy: serving the new owner's fetches",
             (OwnerState::HandedOff, _) => "handed off",
         };
         self.metrics.set_state(state);
@@ -390,19 +434,33 @@ pub async fn run(
         if *code == ErrorCode::HandedOver as u32);
     let mut unsettled = None;
     for r in &mut regions {
-        let Some(m) = r.migration.as_mut().filter(|m| m.phase() == Phase::Frozen) else {
+        // Frozen, or handed over in a post-copy handoff whose new owner still fetches.
+        let unfinished = r.owner.state() != OwnerState::HandedOff;
+        let Some(m) = r.migration.as_mut().filter(|m| {
+            m.phase() == Phase::Frozen || (m.phase() == Phase::HandedOff && unfinished)
+        }) else {
             if let Some(reply) = r.reply.take() {
                 let _ = reply.send(Err(e.to_string()));
             }
             continue;
         };
         match r.owner.state() {
-            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
+            OwnerState::HandingOff { generation }
+            | OwnerState::Probing { generation }
+            | OwnerState::Serving { generation } => {
                 let region = r.owner.name().to_owned();
-                let why = format!(
-                    "region {region}: the handoff at generation {generation} went out and its \
-                     answer was lost ({e}); its writers stay frozen"
-                );
+                let why = if m.phase() == Phase::HandedOff {
+                    format!(
+                        "region {region}: the new owner took it at generation {generation} in a \
+                         post-copy handoff and still lacks chunks only this peer holds ({e}); its \
+                         writers stay frozen"
+                    )
+                } else {
+                    format!(
+                        "region {region}: the handoff at generation {generation} went out and its \
+                         answer was lost ({e}); its writers stay frozen"
+                    )
+                };
                 if let Some(reply) = r.reply.take() {
                     let _ = reply.send(Err(why));
                 }
@@ -530,7 +588,9 @@ async fn run_session(
     regions.extend(done);
     // The epoch travels in OPEN where the peer knows epochs (spec §8.8).
     let epochs = session.negotiated.features & feature::EPOCH != 0;
+    let postcopy = session.negotiated.features & feature::POSTCOPY != 0;
     for mut r in live {
+        r.peer_postcopy = postcopy;
         let conn = session.conn.clone();
         let opts = opts.clone();
         let stats = stats.clone();
@@ -617,6 +677,11 @@ pub async fn drive_stream(
     // who owns the region (spec §8.6).
     r.owner.restart()?;
     r.owner.set_epoch(epoch)?;
+    // A `peer migrate` run again after its process was lost may find the new owner of a
+    // post-copy handoff still fetching: it answers this OPEN as a probe (spec §8.10).
+    if r.migration.is_some() && r.peer_postcopy && r.owner.state() == OwnerState::Opening {
+        r.owner.accept_postcopy_resume()?;
+    }
     r.owner.set_require_durable(opts.require_durable);
     r.show_state();
     if let OwnerState::Probing { generation } = r.owner.state() {
@@ -743,9 +808,11 @@ async fn pump(
         // Nothing after HANDOFF_ACK is ours to read: the stream is the new owner's (spec §8.6).
         while r.owner.state() != OwnerState::HandedOff {
             match rx.try_recv() {
-                Ok(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
+                Ok(item) => received(r, Some(item), &mut rounds, &mut progress, opts, stats)?,
                 Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return Err(StreamError::Truncated),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    received(r, None, &mut rounds, &mut progress, opts, stats)?
+                }
             }
         }
         if r.owner.state() == OwnerState::HandedOff {
@@ -761,10 +828,7 @@ async fn pump(
                 None => {
                     flush_batch(send, &mut batch, &mut batched).await?;
                     tokio::select! {
-                        item = rx.recv() => match item {
-                            Some(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
-                            None => return Err(StreamError::Truncated),
-                        },
+                        item = rx.recv() => received(r, item, &mut rounds, &mut progress, opts, stats)?,
                         _ = tokio::time::sleep_until(due) => {}
                     }
                     continue;
@@ -868,10 +932,7 @@ async fn pump(
                     continue;
                 }
                 tokio::select! {
-                    item = rx.recv() => match item {
-                        Some(item) => on_frame(r, &item?, &mut rounds, &mut progress, opts, stats)?,
-                        None => return Err(StreamError::Truncated),
-                    },
+                    item = rx.recv() => received(r, item, &mut rounds, &mut progress, opts, stats)?,
                     // A migration scans after each of its rounds instead (`migration_step`).
                     _ = tick.tick(), if streaming && !opts.once && !migrating => detect(r, &mut dirty, &mut last_detect)?,
                     _ = async { wake.as_ref().expect("guarded").notified().await }, if streaming && wake.is_some() && !migrating => {
@@ -1115,7 +1176,7 @@ fn migration_step(
                 // The writers' last changes, made between the scan above and the freeze. If that
                 // fails, no HANDOFF went out: this peer still owns the region and thaws them.
                 let offered = detect(r, dirty, last_detect)
-                    .and_then(|()| r.owner.begin_handoff().map_err(StreamError::from));
+                    .and_then(|()| r.offer().map_err(StreamError::from));
                 if offered.is_err() {
                     r.migration.as_mut().expect("checked above").refused();
                 }
@@ -1126,7 +1187,7 @@ fn migration_step(
         }
         // Frozen, and the stream restarted (a reconnect) before HANDOFF went out: offer it again.
         Phase::Frozen if streaming => {
-            r.owner.begin_handoff()?;
+            r.offer()?;
             Ok(true)
         }
         _ => Ok(false),
@@ -1165,6 +1226,39 @@ fn region_failed(e: Option<RegionError>) -> StreamError {
         ),
     };
     WireError::new(code, reason).into()
+}
+
+/// Handles what the reader task passed on: a frame, or the end of the stream, which after a
+/// post-copy handoff means the new owner holds every chunk (spec §8.10).
+fn received(
+    r: &mut SyncRegion,
+    item: Option<Result<Vec<u8>, StreamError>>,
+    rounds: &mut BTreeMap<u64, Round>,
+    progress: &mut Option<ProgressBar>,
+    opts: &SyncOptions,
+    stats: &SyncStats,
+) -> Result<(), StreamError> {
+    match item {
+        Some(Ok(bytes)) => on_frame(r, &bytes, rounds, progress, opts, stats),
+        Some(Err(StreamError::Truncated)) | None => {
+            let Some(generation) = r.owner.finish() else {
+                return Err(StreamError::Truncated);
+            };
+            info!(
+                "{}: the new owner holds every chunk of generation {generation} and its own \
+                 writes: post-copy done",
+                r.name()
+            );
+            r.show_state();
+            let bytes = r.owner.bytes_sent();
+            if let Some(m) = &mut r.migration {
+                m.postcopy_done(bytes);
+            }
+            r.migration_over();
+            Ok(())
+        }
+        Some(Err(e)) => Err(e),
+    }
 }
 
 fn on_frame(
@@ -1289,23 +1383,41 @@ fn on_frame(
             return Err(StreamError::Peer { code, reason });
         }
         OwnerEvent::HandedOff { generation } => {
-            info!(
-                "{}: ownership handed to the replica at generation {generation}",
-                r.name()
-            );
-            if let Some(m) = &mut r.migration {
-                m.handed_off(generation);
-                if let Some(reply) = r.reply.take() {
-                    let _ = reply.send(Ok(m.report().lock().expect("report lock").clone()));
-                }
-                // No more migrations of it can be asked for here.
-                let mut askable = askable().lock().expect("askable lock");
-                if askable
-                    .get(r.owner.name())
-                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&r.asked)))
-                {
-                    askable.remove(r.owner.name());
-                }
+            let serving = matches!(r.owner.state(), OwnerState::Serving { .. });
+            let stale = r.owner.pending().count();
+            let bytes = r.owner.bytes_sent();
+            match (serving, r.migration.as_ref().map(Migration::phase)) {
+                (false, _) => info!(
+                    "{}: ownership handed to the replica at generation {generation}",
+                    r.name()
+                ),
+                (true, Some(Phase::HandedOff)) => info!(
+                    "{}: the new owner still lacks chunks of generation {generation}: serving them \
+                     again",
+                    r.name()
+                ),
+                (true, _) => info!(
+                    "{}: ownership handed to the replica at generation {generation} (post-copy): \
+                     serving the {stale} chunks it lacks",
+                    r.name()
+                ),
+            }
+            let Some(m) = &mut r.migration else {
+                return Ok(());
+            };
+            if m.phase() == Phase::PreCopy {
+                // A restarted `peer migrate` learns that the new owner took the region in a
+                // post-copy handoff and still fetches: the writers stop for good here.
+                tokio::task::block_in_place(|| {
+                    m.freeze("the new owner took the region already".into(), 0)
+                })
+                .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
+            }
+            if m.phase() == Phase::Frozen {
+                m.handed_off(generation, serving.then_some(stale), bytes);
+            }
+            if !serving {
+                r.migration_over();
             }
         }
     }

@@ -4,9 +4,11 @@
 
 pub mod archive;
 pub mod policy;
+pub mod postcopy;
 
 pub use archive::Archive;
 pub use policy::{Policy, PolicyError, Rule};
+pub use postcopy::OwnedRegion;
 
 use crate::detector::Marks;
 use crate::net::identity::Fingerprint;
@@ -32,6 +34,9 @@ struct Regions {
     /// This peer's fingerprint, the owner of the regions it took over.
     me: Fingerprint,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// The regions this peer took over in a handoff while it runs: post-copy ones fetch what
+    /// they lack from the old owner, and with `--nbd-dir` each is served over NBD.
+    owned: Mutex<HashMap<String, Arc<OwnedRegion>>>,
 }
 
 /// How a stream holding a region is asked to stop, and what it tells its owner then.
@@ -199,6 +204,130 @@ impl Regions {
     }
 }
 
+impl Regions {
+    /// The post-copy region `name` that peer `who`, its old owner at `epoch`, may serve on a new
+    /// stream: only while chunks are missing, and only for the geometry it was taken at.
+    fn resuming(
+        &self,
+        name: &str,
+        who: &Fingerprint,
+        epoch: u64,
+        geometry: memsync_protocol::Geometry,
+    ) -> Option<Arc<OwnedRegion>> {
+        let owned = self.owned.lock().expect("owned lock").get(name)?.clone();
+        let h = owned.handover();
+        (h.from == *who && h.epoch == epoch && h.geometry == geometry && owned.missing() > 0)
+            .then_some(owned)
+    }
+
+    /// Keeps `owned` as taken over here and, with `--nbd-dir`, serves it over NBD; returns the
+    /// export's URI.
+    async fn own(&self, owned: Arc<OwnedRegion>, opts: &ServeOptions) -> Option<String> {
+        let name = owned.name().to_owned();
+        self.owned
+            .lock()
+            .expect("owned lock")
+            .insert(name.clone(), owned.clone());
+        let dir = opts.nbd_dir.as_ref()?;
+        let listen = crate::nbd::Listen::Unix(dir.join(format!("{name}.sock")));
+        let server = match crate::nbd::NbdServer::bind(&listen).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("region {name}: serving it over NBD at {listen}: {e}");
+                return None;
+            }
+        };
+        let uri = server.uri(&name);
+        info!("region {name}: served over NBD at {uri}");
+        tokio::spawn(server.serve(name, Arc::new(crate::nbd::OwnedExport(owned))));
+        Some(uri)
+    }
+}
+
+/// At the start of serve: the regions a post-copy handoff left unfinished (their old owner serves
+/// the rest when it reconnects) and, with `--nbd-dir`, every region owned here since a handoff,
+/// served again.
+async fn reopen_owned(dir: &ReplicaDir, active: &Regions, opts: &ServeOptions) {
+    let handed: HashMap<String, u64> = active.policy.handed_here().into_iter().collect();
+    for name in postcopy::recorded(dir) {
+        if !handed.contains_key(&name) {
+            // Recorded before a HANDOFF_ACK that never went out: the old owner still owns it.
+            info!("region {name}: dropping the record of a handoff that did not complete");
+            let _ = std::fs::remove_file(dir.path().join(format!(".{name}.postcopy")));
+        }
+    }
+    for (name, epoch) in handed {
+        let metrics = active.slot(&name).metrics(&name);
+        let owned = match OwnedRegion::reopen(dir, &name, opts.tolerance(), metrics) {
+            Ok(Some(o)) if o.handover().epoch == epoch => o,
+            Ok(Some(_)) => {
+                warn!("region {name}: its post-copy record names another epoch than its owners line; not served");
+                continue;
+            }
+            Ok(None) if opts.nbd_dir.is_none() => continue,
+            // Handed over whole before this start: served as the file it is.
+            Ok(None) => match take_complete(dir, &name, epoch, active, opts) {
+                Some(o) => o,
+                None => continue,
+            },
+            Err(e) => {
+                warn!("region {name}: {e}; not served until an operator repairs or removes the record");
+                continue;
+            }
+        };
+        if owned.missing() > 0 {
+            info!(
+                "region {name}: post-copy unfinished, {} chunks still with peer {}; fetched when it reconnects",
+                owned.missing(),
+                owned.handover().from
+            );
+        }
+        active.own(owned, opts).await;
+    }
+}
+
+/// Region `name`, handed over here at `epoch` and held whole, to serve over NBD; `None` (with a
+/// warning) when its file cannot be.
+fn take_complete(
+    dir: &ReplicaDir,
+    name: &str,
+    epoch: u64,
+    active: &Regions,
+    opts: &ServeOptions,
+) -> Option<Arc<OwnedRegion>> {
+    let taken = (|| {
+        let size = dir
+            .open_existing(name)?
+            .ok_or_else(|| RegionError::Io {
+                path: dir.display(name),
+                source: std::io::ErrorKind::NotFound.into(),
+            })?
+            .metadata()
+            .map_err(|source| RegionError::Io {
+                path: dir.display(name),
+                source,
+            })?
+            .len();
+        let geometry = memsync_protocol::Geometry::new(size, MOUNT_CHUNK_SHIFT).map_err(|e| {
+            RegionError::Refused {
+                path: dir.display(name),
+                reason: e.to_string(),
+            }
+        })?;
+        let handover = postcopy::Handover {
+            generation: 0,
+            from: active.me,
+            epoch,
+            geometry,
+        };
+        let metrics = active.slot(name).metrics(name);
+        OwnedRegion::whole(dir, name, handover, opts.tolerance(), metrics)
+    })();
+    taken
+        .inspect_err(|e| warn!("region {name}: not served over NBD: {e}"))
+        .ok()
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut holder = self.slot.holder.lock().expect("slot lock");
@@ -235,6 +364,23 @@ pub struct ServeOptions {
     pub consistent: bool,
     /// Also keep every replica in an object store (`serve --to`).
     pub archive: Option<Arc<Archive>>,
+    /// Serve every region taken over here (in a handoff) as an NBD export, at the Unix socket
+    /// DIR/NAME.sock of this directory: during a post-copy handoff it is the only way to use the
+    /// region before every chunk is here, since a read of a missing chunk waits for it.
+    pub nbd_dir: Option<std::path::PathBuf>,
+    /// How long a read or write of a chunk still missing after a post-copy handoff waits while
+    /// the old owner is unreachable, before it fails ([`DEFAULT_OUTAGE_TOLERANCE`] if `None`).
+    pub outage_tolerance: Option<std::time::Duration>,
+}
+
+/// How long reads of chunks still missing after a post-copy handoff wait out an unreachable old
+/// owner by default.
+pub const DEFAULT_OUTAGE_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl ServeOptions {
+    fn tolerance(&self) -> std::time::Duration {
+        self.outage_tolerance.unwrap_or(DEFAULT_OUTAGE_TOLERANCE)
+    }
 }
 
 /// What a replica's ACK{g} promises its owner (spec §8.4, STATE flag DURABLE), like PostgreSQL's
@@ -266,8 +412,10 @@ pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts
         policy,
         me: ep.fingerprint(),
         slots: Mutex::default(),
+        owned: Mutex::default(),
     });
     let dir = Arc::new(dir);
+    reopen_owned(&dir, &active, &opts).await;
     while let Some(incoming) = ep.endpoint.accept().await {
         let (dir, active, opts) = (dir.clone(), active.clone(), opts.clone());
         tokio::spawn(async move {
@@ -372,11 +520,22 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
     replica.set_max_body(s.max_body);
     replica.set_durable(s.durable);
     match receive(&mut send, &mut reader, &mut replica, &s, &mut claim).await {
-        Ok(Some(mount)) => {
+        Ok(Next::Mount(mount)) => {
             let slot = s.active.slot(&mount);
             serve_mount(send, reader, &s.dir, &mount, &slot, s.lane, &s.opts.mounts).await
         }
-        Ok(None) => {
+        Ok(Next::Fetch(owned)) => {
+            let name = owned.name().to_owned();
+            match owned.fetch_on(send, reader, replica).await {
+                Ok(()) => {}
+                Err(e) => warn!(
+                    "region {name}: the old owner's stream ended with {} chunks still missing: \
+                     {e}; they are fetched when it reconnects",
+                    owned.missing()
+                ),
+            }
+        }
+        Ok(Next::Done) => {
             let _ = send.finish();
         }
         Err(StreamError::Wire(w)) => {
@@ -478,16 +637,26 @@ fn sync(file: &ReplicaFile) -> Result<(), WireError> {
         .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}")))
 }
 
-/// Starts the `--on-handoff` command for region `name`, now owned here at `path`; its exit is
-/// logged.
-fn run_on_handoff(cmd: &str, name: &str, path: &std::path::Path, generation: u64) {
-    let spawned = tokio::process::Command::new("sh")
+/// Starts the `--on-handoff` command for region `name`, now owned here at `path` (and served
+/// over NBD at `nbd`); its exit is logged.
+fn run_on_handoff(
+    cmd: &str,
+    name: &str,
+    path: &std::path::Path,
+    generation: u64,
+    nbd: Option<&str>,
+) {
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .env("MEMSYNC_REGION", name)
         .env("MEMSYNC_PATH", path)
-        .env("MEMSYNC_GENERATION", generation.to_string())
-        .spawn();
+        .env("MEMSYNC_GENERATION", generation.to_string());
+    if let Some(uri) = nbd {
+        command.env("MEMSYNC_NBD", uri);
+    }
+    let spawned = command.spawn();
     match spawned {
         Ok(mut child) => {
             let name = name.to_owned();
@@ -515,13 +684,24 @@ fn refusal(e: RegionError) -> WireError {
 /// Chunk size of mounts served from replicas: 64 KiB.
 const MOUNT_CHUNK_SHIFT: u8 = 16;
 
+/// What a region stream goes on with once [`receive`] returns.
+enum Next {
+    /// Nothing: the stream ends.
+    Done,
+    /// The peer mounts replica NAME lazily: this peer serves it as the owner.
+    Mount(String),
+    /// This peer took the region over in a post-copy handoff and fetches what it lacks from the
+    /// old owner on this stream ([`OwnedRegion::fetch_on`]).
+    Fetch(Arc<OwnedRegion>),
+}
+
 async fn receive(
     send: &mut quinn::SendStream,
     reader: &mut FrameReader,
     replica: &mut Replica,
     s: &Stream,
     claim: &mut Option<Claim>,
-) -> Result<Option<String>, StreamError> {
+) -> Result<Next, StreamError> {
     let (dir, active, who) = (&*s.dir, &*s.active, s.who);
     let mut file: Option<(ReplicaFile, String)> = None;
     // The ownership epoch of the stream's OPEN.
@@ -547,14 +727,14 @@ async fn receive(
             None => reader.next().await?,
         };
         let Some(frame) = next else {
-            return Ok(None);
+            return Ok(Next::Done);
         };
         if let (Frame::Mount { name }, ReplicaState::AwaitOpen) = (&frame, replica.state()) {
             active
                 .policy
                 .may_mount(name, &who)
                 .inspect_err(|e| warn!("{e}"))?;
-            return Ok(Some((*name).to_owned()));
+            return Ok(Next::Mount((*name).to_owned()));
         }
         match replica.handle(&frame)? {
             ReplicaEvent::None => {}
@@ -566,6 +746,16 @@ async fn receive(
             } => {
                 // Without the EPOCH feature an OPEN is of the first epoch (spec §8.8).
                 epoch = e.unwrap_or(memsync_protocol::epoch::FIRST);
+                // The old owner of a post-copy handoff still under way, back (its probe, or a
+                // `peer migrate` run again): it serves what this peer still lacks (spec §8.10).
+                if let Some(owned) = active.resuming(name, &who, epoch, geometry) {
+                    replica.resume_postcopy(owned.handover().generation, &owned.missing_set())?;
+                    info!(
+                        "region {name}: the old owner is back; fetching the {} chunks still missing",
+                        owned.missing()
+                    );
+                    return Ok(Next::Fetch(owned));
+                }
                 *claim = Some(
                     active
                         .claim(name, who, epoch)
@@ -677,6 +867,40 @@ async fn receive(
                 let (f, name) = file.as_ref().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "handoff before the region opened")
                 })?;
+                let postcopy = replica.state() == ReplicaState::PostCopy;
+                // Post-copy: what is missing is on stable storage before HANDOFF_ACK (§8.10).
+                let owned = match postcopy || s.opts.nbd_dir.is_some() {
+                    true => {
+                        let handover = postcopy::Handover {
+                            generation,
+                            from: who,
+                            epoch,
+                            geometry: *f.geometry(),
+                        };
+                        let metrics = claim.as_ref().map_or_else(
+                            || RegionMetrics::new(name, Role::Replica),
+                            |c| c.slot.metrics(name),
+                        );
+                        let o = tokio::task::block_in_place(|| {
+                            OwnedRegion::take(
+                                dir,
+                                name,
+                                handover,
+                                replica,
+                                s.opts.tolerance(),
+                                metrics,
+                            )
+                        })
+                        .map_err(|e| {
+                            WireError::new(
+                                ErrorCode::LocalIo,
+                                format!("recording the handoff: {e}"),
+                            )
+                        })?;
+                        Some(o)
+                    }
+                    false => None,
+                };
                 take_over(f, name, generation, epoch, s).await?;
                 // Neither the index nor the journal describes the region from now on.
                 if let Some(j) = &mut journal {
@@ -696,18 +920,50 @@ async fn receive(
                 if let Some(m) = shown.0.take() {
                     m.set_state("owned here (handed over)");
                 }
+                let uri = match &owned {
+                    Some(o) => active.own(o.clone(), &s.opts).await,
+                    None => None,
+                };
+                let missing = owned.as_ref().map_or(0, |o| o.missing());
+                info!(
+                    "region {name}: this peer owns it now (handed over at generation {generation}{})",
+                    match missing {
+                        0 => String::new(),
+                        n => format!(", post-copy: {n} chunks to fetch from the old owner"),
+                    }
+                );
+                if let Some(cmd) = &s.opts.on_handoff {
+                    match (&owned, &uri) {
+                        // The file holds stale chunks until they arrive: without an export that
+                        // waits for them, the workload starts once every chunk is here.
+                        (Some(o), None) if missing > 0 => {
+                            info!("region {name}: the on-handoff command runs once post-copy is done (no --nbd-dir)");
+                            let (o, cmd, path) = (o.clone(), cmd.clone(), dir.display(name));
+                            tokio::spawn(async move {
+                                if o.ensure(0..o.geometry().chunk_count()).await.is_ok() {
+                                    run_on_handoff(&cmd, o.name(), &path, generation, None);
+                                }
+                            });
+                        }
+                        _ => run_on_handoff(
+                            cmd,
+                            name,
+                            &dir.display(name),
+                            generation,
+                            uri.as_deref(),
+                        ),
+                    }
+                }
+                if postcopy {
+                    // HANDOFF_ACK and the FETCHes go out from the fetching stream.
+                    return Ok(Next::Fetch(owned.expect("post-copy records what it lacks")));
+                }
                 // HANDOFF_ACK: from now on this peer owns the region (spec §8.6 step 4).
                 while let Some(f) = replica.poll_transmit() {
                     send.write_all(&f).await?;
                 }
-                info!(
-                    "region {name}: this peer owns it now (handed over at generation {generation})"
-                );
-                if let Some(cmd) = &s.opts.on_handoff {
-                    run_on_handoff(cmd, name, &dir.display(name), generation);
-                }
                 // The old owner ends the stream; replicating from here is a new sync's job.
-                return Ok(None);
+                return Ok(Next::Done);
             }
             ReplicaEvent::PeerError { code, reason } => {
                 return Err(StreamError::Peer {

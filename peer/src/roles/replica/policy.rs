@@ -352,6 +352,17 @@ impl Policy {
         })
     }
 
+    /// The regions this peer owns since a handoff to it, with the epoch they were handed over
+    /// at (the one before the epoch owned here).
+    pub fn handed_here(&self) -> Vec<(String, u64)> {
+        let owners = self.owners.lock().expect("owners lock");
+        owners
+            .iter()
+            .filter(|(_, r)| r.holder == Holder::Here)
+            .map(|(n, r)| (n.clone(), r.epoch.saturating_sub(1)))
+            .collect()
+    }
+
     /// Lets `who` mount `name`: its owner, or a peer the mount rules grant it to.
     pub fn may_mount(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
         let owner = self
