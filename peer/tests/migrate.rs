@@ -127,8 +127,13 @@ fn assert_moved(w: &World, file: &Path, pid: u32) {
 
 /// A world with a serve at B and a writer at A already writing its region `mem`.
 fn migrating_world() -> (World, Proc, PathBuf, Killed) {
+    migrating_world_serving(&[])
+}
+
+/// [`migrating_world`] with `extra` arguments to B's serve.
+fn migrating_world_serving(extra: &[&str]) -> (World, Proc, PathBuf, Killed) {
     let w = World::new();
-    let b = w.serve();
+    let b = w.serve_with(extra);
     let file = w.path("mem");
     std::fs::File::create(&file)
         .unwrap()
@@ -297,25 +302,8 @@ fn move_written(w: &World, leg: &Leg, detector: &str, tag: &str) -> Vec<u64> {
             .env("MEMSYNC_CONTROL_DIR", &ctl),
     );
     sync.wait_for("acknowledged", Duration::from_secs(30));
-    let mnt = w.path(&format!("{tag}.mnt"));
-    std::fs::create_dir(&mnt).unwrap();
-    let through = mnt.join("mem");
-    let _fuse = Killed(
-        Command::new("nbdfuse")
-            .arg(&through)
-            .arg(format!("nbd://127.0.0.1:{port}/mem"))
-            .spawn()
-            .expect("nbdfuse is needed; test.sh installs libnbd-bin and fuse3"),
-    );
     let size = std::fs::metadata(leg.file).unwrap().len();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::metadata(&through).is_ok_and(|m| m.len() == size) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nbdfuse never mounted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_fuse, mnt, through) = nbdfuse(w, &format!("nbd://127.0.0.1:{port}/mem"), size, tag);
     let writer = CounterWriter::start(w, &through, "pwrite", tag);
     wait_more(leg.file, before.iter().sum());
     let out = Command::new(BIN)
@@ -340,6 +328,30 @@ fn move_written(w: &World, leg: &Leg, detector: &str, tag: &str) -> Vec<u64> {
     let last = writer.last_written(&before);
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     last
+}
+
+/// Mounts the NBD export `uri` (of a region of `size` bytes) as a file with nbdfuse, in a
+/// directory of the world named after `tag`: (nbdfuse, the mount point, the file).
+fn nbdfuse(w: &World, uri: &str, size: u64, tag: &str) -> (Killed, PathBuf, PathBuf) {
+    let mnt = w.path(&format!("{tag}.mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let through = mnt.join("mem");
+    let fuse = Killed(
+        Command::new("nbdfuse")
+            .arg(&through)
+            .arg(uri)
+            .spawn()
+            .expect("nbdfuse is needed; test.sh installs libnbd-bin and fuse3"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::metadata(&through).is_ok_and(|m| m.len() == size) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nbdfuse never mounted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (fuse, mnt, through)
 }
 
 /// The there-and-back test with `detector` at both ends: A → B while the writer runs at A, the
@@ -640,11 +652,16 @@ fn a_replica_killed_while_the_owner_is_frozen_takes_the_handoff_after_its_restar
     assert_moved(&w, &file, pid);
 }
 
-/// Starts `peer migrate` of the world's region through a relay to B and returns once the freeze
-/// began: its `--before-freeze` hook waits until the file `go` (the fourth value) exists, so the
-/// test sets the link up before the last round. Returns the relay, the migrate process, the
-/// writer's PID and `go`.
-fn migrate_through_relay(w: &World, file: &Path, at_a: &Killed) -> (Relay, Proc, u32, PathBuf) {
+/// Starts `peer migrate` of the world's region through a relay to B, with `extra` arguments, and
+/// returns once the freeze began: its `--before-freeze` hook waits until the file `go` (the
+/// fourth value) exists, so the test sets the link up before the last round. Returns the relay,
+/// the migrate process, the writer's PID and `go`.
+fn migrate_through_relay(
+    w: &World,
+    file: &Path,
+    at_a: &Killed,
+    extra: &[&str],
+) -> (Relay, Proc, u32, PathBuf) {
     let relay = Relay::new(&w.addr());
     let (pid, mark, go) = (at_a.id(), w.path("frozen"), w.path("go"));
     let hook = format!(
@@ -652,14 +669,10 @@ fn migrate_through_relay(w: &World, file: &Path, at_a: &Killed) -> (Relay, Proc,
         mark.display(),
         go.display()
     );
-    let freeze = ["--freeze-pid", &pid.to_string(), "--before-freeze", &hook];
-    let cmd = &mut migrate_cmd(
-        file,
-        &relay.addr,
-        &w.path("owner-id"),
-        &w.replica_fp,
-        &freeze,
-    );
+    let pid_arg = pid.to_string();
+    let mut args = vec!["--freeze-pid", &pid_arg, "--before-freeze", &hook];
+    args.extend_from_slice(extra);
+    let cmd = &mut migrate_cmd(file, &relay.addr, &w.path("owner-id"), &w.replica_fp, &args);
     let m = Proc::spawn(cmd);
     wait_file(&mark, Duration::from_secs(60));
     (relay, m, pid, go)
@@ -681,7 +694,7 @@ enum Kill {
 /// Returns the log (stdout, after a kill of A) of the `peer migrate` that completed it.
 fn at_the_handoff(hold_handoff: bool, kill: Kill) -> String {
     let (w, mut b, file, at_a) = migrating_world();
-    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
+    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a, &[]);
     relay.delay(hold_handoff, Duration::from_secs(2));
     std::fs::write(&go, "").unwrap();
     m.wait_for("offering ownership", Duration::from_secs(60));
@@ -770,7 +783,7 @@ fn a_replica_killed_before_the_handoff_reached_it_takes_it_when_offered_again() 
 #[test]
 fn a_link_cut_at_the_freeze_delays_the_handoff_until_it_returns() {
     let (w, _b, file, at_a) = migrating_world();
-    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a);
+    let (relay, mut m, pid, go) = migrate_through_relay(&w, &file, &at_a, &[]);
     relay.cut(true);
     std::fs::write(&go, "").unwrap();
     std::thread::sleep(Duration::from_secs(7));
@@ -1064,4 +1077,296 @@ fn a_promotion_fences_the_lost_owner_at_every_replica_the_new_owner_reaches() {
         std::fs::read(&c_copy).unwrap(),
         std::fs::read(&b_copy).unwrap()
     );
+}
+
+// Post-copy (spec/PROTOCOL.md §8.10): ownership moves at the freeze, before B holds every chunk;
+// B's workload uses the region through B's NBD export at once, and B fetches what it lacks from A.
+
+/// The chunk size `peer migrate` uses by default: 64 KiB, 16 of the writer's pages.
+const CHUNK: usize = 65536;
+
+/// The chunks B's post-copy record (DIR/.mem.postcopy) says are still with A.
+fn missing_at_b(w: &World) -> Vec<usize> {
+    let rec = std::fs::read(w.path("replicas/.mem.postcopy")).unwrap_or_default();
+    let Some(nl) = rec.iter().position(|&b| b == b'\n') else {
+        return Vec::new();
+    };
+    (rec[nl + 1..].iter().enumerate())
+        .filter(|(_, &b)| b == 1)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The URI of B's export of `mem` (serve --nbd-dir NBD, NBD being the world's `nbd`).
+fn export_uri(w: &World) -> String {
+    format!(
+        "nbd+unix:///mem?socket={}",
+        w.path("nbd/mem.sock").display()
+    )
+}
+
+/// B's serve arguments for the post-copy tests.
+fn nbd_dir(w: &World) -> String {
+    let d = w.path("nbd");
+    std::fs::create_dir_all(&d).unwrap();
+    d.to_str().unwrap().to_owned()
+}
+
+/// `qemu-io -c CMD` on B's export, started.
+fn qemu_io(w: &World, cmd: &str) -> Killed {
+    Killed(
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c", cmd, &export_uri(w)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("qemu-io is needed; test.sh installs qemu-utils"),
+    )
+}
+
+/// Waits for a started client: its success and what it printed.
+fn finished(mut c: Killed, timeout: Duration) -> (bool, String) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = c.try_wait().unwrap() {
+            let mut out = String::new();
+            for pipe in [
+                c.stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+                c.stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut p = pipe;
+                let _ = p.read_to_string(&mut out);
+            }
+            return (status.success(), out);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_post_copy_migration_hands_over_at_the_freeze_and_the_workload_goes_on_at_b() {
+    let w = World::new();
+    let nbd = nbd_dir(&w);
+    let hook = w.path("handed-over");
+    let on_handoff = format!("echo $MEMSYNC_NBD > {}", hook.display());
+    let _b = w.serve_with(&["--nbd-dir", &nbd, "--on-handoff", &on_handoff]);
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let writer = CounterWriter::start(&w, &file, "mmap", "at-a");
+    wait_more(&file, 0);
+    // One pre-copy round while the writer writes, then the freeze: what it wrote meanwhile is
+    // stale at B, and moves after the handoff.
+    let stop = writer.stop_hook();
+    let freeze = ["--before-freeze", &stop, "--postcopy", "--max-rounds", "1"];
+    let report = migrate_freezing(
+        &file,
+        &w.addr(),
+        &w.path("owner-id"),
+        &w.replica_fp,
+        &freeze,
+    );
+    eprintln!("{report}");
+    let stale: u64 = report
+        .split("post-copy: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no post-copy in the report: {report}"));
+    assert!(stale > 0, "nothing was left for post-copy: {report}");
+    assert!(!report.contains("unfinished"), "{report}");
+    let at_handoff = writer.last_written(&vec![0; PAGES]);
+    assert!(
+        at_handoff.iter().sum::<u64>() > 0,
+        "the writer wrote nothing"
+    );
+    assert_eq!(
+        counters(&w.replica("mem")),
+        at_handoff,
+        "B lacks writes A's writer made"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+    assert!(owned_at_b(&w, "mem"));
+    assert!(
+        !w.path("replicas/.mem.postcopy").exists(),
+        "B still records missing chunks"
+    );
+    let told = std::fs::read_to_string(&hook).unwrap_or_default();
+    assert_eq!(
+        told.trim(),
+        export_uri(&w),
+        "the on-handoff command was not told the export"
+    );
+
+    // The workload goes on at B, through B's export, from B's copy.
+    let size = (PAGES * 4096) as u64;
+    let (_fuse, mnt, through) = nbdfuse(&w, &export_uri(&w), size, "at-b");
+    let writer = CounterWriter::start(&w, &through, "pwrite", "at-b");
+    wait_more(&w.replica("mem"), at_handoff.iter().sum());
+    let stopped = Command::new("sh")
+        .arg("-c")
+        .arg(writer.stop_hook())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let at_end = writer.last_written(&at_handoff);
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(
+        counters(&w.replica("mem")),
+        at_end,
+        "B's export lost writes"
+    );
+    assert!(
+        (0..PAGES).all(|p| at_end[p] >= at_handoff[p]),
+        "a page went back at B"
+    );
+}
+
+/// A post-copy migration through a relay whose link to B is slow from the freeze on (1.5 s
+/// one way), so B owns the region for a while with chunks missing; then the link is cut for
+/// longer than QUIC's idle timeout, and `kill` is killed with kill -9. During the cut, a whole
+/// chunk written at B needs nothing from A and completes, while a partial write and a read of
+/// missing chunks wait (unless B was killed: then they start after its restart). After the link
+/// returns (and B's serve or A's migrate restarted), everything completes: B holds A's frozen
+/// bytes and its own writes, and a late copy never overwrote the whole chunk B wrote.
+fn post_copy_cut(kill: Kill) {
+    let (w, mut b, file, at_a) = migrating_world_serving(&[]);
+    let nbd = nbd_dir(&w);
+    // B again, now with its export (the world's serve had none).
+    b.kill9();
+    let serve_b = || w.serve_with(&["--nbd-dir", &nbd]);
+    let mut b = serve_b();
+    let (relay, mut m, pid, go) =
+        migrate_through_relay(&w, &file, &at_a, &["--postcopy", "--max-rounds", "1"]);
+    relay.delay(false, Duration::from_millis(1500));
+    std::fs::write(&go, "").unwrap();
+    b.wait_for("this peer owns it now", Duration::from_secs(60));
+    relay.cut(true);
+    assert!(owned_at_b(&w, "mem") && stopped(pid));
+    let stale = missing_at_b(&w);
+    assert!(stale.len() >= 2, "too little left for post-copy: {stale:?}");
+    let (whole, part) = (stale[0], stale[1]);
+    let whole_at = (whole * CHUNK).to_string();
+    let part_at = (part * CHUNK + 100).to_string();
+    let copy = w.path("copy.raw");
+    let clients = |w: &World| {
+        let (ok, out) = finished(
+            qemu_io(w, &format!("write -P 0x5a {whole_at} 64k")),
+            Duration::from_secs(30),
+        );
+        assert!(ok, "a whole chunk written at B waited for A: {out}");
+        let part = qemu_io(w, &format!("write -P 0xa5 {part_at} 10"));
+        let read = Killed(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "raw", &export_uri(w)])
+                .arg(&copy)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        (part, read)
+    };
+    let mut waiting = None;
+    match kill {
+        Kill::A => m.kill9(),
+        Kill::B => b.kill9(),
+        Kill::Nobody => {}
+    }
+    if kill != Kill::B {
+        waiting = Some(clients(&w));
+    }
+    // Longer than QUIC's idle timeout: the connection is lost, not just paused.
+    std::thread::sleep(Duration::from_secs(7));
+    if let Some((writing, reading)) = &mut waiting {
+        assert!(
+            writing.try_wait().unwrap().is_none(),
+            "a partial write of a missing chunk did not wait"
+        );
+        assert!(
+            reading.try_wait().unwrap().is_none(),
+            "a read of missing chunks did not wait"
+        );
+    }
+    relay.delay(false, Duration::ZERO);
+    relay.cut(false);
+    let _b = (kill == Kill::B).then(|| {
+        let b = serve_b();
+        b.wait_for("post-copy unfinished", Duration::from_secs(10));
+        waiting = Some(clients(&w));
+        b
+    });
+    if kill == Kill::A {
+        // The operator runs the same migration again: it serves what B still lacks.
+        let freeze = ["--freeze-pid", &pid.to_string(), "--postcopy"];
+        let (ok, stdout, stderr) = migrate_run(
+            &file,
+            &w.addr(),
+            &w.path("owner-id"),
+            &w.replica_fp,
+            &freeze,
+        );
+        assert!(ok && stdout.contains("post-copy"), "{stderr}{stdout}");
+    } else {
+        assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+        assert!(m.output().contains("post-copy"), "{}", m.output());
+    }
+    let (writing, reading) = waiting.expect("clients started");
+    let (ok, out) = finished(writing, Duration::from_secs(60));
+    assert!(ok, "{out}");
+    let (ok, out) = finished(reading, Duration::from_secs(60));
+    assert!(ok, "{out}");
+    // B holds A's frozen bytes, its whole-chunk write and its partial one; the copy read during
+    // post-copy holds A's bytes too (the partial write may or may not have preceded it).
+    let mut expected = std::fs::read(&file).unwrap();
+    expected[whole * CHUNK..(whole + 1) * CHUNK].fill(0x5a);
+    let at_b = std::fs::read(w.replica("mem")).unwrap();
+    let copied = std::fs::read(&copy).unwrap();
+    let p = part * CHUNK + 100;
+    assert_eq!(copied[..p], expected[..p]);
+    assert_eq!(copied[p + 10..], expected[p + 10..]);
+    expected[p..p + 10].fill(0xa5);
+    assert!(
+        at_b[whole * CHUNK..(whole + 1) * CHUNK]
+            .iter()
+            .all(|&x| x == 0x5a),
+        "a late copy from A overwrote the chunk B wrote"
+    );
+    assert_eq!(
+        at_b, expected,
+        "B's region is not A's frozen one plus B's writes"
+    );
+    assert!(owned_at_b(&w, "mem") && stopped(pid));
+    assert!(missing_at_b(&w).is_empty() && !w.path("replicas/.mem.postcopy").exists());
+}
+
+#[test]
+fn post_copy_under_a_cut_link_waits_and_completes_when_the_link_returns() {
+    post_copy_cut(Kill::Nobody);
+}
+
+#[test]
+fn a_new_owner_killed_during_post_copy_resumes_the_fetches_after_its_restart() {
+    post_copy_cut(Kill::B);
+}
+
+#[test]
+fn an_old_owner_killed_during_post_copy_serves_the_rest_when_migrate_runs_again() {
+    post_copy_cut(Kill::A);
 }
