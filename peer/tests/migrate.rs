@@ -127,13 +127,16 @@ fn assert_moved(w: &World, file: &Path, pid: u32) {
 
 /// A world with a serve at B and a writer at A already writing its region `mem`.
 fn migrating_world() -> (World, Proc, PathBuf, Killed) {
-    migrating_world_serving(&[])
+    migrating_world_serving(|_| Vec::new())
 }
 
-/// [`migrating_world`] with `extra` arguments to B's serve.
-fn migrating_world_serving(extra: &[&str]) -> (World, Proc, PathBuf, Killed) {
+/// [`migrating_world`] with the arguments `extra` makes to B's serve.
+fn migrating_world_serving(
+    extra: impl Fn(&World) -> Vec<String>,
+) -> (World, Proc, PathBuf, Killed) {
     let w = World::new();
-    let b = w.serve_with(extra);
+    let args = extra(&w);
+    let b = w.serve_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let file = w.path("mem");
     std::fs::File::create(&file)
         .unwrap()
@@ -1238,6 +1241,86 @@ fn a_post_copy_migration_hands_over_at_the_freeze_and_the_workload_goes_on_at_b(
     );
 }
 
+/// A post-copy migration under way, the link to B cut just after B took the region.
+struct PostCopying {
+    w: World,
+    /// B's serve, with an NBD export of what it owns.
+    b: Proc,
+    /// A's region.
+    file: PathBuf,
+    relay: Relay,
+    /// A's `peer migrate`.
+    m: Proc,
+    /// A's writer, frozen.
+    pid: u32,
+    _at_a: Killed,
+}
+
+/// Starts a post-copy migration (one pre-copy round while A's writer writes, so every chunk it
+/// wrote meanwhile is stale at B) through a relay whose link to B is slow from the freeze on
+/// (1.5 s one way), and cuts the link once B owns the region: B then lacks its stale chunks for
+/// as long as the cut lasts. B's serve has `serve_extra` arguments.
+fn post_copying(serve_extra: &[&str]) -> PostCopying {
+    let (w, b, file, at_a) = migrating_world_serving(|w| {
+        let mut args = vec!["--nbd-dir".to_owned(), nbd_dir(w)];
+        args.extend(serve_extra.iter().map(|a| a.to_string()));
+        args
+    });
+    let (relay, m, pid, go) =
+        migrate_through_relay(&w, &file, &at_a, &["--postcopy", "--max-rounds", "1"]);
+    relay.delay(false, Duration::from_millis(1500));
+    std::fs::write(&go, "").unwrap();
+    b.wait_for("this peer owns it now", Duration::from_secs(60));
+    relay.cut(true);
+    assert!(owned_at_b(&w, "mem") && stopped(pid));
+    PostCopying {
+        w,
+        b,
+        file,
+        relay,
+        m,
+        pid,
+        _at_a: at_a,
+    }
+}
+
+#[test]
+fn post_copy_reads_fail_with_eio_once_an_outage_outlasts_the_tolerance_and_work_again_after() {
+    let p = post_copying(&["--outage-tolerance", "2s"]);
+    let stale = missing_at_b(&p.w);
+    let at = (stale[0] * CHUNK).to_string();
+    let started = std::time::Instant::now();
+    let (ok, out) = finished(
+        qemu_io(&p.w, &format!("read {at} 4k")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        !ok || out.contains("failed"),
+        "a read of a missing chunk did not fail: {out}"
+    );
+    assert!(out.contains("Input/output error"), "{out}");
+    // It waited for the tolerance (counted from the loss of the stream, after QUIC's idle
+    // timeout), not less.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    p.relay.delay(false, Duration::ZERO);
+    p.relay.cut(false);
+    let mut m = p.m;
+    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    let (ok, out) = finished(
+        qemu_io(&p.w, &format!("read -v {at} 16")),
+        Duration::from_secs(30),
+    );
+    assert!(ok && !out.contains("failed"), "{out}");
+    assert_eq!(
+        std::fs::read(&p.file).unwrap(),
+        std::fs::read(p.w.replica("mem")).unwrap()
+    );
+}
+
 /// A post-copy migration through a relay whose link to B is slow from the freeze on (1.5 s
 /// one way), so B owns the region for a while with chunks missing; then the link is cut for
 /// longer than QUIC's idle timeout, and `kill` is killed with kill -9. During the cut, a whole
@@ -1246,19 +1329,16 @@ fn a_post_copy_migration_hands_over_at_the_freeze_and_the_workload_goes_on_at_b(
 /// returns (and B's serve or A's migrate restarted), everything completes: B holds A's frozen
 /// bytes and its own writes, and a late copy never overwrote the whole chunk B wrote.
 fn post_copy_cut(kill: Kill) {
-    let (w, mut b, file, at_a) = migrating_world_serving(&[]);
-    let nbd = nbd_dir(&w);
-    // B again, now with its export (the world's serve had none).
-    b.kill9();
-    let serve_b = || w.serve_with(&["--nbd-dir", &nbd]);
-    let mut b = serve_b();
-    let (relay, mut m, pid, go) =
-        migrate_through_relay(&w, &file, &at_a, &["--postcopy", "--max-rounds", "1"]);
-    relay.delay(false, Duration::from_millis(1500));
-    std::fs::write(&go, "").unwrap();
-    b.wait_for("this peer owns it now", Duration::from_secs(60));
-    relay.cut(true);
-    assert!(owned_at_b(&w, "mem") && stopped(pid));
+    let PostCopying {
+        w,
+        mut b,
+        file,
+        relay,
+        mut m,
+        pid,
+        _at_a: _writer,
+    } = post_copying(&[]);
+    let serve_b = || w.serve_with(&["--nbd-dir", w.path("nbd").to_str().unwrap()]);
     let stale = missing_at_b(&w);
     assert!(stale.len() >= 2, "too little left for post-copy: {stale:?}");
     let (whole, part) = (stale[0], stale[1]);

@@ -1396,6 +1396,11 @@ fn on_frame(
                      again",
                     r.name()
                 ),
+                (true, Some(Phase::PreCopy)) => info!(
+                    "{}: the replica took the region in a post-copy handoff at generation \
+                     {generation} that is unfinished: serving the chunks it still lacks",
+                    r.name()
+                ),
                 (true, _) => info!(
                     "{}: ownership handed to the replica at generation {generation} (post-copy): \
                      serving the {stale} chunks it lacks",
