@@ -1,7 +1,9 @@
 //! Live migration: downtime (freeze → the replica may write) and total time of a region moved
 //! while a writer thread dirties random 4 KiB pages at 0, 16, 64 and 256 MiB/s, with the `uffd`
 //! detector (an embedded `TrackedRegion`) and the `hash` detector (a mapped file), frozen by the
-//! application's own callback; 4 KiB chunks, random contents (the whole region crosses in the
+//! application's own callback, pre-copy (the last changes before the handoff) and post-copy (the
+//! handoff at the freeze, the stale chunks fetched after it; total time until the new owner holds
+//! everything); 4 KiB chunks, random contents (the whole region crosses in the
 //! first round); against raw quinn's time for the same bytes, measured in this run, and against
 //! raw quinn landing them in a new file in the same directory, best of three (the floor of a
 //! replica that keeps a file: on tmpfs that is every page allocated, cleared and copied).
@@ -10,14 +12,16 @@
 //! `MIGRATE_BENCH_DOWNTIME_MS`, default 50; `MIGRATE_BENCH_DIR`, where both copies live;
 //! `MIGRATE_BENCH_RUNS`, migrations per cell, default 1, whose median and range are reported;
 //! `MIGRATE_BENCH_DETECTORS`, default `uffd,hash`; `MIGRATE_BENCH_RATES` in MiB/s, default
-//! `0,16,64,256`).
+//! `0,16,64,256`; `MIGRATE_BENCH_MODES`, default `precopy,postcopy`).
 
 use memsync_benches::{raw_quinn, raw_quinn_into};
 use memsync_peer::embed::TrackedRegion;
 use memsync_peer::net::identity::{Identity, TrustSet};
 use memsync_peer::net::transport::PeerEndpoint;
 use memsync_peer::region::ReplicaDir;
-use memsync_peer::roles::migrate::{FnFreezer, MigrateOptions, Migration, MigrationReport};
+use memsync_peer::roles::migrate::{
+    FnFreezer, MigrateOptions, Migration, MigrationReport, Postcopy,
+};
 use memsync_peer::roles::owner::{SyncOptions, SyncRegion};
 use rand::{Rng, RngCore, SeedableRng};
 use std::net::SocketAddr;
@@ -70,6 +74,7 @@ fn start_writer<W: Writable>(mut mem: W, rate: u64, stop: Arc<AtomicBool>) -> Jo
 }
 
 /// Migrates `region` while a writer dirties `mem` at `rate` bytes/s; the freeze stops the writer.
+#[allow(clippy::too_many_arguments)]
 fn migrate<W: Writable>(
     rt: &tokio::runtime::Runtime,
     client: &PeerEndpoint,
@@ -78,6 +83,7 @@ fn migrate<W: Writable>(
     mem: W,
     rate: u64,
     downtime: Duration,
+    postcopy: Postcopy,
 ) -> MigrationReport {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = Mutex::new(Some(start_writer(mem, rate, stop.clone())));
@@ -94,7 +100,7 @@ fn migrate<W: Writable>(
     let opts = MigrateOptions {
         downtime,
         max_rounds: 30,
-        ..MigrateOptions::default()
+        postcopy,
     };
     let migration = Migration::new(opts, vec![Box::new(freezer)]);
     let report = migration.report();
@@ -122,6 +128,7 @@ fn main() {
     let runs: usize = env("MIGRATE_BENCH_RUNS", 1);
     let detectors: String = env("MIGRATE_BENCH_DETECTORS", "uffd,hash".to_string());
     let rates: String = env("MIGRATE_BENCH_RATES", "0,16,64,256".to_string());
+    let modes: String = env("MIGRATE_BENCH_MODES", "precopy,postcopy".to_string());
     let size = mib << 20;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -167,36 +174,49 @@ fn main() {
         PeerEndpoint::client_for(addr, &a, TrustSet::new([b.fingerprint()])).unwrap()
     });
     println!(
-        "| detector | writer MiB/s | runs | rounds | froze because (last run) | downtime ms, p50 (min–max) | total s, p50 | total / raw quinn, p50 (min–max) | total / raw quinn into a file, p50 |"
+        "| detector | mode | writer MiB/s | runs | rounds | froze because (last run) | downtime ms, p50 (min–max) | post-copy MiB, p50 | total s, p50 | total / raw quinn, p50 (min–max) | total / raw quinn into a file, p50 |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for detector in detectors.split(',') {
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (detector, mode) in detectors
+        .split(',')
+        .flat_map(|d| modes.split(',').map(move |m| (d, m)))
+    {
+        let postcopy = match mode {
+            "precopy" => Postcopy::Never,
+            "postcopy" => Postcopy::Always,
+            m => panic!("MIGRATE_BENCH_MODES: {m} is neither precopy nor postcopy"),
+        };
         for rate in rates.split(',') {
             let rate: u64 = rate.parse().expect("MIGRATE_BENCH_RATES");
             let mut reports = Vec::new();
             for run in 0..runs {
-                let name = format!("{detector}-{rate}-{run}");
+                let name = format!("{detector}-{mode}-{rate}-{run}");
                 reports.push(migrate_once(
                     &rt,
                     &client,
                     addr,
                     dir.path(),
                     &image,
-                    detector,
-                    &name,
+                    (detector, &name),
                     rate << 20,
                     downtime,
+                    postcopy,
                 ));
             }
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             let mut down: Vec<f64> = reports.iter().map(|r| ms(r.downtime)).collect();
             let mut total: Vec<f64> = reports.iter().map(|r| ms(r.total)).collect();
             let rounds: Vec<String> = reports.iter().map(|r| r.rounds.len().to_string()).collect();
+            let mut post: Vec<f64> = reports
+                .iter()
+                .map(|r| r.postcopy.as_ref().map_or(0.0, |p| p.bytes as f64 / (1 << 20) as f64))
+                .collect();
+            let (p50, _, _) = median_range(&mut post);
             let (d50, dmin, dmax) = median_range(&mut down);
             let (t50, tmin, tmax) = median_range(&mut total);
             let raw = ms(raw);
             println!(
-                "| {detector} | {rate} | {runs} | {} | {} | {d50:.1} ({dmin:.1}–{dmax:.1}) | {:.2} | {:.2}× ({:.2}–{:.2}) | {:.2}× |",
+                "| {detector} | {mode} | {rate} | {runs} | {} | {} | {d50:.1} ({dmin:.1}–{dmax:.1}) | {p50:.1} | {:.2} | {:.2}× ({:.2}–{:.2}) | {:.2}× |",
                 rounds.join(","),
                 reports.last().expect("one run").froze_because,
                 t50 / 1e3,
@@ -229,17 +249,17 @@ fn migrate_once(
     addr: SocketAddr,
     dir: &std::path::Path,
     image: &[u8],
-    detector: &str,
-    name: &str,
+    (detector, name): (&str, &str),
     rate: u64,
     downtime: Duration,
+    postcopy: Postcopy,
 ) -> MigrationReport {
     let size = image.len();
     let report = if detector == "uffd" {
         let mut mem = TrackedRegion::with_chunk_shift(size, SHIFT).unwrap();
         mem.copy_from_slice(image);
         let region = mem.sync_region(name).unwrap();
-        migrate(rt, client, addr, region, mem, rate, downtime)
+        migrate(rt, client, addr, region, mem, rate, downtime, postcopy)
     } else {
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
@@ -257,7 +277,7 @@ fn migrate_once(
                 tokio::task::block_in_place(|| SyncRegion::open(&path, name, SHIFT))
             })
             .unwrap();
-        let report = migrate(rt, client, addr, region, map, rate, downtime);
+        let report = migrate(rt, client, addr, region, map, rate, downtime, postcopy);
         std::fs::remove_file(&path).unwrap();
         report
     };

@@ -6,8 +6,10 @@
 //!
 //! Rule: a chunk is shown to readers only once it is present, and a copy from the old owner never
 //! lands on a present chunk. What is missing is recorded in `DIR/.NAME.postcopy` (one byte per
-//! chunk) on stable storage before HANDOFF_ACK, and a chunk is marked present there only after its
-//! bytes are written, so a restarted serve never takes a stale chunk for a current one. While the
+//! chunk) on stable storage before HANDOFF_ACK, and chunks are marked present there in batches,
+//! each after an fdatasync of the region file (and at every FLUSH of the export), so a restart,
+//! even after a power loss, never takes a stale chunk for a current one; what was not marked yet
+//! is fetched again. While the
 //! old owner is unreachable, waiting reads and writes fail once the outage tolerance has passed
 //! (EIO, never zeros); they succeed again when it returns.
 
@@ -41,6 +43,9 @@ pub struct Handover {
 }
 
 const MAGIC: &str = "memsync-postcopy 1";
+
+/// Chunks marked present in the record at a time, after one fdatasync of the region.
+const MARK_BATCH: usize = 4096;
 
 /// The record's file name for region `name`.
 fn record_name(name: &str) -> String {
@@ -209,6 +214,8 @@ pub struct OwnedRegion {
 struct Inner {
     missing: DirtySet,
     record: Option<Record>,
+    /// Present here, not yet marked in the record (their bytes may not be on stable storage).
+    unmarked: Vec<u64>,
     /// The stream serving the fetches now, by number, and its replica role (in PostCopy).
     stream: Option<(u64, Replica)>,
     /// Since when no stream serves the fetches.
@@ -318,6 +325,7 @@ impl OwnedRegion {
             inner: Mutex::new(Inner {
                 missing,
                 record,
+                unmarked: Vec::new(),
                 stream: None,
                 lost_since: None,
             }),
@@ -454,24 +462,46 @@ impl OwnedRegion {
         Ok(())
     }
 
-    /// fsync(2) of the region file.
+    /// Puts every write so far on stable storage (a FLUSH of the export): the region file, then
+    /// the record's marks of the chunks that arrived or were written whole since the last time.
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        let mut inner = self.inner.lock().expect("owned lock");
+        self.checkpoint(&mut inner)
     }
 
-    /// Chunk `i`, whose bytes are written, is present: recorded, and the record removed once
-    /// nothing is missing.
-    fn present(&self, inner: &mut Inner, i: u64) -> io::Result<()> {
-        if let Some(r) = &inner.record {
+    fn checkpoint(&self, inner: &mut Inner) -> io::Result<()> {
+        self.file.sync_data()?;
+        let Some(r) = &inner.record else {
+            inner.unmarked.clear();
+            return Ok(());
+        };
+        if inner.unmarked.is_empty() {
+            return Ok(());
+        }
+        for &i in &inner.unmarked {
             r.present(i)?;
         }
-        inner.missing.remove(i);
+        r.file.sync_data()?;
+        inner.unmarked.clear();
         if inner.missing.is_empty() {
+            // Every chunk is on stable storage: nothing is left to fetch after a restart.
             if let Some(r) = inner.record.take() {
-                // Every chunk is written: nothing is left to fetch after a restart either.
                 let _ = std::fs::remove_file(&r.path);
                 info!("region {}: post-copy done, every chunk is here", self.name);
             }
+        }
+        Ok(())
+    }
+
+    /// Chunk `i`, whose bytes are written, is present; the record says so at the next
+    /// checkpoint, which comes every [`MARK_BATCH`] chunks and when the last one arrives.
+    fn present(&self, inner: &mut Inner, i: u64) -> io::Result<()> {
+        inner.missing.remove(i);
+        if inner.record.is_some() {
+            inner.unmarked.push(i);
+        }
+        if inner.unmarked.len() >= MARK_BATCH || inner.missing.is_empty() {
+            self.checkpoint(inner)?;
         }
         Ok(())
     }
@@ -505,6 +535,10 @@ impl OwnedRegion {
             if !inner.missing.is_empty() {
                 inner.lost_since = Some(Instant::now());
             }
+        }
+        // What arrived so far need not be fetched again after a restart.
+        if let Err(e) = self.checkpoint(&mut inner) {
+            tracing::warn!("region {}: recording the chunks that arrived: {e}", self.name);
         }
         drop(inner);
         self.show();
