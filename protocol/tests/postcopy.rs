@@ -109,9 +109,6 @@ fn a_stream_broken_during_post_copy_resumes_with_the_probe() {
     p.owner.restart().unwrap();
     assert_eq!(p.owner.state(), OwnerState::Probing { generation: g });
     p.replica = Replica::new(0);
-    while let Some(Frame::Open { .. }) = p.to_replica.front().map(|b| decode_exact(b)) {
-        break;
-    }
     p.owner_send();
     let open = p.to_replica.pop_front().unwrap();
     match p.replica.handle(&decode_exact(&open)).unwrap() {
@@ -181,4 +178,47 @@ fn a_probe_of_a_plain_handoff_refuses_a_post_copy_answer() {
         p.owner.handle(&ack).unwrap_err().code,
         ErrorCode::ProtocolViolation
     );
+}
+
+#[test]
+fn a_restarted_old_owner_serves_a_post_copy_it_no_longer_remembers_only_when_it_may() {
+    let geom = Geometry::new(CHUNKS * 4096, 12).unwrap();
+    let known = vec![0; CHUNKS as usize];
+    let ack = Frame::HandoffAck { generation: 9 };
+    // An owner that never handed anything over refuses it.
+    let mut plain = memsync_protocol::Owner::new(geom, "r", known.clone(), 0).unwrap();
+    assert_eq!(
+        plain.handle(&ack).unwrap_err().code,
+        ErrorCode::ProtocolViolation
+    );
+    // `peer migrate` run again may have: it serves the new owner's FETCHes.
+    let mut again = memsync_protocol::Owner::new(geom, "r", known, 0).unwrap();
+    again.accept_postcopy_resume().unwrap();
+    again.handle(&ack).unwrap();
+    assert_eq!(again.state(), OwnerState::Serving { generation: 9 });
+    again
+        .handle(&Frame::Fetch {
+            first: 5,
+            count: 2,
+            urgent: false,
+        })
+        .unwrap();
+    let mut sent = Vec::new();
+    while let Some(t) = again.poll_transmit() {
+        match t {
+            memsync_protocol::Transmit::Chunk { index, fetched } => {
+                assert!(fetched);
+                sent.push(index);
+                again.encode_chunk(index, true, &[0; 4096]);
+            }
+            memsync_protocol::Transmit::Frame(f) => {
+                assert!(
+                    matches!(decode_exact(&f), Frame::Open { .. }),
+                    "only OPEN went before"
+                );
+            }
+        }
+    }
+    assert_eq!(sent, [5, 6]);
+    assert_eq!(again.finish(), Some(9));
 }
