@@ -589,6 +589,12 @@ impl Owner {
                 );
                 Ok(OwnerEvent::None)
             }
+            // A FETCH that crossed HANDOFF (a replica's read just before it took the handoff):
+            // dropped. A post-copy new owner asks again for every chunk it lacks, and after a
+            // plain handoff it lacks none (spec §8.1, MODEL.md finding 3).
+            (Frame::Fetch { .. } | Frame::FetchPart { .. }, OwnerState::HandingOff { .. }) => {
+                Ok(OwnerEvent::None)
+            }
             (Frame::HandoffAck { generation }, OwnerState::HandingOff { generation: g })
                 if generation == g =>
             {

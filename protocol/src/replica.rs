@@ -598,7 +598,8 @@ impl Replica {
     /// whether it was missing. The caller writes a part of a missing chunk only after the chunk
     /// arrived.
     pub fn local_write(&mut self, index: u64) -> bool {
-        if self.state != ReplicaState::PostCopy || self.is_present(index) {
+        let inside = self.geom.is_some_and(|g| index < g.chunk_count());
+        if self.state != ReplicaState::PostCopy || !inside || self.is_present(index) {
             return false;
         }
         self.arrived(index);

@@ -1,6 +1,6 @@
 //! An exhaustive model check of the protocol: one owner, two replicas (one lazy), connection
 //! losses, owner writes racing sync rounds under both detectors, lazy fetches and an ownership
-//! handoff, explored with `stateright` while the real [`memsync_protocol::Owner`] and
+//! handoff (plain or post-copy), explored with `stateright` while the real [`memsync_protocol::Owner`] and
 //! [`memsync_protocol::Replica`] check every step. `spec/MODEL.md` describes the model, the
 //! properties and the results.
 
@@ -11,8 +11,8 @@ pub mod system;
 
 pub use system::{Action, Config, Detector, MemsyncModel, Status, Sys, Validation, Variant};
 
-use stateright::{Checker, HasDiscoveries, Model};
-use std::collections::BTreeSet;
+use stateright::{Checker, HasDiscoveries, Model, Property};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,42 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// A shortest path from the initial state to a state where `property` fails, found
+/// breadth-first: each state with the action taken from it (`None` for the last).
+fn shortest_path(
+    model: &MemsyncModel,
+    property: &Property<MemsyncModel>,
+) -> Option<Vec<(Sys, Option<Action>)>> {
+    let init = model.initial();
+    let mut seen = HashSet::from([system::fingerprint(&init)]);
+    let mut states: Vec<(Sys, Option<(usize, Action)>)> = vec![(init, None)];
+    let mut next = 0;
+    while next < states.len() {
+        let s = states[next].0.clone();
+        if !(property.condition)(model, &s) {
+            let mut path = vec![(s, None)];
+            let mut at = next;
+            while let Some((parent, action)) = states[at].1.clone() {
+                path.push((states[parent].0.clone(), Some(action)));
+                at = parent;
+            }
+            path.reverse();
+            return Some(path);
+        }
+        let mut actions = Vec::new();
+        model.actions(&s, &mut actions);
+        for a in actions {
+            if let Some(n) = model.next_state(&s, a.clone()) {
+                if seen.insert(system::fingerprint(&n)) {
+                    states.push((n, Some((next, a))));
+                }
+            }
+        }
+        next += 1;
+    }
+    None
+}
+
 /// Runs `actions` from the initial state (each must be enabled), checking every step on the real
 /// machines; returns the states passed through.
 pub fn replay(mut cfg: Config, actions: &[Action]) -> Vec<Sys> {
@@ -112,8 +148,15 @@ pub fn check_until(cfg: Config, property: Option<&'static str>) -> Report {
     let discoveries = checker.discoveries();
     let mut names: Vec<_> = discoveries.keys().copied().collect();
     names.sort();
+    let properties = model.properties();
     for name in names {
-        let path = discoveries[name].clone().into_vec();
+        // stateright's discovery paths are not always the shortest: search one breadth-first.
+        let property = properties
+            .iter()
+            .find(|p| p.name == name)
+            .expect("a property");
+        let path =
+            shortest_path(model, property).unwrap_or_else(|| discoveries[name].clone().into_vec());
         let mut trace = Vec::new();
         for w in path.windows(2) {
             if let (before, Some(action)) = &w[0] {

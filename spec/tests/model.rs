@@ -5,16 +5,20 @@
 //! (`cargo test -p memsync-spec --release --test model -- --ignored`).
 
 use memsync_spec::model::mirror::Msg;
+use memsync_spec::model::mirror::{OwnerState, ReplicaState};
 use memsync_spec::model::system::{
     Action, A, B, LIVENESS, P_ACK_HOLDS_SENT, P_ACK_QUIET_SNAPSHOT, P_HANDOFF_COMPLETE,
     P_HANDOFF_GENERATION_FINAL, P_HANDOFF_REPLICA_HOLDS_FINAL, P_NO_STREAM_ERROR, P_ONE_OWNER,
-    P_WRITES_IN_REGION, SAFETY, SEEN,
+    P_POSTCOPY_COMPLETE, P_POSTCOPY_NO_OVERWRITE, P_POSTCOPY_READ, P_WRITES_IN_REGION, SAFETY,
+    SEEN, SEEN_POSTCOPY_CUT, SEEN_POSTCOPY_DONE, SEEN_POSTCOPY_DONE_AFTER_LOSS,
+    SEEN_POSTCOPY_LATE_COPY, SEEN_POSTCOPY_LOCAL_WRITE, SEEN_POSTCOPY_READ_WAITED,
+    SEEN_POSTCOPY_RESUMED, SEEN_POSTCOPY_STALE, SEEN_POSTCOPY_TAKEN,
 };
 use memsync_spec::model::{
     check, check_until, replay, Config, Detector, Report, Validation, Variant,
 };
 
-fn name(bit: u8) -> &'static str {
+fn name(bit: u16) -> &'static str {
     SAFETY.iter().find(|(b, _)| *b == bit).unwrap().1
 }
 
@@ -43,6 +47,35 @@ fn pair_lazy(detector: Detector) -> Config {
     }
 }
 
+/// A and an eager B, with a post-copy handoff (spec §8.10): two writes (A's before the freeze,
+/// B's after it took ownership), a connection loss, one read on B waiting for a missing chunk.
+/// B's reads may fetch while it is still a replica (such a FETCH can cross HANDOFF, and the owner
+/// drops it: finding 3).
+fn postcopy(detector: Detector) -> Config {
+    Config {
+        postcopy: true,
+        replica_fetches: true,
+        owner_crashes: 0,
+        fetches: 1,
+        ..pair(detector)
+    }
+}
+
+/// Everything a post-copy handoff goes through: a round cut short by the freeze, STALE, B
+/// taking ownership with chunks missing, writing one whole, a late copy dropped, a reader
+/// waiting, the handoff completed, also resumed and completed after a broken link.
+const POSTCOPY_SEEN: [usize; 9] = [
+    SEEN_POSTCOPY_CUT,
+    SEEN_POSTCOPY_STALE,
+    SEEN_POSTCOPY_TAKEN,
+    SEEN_POSTCOPY_LOCAL_WRITE,
+    SEEN_POSTCOPY_LATE_COPY,
+    SEEN_POSTCOPY_READ_WAITED,
+    SEEN_POSTCOPY_DONE,
+    SEEN_POSTCOPY_RESUMED,
+    SEEN_POSTCOPY_DONE_AFTER_LOSS,
+];
+
 /// A, B and the lazy C, with a handoff to B and C re-homed to B; one write of value 2.
 fn trio(detector: Detector, fetches: u8, drops: u8) -> Config {
     Config {
@@ -64,7 +97,7 @@ fn assert_holds(r: &Report) {
 }
 
 /// Every property holds but the spec claims in `broken`.
-fn assert_only(r: &Report, broken: &[u8]) {
+fn assert_only(r: &Report, broken: &[u16]) {
     let mut found: Vec<_> = r.counterexamples.iter().map(|c| c.property).collect();
     let mut expected: Vec<_> = broken.iter().map(|&b| name(b)).collect();
     found.sort();
@@ -422,6 +455,24 @@ fn full_pair_lazy_target_two_writes() {
     }
 }
 
+#[test]
+#[ignore]
+fn full_pair_postcopy() {
+    let r = run(Config {
+        writes: 2,
+        drops: 2,
+        drops_per_link: 2,
+        fetches: 2,
+        ..postcopy(Detector::Precise)
+    });
+    assert_holds(&r);
+    let r = run(Config {
+        writes: 2,
+        ..postcopy(Detector::HashScan)
+    });
+    assert_holds(&r);
+}
+
 /// Explores a configuration from the environment (MODEL_WRITES, MODEL_DROPS, ...).
 #[test]
 #[ignore]
@@ -442,6 +493,8 @@ fn explore() {
     cfg.fetches = env("FETCHES", 1);
     cfg.owner_crashes = env("CRASHES", 0);
     cfg.handoff = env("HANDOFF", 1) == 1;
+    cfg.postcopy = env("POSTCOPY", 0) == 1;
+    cfg.replica_fetches = env("REPLICA_FETCHES", 1) == 1;
     cfg.lazy_replica = env("LAZY_C", 1) == 1;
     cfg.lazy_target = env("LAZY_B", 0) == 1;
     cfg.write_values = env("VALUES", 0b111);
@@ -500,5 +553,171 @@ mod fencing {
     #[test]
     fn keeping_the_older_stream_lets_a_fenced_chunk_through() {
         assert_eq!(check(Variant::KeepOlderStreams), vec![P_NO_FENCED_CHUNK]);
+    }
+}
+
+// Post-copy handoffs (spec §8.10).
+
+/// Every property holds through a post-copy handoff, with the real machines checking each step:
+/// at most one writer; a chunk B wrote is never overwritten by A's copy; once B misses nothing,
+/// every chunk is A's frozen bytes or B's own write; B's readers see only chunks B holds; and
+/// every quiescent continuation completes the handoff (A HandedOff, B owner of a synced stream
+/// to A), also after the link broke during it (the probe resumed by `resume_postcopy`).
+#[test]
+fn pair_postcopy_precise_detector() {
+    let r = run(postcopy(Detector::Precise));
+    assert_holds(&r);
+    assert_seen(&r, &CORE);
+    assert_seen(&r, &POSTCOPY_SEEN);
+}
+
+/// With the hash detector (A's final scan before `begin_postcopy`), one write: A's before the
+/// freeze or B's after (B's writes during post-copy involve no detector).
+#[test]
+fn pair_postcopy_hash_detector() {
+    let r = run(Config {
+        writes: 1,
+        ..postcopy(Detector::HashScan)
+    });
+    assert_holds(&r);
+    assert_seen(&r, &CORE);
+    assert_seen(&r, &POSTCOPY_SEEN);
+}
+
+/// Handing off to a lazy replica in post-copy: it takes ownership with the chunks it never
+/// received missing, and fetches them from A.
+#[test]
+fn pair_postcopy_lazy_target() {
+    let r = run(Config {
+        lazy_target: true,
+        writes: 1,
+        ..postcopy(Detector::Precise)
+    });
+    assert_holds(&r);
+    assert_seen(&r, &POSTCOPY_SEEN);
+}
+
+/// Two connection losses on A–B: the post-copy handoff is resumed, and may break again.
+#[test]
+fn pair_postcopy_two_connection_losses() {
+    let r = run(Config {
+        writes: 1,
+        drops: 2,
+        drops_per_link: 2,
+        ..postcopy(Detector::Precise)
+    });
+    assert_holds(&r);
+    assert_seen(&r, &POSTCOPY_SEEN);
+}
+
+/// Every step of every explored edge of a post-copy handoff on the real machines.
+#[test]
+fn postcopy_every_edge_checked_on_the_real_machines() {
+    let r = run(Config {
+        writes: 1,
+        validation: Validation::Every,
+        ..postcopy(Detector::Precise)
+    });
+    assert_holds(&r);
+}
+
+#[test]
+fn broken_postcopy_late_copy_applied_is_caught() {
+    expect_counterexample(
+        Config {
+            variant: Variant::ApplyEveryFetchedCopy,
+            ..postcopy(Detector::Precise)
+        },
+        name(P_POSTCOPY_NO_OVERWRITE),
+    );
+}
+
+#[test]
+fn broken_postcopy_stale_ignored_is_caught() {
+    expect_counterexample(
+        Config {
+            variant: Variant::IgnoreStale,
+            ..postcopy(Detector::Precise)
+        },
+        name(P_POSTCOPY_COMPLETE),
+    );
+}
+
+#[test]
+fn broken_postcopy_read_without_waiting_is_caught() {
+    expect_counterexample(
+        Config {
+            variant: Variant::ReadWithoutWaiting,
+            ..postcopy(Detector::Precise)
+        },
+        name(P_POSTCOPY_READ),
+    );
+}
+
+/// MODEL.md finding 3, on the real machines: a lazy B's read sends FETCH while A drains for a
+/// post-copy handoff; A sends HANDOFF{POSTCOPY} before the FETCH arrives. The owner refused a
+/// FETCH in HandingOff with PROTOCOL_VIOLATION, failing the stream; it drops it now, and B asks
+/// again for what it lacks once it took the handoff.
+#[test]
+fn postcopy_fetch_crossing_the_handoff_is_dropped() {
+    let send = Action::Send { link: 0, end: 0 };
+    let to_b = Action::Deliver { link: 0, from: 0 };
+    let to_a = Action::Deliver { link: 0, from: 1 };
+    let trace = [
+        send.clone(), // OPEN{0}
+        to_b.clone(), // B answers STATE EMPTY LAZY
+        to_a.clone(), // A: both chunks pending
+        Action::BeginHandoff,
+        send.clone(), // COMMIT{1, []}, owed after reconciliation
+        to_b.clone(), // B acknowledges 1
+        to_a.clone(), // ACK{1}
+        send.clone(), // STALE{0, 2}
+        send.clone(), // HANDOFF{1, POSTCOPY}: A is HandingOff
+        Action::Fetch {
+            peer: B as u8,
+            chunk: 0,
+            urgent: false,
+        }, // a read on B, still a replica, misses chunk 0
+        to_a.clone(), // FETCH{0} reaches A in HandingOff
+    ];
+    let cfg = Config {
+        lazy_target: true,
+        writes: 0,
+        replica_fetches: true,
+        ..postcopy(Detector::Precise)
+    };
+    let states = replay(cfg.clone(), &trace);
+    let before = &states[states.len() - 2];
+    assert_eq!(
+        before.links[0].ends[0].owner().unwrap().state,
+        OwnerState::HandingOff { generation: 1 }
+    );
+    assert_eq!(
+        before.links[0].ends[1].replica().unwrap().state,
+        ReplicaState::Receiving
+    );
+    assert_eq!(states.last().unwrap().violations, 0);
+    assert_eq!(
+        states.last().unwrap().links[0].ends[0]
+            .owner()
+            .unwrap()
+            .state,
+        OwnerState::HandingOff { generation: 1 }
+    );
+}
+
+/// With the fix of finding 3, B's reads may fetch while it is still a replica, lazy or eager:
+/// every property holds, liveness included.
+#[test]
+fn postcopy_with_reads_fetching_before_the_handoff() {
+    for lazy_target in [true, false] {
+        let r = run(Config {
+            lazy_target,
+            writes: 1,
+            replica_fetches: true,
+            ..postcopy(Detector::Precise)
+        });
+        assert_holds(&r);
+        assert_seen(&r, &POSTCOPY_SEEN);
     }
 }

@@ -70,12 +70,23 @@ pub enum Msg {
         offset: u32,
         len: u32,
     },
+    /// `postcopy`: the POSTCOPY flag (spec §8.10).
     Handoff {
         generation: u64,
+        postcopy: bool,
     },
     HandoffAck {
         generation: u64,
     },
+    /// Chunks `first .. first + count` are stale at the replica: not present from now on (a
+    /// post-copy drain names what is pending with it, spec §8.10).
+    Stale {
+        first: u64,
+        count: u32,
+    },
+    /// Not a frame: the replica ended the stream cleanly (QUIC FIN), once a post-copy new owner
+    /// holds every chunk. Delivered after every frame it sent before; the owner calls `finish`.
+    Fin,
 }
 
 impl Msg {
@@ -92,6 +103,8 @@ impl Msg {
             Msg::FetchPart { .. } => "FETCH_PART",
             Msg::Handoff { .. } => "HANDOFF",
             Msg::HandoffAck { .. } => "HANDOFF_ACK",
+            Msg::Stale { .. } => "STALE",
+            Msg::Fin => "FIN",
         }
     }
 
@@ -101,7 +114,9 @@ impl Msg {
         let ok = match self {
             Msg::Chunk { index, .. } => *index < n,
             Msg::Hashes { first, values } => first + values.len() as u64 <= n,
-            Msg::Fetch { first, count, .. } => first + *count as u64 <= n,
+            Msg::Fetch { first, count, .. } | Msg::Stale { first, count } => {
+                first.checked_add(*count as u64).is_some_and(|e| e <= n)
+            }
             Msg::FetchPart { index, offset, len } => {
                 *index < n && *offset as u64 + *len as u64 <= CHUNK_LEN[*index as usize]
             }
@@ -123,6 +138,24 @@ fn count(m: Mask) -> u64 {
     m.count_ones() as u64
 }
 
+/// The maximal runs of chunks in `m`, in increasing order (`DirtySet::runs`).
+pub fn runs(m: Mask) -> Vec<std::ops::Range<u64>> {
+    let mut v = Vec::new();
+    let mut i = 0;
+    while i < N as u64 {
+        if m & bit(i) == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < N as u64 && m & bit(i) != 0 {
+            i += 1;
+        }
+        v.push(start..i);
+    }
+    v
+}
+
 /// Mirror of [`memsync_protocol::OwnerState`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OwnerState {
@@ -132,6 +165,7 @@ pub enum OwnerState {
     Draining,
     HandingOff { generation: u64 },
     Probing { generation: u64 },
+    Serving { generation: u64 },
     HandedOff,
 }
 
@@ -152,6 +186,7 @@ impl From<memsync_protocol::OwnerState> for OwnerState {
             R::HandingOff { generation } => OwnerState::HandingOff { generation },
             R::Probing { generation } => OwnerState::Probing { generation },
             R::HandedOff => OwnerState::HandedOff,
+            R::Serving { generation } => OwnerState::Serving { generation },
         }
     }
 }
@@ -201,6 +236,10 @@ pub struct Owner {
     /// Chunks sent on this stream since it opened (round or FETCHED): a FETCH of one is answered
     /// by the copy in flight.
     pub on_stream: Mask,
+    /// The handoff asked for is a post-copy one.
+    pub postcopy: bool,
+    /// In a post-copy Draining, the first chunk not yet named by STALE.
+    pub stale_cursor: u64,
 }
 
 impl Owner {
@@ -224,15 +263,17 @@ impl Owner {
             urgent: VecDeque::new(),
             background: VecDeque::new(),
             on_stream: 0,
+            postcopy: false,
+            stale_cursor: 0,
         }
     }
 
     pub fn restart(&mut self) -> Result<(), ErrorCode> {
         let next = match self.state {
             OwnerState::HandedOff => return Err(ErrorCode::ProtocolViolation),
-            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
-                OwnerState::Probing { generation }
-            }
+            OwnerState::HandingOff { generation }
+            | OwnerState::Probing { generation }
+            | OwnerState::Serving { generation } => OwnerState::Probing { generation },
             _ => OwnerState::Opening,
         };
         self.pending |= std::mem::take(&mut self.round);
@@ -246,6 +287,7 @@ impl Owner {
         self.urgent.clear();
         self.background.clear();
         self.on_stream = 0;
+        self.stale_cursor = 0;
         self.state = next;
         self.queued.push_back(Msg::Open {
             generation: self.generation,
@@ -275,10 +317,40 @@ impl Owner {
         match self.state {
             OwnerState::Streaming => {
                 self.state = OwnerState::Draining;
+                self.postcopy = false;
                 Ok(())
             }
             _ => Err(ErrorCode::ProtocolViolation),
         }
+    }
+
+    pub fn begin_postcopy(&mut self) -> Result<(), ErrorCode> {
+        match self.state {
+            OwnerState::Streaming => {
+                self.state = OwnerState::Draining;
+                self.postcopy = true;
+                self.stale_cursor = 0;
+                Ok(())
+            }
+            _ => Err(ErrorCode::ProtocolViolation),
+        }
+    }
+
+    pub fn finish(&mut self) -> Option<u64> {
+        match self.state {
+            OwnerState::Serving { generation } => {
+                self.state = OwnerState::HandedOff;
+                Some(generation)
+            }
+            _ => None,
+        }
+    }
+
+    fn serve(&mut self, generation: u64) {
+        self.state = OwnerState::Serving { generation };
+        self.on_stream = 0;
+        self.urgent.clear();
+        self.background.clear();
     }
 
     fn adopt_replica_generation(&mut self, replica: u64) -> Result<(), ErrorCode> {
@@ -310,6 +382,18 @@ impl Owner {
             _ => msg,
         };
         match (msg, self.state) {
+            // A FETCH that crossed HANDOFF is dropped (MODEL.md finding 3).
+            (&Msg::Fetch { .. }, OwnerState::HandingOff { .. }) => Ok(OwnerEvent::None),
+            (&Msg::HandoffAck { generation: g }, OwnerState::Probing { generation })
+                if self.postcopy && g == generation =>
+            {
+                self.serve(generation);
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            (&Msg::HandoffAck { generation }, OwnerState::Opening) if self.postcopy => {
+                self.serve(generation);
+                Ok(OwnerEvent::HandedOff { generation })
+            }
             (
                 &Msg::State {
                     empty,
@@ -383,7 +467,7 @@ impl Owner {
                     count,
                     urgent,
                 },
-                OwnerState::Streaming | OwnerState::Draining,
+                OwnerState::Streaming | OwnerState::Draining | OwnerState::Serving { .. },
             ) => {
                 let q = if urgent {
                     &mut self.urgent
@@ -402,7 +486,11 @@ impl Owner {
             (&Msg::HandoffAck { generation }, OwnerState::HandingOff { generation: g })
                 if generation == g =>
             {
-                self.state = OwnerState::HandedOff;
+                if self.postcopy {
+                    self.serve(generation);
+                } else {
+                    self.state = OwnerState::HandedOff;
+                }
                 Ok(OwnerEvent::HandedOff { generation })
             }
             _ => Err(ErrorCode::ProtocolViolation),
@@ -413,7 +501,10 @@ impl Owner {
         if let Some(f) = self.queued.pop_front() {
             return Some(Transmit::Frame(f));
         }
-        if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
+        if !matches!(
+            self.state,
+            OwnerState::Streaming | OwnerState::Draining | OwnerState::Serving { .. }
+        ) {
             return None;
         }
         while let Some(index) = self
@@ -428,6 +519,12 @@ impl Owner {
                 index,
                 fetched: true,
             });
+        }
+        if !matches!(self.state, OwnerState::Streaming | OwnerState::Draining) {
+            return None;
+        }
+        if self.postcopy && self.state == OwnerState::Draining {
+            return self.poll_postcopy_drain();
         }
         if !self.in_round
             && (self.pending != 0 || self.needs_commit)
@@ -461,22 +558,77 @@ impl Owner {
             };
             return Some(Transmit::Frame(Msg::Handoff {
                 generation: self.generation,
+                postcopy: false,
             }));
         }
         None
+    }
+
+    fn poll_postcopy_drain(&mut self) -> Option<Transmit> {
+        if self.in_round {
+            self.pending |= std::mem::take(&mut self.round);
+            self.in_round = false;
+            self.committed = self.generation;
+            return Some(Transmit::Frame(Msg::Commit {
+                generation: self.generation,
+                records: self.summary.clone(),
+            }));
+        }
+        if self.needs_commit && self.generation < MAX_GENERATION {
+            self.needs_commit = false;
+            self.generation += 1;
+            self.committed = self.generation;
+            self.summary.clear();
+            return Some(Transmit::Frame(Msg::Commit {
+                generation: self.generation,
+                records: Vec::new(),
+            }));
+        }
+        if self.acked != self.generation {
+            return None;
+        }
+        if let Some(run) = runs(self.pending)
+            .into_iter()
+            .find(|r| r.start >= self.stale_cursor)
+        {
+            self.stale_cursor = run.end;
+            return Some(Transmit::Frame(Msg::Stale {
+                first: run.start,
+                count: (run.end - run.start) as u32,
+            }));
+        }
+        self.state = OwnerState::HandingOff {
+            generation: self.generation,
+        };
+        Some(Transmit::Frame(Msg::Handoff {
+            generation: self.generation,
+            postcopy: true,
+        }))
     }
 
     /// Whether [`Owner::poll_transmit`] would return something (without its effects), or drop
     /// FETCH entries of chunks already sent on this stream: its only effect when it returns
     /// nothing, and one the model must take so that the owner can become synced.
     pub fn would_transmit(&self) -> bool {
+        let fetches = !self.urgent.is_empty() || !self.background.is_empty();
         !self.queued.is_empty()
-            || matches!(self.state, OwnerState::Streaming | OwnerState::Draining)
-                && (!self.urgent.is_empty()
-                    || !self.background.is_empty()
-                    || self.in_round
-                    || (self.pending != 0 || self.needs_commit) && self.generation < MAX_GENERATION
-                    || self.state == OwnerState::Draining && self.acked == self.generation)
+            || match self.state {
+                OwnerState::Serving { .. } => fetches,
+                OwnerState::Draining if self.postcopy => {
+                    fetches
+                        || self.in_round
+                        || self.needs_commit && self.generation < MAX_GENERATION
+                        || self.acked == self.generation
+                }
+                OwnerState::Streaming | OwnerState::Draining => {
+                    fetches
+                        || self.in_round
+                        || (self.pending != 0 || self.needs_commit)
+                            && self.generation < MAX_GENERATION
+                        || self.state == OwnerState::Draining && self.acked == self.generation
+                }
+                _ => false,
+            }
     }
 
     /// `encode_chunk(index, fetched, bytes)` for a chunk whose bytes are the fill `value`.
@@ -509,6 +661,7 @@ pub enum ReplicaState {
     AwaitOpen,
     AwaitLocal,
     Receiving,
+    PostCopy,
     BecameOwner,
 }
 
@@ -520,6 +673,7 @@ impl From<memsync_protocol::ReplicaState> for ReplicaState {
             R::AwaitLocal => ReplicaState::AwaitLocal,
             R::Receiving => ReplicaState::Receiving,
             R::BecameOwner => ReplicaState::BecameOwner,
+            R::PostCopy => ReplicaState::PostCopy,
         }
     }
 }
@@ -529,10 +683,23 @@ impl From<memsync_protocol::ReplicaState> for ReplicaState {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ReplicaEvent {
     None,
-    Opened { generation: u64 },
-    Write { index: u64, value: u8 },
-    Committed { generation: u64 },
-    BecameOwner { generation: u64 },
+    Opened {
+        generation: u64,
+    },
+    Write {
+        index: u64,
+        value: u8,
+    },
+    Committed {
+        generation: u64,
+    },
+    BecameOwner {
+        generation: u64,
+    },
+    /// Not an event of the core: what `local_write` answered (whether the chunk was missing).
+    LocalWrite {
+        was_missing: bool,
+    },
 }
 
 /// Mirror of [`memsync_protocol::Local`].
@@ -554,6 +721,9 @@ pub struct Replica {
     pub summary: Vec<(u64, u8)>,
     pub committed: u64,
     pub queued: VecDeque<Msg>,
+    /// Ownership was taken with chunks missing (post-copy): copies of them may still arrive,
+    /// and are dropped once the chunk is held.
+    pub postcopy: bool,
 }
 
 impl Replica {
@@ -566,6 +736,7 @@ impl Replica {
             summary: Vec::new(),
             committed,
             queued: VecDeque::new(),
+            postcopy: false,
         }
     }
 
@@ -705,16 +876,93 @@ impl Replica {
                     generation: *generation,
                 })
             }
-            (&Msg::Handoff { generation }, ReplicaState::Receiving) => {
-                if generation != self.committed || self.missing() != 0 {
+            (
+                &Msg::Handoff {
+                    generation,
+                    postcopy,
+                },
+                ReplicaState::Receiving,
+            ) => {
+                if generation != self.committed || (!postcopy && self.missing() != 0) {
                     return Err(ErrorCode::ProtocolViolation);
                 }
-                self.state = ReplicaState::BecameOwner;
-                self.queued.push_back(Msg::HandoffAck { generation });
+                self.take_ownership(generation);
                 Ok(ReplicaEvent::BecameOwner { generation })
+            }
+            (&Msg::Stale { first, count }, ReplicaState::Receiving) => {
+                let present = self.present.get_or_insert(ALL);
+                for i in first..first + count as u64 {
+                    *present &= !bit(i);
+                }
+                self.requested.get_or_insert(0);
+                Ok(ReplicaEvent::None)
+            }
+            (
+                &Msg::Chunk {
+                    index,
+                    value,
+                    fetched: true,
+                },
+                ReplicaState::PostCopy | ReplicaState::BecameOwner,
+            ) if self.postcopy => {
+                if self.is_present(index) {
+                    return Ok(ReplicaEvent::None);
+                }
+                self.arrived(index);
+                Ok(ReplicaEvent::Write { index, value })
             }
             _ => Err(ErrorCode::ProtocolViolation),
         }
+    }
+
+    fn take_ownership(&mut self, generation: u64) {
+        self.queued.push_back(Msg::HandoffAck { generation });
+        if self.missing() == 0 {
+            self.state = ReplicaState::BecameOwner;
+            return;
+        }
+        self.state = ReplicaState::PostCopy;
+        self.postcopy = true;
+        if let Some(r) = &mut self.requested {
+            *r = 0;
+        }
+        let Some(present) = self.present else {
+            return;
+        };
+        for run in runs(ALL & !present) {
+            self.fetch(run.start, (run.end - run.start) as u32, false);
+        }
+    }
+
+    fn arrived(&mut self, index: u64) {
+        if let Some(p) = &mut self.present {
+            *p |= bit(index);
+        }
+        if self.state == ReplicaState::PostCopy && self.missing() == 0 {
+            self.state = ReplicaState::BecameOwner;
+        }
+    }
+
+    pub fn local_write(&mut self, index: u64) -> bool {
+        let inside = self.geom && index < N as u64;
+        if self.state != ReplicaState::PostCopy || !inside || self.is_present(index) {
+            return false;
+        }
+        self.arrived(index);
+        true
+    }
+
+    /// `resume_postcopy(generation, missing)` (the model's region always has [`N`] chunks, so the
+    /// core's geometry check of `missing` cannot fail here).
+    pub fn resume_postcopy(&mut self, generation: u64, missing: Mask) -> Result<(), ErrorCode> {
+        if !(self.state == ReplicaState::AwaitLocal && self.geom) {
+            return Err(ErrorCode::Internal);
+        }
+        self.present = Some(ALL & !missing);
+        self.requested = Some(0);
+        self.committed = generation;
+        self.take_ownership(generation);
+        Ok(())
     }
 
     pub fn poll_transmit(&mut self) -> Option<Msg> {

@@ -188,8 +188,17 @@ impl Ctx {
             &Msg::FetchPart { index, offset, len } => {
                 Frame::FetchPart { index, offset, len }.to_vec()
             }
-            &Msg::Handoff { generation } => Frame::Handoff { generation }.to_vec(),
+            &Msg::Handoff {
+                generation,
+                postcopy,
+            } => Frame::Handoff {
+                generation,
+                postcopy,
+            }
+            .to_vec(),
             &Msg::HandoffAck { generation } => Frame::HandoffAck { generation }.to_vec(),
+            &Msg::Stale { first, count } => Frame::Stale { first, count }.to_vec(),
+            Msg::Fin => panic!("FIN ends a stream; it is not a frame"),
         }
     }
 
@@ -253,6 +262,9 @@ pub enum OwnerInput {
     },
     Restart,
     BeginHandoff,
+    BeginPostcopy,
+    /// The replica ended the stream cleanly: `finish`.
+    Finish,
 }
 
 /// What an owner answered.
@@ -261,6 +273,8 @@ pub enum OwnerOutput {
     Transmit(Option<Msg>),
     Event(Result<mirror::OwnerEvent, ErrorCode>),
     Unit(Result<(), ErrorCode>),
+    /// What `finish` answered.
+    Finished(Option<u64>),
 }
 
 /// One call the harness makes on a replica; whatever it queues is drained after each.
@@ -277,6 +291,13 @@ pub enum ReplicaInput {
         index: u64,
         offset: u32,
         len: u32,
+    },
+    /// `local_write(index)`: the new owner wrote the chunk (whole, if it was missing).
+    LocalWrite(u64),
+    /// `resume_postcopy(generation, missing)` instead of `local_state` after OPEN.
+    ResumePostcopy {
+        generation: u64,
+        missing: Mask,
     },
 }
 
@@ -324,6 +345,8 @@ pub fn mirror_owner_step(m: &mut mirror::Owner, input: &OwnerInput) -> OwnerOutp
         }
         OwnerInput::Restart => OwnerOutput::Unit(m.restart()),
         OwnerInput::BeginHandoff => OwnerOutput::Unit(m.begin_handoff()),
+        OwnerInput::BeginPostcopy => OwnerOutput::Unit(m.begin_postcopy()),
+        OwnerInput::Finish => OwnerOutput::Finished(m.finish()),
     }
 }
 
@@ -344,6 +367,15 @@ pub fn mirror_replica_step(m: &mut mirror::Replica, input: &ReplicaInput) -> Rep
             m.fetch_part(index, offset, len);
             Ok(mirror::ReplicaEvent::None)
         }
+        &ReplicaInput::LocalWrite(index) => Ok(mirror::ReplicaEvent::LocalWrite {
+            was_missing: m.local_write(index),
+        }),
+        &ReplicaInput::ResumePostcopy {
+            generation,
+            missing,
+        } => m
+            .resume_postcopy(generation, missing)
+            .map(|()| mirror::ReplicaEvent::None),
     };
     let mut sent = Vec::new();
     while let Some(f) = m.poll_transmit() {
@@ -357,6 +389,7 @@ enum RealOwnerOut {
     Transmit(Option<Vec<u8>>),
     Event(Result<OwnerEvent, WireError>),
     Unit(Result<(), WireError>),
+    Finished(Option<u64>),
 }
 
 fn real_owner_step(o: &mut Owner, input: &OwnerInput) -> RealOwnerOut {
@@ -401,6 +434,8 @@ fn real_owner_step(o: &mut Owner, input: &OwnerInput) -> RealOwnerOut {
         }
         OwnerInput::Restart => RealOwnerOut::Unit(o.restart()),
         OwnerInput::BeginHandoff => RealOwnerOut::Unit(o.begin_handoff()),
+        OwnerInput::BeginPostcopy => RealOwnerOut::Unit(o.begin_postcopy()),
+        OwnerInput::Finish => RealOwnerOut::Finished(o.finish()),
     }
 }
 
@@ -471,6 +506,20 @@ fn real_replica_step(r: &mut Replica, input: &ReplicaInput) -> ReplicaOutputRaw 
             r.fetch_part(index, offset, len);
             Ok(mirror::ReplicaEvent::None)
         }
+        &ReplicaInput::LocalWrite(index) => Ok(mirror::ReplicaEvent::LocalWrite {
+            was_missing: r.local_write(index),
+        }),
+        &ReplicaInput::ResumePostcopy {
+            generation,
+            missing,
+        } => {
+            let mut set = DirtySet::new(N as u64);
+            for i in (0..N as u64).filter(|&i| missing & 1 << i != 0) {
+                set.insert(i);
+            }
+            r.resume_postcopy(generation, &set)
+                .map(|()| mirror::ReplicaEvent::None)
+        }
     };
     let mut sent = Vec::new();
     while let Some(f) = r.poll_transmit() {
@@ -534,6 +583,7 @@ fn compare_owner(o: &Owner, m: &mirror::Owner, what: &dyn Fn() -> String) {
         o.backlog(),
         o.is_synced(),
         o.known_hashes().to_vec(),
+        o.is_postcopy(),
     );
     let mine = (
         m.state,
@@ -542,6 +592,7 @@ fn compare_owner(o: &Owner, m: &mirror::Owner, what: &dyn Fn() -> String) {
         m.backlog(),
         m.is_synced(),
         known,
+        m.postcopy,
     );
     assert_eq!(real, mine, "real owner differs from its mirror {}", what());
 }
@@ -601,6 +652,9 @@ pub fn check_owner_step(
         ),
         (RealOwnerOut::Unit(r), OwnerOutput::Unit(m)) => {
             assert_eq!(&code(r), m, "real owner answered otherwise {}", what())
+        }
+        (RealOwnerOut::Finished(r), OwnerOutput::Finished(m)) => {
+            assert_eq!(&r, m, "real owner answered otherwise {}", what())
         }
         _ => unreachable!("answers of one input have one kind"),
     }

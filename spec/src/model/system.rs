@@ -1,6 +1,6 @@
 //! The whole system as a `stateright` model: three peers, their memories, the role machines on
-//! each link, the frames in flight, and the harness around them (detector, lazy reads, handoff,
-//! connection loss). MODEL.md describes it in prose.
+//! each link, the frames in flight, and the harness around them (detector, lazy reads, handoff —
+//! plain or post-copy —, connection loss). MODEL.md describes it in prose.
 
 use super::mirror::{self, Local, Mask, Mem, Msg, OwnerState, ReplicaState, ALL, GARBAGE, N};
 use super::real::{
@@ -65,6 +65,15 @@ pub enum Variant {
     /// The precise detector's reports of writes made while a round is in progress are lost (as
     /// when write protection is re-armed at the end of a round instead of its start).
     LoseReportsDuringRound,
+    /// Post-copy: the new owner's harness writes every FETCHED copy it receives into the region,
+    /// also one the replica drops because the chunk is held (written by the new owner, or
+    /// arrived before): a late copy overwrites the new owner's write.
+    ApplyEveryFetchedCopy,
+    /// Post-copy: the replica's harness drops STALE frames unhandled (as if the owner had not
+    /// named the pending chunks): the new owner keeps pre-copy versions as if they were current.
+    IgnoreStale,
+    /// Post-copy: the new owner's reader reads a chunk it misses without waiting for it.
+    ReadWithoutWaiting,
 }
 
 /// How much of the real machines' behaviour is compared with the mirrors.
@@ -89,6 +98,10 @@ pub struct Config {
     pub drops_per_link: u8,
     /// FETCH requests by the lazy replicas.
     pub fetches: u8,
+    /// Whether reads on B while it is still a replica may fetch: a lazy B's missing chunks, or
+    /// the chunks a post-copy drain named STALE. Such a FETCH can cross a post-copy HANDOFF
+    /// (MODEL.md, finding 3). Reads on the new owner during post-copy (`Read`) are not affected.
+    pub replica_fetches: bool,
     /// Whether FETCH_PARTS is negotiated: a read on a lazy replica may then also ask with
     /// FETCH_PART (an urgent FETCH of one chunk, spec §5.18). There is no fetch lane in the model,
     /// so no PART answers it; this checks FETCH_PART on the region stream.
@@ -97,6 +110,10 @@ pub struct Config {
     pub owner_crashes: u8,
     /// Whether A may hand ownership to B (once).
     pub handoff: bool,
+    /// Whether that handoff is a post-copy one (`begin_postcopy` instead of `begin_handoff`,
+    /// spec §8.10): B takes ownership with the pending chunks named STALE and fetches them from
+    /// A, which serves them until B ends the stream.
+    pub postcopy: bool,
     /// Whether the lazy replica C takes part (without it: one owner, one replica).
     pub lazy_replica: bool,
     /// Whether B, the replica ownership is handed to, starts lazy too.
@@ -118,9 +135,11 @@ impl Config {
             drops: 1,
             drops_per_link: 1,
             fetches: 1,
+            replica_fetches: true,
             fetch_parts: false,
             owner_crashes: 0,
             handoff: true,
+            postcopy: false,
             lazy_replica: true,
             lazy_target: false,
             write_values: 0b111,
@@ -152,7 +171,11 @@ impl Config {
             } else {
                 ""
             },
-            if self.handoff { "once" } else { "no" },
+            match (self.handoff, self.postcopy) {
+                (false, _) => "no",
+                (true, false) => "once",
+                (true, true) => "once, post-copy",
+            },
             self.variant,
             self.validation
         )
@@ -160,17 +183,20 @@ impl Config {
 }
 
 /// Properties, as bits of [`Sys::violations`].
-pub const P_ACK_HOLDS_SENT: u8 = 1;
-pub const P_ACK_QUIET_SNAPSHOT: u8 = 2;
-pub const P_WRITES_IN_REGION: u8 = 4;
-pub const P_ONE_OWNER: u8 = 8;
-pub const P_HANDOFF_COMPLETE: u8 = 16;
-pub const P_NO_STREAM_ERROR: u8 = 32;
-pub const P_HANDOFF_GENERATION_FINAL: u8 = 64;
-pub const P_HANDOFF_REPLICA_HOLDS_FINAL: u8 = 128;
+pub const P_ACK_HOLDS_SENT: u16 = 1;
+pub const P_ACK_QUIET_SNAPSHOT: u16 = 2;
+pub const P_WRITES_IN_REGION: u16 = 4;
+pub const P_ONE_OWNER: u16 = 8;
+pub const P_HANDOFF_COMPLETE: u16 = 16;
+pub const P_NO_STREAM_ERROR: u16 = 32;
+pub const P_HANDOFF_GENERATION_FINAL: u16 = 64;
+pub const P_HANDOFF_REPLICA_HOLDS_FINAL: u16 = 128;
+pub const P_POSTCOPY_NO_OVERWRITE: u16 = 256;
+pub const P_POSTCOPY_COMPLETE: u16 = 512;
+pub const P_POSTCOPY_READ: u16 = 1024;
 
 /// Names of the safety properties, by bit.
-pub const SAFETY: [(u8, &str); 8] = [
+pub const SAFETY: [(u16, &str); 11] = [
     (
         P_ACK_HOLDS_SENT,
         "ACK{g} only when the replica holds, for every chunk, the bytes the owner last sent for it before COMMIT{g}",
@@ -194,15 +220,27 @@ pub const SAFETY: [(u8, &str); 8] = [
         P_HANDOFF_REPLICA_HOLDS_FINAL,
         "HANDOFF{g} only when the replica already holds the old owner's final bytes",
     ),
+    (
+        P_POSTCOPY_NO_OVERWRITE,
+        "post-copy: a chunk the new owner wrote is never overwritten by a copy from the old owner",
+    ),
+    (
+        P_POSTCOPY_COMPLETE,
+        "post-copy: once the new owner misses no chunk, each holds the old owner's frozen bytes or the new owner's own write",
+    ),
+    (
+        P_POSTCOPY_READ,
+        "post-copy: the new owner's readers read only chunks it holds: the old owner's frozen bytes or its own write",
+    ),
 ];
 
 /// Properties that are claims of the spec checked without stopping the exploration.
-pub const CLAIMS: u8 = P_HANDOFF_GENERATION_FINAL | P_HANDOFF_REPLICA_HOLDS_FINAL;
+pub const CLAIMS: u16 = P_HANDOFF_GENERATION_FINAL | P_HANDOFF_REPLICA_HOLDS_FINAL;
 pub const LIVENESS: &str =
     "every quiescent continuation ends, within a bound, with every replica equal to the owner";
 
 /// Things the checker saw happen at least once (reported, to show the bounds reach them).
-pub const SEEN: [&str; 15] = [
+pub const SEEN: [&str; 24] = [
     "a round committed and acknowledged",
     "a chunk was reconciled as already held",
     "a FETCH was answered with a FETCHED chunk",
@@ -218,7 +256,27 @@ pub const SEEN: [&str; 15] = [
     "a FETCH was not answered again: the chunk was already sent on the stream",
     "the owner's process restarted",
     "a FETCH_PART was sent (an urgent FETCH of one chunk)",
+    "post-copy: the freeze cut a round short (COMMIT of what it sent)",
+    "post-copy: STALE named a pending chunk",
+    "post-copy: B took ownership with chunks missing (PostCopy)",
+    "post-copy: B wrote a chunk it missed, whole (local_write)",
+    "post-copy: a late FETCHED copy was dropped, B holding the chunk",
+    "post-copy: B's reader waited for a missing chunk (urgent FETCH)",
+    "post-copy: the handoff completed (B held every chunk, A HandedOff)",
+    "post-copy: the probe after a broken link was answered with resume_postcopy",
+    "post-copy: the handoff completed after a broken link",
 ];
+
+/// Seen bits of the post-copy handoff, for the tests.
+pub const SEEN_POSTCOPY_CUT: usize = 15;
+pub const SEEN_POSTCOPY_STALE: usize = 16;
+pub const SEEN_POSTCOPY_TAKEN: usize = 17;
+pub const SEEN_POSTCOPY_LOCAL_WRITE: usize = 18;
+pub const SEEN_POSTCOPY_LATE_COPY: usize = 19;
+pub const SEEN_POSTCOPY_READ_WAITED: usize = 20;
+pub const SEEN_POSTCOPY_DONE: usize = 21;
+pub const SEEN_POSTCOPY_RESUMED: usize = 22;
+pub const SEEN_POSTCOPY_DONE_AFTER_LOSS: usize = 23;
 
 /// State of one link.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -348,6 +406,9 @@ pub struct CommitSnap {
     pub generation: u64,
     /// `K` when COMMIT{g} was sent: what the owner last sent of each chunk.
     pub known: Mem,
+    /// Chunks the generation does not cover: pending when a post-copy drain sent COMMIT{g} (the
+    /// drain names them STALE next), so P1 leaves them out.
+    pub uncovered: Mask,
     pub start: Mem,
     pub quiet: bool,
 }
@@ -367,7 +428,9 @@ pub struct Link {
     /// content, `K` at its COMMIT.
     pub acked_content: Option<(u64, Mem)>,
     /// `LateHandoffAfterProbe` only: the lost HANDOFF, to arrive after the probe's OPEN.
-    pub late_handoff: Option<u64>,
+    pub late_handoff: Option<Msg>,
+    /// The replica end ended this stream (FIN queued after its last frame).
+    pub fin: bool,
 }
 
 impl Link {
@@ -382,6 +445,7 @@ impl Link {
             commits: Vec::new(),
             acked_content: None,
             late_handoff: None,
+            fin: false,
         }
     }
 
@@ -404,6 +468,23 @@ pub enum Handoff {
     Abandoned,
 }
 
+/// A post-copy handoff B accepted and A still serves: what B's harness keeps across streams,
+/// and what the post-copy properties compare with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PostCopy {
+    /// The generation HANDOFF{POSTCOPY} named.
+    pub generation: u64,
+    /// A's region, frozen since A stopped its writers.
+    pub frozen: Mem,
+    /// Chunks B wrote since it took ownership.
+    pub written: Mask,
+    /// Chunks B misses: its replica's, while one is in PostCopy; B's harness keeps them across a
+    /// broken link and answers the probe with them (`resume_postcopy`).
+    pub missing: Mask,
+    /// The link broke while B was fetching, and B resumed on a new stream.
+    pub resumed: bool,
+}
+
 /// One state of the whole system.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Sys {
@@ -419,10 +500,12 @@ pub struct Sys {
     pub handoff: Handoff,
     /// Shared until changed: most steps touch one link.
     pub links: [Arc<Link>; 3],
+    /// The post-copy handoff under way (from B's acceptance to A's `finish`).
+    pub postcopy: Option<PostCopy>,
     /// Safety properties violated on the way here (exploration stops at such states).
-    pub violations: u8,
+    pub violations: u16,
     /// Claims of the spec found false by the step that led here (exploration goes on).
-    pub claims: u8,
+    pub claims: u16,
 }
 
 impl Sys {
@@ -470,10 +553,19 @@ impl Sys {
                         )
                     }
                     End::Replica { m, .. } => {
-                        s += &format!(" {p}:replica {:?} committed={}", m.state, m.committed)
+                        s += &format!(" {p}:replica {:?} committed={}", m.state, m.committed);
+                        if let Some(present) = m.present {
+                            s += &format!(" present={present:02b}");
+                        }
                     }
                 }
             }
+        }
+        if let Some(pc) = &self.postcopy {
+            s += &format!(
+                "; post-copy at {}: frozen A={:?}, B wrote {:02b}, B misses {:02b}",
+                pc.generation, pc.frozen, pc.written, pc.missing
+            );
         }
         s
     }
@@ -506,6 +598,10 @@ pub enum Action {
     FetchPart { peer: u8, chunk: u64 },
     /// B, the new owner, opens a stream to C.
     Connect,
+    /// Post-copy: a reader on B, the new owner, reads chunk `chunk`: a chunk B holds is read at
+    /// once; for one it misses the reader waits and asks with `fetch(chunk, 1, urgent)` (as a
+    /// partial writer of a missing chunk does).
+    Read { chunk: u64 },
     /// The owner's process restarts: every stream it serves is lost and reopened by a new
     /// `Owner::new(hashes of its region, generation 0)`; its replicas reconnect with what they hold.
     CrashOwner { peer: u8 },
@@ -579,7 +675,7 @@ impl Hasher for FastHasher {
     }
 }
 
-fn fingerprint<T: Hash>(t: &T) -> u64 {
+pub fn fingerprint<T: Hash>(t: &T) -> u64 {
     let mut h = FastHasher::default();
     t.hash(&mut h);
     h.finish()
@@ -606,7 +702,7 @@ impl Run<'_> {
         &self.model.cfg
     }
 
-    fn violate(&mut self, p: u8) {
+    fn violate(&mut self, p: u16) {
         self.s.violations |= p;
     }
 
@@ -680,6 +776,25 @@ impl Run<'_> {
     }
 
     fn write(&mut self, p: usize, chunks: Mask, value: u8) {
+        if let (B, Some(mut pc)) = (p, self.s.postcopy) {
+            // The new owner writes while it may still miss chunks: a chunk it misses is written
+            // whole (a partial write of one waits for it, as a reader does: `Read`), and
+            // `local_write` tells the replica, which then drops a copy still on its way. With no
+            // stream in PostCopy (the link broke), B's harness keeps the missing set itself.
+            for i in (0..N as u64).filter(|&i| chunks & 1 << i != 0) {
+                if self.b_fetching() {
+                    let out = self.replica(0, 1, ReplicaInput::LocalWrite(i));
+                    if out.result == Ok(mirror::ReplicaEvent::LocalWrite { was_missing: true }) {
+                        see(self.model, SEEN_POSTCOPY_LOCAL_WRITE);
+                    }
+                } else if pc.missing & 1 << i != 0 {
+                    see(self.model, SEEN_POSTCOPY_LOCAL_WRITE);
+                }
+                pc.missing &= !(1 << i);
+            }
+            pc.written |= chunks;
+            self.s.postcopy = Some(pc);
+        }
         for i in 0..N {
             if chunks & 1 << i != 0 {
                 self.s.mem[p][i] = value;
@@ -702,6 +817,111 @@ impl Run<'_> {
         }
     }
 
+    /// Whether B's replica end on A–B is fetching after a post-copy handoff (PostCopy).
+    fn b_fetching(&self) -> bool {
+        Self::fetching(&self.s)
+    }
+
+    fn fetching(s: &Sys) -> bool {
+        s.postcopy.is_some()
+            && s.links[0].status == Status::Up
+            && s.links[0].ends[1]
+                .replica()
+                .is_some_and(|r| r.state == ReplicaState::PostCopy)
+    }
+
+    /// A reader on B during post-copy.
+    fn read(&mut self, chunk: u64) {
+        let pc = self
+            .s
+            .postcopy
+            .expect("reads are modelled during post-copy");
+        let b = 1 << chunk;
+        if pc.missing & b != 0 && self.cfg().variant != Variant::ReadWithoutWaiting {
+            // The reader waits for the chunk and asks for it urgently.
+            self.s.fetches_left -= 1;
+            see(self.model, SEEN_POSTCOPY_READ_WAITED);
+            self.replica(
+                0,
+                1,
+                ReplicaInput::Fetch {
+                    first: chunk,
+                    count: 1,
+                    urgent: true,
+                },
+            );
+            return;
+        }
+        let value = self.s.mem[B][chunk as usize];
+        let expected = if pc.written & b != 0 {
+            value
+        } else {
+            pc.frozen[chunk as usize]
+        };
+        if pc.missing & b != 0 || value != expected {
+            self.violate(P_POSTCOPY_READ);
+        }
+    }
+
+    /// After every step of a post-copy handoff: B's missing set follows its replica's while one
+    /// is fetching (or complete) on A–B; a replica that holds every chunk ends the stream (FIN
+    /// after its last frame); and once B misses nothing, its region is A's frozen bytes but for
+    /// what B wrote since.
+    fn postcopy_sync(&mut self) {
+        let Some(mut pc) = self.s.postcopy else {
+            return;
+        };
+        let link = &self.s.links[0];
+        if link.status == Status::Up {
+            if let Some(r) = link.ends[1].replica() {
+                if matches!(r.state, ReplicaState::PostCopy | ReplicaState::BecameOwner) {
+                    pc.missing = ALL & !r.present.unwrap_or(ALL);
+                    if r.state == ReplicaState::BecameOwner && !link.fin {
+                        let link = Arc::make_mut(&mut self.s.links[0]);
+                        link.queues[1].push_back(Msg::Fin);
+                        link.fin = true;
+                    }
+                }
+            }
+        }
+        self.s.postcopy = Some(pc);
+        if pc.missing == 0
+            && (0..N).any(|i| pc.written & 1 << i == 0 && self.s.mem[B][i] != pc.frozen[i])
+        {
+            self.violate(P_POSTCOPY_COMPLETE);
+        }
+    }
+
+    /// A's `finish` after B's FIN on link `l`: the post-copy handoff at `g` is complete. A's
+    /// frames still in flight (FETCHED copies) reach B first; then a new stream carries the
+    /// region from B, its owner, to A, its replica.
+    fn postcopy_done(&mut self, l: usize, g: u64) {
+        while let Some(msg) = Arc::make_mut(&mut self.s.links[l]).queues[0].pop_front() {
+            self.deliver_to_replica(l, 1, msg);
+        }
+        assert!(
+            self.s.links[l].queues[1].is_empty(),
+            "FIN is the last thing B sent"
+        );
+        let pc = self
+            .s
+            .postcopy
+            .take()
+            .expect("a post-copy handoff under way");
+        see(self.model, SEEN_POSTCOPY_DONE);
+        if pc.resumed {
+            see(self.model, SEEN_POSTCOPY_DONE_AFTER_LOSS);
+        }
+        self.become_replica(l, 0, g);
+        let link = Arc::make_mut(&mut self.s.links[l]);
+        link.ends[1] = End::new_owner(self.s.mem[B], g);
+        link.queues = Default::default();
+        link.commits.clear();
+        link.round = None;
+        link.unreported = [false; 2];
+        link.fin = false;
+    }
+
     fn scan(&mut self, l: usize, e: usize) {
         let mem = self.s.mem[Sys::peer(l, e)];
         self.owner(l, e, OwnerInput::Scan { mem });
@@ -716,6 +936,10 @@ impl Run<'_> {
         let unsent_round = (owner.cursor..N as u64).fold(0, |a, i| a | (owner.round & 1 << i));
         let dirty = owner.pending | if owner.in_round { unsent_round } else { 0 };
         let asked = owner.urgent.len() + owner.background.len();
+        // A COMMIT of a post-copy drain closes a round cut short, or an empty one owed: neither
+        // takes every pending chunk (the rest is named STALE), so P2 does not apply to it.
+        let postcopy_drain = owner.postcopy && owner.state == OwnerState::Draining;
+        let cut = postcopy_drain && owner.in_round && unsent_round != 0;
         let out = self.owner(l, e, OwnerInput::Poll { mem: self.s.mem[p] });
         let OwnerOutput::Transmit(msg) = out else {
             unreachable!("poll_transmit answers a transmit");
@@ -761,15 +985,25 @@ impl Run<'_> {
                 link.commits.push(CommitSnap {
                     generation: *generation,
                     known: after.known,
+                    uncovered: if postcopy_drain { after.pending } else { 0 },
                     start: r.mem,
-                    quiet: r.quiet,
+                    quiet: r.quiet && !postcopy_drain,
                 });
-                if records.is_empty() {
+                if records.is_empty() && !postcopy_drain {
                     see(self.model, 5);
+                }
+                if cut {
+                    see(self.model, SEEN_POSTCOPY_CUT);
                 }
             }
             Msg::Chunk { fetched: true, .. } => see(self.model, 2),
-            Msg::Handoff { generation } => {
+            Msg::Stale { .. } => see(self.model, SEEN_POSTCOPY_STALE),
+            // A post-copy HANDOFF leaves the chunks named STALE to be fetched: the claims are
+            // about a plain one (the post-copy properties check what B ends up with).
+            Msg::Handoff {
+                generation,
+                postcopy: false,
+            } => {
                 if link.acked_content != Some((*generation, self.s.mem[p])) {
                     self.s.claims |= P_HANDOFF_GENERATION_FINAL;
                 }
@@ -781,8 +1015,8 @@ impl Run<'_> {
         }
         let open = matches!(msg, Msg::Open { .. });
         link.queues[e].push_back(msg);
-        if let (true, Some(g)) = (open, link.late_handoff.take()) {
-            link.queues[e].push_back(Msg::Handoff { generation: g });
+        if let (true, Some(handoff)) = (open, link.late_handoff.take()) {
+            link.queues[e].push_back(handoff);
         }
     }
 
@@ -807,6 +1041,13 @@ impl Run<'_> {
             End::Idle => unreachable!("a frame to an idle end"),
         };
         match known {
+            Some(_) if msg == Msg::Fin => {
+                // B ended the stream: it holds every chunk.
+                match self.owner(l, to, OwnerInput::Finish) {
+                    OwnerOutput::Finished(Some(g)) => self.postcopy_done(l, g),
+                    _ => self.violate(P_NO_STREAM_ERROR),
+                }
+            }
             Some(known) => {
                 if let (Variant::SkipReconcile, Msg::Hashes { first, values }) =
                     (self.cfg().variant, &msg)
@@ -819,7 +1060,14 @@ impl Run<'_> {
                     OwnerOutput::Event(Err(_)) => self.violate(P_NO_STREAM_ERROR),
                     OwnerOutput::Event(Ok(mirror::OwnerEvent::HandedOff { generation })) => {
                         see(self.model, 7);
-                        self.become_replica(l, to, generation);
+                        let serving = self.s.links[l].ends[to]
+                            .owner()
+                            .is_some_and(|m| matches!(m.state, OwnerState::Serving { .. }));
+                        // After a post-copy handoff A serves B's FETCHes until B ends the
+                        // stream; after a plain one it turns replica at once.
+                        if !serving {
+                            self.become_replica(l, to, generation);
+                        }
                     }
                     OwnerOutput::Event(Ok(mirror::OwnerEvent::Reconciled {
                         differing, ..
@@ -838,10 +1086,54 @@ impl Run<'_> {
 
     fn deliver_to_replica(&mut self, l: usize, e: usize, msg: Msg) {
         let p = Sys::peer(l, e);
+        if self.cfg().variant == Variant::IgnoreStale && matches!(msg, Msg::Stale { .. }) {
+            return;
+        }
+        let copy = match msg {
+            Msg::Chunk {
+                index,
+                value,
+                fetched: true,
+            } => Some((index, value)),
+            _ => None,
+        };
+        let postcopy_handoff = matches!(msg, Msg::Handoff { postcopy: true, .. });
         let out = self.replica(l, e, ReplicaInput::Handle(msg));
+        let new_owner_fetching = p == B && self.s.postcopy.is_some();
         match out.result {
             Err(_) => self.violate(P_NO_STREAM_ERROR),
-            Ok(mirror::ReplicaEvent::None) => {}
+            Ok(mirror::ReplicaEvent::None) => {
+                if let (Some((index, value)), true) = (copy, new_owner_fetching) {
+                    // The replica dropped a late copy: B holds the chunk.
+                    see(self.model, SEEN_POSTCOPY_LATE_COPY);
+                    if self.cfg().variant == Variant::ApplyEveryFetchedCopy {
+                        if self.s.postcopy.unwrap().written & 1 << index != 0 {
+                            self.violate(P_POSTCOPY_NO_OVERWRITE);
+                        }
+                        self.s.mem[p][index as usize] = value;
+                    }
+                }
+            }
+            Ok(mirror::ReplicaEvent::LocalWrite { .. }) => unreachable!("not an answer to a frame"),
+            Ok(mirror::ReplicaEvent::Opened { .. }) if new_owner_fetching => {
+                // B took ownership in a post-copy handoff and still fetched when the link broke:
+                // it answers the probe's OPEN by resuming, with the chunks it still misses.
+                let mut pc = self.s.postcopy.unwrap();
+                pc.resumed = true;
+                self.s.postcopy = Some(pc);
+                see(self.model, SEEN_POSTCOPY_RESUMED);
+                let out = self.replica(
+                    l,
+                    e,
+                    ReplicaInput::ResumePostcopy {
+                        generation: pc.generation,
+                        missing: pc.missing,
+                    },
+                );
+                if out.result.is_err() {
+                    self.violate(P_NO_STREAM_ERROR);
+                }
+            }
             Ok(mirror::ReplicaEvent::Opened { .. }) => {
                 let End::Replica { lazy, .. } = self.s.links[l].ends[e] else {
                     unreachable!()
@@ -881,6 +1173,9 @@ impl Run<'_> {
                 if self.s.may_write[B] && Sys::peer(l, 1 - e) == B {
                     see(self.model, 11);
                 }
+                if new_owner_fetching && self.s.postcopy.unwrap().written & 1 << index != 0 {
+                    self.violate(P_POSTCOPY_NO_OVERWRITE);
+                }
             }
             Ok(mirror::ReplicaEvent::Committed { generation }) => {
                 self.s.committed[p] = generation;
@@ -894,7 +1189,8 @@ impl Run<'_> {
                     .expect("the owner's COMMIT was recorded");
                 link.commits.retain(|c| c.generation > generation);
                 link.acked_content = Some((generation, snap.known));
-                if self.s.mem[p] != snap.known {
+                if (0..N).any(|i| snap.uncovered & 1 << i == 0 && self.s.mem[p][i] != snap.known[i])
+                {
                     self.violate(P_ACK_HOLDS_SENT);
                 }
                 if snap.quiet && self.s.mem[p] != snap.start {
@@ -907,6 +1203,23 @@ impl Run<'_> {
                         self.s.mem[p][i as usize] = v;
                     }
                 }
+            }
+            Ok(mirror::ReplicaEvent::BecameOwner { generation }) if postcopy_handoff => {
+                // B owns the region at once and keeps its replica role on this stream to fetch
+                // what it misses; A, frozen, serves it.
+                let r = self.s.links[l].ends[e].replica().unwrap();
+                let missing = ALL & !r.present.unwrap_or(ALL);
+                if missing != 0 {
+                    see(self.model, SEEN_POSTCOPY_TAKEN);
+                }
+                self.s.postcopy = Some(PostCopy {
+                    generation,
+                    frozen: self.s.mem[Sys::peer(l, 1 - e)],
+                    written: 0,
+                    missing,
+                    resumed: false,
+                });
+                self.s.may_write[p] = true;
             }
             Ok(mirror::ReplicaEvent::BecameOwner { generation }) => {
                 let old = Sys::peer(l, 1 - e);
@@ -953,15 +1266,21 @@ impl Run<'_> {
         {
             see(self.model, 6);
         }
+        link.fin = false;
         let mut renewed = Vec::new();
         for e in 0..2 {
+            if renewed.contains(&e) {
+                continue;
+            }
             let End::Owner { m, .. } = &self.s.links[l].ends[e] else {
                 continue;
             };
-            let (known, generation, state) = (m.known, m.generation, m.state);
+            let (known, generation, state, postcopy) = (m.known, m.generation, m.state, m.postcopy);
             let handing_off = matches!(
                 state,
-                OwnerState::HandingOff { .. } | OwnerState::Probing { .. }
+                OwnerState::HandingOff { .. }
+                    | OwnerState::Probing { .. }
+                    | OwnerState::Serving { .. }
             );
             if self.cfg().variant == Variant::ForgetPendingOnRestart && !handing_off {
                 Arc::make_mut(&mut self.s.links[l]).ends[e] = End::new_owner(known, generation);
@@ -989,18 +1308,45 @@ impl Run<'_> {
                 renewed.push(e);
                 continue;
             }
+            if let (true, Some(pc)) = (handing_off, self.s.postcopy) {
+                if pc.missing == 0 {
+                    // B took ownership in a post-copy handoff and holds every chunk: it answers
+                    // the probe with HANDED_OVER and opens the region as owner, as after a plain
+                    // handoff (one step here).
+                    let (OwnerState::HandingOff { generation: g }
+                    | OwnerState::Probing { generation: g }
+                    | OwnerState::Serving { generation: g }) = state
+                    else {
+                        unreachable!()
+                    };
+                    see(self.model, 8);
+                    see(self.model, SEEN_POSTCOPY_DONE);
+                    see(self.model, SEEN_POSTCOPY_DONE_AFTER_LOSS);
+                    self.s.postcopy = None;
+                    self.become_replica(l, e, g);
+                    Arc::make_mut(&mut self.s.links[l]).ends[1 - e] =
+                        End::new_owner(self.s.mem[B], g);
+                    renewed.extend([e, 1 - e]);
+                    continue;
+                }
+            }
             if let OwnerOutput::Unit(Err(_)) = self.owner(l, e, OwnerInput::Restart) {
                 panic!("restart refused in {state:?}");
             }
-            if let OwnerState::HandingOff { generation: g } = state {
+            if let (OwnerState::HandingOff { generation: g }, None) = (state, self.s.postcopy) {
                 // The other side never saw HANDOFF: the restart is a probe (OPEN), which the
                 // replica below answers as a replica, with STATE.
                 see(self.model, 9);
                 if self.cfg().variant == Variant::LateHandoffAfterProbe {
                     // Delivered after the probe's OPEN (see `send`).
-                    Arc::make_mut(&mut self.s.links[l]).late_handoff = Some(g);
+                    Arc::make_mut(&mut self.s.links[l]).late_handoff = Some(Msg::Handoff {
+                        generation: g,
+                        postcopy,
+                    });
                 }
             }
+            // Otherwise, after a post-copy handoff B took, B answers the probe with
+            // `resume_postcopy` (see `deliver_to_replica`).
         }
         for e in 0..2 {
             if renewed.contains(&e) {
@@ -1026,7 +1372,12 @@ impl Run<'_> {
                 self.scan(l, e);
             }
         }
-        let out = self.owner(0, 0, OwnerInput::BeginHandoff);
+        let input = if self.cfg().postcopy {
+            OwnerInput::BeginPostcopy
+        } else {
+            OwnerInput::BeginHandoff
+        };
+        let out = self.owner(0, 0, input);
         assert_eq!(out, OwnerOutput::Unit(Ok(())), "begin_handoff in Streaming");
     }
 
@@ -1113,6 +1464,7 @@ impl Run<'_> {
                     link.ends[1 - e] = End::new_replica(self.s.committed[q], false);
                 }
             }
+            Action::Read { chunk } => self.read(chunk),
             Action::Connect => {
                 let generation = self.s.links[0].ends[1].owner().map_or(0, |m| m.generation);
                 see(self.model, 10);
@@ -1126,6 +1478,7 @@ impl Run<'_> {
                 ));
             }
         }
+        self.postcopy_sync();
         if self.s.may_write.iter().filter(|&&w| w).count() > 1 {
             self.violate(P_ONE_OWNER);
         }
@@ -1183,6 +1536,7 @@ impl MemsyncModel {
                 }),
                 Arc::new(Link::new(Status::NotYet, [End::Idle, End::Idle], d)),
             ],
+            postcopy: None,
             violations: 0,
             claims: 0,
         }
@@ -1287,6 +1641,9 @@ impl MemsyncModel {
                 s: s.clone(),
             };
             for peer in [B, C] {
+                if peer == B && !cfg.replica_fetches {
+                    continue;
+                }
                 let Some((l, e)) = run.fetch_end(peer) else {
                     continue;
                 };
@@ -1317,7 +1674,19 @@ impl MemsyncModel {
                 }
             }
         }
-        if s.crashes_left > 0 {
+        if let Some(pc) = &s.postcopy {
+            let fetching = Run::fetching(s) && s.fetches_left > 0;
+            for chunk in 0..N as u64 {
+                if pc.missing & 1 << chunk == 0
+                    || fetching
+                    || cfg.variant == Variant::ReadWithoutWaiting
+                {
+                    out.push(Action::Read { chunk });
+                }
+            }
+        }
+        // (The model does not restart B's process during a post-copy handoff.)
+        if s.crashes_left > 0 && s.postcopy.is_none() {
             for p in [A, B] {
                 if s.may_write[p] {
                     out.push(Action::CrashOwner { peer: p as u8 });
@@ -1481,6 +1850,15 @@ impl Model for MemsyncModel {
             }),
             Property::always(SAFETY[6].1, |_: &Self, s: &Sys| s.claims & SAFETY[6].0 == 0),
             Property::always(SAFETY[7].1, |_: &Self, s: &Sys| s.claims & SAFETY[7].0 == 0),
+            Property::always(SAFETY[8].1, |_: &Self, s: &Sys| {
+                s.violations & SAFETY[8].0 == 0
+            }),
+            Property::always(SAFETY[9].1, |_: &Self, s: &Sys| {
+                s.violations & SAFETY[9].0 == 0
+            }),
+            Property::always(SAFETY[10].1, |_: &Self, s: &Sys| {
+                s.violations & SAFETY[10].0 == 0
+            }),
             Property::always(LIVENESS, |m: &Self, s: &Sys| m.quiescent(s).is_ok()),
         ]
     }
@@ -1535,6 +1913,15 @@ fn describe_action(before: &Sys, action: &Action, after: &Sys) -> String {
             after.links[link as usize].queues[end as usize].back(),
             LINK_NAMES[link as usize]
         ),
+        Action::Deliver { link, from }
+            if before.links[link as usize].queues[from as usize].front() == Some(&Msg::Fin) =>
+        {
+            format!(
+                "{} receives B's FIN on {} (B holds every chunk) and calls finish",
+                end_name(link, 1 - from),
+                LINK_NAMES[link as usize]
+            )
+        }
         Action::Deliver { link, from } => format!(
             "{} receives {:?} on {}",
             end_name(link, 1 - from),
@@ -1564,6 +1951,13 @@ fn describe_action(before: &Sys, action: &Action, after: &Sys) -> String {
             PEER_NAMES[peer as usize]
         ),
         Action::Connect => "B opens a stream to C".into(),
+        Action::Read { chunk } if after.fetches_left < before.fetches_left => {
+            format!("a reader on B waits for chunk {chunk}, which B misses: urgent FETCH")
+        }
+        Action::Read { chunk } => format!(
+            "a reader on B reads chunk {chunk}: value {}",
+            before.mem[B][chunk as usize]
+        ),
         Action::CrashOwner { peer } => format!(
             "{}'s process restarts (generation 0, nothing pending)",
             PEER_NAMES[peer as usize]
