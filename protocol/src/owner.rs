@@ -138,6 +138,8 @@ pub struct Owner {
     postcopy: bool,
     /// In a post-copy Draining, the first chunk not yet named by STALE.
     stale_cursor: u64,
+    /// This OPEN may be answered with HANDOFF_ACK ([`Owner::accept_postcopy_resume`]).
+    resume_ok: bool,
     /// The replica on this stream promised durable ACKs.
     durable: bool,
     /// The ownership epoch OPEN carries, where the EPOCH feature is negotiated (spec §8.8).
@@ -190,6 +192,7 @@ impl Owner {
             require_durable: false,
             postcopy: false,
             stale_cursor: 0,
+            resume_ok: false,
             durable: false,
             epoch: None,
         };
@@ -242,6 +245,7 @@ impl Owner {
         self.background.clear();
         self.on_stream.clear();
         self.stale_cursor = 0;
+        self.resume_ok = false;
         self.state = next;
         self.queue_open();
         Ok(())
@@ -265,6 +269,7 @@ impl Owner {
             ));
         }
         self.postcopy = true;
+        self.resume_ok = true;
         Ok(())
     }
 
@@ -452,7 +457,7 @@ impl Owner {
                 Ok(OwnerEvent::HandedOff { generation })
             }
             // A restarted old owner's OPEN, answered by a new owner still fetching.
-            (Frame::HandoffAck { generation }, OwnerState::Opening) if self.postcopy => {
+            (Frame::HandoffAck { generation }, OwnerState::Opening) if self.resume_ok => {
                 self.serve(generation);
                 Ok(OwnerEvent::HandedOff { generation })
             }
