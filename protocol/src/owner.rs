@@ -714,16 +714,7 @@ impl Owner {
                     fetched: false,
                 });
             }
-            self.in_round = false;
-            self.committed = self.generation;
-            return Some(Transmit::Frame(
-                Frame::Commit {
-                    generation: self.generation,
-                    count: self.summary.count(),
-                    summary: self.summary.digest(),
-                }
-                .to_vec(),
-            ));
+            return Some(self.close_round());
         }
         if self.state == OwnerState::Draining && self.acked == self.generation {
             self.state = OwnerState::HandingOff {
@@ -740,6 +731,20 @@ impl Owner {
         None
     }
 
+    /// Ends the round of generation G with its COMMIT, of the chunks sent in it.
+    fn close_round(&mut self) -> Transmit {
+        self.in_round = false;
+        self.committed = self.generation;
+        Transmit::Frame(
+            Frame::Commit {
+                generation: self.generation,
+                count: self.summary.count(),
+                summary: self.summary.digest(),
+            }
+            .to_vec(),
+        )
+    }
+
     /// Draining for a post-copy handoff: the round in progress ends where it is, with a COMMIT of
     /// what it sent (the rest goes back to pending); a commit still owed is made, empty; once
     /// every COMMIT is acknowledged, STALE names each run of pending chunks, then HANDOFF.
@@ -747,30 +752,13 @@ impl Owner {
         if self.in_round {
             let rest = self.round.take();
             self.pending.union_with(&rest);
-            self.in_round = false;
-            self.committed = self.generation;
-            return Some(Transmit::Frame(
-                Frame::Commit {
-                    generation: self.generation,
-                    count: self.summary.count(),
-                    summary: self.summary.digest(),
-                }
-                .to_vec(),
-            ));
+            return Some(self.close_round());
         }
         if self.needs_commit && self.generation < MAX_GENERATION {
             self.needs_commit = false;
             self.generation += 1;
-            self.committed = self.generation;
             self.summary.reset();
-            return Some(Transmit::Frame(
-                Frame::Commit {
-                    generation: self.generation,
-                    count: 0,
-                    summary: self.summary.digest(),
-                }
-                .to_vec(),
-            ));
+            return Some(self.close_round());
         }
         if self.acked != self.generation {
             return None;

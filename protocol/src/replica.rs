@@ -211,17 +211,21 @@ impl Replica {
         Ok(())
     }
 
+    /// The geometry OPEN announced, while the caller is to describe the local copy (AwaitLocal);
+    /// else an error naming `call`, made at the wrong time.
+    fn opened(&self, call: &str) -> Result<Geometry, WireError> {
+        match (self.state, self.geom) {
+            (ReplicaState::AwaitLocal, Some(g)) => Ok(g),
+            _ => Err(WireError::new(
+                ErrorCode::Internal,
+                format!("{call} called before OPEN"),
+            )),
+        }
+    }
+
     /// Describes the local copy after [`ReplicaEvent::Opened`]; queues STATE and HASHES.
     pub fn local_state(&mut self, local: Local<'_>) -> Result<(), WireError> {
-        let geom = match (self.state, self.geom) {
-            (ReplicaState::AwaitLocal, Some(g)) => g,
-            _ => {
-                return Err(WireError::new(
-                    ErrorCode::Internal,
-                    "local_state called before OPEN",
-                ))
-            }
-        };
+        let geom = self.opened("local_state")?;
         let n = geom.chunk_count();
         match local {
             Local::Hashes(hashes) => {
@@ -616,15 +620,7 @@ impl Replica {
         generation: u64,
         missing: &DirtySet,
     ) -> Result<(), WireError> {
-        let geom = match (self.state, self.geom) {
-            (ReplicaState::AwaitLocal, Some(g)) => g,
-            _ => {
-                return Err(WireError::new(
-                    ErrorCode::Internal,
-                    "resume_postcopy called before OPEN",
-                ))
-            }
-        };
+        let geom = self.opened("resume_postcopy")?;
         let n = geom.chunk_count();
         if missing.capacity() != n {
             return Err(WireError::new(
