@@ -18,10 +18,10 @@ VECTORS = FUZZ.parent / "spec" / "vectors"
 SEEDS = FUZZ / "seeds"
 
 MAX_BODY = (1 << 22) + 16
-FOCUS = [0x13, 0x20, 0x10, 0x12, 0x30, 0x02, 0x23, 0x31]  # bodies.rs FOCUS
+FOCUS = [0x13, 0x20, 0x10, 0x12, 0x30, 0x02, 0x23, 0x31, 0x42]  # bodies.rs FOCUS
 TYPES = [0x01, 0x02, 0x10, 0x11, 0x12, 0x13, 0x14, 0x20, 0x21, 0x22, 0x23, 0x30, 0x31, 0x40,
-         0x41]  # model.rs
-FLAGS = {0x12: 7, 0x20: 3, 0x23: 1, 0x30: 1}
+         0x41, 0x42]  # model.rs
+FLAGS = {0x12: 7, 0x20: 3, 0x23: 1, 0x30: 1, 0x40: 1}
 
 
 def load_vectors():
@@ -123,6 +123,31 @@ class ReplicaScript:
         if not zero:
             self.b += u8(fill) + b"\x01\x02\x03\x04"
 
+    # Post-copy (op 12: STALE / HANDOFF{POSTCOPY} / FETCHED copy; 13 local_write; 14 resume).
+
+    def stale(self, first, count):
+        # op 12, kind 0: STALE inside the region, count 1..=min(n - first, 16)
+        self.b += u8(12) + u8(0) + below(first, self.n) + below(count - 1, min(self.n - first, 16))
+
+    def handoff_postcopy(self):
+        # op 12, kind 3: HANDOFF{committed, POSTCOPY}
+        self.b += u8(12) + u8(3)
+
+    def fetched_copy(self, index, zero=False, fill=0x5A):
+        # op 12, kind 5: a FETCHED CHUNK, right hash, of the first missing chunk at or after index
+        self.b += u8(12) + u8(5) + u8(1 if zero else 0) + below(index, self.n)
+        if not zero:
+            self.b += u8(fill) + u8(fill ^ 0xFF)
+
+    def local_write(self, index):
+        # op 13, mode 1: exactly chunk `index` (below(n + 1))
+        self.b += u8(13) + u8(1) + below(index, self.n + 1)
+
+    def resume_postcopy(self, missing_mask):
+        # op 14: generation = committed (sel 0), a set of the OPEN's chunk count (sel 2), members
+        # from a u64 mask (mode 2)
+        self.b += u8(14) + u8(0) + u8(2) + u8(2) + u64(missing_mask)
+
     def lane_part(self, index, offset, length, chunk_len=4096, zero=False, fill=9):
         # op 10, lane frame kind 1: a PART of the first requested chunk from `index`, inside it
         mode = 1 if zero else 0
@@ -172,6 +197,68 @@ def replica_seeds(vectors):
     s.commit()
     s.handoff()
     write("replica_machine", "lazy_fetch_part_lane", bytes(s.b))
+
+    # Post-copy (§8.10), eager: two generations, the second committed as far as its round went
+    # (chunk 2), STALE for the chunks the round did not reach, HANDOFF{POSTCOPY} -> PostCopy with
+    # background FETCHes; a fetched copy written, a chunk written whole locally, the last copy
+    # making BecameOwner, then a late copy of the chunk written locally, dropped.
+    s = ReplicaScript()
+    s.open(6, local=0)
+    for i in range(6):
+        s.chunk(i, zero=(i == 1))
+    s.commit()
+    s.chunk(2, fill=9)
+    s.commit()
+    s.stale(3, 2)
+    s.stale(5, 1)
+    s.handoff_postcopy()
+    s.fetched_copy(3)
+    s.local_write(4)
+    s.fetched_copy(5, zero=True)
+    s.fetched_copy(4)
+    s.drain()
+    write("replica_machine", "postcopy_eager_stale_handoff", bytes(s.b))
+
+    # Post-copy, lazy: read-ahead and an urgent fetch before, STALE of a chunk it held, a handoff
+    # with runs missing, an urgent FETCH in PostCopy (a partial writer waits), copies.
+    s = ReplicaScript()
+    s.open(8, local=2)
+    s.fetch(0, 2, False)
+    for i in (0, 1):
+        s.chunk(i, fetched=True)
+    for i in (2, 3, 4):
+        s.chunk(i)
+    s.commit()
+    s.stale(2, 1)
+    s.handoff_postcopy()
+    s.fetch(6, 1, True)
+    s.fetched_copy(6)
+    s.local_write(7)
+    s.fetched_copy(2)
+    s.fetched_copy(5)
+    s.fetched_copy(7)
+    write("replica_machine", "postcopy_lazy_handoff_fetches", bytes(s.b))
+
+    # Post-copy resumed on a new stream (the old owner's probe OPEN): resume_postcopy instead of
+    # local_state, then the copies.
+    s = ReplicaScript(setup=1, committed=u8(4))
+    s.open(5, local=3)
+    s.resume_postcopy(0b10110)
+    s.fetched_copy(1)
+    s.local_write(2)
+    s.fetched_copy(0)
+    s.fetched_copy(4)
+    write("replica_machine", "postcopy_resume", bytes(s.b))
+
+    # HANDOFF{POSTCOPY} with nothing missing: BecameOwner at once; a FETCHED copy then is refused.
+    s = ReplicaScript()
+    s.open(3, local=1)
+    for i in range(3):
+        s.chunk(i)
+    s.commit()
+    s.handoff_postcopy()
+    s.fetched_copy(0)
+    write("replica_machine", "postcopy_nothing_missing", bytes(s.b))
 
     s = ReplicaScript(setup=4 | (1 << 3))  # MOUNT replica, max_body = MIN_MAX_BODY
     s.open(40, local=0)
@@ -252,6 +339,25 @@ class OwnerScript:
     def begin_handoff(self):
         self.b += u8(8)
 
+    def begin_postcopy(self):
+        self.b += u8(14)
+
+    def finish(self):
+        # op 15, even byte: finish()
+        self.b += u8(15) + u8(0)
+
+    def accept_postcopy_resume(self):
+        # op 15, odd byte: accept_postcopy_resume()
+        self.b += u8(15) + u8(1)
+
+    def poll(self, k):
+        # op 9: 1 + below(32) poll_transmit calls
+        self.b += u8(9) + below(k - 1, 32)
+
+    def handed_over(self):
+        # frame selector 6: ERROR HANDED_OVER
+        self.b += u8(0) + u8(6) + u8(1)
+
 
 def owner_seeds(vectors):
     s = OwnerScript(4)
@@ -292,6 +398,103 @@ def owner_seeds(vectors):
     s.ack(sel=1)
     write("owner_machine", "lazy_fetch_part", bytes(s.b))
 
+    # Post-copy (§8.10): a synced stream, four chunks written; the round reaches two of them when
+    # begin_postcopy cuts it: COMMIT of those two, ACK, STALE of the other two, HANDOFF{POSTCOPY},
+    # HANDOFF_ACK -> Serving; the new owner FETCHes the stale chunks; finish().
+    def synced_postcopy(n=8):
+        s = OwnerScript(n)
+        s.state(generation=0)
+        s.hashes_all()
+        s.poll_all()  # OPEN, COMMIT{1} (reconciled content)
+        s.ack(sel=1)
+        for c in (2, 3, 5, 6):
+            s.write(c, 0x40 + c)
+        s.scan()
+        s.poll(2)  # chunks 2 and 3 of the round
+        s.begin_postcopy()
+        s.poll_all()  # the cut COMMIT{2}
+        s.ack(sel=1)
+        s.poll_all()  # STALE{5, 2}, HANDOFF{2, POSTCOPY}
+        s.handoff_ack()
+        return s
+
+    s = synced_postcopy()
+    s.fetch(5, 2, False)
+    s.poll_all()
+    s.finish()
+    write("owner_machine", "postcopy_cut_round_serve_finish", bytes(s.b))
+
+    # The stream breaks in Serving: the probe OPEN, answered HANDOFF_ACK, resumes Serving.
+    s = synced_postcopy()
+    s.fetch(5, 1, True)
+    s.restart()
+    s.poll_all()  # the probe OPEN
+    s.handoff_ack()
+    s.fetch(5, 2, False)
+    s.fetch_part(6, 0, 100)
+    s.poll_all()
+    s.finish()
+    write("owner_machine", "postcopy_probe_resumes_serving", bytes(s.b))
+
+    # A post-copy handoff right after reconnecting to an empty replica: the commit owed is an
+    # empty round, then STALE names the whole region.
+    s = OwnerScript(8, extra=100)
+    s.state(empty=True, generation=0)
+    s.begin_postcopy()
+    s.poll_all()  # OPEN, COMMIT{1, 0}
+    s.ack(sel=1)
+    s.poll_all()  # STALE{0, 8}, HANDOFF{1, POSTCOPY}
+    s.handoff_ack()
+    s.fetch(0, 8, False)
+    s.poll_all()
+    s.finish()
+    write("owner_machine", "postcopy_after_reconnect_all_stale", bytes(s.b))
+
+    # A restarted old owner (it lost its memory of the handoff) allows a post-copy resume: the
+    # new owner answers its OPEN with HANDOFF_ACK and FETCHes; Serving, then finish().
+    s = OwnerScript(6, gen=(1, u8(9)))
+    s.accept_postcopy_resume()
+    s.poll_all()  # OPEN
+    s.handoff_ack()
+    s.fetch(1, 3, False)
+    s.fetch(4, 1, True)
+    s.poll_all()
+    s.finish()
+    write("owner_machine", "postcopy_restarted_owner_resumes", bytes(s.b))
+
+    # HANDOFF{POSTCOPY} lost: the probe is answered ERROR HANDED_OVER (done), or STATE (not taken:
+    # owner again, a plain handoff this time).
+    s = OwnerScript(4)
+    s.state(generation=0)
+    s.hashes_all()
+    s.poll_all()
+    s.ack(sel=1)
+    s.mark(1, 2)
+    s.begin_postcopy()
+    s.poll_all()  # STALE{1, 2}, HANDOFF
+    s.restart()
+    s.poll_all()
+    s.handed_over()
+    write("owner_machine", "postcopy_probe_handed_over", bytes(s.b))
+    s = OwnerScript(4)
+    s.state(generation=0)
+    s.hashes_all()
+    s.poll_all()
+    s.ack(sel=1)
+    s.mark(1, 2)
+    s.begin_postcopy()
+    s.poll_all()
+    s.restart()
+    s.poll_all()
+    s.state(generation=1)
+    s.hashes_all()
+    s.begin_handoff()
+    s.poll_all()
+    s.ack(sel=1)
+    s.poll_all()
+    s.handoff_ack()
+    write("owner_machine", "postcopy_probe_state_then_plain", bytes(s.b))
+
     s = OwnerScript(3, gen=(2, u64(1 << 40)))
     s.state(count_ok=False)
     write("owner_machine", "state_wrong_count", bytes(s.b))
@@ -299,7 +502,7 @@ def owner_seeds(vectors):
     # Each replica-side vector raw, against the example region (3 chunks, 8193 bytes), both in
     # Opening and after an empty STATE.
     for name, _, _, data in vectors:
-        if not name.startswith(("state", "hashes", "ack", "fetch", "handoff_ack", "error")):
+        if not name.startswith(("state", "hashes", "ack", "fetch", "handoff", "error", "stale")):
             continue
         s = OwnerScript(3, extra=0)
         s.raw(data)

@@ -2,9 +2,10 @@
 //! arbitrary validated geometry.
 //!
 //! Input layout: `[selector u8][flags u16 LE][shift u8][size u64 LE][body…]`. The selector picks
-//! the type: even values cycle through HASHES, CHUNK, OPEN, STATE, FETCH, ERROR, PART, FETCH_PART
-//! (the types with interesting bodies), odd values through all fifteen types; selector bit 7 keeps
-//! the flags raw (else they are masked to the type's defined bits). `(size, shift)` is tried as
+//! the type: even values cycle through HASHES, CHUNK, OPEN, STATE, FETCH, ERROR, PART, FETCH_PART,
+//! STALE (the types with interesting bodies or geometry checks), odd values through all sixteen
+//! types (HANDOFF with its POSTCOPY flag among them); selector bit 7 keeps the flags raw (else
+//! they are masked to the type's defined bits). `(size, shift)` is tried as
 //! given; when it is invalid `Geometry::new` must say BAD_GEOMETRY exactly when the spec model (§3)
 //! says so, and a valid geometry is derived from the same numbers instead.
 //!
@@ -13,7 +14,8 @@
 //! BAD_NAME for OPEN and MOUNT; BAD_GEOMETRY for OPEN); a decoded frame re-encodes to the header
 //! and body; a body whose length differs from the header's is MALFORMED; `check_geometry` agrees
 //! with the model of §5.14 (OUT_OF_RANGE — also for a PART or FETCH_PART byte range past its
-//! chunk's end —, or MALFORMED for a CHUNK payload of the wrong length);
+//! chunk's end —, for a FETCH or STALE a run past the region's end —, or MALFORMED for a CHUNK
+//! payload of the wrong length);
 //! the geometry's derived quantities are consistent (§3).
 #![no_main]
 
@@ -23,7 +25,7 @@ use memsync_protocol::geometry::{MAX_CHUNKS, MAX_REGION_SIZE};
 use memsync_protocol::wire::{kind, ErrorCode, Frame, Header, MAX_BODY};
 use memsync_protocol::Geometry;
 
-const FOCUS: [u8; 8] = [
+const FOCUS: [u8; 9] = [
     kind::HASHES,
     kind::CHUNK,
     kind::OPEN,
@@ -32,6 +34,7 @@ const FOCUS: [u8; 8] = [
     kind::ERROR,
     kind::PART,
     kind::FETCH_PART,
+    kind::STALE,
 ];
 
 fn geometry(size: u64, shift: u8) -> Geometry {

@@ -2,11 +2,13 @@
 //!
 //! The description is turned into valid `Frame` values (valid names per `check_name`, valid OPEN
 //! geometries, non-empty HASHES, CHUNK and PART payloads, a zero hash on ZERO chunks and parts, a
-//! PART's `len` equal to its payload's length or ≥ 1 when ZERO, FETCH count ≥ 1, FETCH_PART len
-//! ≥ 1, EMPTY STATE with count 0), several of which are encoded back to back into one buffer.
+//! PART's `len` equal to its payload's length or ≥ 1 when ZERO, FETCH and STALE count ≥ 1,
+//! FETCH_PART len ≥ 1, EMPTY STATE with count 0; HANDOFF with or without POSTCOPY), several of
+//! which are encoded back to back into one buffer.
 //! Asserts: each decodes to the identical frame, consuming exactly its own encoding; the buffer is
 //! exhausted at the end; `chunk_header` equals the first 24 bytes of a CHUNK's encoding and
-//! `part_header` the first 32 bytes of a PART's (all of a ZERO one); an ERROR
+//! `part_header` the first 32 bytes of a PART's (all of a ZERO one); HANDOFF and STALE encode to
+//! exactly the bytes §5.13 / §5.19 give (type, POSTCOPY flag, little-endian fields); an ERROR
 //! reason longer than 1024 bytes is truncated at a char boundary (§5.2) and decodes to that prefix.
 //! OPEN and MOUNT descriptions may also keep their raw, possibly invalid, name and geometry: then
 //! decoding must fail with exactly the code `check_name` / `Geometry::new` give (BAD_NAME before
@@ -87,7 +89,10 @@ enum Desc {
         count: u32,
         urgent: bool,
     },
-    Handoff(u64),
+    Handoff {
+        generation: u64,
+        postcopy: bool,
+    },
     HandoffAck(u64),
     Lane(u64),
     Part {
@@ -109,6 +114,10 @@ enum Desc {
         offset: u32,
         len: u32,
     },
+    Stale {
+        first: u64,
+        count: u32,
+    },
 }
 
 /// Owned data a `Frame` borrows from.
@@ -123,12 +132,13 @@ enum Owned {
     Commit(u64, u32, u64),
     Ack(u64),
     Fetch(u64, u32, bool),
-    Handoff(u64),
+    Handoff(u64, bool),
     HandoffAck(u64),
     Lane(u64),
     /// index, offset, len, hash, zero, payload
     Part(u64, u32, u32, u64, bool, Vec<u8>),
     FetchPart(u64, u32, u32),
+    Stale(u64, u32),
 }
 
 /// A geometry valid by construction from arbitrary numbers.
@@ -264,7 +274,10 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
             count,
             urgent,
         } => Owned::Fetch(first, count.max(1), urgent),
-        Desc::Handoff(g) => Owned::Handoff(g),
+        Desc::Handoff {
+            generation,
+            postcopy,
+        } => Owned::Handoff(generation, postcopy),
         Desc::HandoffAck(g) => Owned::HandoffAck(g),
         Desc::Lane(stream) => Owned::Lane(stream),
         Desc::Part {
@@ -291,6 +304,7 @@ fn build(d: Desc) -> Result<Owned, (Owned, ErrorCode)> {
             Owned::Part(index, offset, len.max(1), 0, true, vec![])
         }
         Desc::FetchPart { index, offset, len } => Owned::FetchPart(index, offset, len.max(1)),
+        Desc::Stale { first, count } => Owned::Stale(first, count.max(1)),
     })
 }
 
@@ -341,8 +355,9 @@ fn frame(o: &Owned) -> Frame<'_> {
             count: *count,
             urgent: *urgent,
         },
-        Owned::Handoff(generation) => Frame::Handoff {
+        Owned::Handoff(generation, postcopy) => Frame::Handoff {
             generation: *generation,
+            postcopy: *postcopy,
         },
         Owned::HandoffAck(generation) => Frame::HandoffAck {
             generation: *generation,
@@ -360,6 +375,10 @@ fn frame(o: &Owned) -> Frame<'_> {
             index: *index,
             offset: *offset,
             len: *len,
+        },
+        Owned::Stale(first, count) => Frame::Stale {
+            first: *first,
+            count: *count,
         },
     }
 }
@@ -430,6 +449,30 @@ fuzz_target!(|descs: Vec<Desc>| {
             if zero {
                 assert_eq!(buf.len(), start + 32, "a ZERO part is its header alone");
             }
+        }
+        // §5.13 and §5.19 byte for byte: HANDOFF 0x40 with flag POSTCOPY 0x0001 and a u64
+        // generation; STALE 0x42, no flags, first u64 and count u32.
+        let spec: Option<Vec<u8>> = match *f {
+            Frame::Handoff {
+                generation,
+                postcopy,
+            } => Some(
+                [0xD5, 0x40, postcopy as u8, 0, 8, 0, 0, 0]
+                    .into_iter()
+                    .chain(generation.to_le_bytes())
+                    .collect(),
+            ),
+            Frame::Stale { first, count } => Some(
+                [0xD5, 0x42, 0, 0, 12, 0, 0, 0]
+                    .into_iter()
+                    .chain(first.to_le_bytes())
+                    .chain(count.to_le_bytes())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        if let Some(spec) = spec {
+            assert_eq!(buf[start..], spec[..], "{f:?} encoded unlike §5");
         }
         ends.push(buf.len());
     }

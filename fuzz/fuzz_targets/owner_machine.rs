@@ -1,9 +1,17 @@
 //! An `Owner` (small geometry, arbitrary known hashes, arbitrary starting generation) fed
 //! fuzzer-chosen frames from the replica side — STATE, HASHES, ACK, FETCH, FETCH_PART (byte ranges
 //! inside, just past or far past the chunk), HANDOFF_ACK, ERROR, garbage bytes, and frames an owner
-//! never accepts (PART among them) — interleaved with `on_dirty`, `mark_dirty`,
-//! `restart`, `begin_handoff`, writes to the owner's memory, hash scans and `poll_transmit` calls
-//! (a `Transmit::Chunk` is answered with `encode_chunk` on the chunk's current bytes).
+//! never accepts (PART, HANDOFF plain or POSTCOPY and STALE among them) — interleaved with
+//! `on_dirty`, `mark_dirty`, `restart`, `begin_handoff`, `begin_postcopy`, `finish`, writes to the
+//! owner's memory, hash scans and `poll_transmit` calls (a `Transmit::Chunk` is answered with
+//! `encode_chunk` on the chunk's current bytes).
+//!
+//! Input: setup (chunk count, last chunk's length, memory fill, known hashes, starting generation,
+//! durable/epoch bits), then ops, one byte each (mod 16) followed by its arguments: 0–3 a frame
+//! from the replica, 4 raw length-prefixed bytes, 5 `on_dirty`, 6 `mark_dirty`, 7 `restart`,
+//! 8 `begin_handoff`, 9–10 a few `poll_transmit`s, 11 a memory write, 12 a hash scan, 13 poll
+//! until idle, 14 `begin_postcopy`, 15 then an odd byte `accept_postcopy_resume`, an even one
+//! `finish` (the replica ended the stream).
 //!
 //! The harness keeps a model of spec/PROTOCOL.md §8.1 (STATE with the wrong chunk count is
 //! BAD_GEOMETRY and changes nothing; STATE without DURABLE is NOT_DURABLE when the owner requires
@@ -30,6 +38,28 @@
 //!
 //! `restart` after HANDOFF went out is a probe (§8.6: state Probing, OPEN queued), which an ERROR
 //! HANDED_OVER answers with HandedOff and a STATE like Opening's; it is refused once handed off.
+//!
+//! Post-copy handoffs (§8.10, design notes/postcopy-design.md): `begin_postcopy` is `begin_handoff`
+//! (Streaming → Draining, else PROTOCOL_VIOLATION) with the post-copy flag set (`is_postcopy()`;
+//! `begin_handoff` clears it). A post-copy Draining sends fetched chunks as usual but no round
+//! chunk: a round in progress is cut and committed as far as it was sent (its unsent chunks back to
+//! pending, COMMIT{G, count so far, summary so far}); else a commit still owed is made empty
+//! (COMMIT{G+1, 0, xxh3 of nothing}); else, once ACK{G} came, one STALE per maximal run of pending
+//! chunks at or after a cursor, in increasing order, then HANDOFF{G, POSTCOPY}. In HandingOff
+//! (plain or post-copy) a FETCH or FETCH_PART that crossed HANDOFF is ignored (event None, nothing
+//! queued). HANDOFF_ACK{G} then leads to Serving{G} (event HandedOff; the stream's sent-chunk set
+//! and the fetch queues are emptied), where FETCH / FETCH_PART are queued as in Streaming and only
+//! fetched chunks go out; ACK, STATE and the rest are PROTOCOL_VIOLATION. `finish()` is Some(G) and
+//! HandedOff in Serving{G}, None (no change) elsewhere. `restart` from Serving{G} probes
+//! (Probing{G}); there HANDOFF_ACK{G} resumes Serving{G} when the handoff was post-copy and is
+//! PROTOCOL_VIOLATION otherwise. `accept_postcopy_resume` (Opening only, else INTERNAL; sets the
+//! post-copy flag) lets a HANDOFF_ACK{g} answer that stream's OPEN (a restart withdraws it):
+//! Serving{g}; without it a HANDOFF_ACK in Opening is PROTOCOL_VIOLATION (also after a post-copy
+//! Draining whose stream broke before HANDOFF went out: nothing was offered). Safety check (§8.10
+//! step 3): at HANDOFF{POSTCOPY} every pending chunk was named by a STALE on this stream after it
+//! was last sent — unless the input reported changes after a STALE went out, which §8.10 step 1
+//! rules out (the STALE cursor then skips chunks below it: see README, "Not findings").
+//!
 //! After an error or a PeerError the stream is dead: the harness restarts the owner (a new
 //! stream), or stops if it may not.
 #![no_main]
@@ -58,7 +88,14 @@ enum Next {
         count: u32,
         summary: u64,
     },
-    Handoff(u64),
+    Handoff {
+        generation: u64,
+        postcopy: bool,
+    },
+    Stale {
+        first: u64,
+        count: u32,
+    },
 }
 
 struct Harness {
@@ -95,7 +132,24 @@ struct Harness {
     durable: bool,
     /// The ownership epoch OPEN carries; a STATE must echo it (§8.8).
     epoch: Option<u64>,
+    /// The handoff asked for is a post-copy one (§8.10): set by `begin_postcopy`, cleared by
+    /// `begin_handoff`, kept across restarts (a probe's HANDOFF_ACK resumes Serving only then).
+    postcopy: bool,
+    /// In a post-copy Draining, the first chunk not yet considered for STALE (a cursor).
+    stale_cursor: u64,
+    /// `accept_postcopy_resume` was called in this stream's Opening: its OPEN may be answered
+    /// HANDOFF_ACK by a new owner still fetching (§8.10, a restarted old owner). Only then is
+    /// HANDOFF_ACK accepted in Opening; a restart clears it.
+    resume_ok: bool,
     // Invariant tracking.
+    /// Chunks named by a STALE on this stream and not sent since: at HANDOFF{POSTCOPY} every
+    /// pending chunk must be one (else the new owner keeps an older copy, §8.10 safety).
+    stale_named: Vec<bool>,
+    /// The caller reported changes (`on_dirty`, `mark_dirty`, a scan) that made a chunk pending
+    /// after a STALE went out in this post-copy Draining. §8.10 step 1 forbids it (writers are
+    /// stopped and their last changes reported before the drain); the owner then leaves such a
+    /// chunk out of STALE when it lies before the cursor, so the safety check is skipped.
+    reported_after_stale: bool,
     last_commit_stream: Option<u64>,
     last_commit_ever: Option<u64>,
     /// Set when the input reached a known, reported bug and the harness stops (skip mode only).
@@ -124,6 +178,7 @@ impl Harness {
             assert_eq!(o.backlog(), 0, "synced with a backlog");
         }
         assert_eq!(o.known_hashes(), &self.known[..]);
+        assert_eq!(o.is_postcopy(), self.postcopy);
     }
 
     /// Restarts on a new stream; false when the owner may not (it handed off).
@@ -135,9 +190,9 @@ impl Harness {
                 self.check();
                 return false;
             }
-            OwnerState::HandingOff { generation } | OwnerState::Probing { generation } => {
-                OwnerState::Probing { generation }
-            }
+            OwnerState::HandingOff { generation }
+            | OwnerState::Probing { generation }
+            | OwnerState::Serving { generation } => OwnerState::Probing { generation },
             _ => OwnerState::Opening,
         };
         r.expect("restart");
@@ -155,6 +210,10 @@ impl Harness {
         self.urgent.clear();
         self.background.clear();
         self.on_stream.fill(false);
+        self.stale_cursor = 0;
+        self.stale_named.fill(false);
+        self.reported_after_stale = false;
+        self.resume_ok = false;
         self.state = next;
         self.open_queued = Some(self.g);
         self.last_commit_stream = None;
@@ -181,6 +240,20 @@ impl Harness {
                 if code == ErrorCode::HandedOver as u32 =>
             {
                 self.state = HandedOff;
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            // §8.10 recovery: the new owner still fetches after a post-copy handoff; only a
+            // probe of a post-copy HANDOFF may be answered so.
+            (Frame::HandoffAck { generation: g }, Probing { generation })
+                if self.postcopy && g == generation =>
+            {
+                self.serve(generation);
+                Ok(OwnerEvent::HandedOff { generation })
+            }
+            // A restarted old owner that allowed it (`accept_postcopy_resume`): the new owner
+            // answers its OPEN as a probe, at the generation it took the region over at.
+            (Frame::HandoffAck { generation }, Opening) if self.resume_ok => {
+                self.serve(generation);
                 Ok(OwnerEvent::HandedOff { generation })
             }
             (Frame::Error { code, reason }, _) => Ok(OwnerEvent::PeerError {
@@ -275,7 +348,7 @@ impl Harness {
                     count,
                     urgent,
                 },
-                Streaming | Draining,
+                Streaming | Draining | Serving { .. },
             ) => {
                 let q = if urgent {
                     &mut self.urgent
@@ -291,12 +364,27 @@ impl Harness {
                 );
                 Ok(OwnerEvent::None)
             }
+            // A FETCH (or FETCH_PART) that crossed HANDOFF: ignored (§8.1, MODEL.md finding 3).
+            (Frame::Fetch { .. }, HandingOff { .. }) => Ok(OwnerEvent::None),
             (Frame::HandoffAck { generation }, HandingOff { generation: g }) if generation == g => {
-                self.state = HandedOff;
+                if self.postcopy {
+                    self.serve(generation);
+                } else {
+                    self.state = HandedOff;
+                }
                 Ok(OwnerEvent::HandedOff { generation })
             }
             _ => pv,
         }
+    }
+
+    /// Serving after a post-copy HANDOFF_ACK (§8.10): what went out before answers no FETCH now
+    /// (the new owner asks exactly for the chunks whose copies are stale), queues start empty.
+    fn serve(&mut self, generation: u64) {
+        self.state = OwnerState::Serving { generation };
+        self.on_stream.fill(false);
+        self.urgent.clear();
+        self.background.clear();
     }
 
     /// Feeds one frame; false when the stream died and the owner may not restart.
@@ -331,7 +419,8 @@ impl Harness {
         if let Some(g) = self.open_queued.take() {
             return Some(Next::Open(g));
         }
-        if !matches!(self.state, Streaming | Draining) {
+        // Fetched chunks go out in Serving too (§8.10), and nothing else does.
+        if !matches!(self.state, Streaming | Draining | Serving { .. }) {
             return None;
         }
         while let Some(index) = self
@@ -346,6 +435,12 @@ impl Harness {
                 index,
                 fetched: true,
             });
+        }
+        if !matches!(self.state, Streaming | Draining) {
+            return None;
+        }
+        if self.postcopy && self.state == Draining {
+            return self.model_postcopy_drain();
         }
         if !self.in_round
             && (self.pending.contains(&true) || self.needs_commit)
@@ -377,9 +472,66 @@ impl Harness {
         }
         if self.state == Draining && self.acked == self.g {
             self.state = HandingOff { generation: self.g };
-            return Some(Next::Handoff(self.g));
+            return Some(Next::Handoff {
+                generation: self.g,
+                postcopy: false,
+            });
         }
         None
+    }
+
+    /// §8.10, a post-copy Draining: no round chunk goes out. (1) A round in progress is cut: its
+    /// unsent chunks go back to pending and COMMIT{G} names what was sent; (2) else a commit still
+    /// owed is an empty round COMMIT{G+1, 0, xxh3("")}; (3) else, once G is acknowledged, one
+    /// STALE per maximal run of pending chunks from the cursor on, in increasing order, then
+    /// HANDOFF{G, POSTCOPY}.
+    fn model_postcopy_drain(&mut self) -> Option<Next> {
+        if self.in_round {
+            for i in 0..self.n as usize {
+                self.pending[i] |= self.round[i];
+                self.round[i] = false;
+            }
+            self.in_round = false;
+            return Some(Next::Commit {
+                generation: self.g,
+                count: self.count,
+                summary: xxh3_64(&self.records),
+            });
+        }
+        if self.needs_commit && self.g < MAX_GENERATION {
+            self.needs_commit = false;
+            self.g += 1;
+            self.records.clear();
+            self.count = 0;
+            return Some(Next::Commit {
+                generation: self.g,
+                count: 0,
+                summary: xxh3_64(&[]),
+            });
+        }
+        if self.acked != self.g {
+            return None;
+        }
+        let start = (self.stale_cursor..self.n)
+            .find(|&i| self.pending[i as usize] && (i == 0 || !self.pending[i as usize - 1]));
+        if let Some(first) = start {
+            let end = (first..self.n)
+                .find(|&i| !self.pending[i as usize])
+                .unwrap_or(self.n);
+            self.stale_cursor = end;
+            for i in first..end {
+                self.stale_named[i as usize] = true;
+            }
+            return Some(Next::Stale {
+                first,
+                count: (end - first) as u32,
+            });
+        }
+        self.state = OwnerState::HandingOff { generation: self.g };
+        Some(Next::Handoff {
+            generation: self.g,
+            postcopy: true,
+        })
     }
 
     /// One `poll_transmit`, checked; false when there was nothing to send.
@@ -438,12 +590,35 @@ impl Harness {
                         self.last_commit_ever = Some(generation);
                         self.committed = generation;
                     }
-                    Frame::Handoff { generation } => {
-                        assert_eq!(want, Some(Next::Handoff(generation)));
+                    Frame::Handoff {
+                        generation,
+                        postcopy,
+                    } => {
+                        assert_eq!(
+                            want,
+                            Some(Next::Handoff {
+                                generation,
+                                postcopy
+                            })
+                        );
                         assert_eq!(
                             generation, self.acked,
                             "HANDOFF of an unacknowledged generation"
                         );
+                        if postcopy && !self.reported_after_stale {
+                            // §8.10 safety: the replica takes ownership holding, for every chunk
+                            // not named STALE since it was last sent, the owner's frozen bytes.
+                            for i in 0..self.n as usize {
+                                assert!(
+                                    !self.pending[i] || self.stale_named[i],
+                                    "HANDOFF{{POSTCOPY}} with chunk {i} pending and not named STALE"
+                                );
+                            }
+                        }
+                    }
+                    Frame::Stale { first, count } => {
+                        assert_eq!(want, Some(Next::Stale { first, count }));
+                        assert!(count >= 1 && first + count as u64 <= self.n);
                     }
                     f => panic!("the owner sent {f:?}"),
                 }
@@ -475,6 +650,7 @@ impl Harness {
                 );
                 // The model's encode_chunk.
                 self.on_stream[index as usize] = true;
+                self.stale_named[index as usize] = false;
                 self.known[index as usize] = h;
                 if fetched {
                     self.pending[index as usize] = false;
@@ -582,7 +758,13 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
         }
         5 => {
             let generation = match (input.bool(), h.state) {
-                (true, OwnerState::HandingOff { generation }) => generation,
+                (
+                    true,
+                    OwnerState::HandingOff { generation }
+                    | OwnerState::Probing { generation }
+                    | OwnerState::Serving { generation },
+                ) => generation,
+                (true, OwnerState::Opening) => h.g,
                 _ => input.u64(),
             };
             Frame::HandoffAck { generation }.to_vec()
@@ -621,7 +803,25 @@ fn frame_from_replica(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
                     summary: 0,
                 }
                 .to_vec(),
-                4 => Frame::Handoff { generation: g }.to_vec(),
+                // HANDOFF, plain or POSTCOPY, and STALE: owner-to-replica frames (STALE inside or
+                // past the region, which the geometry check refuses first).
+                4 => match g & 3 {
+                    0 | 1 => Frame::Handoff {
+                        generation: g,
+                        postcopy: g & 1 != 0,
+                    }
+                    .to_vec(),
+                    2 => Frame::Stale {
+                        first: (g >> 8) % n,
+                        count: 1 + (g >> 16) as u32 % 4,
+                    }
+                    .to_vec(),
+                    _ => Frame::Stale {
+                        first: g >> 2,
+                        count: (g >> 32) as u32 | 1,
+                    }
+                    .to_vec(),
+                },
                 5 => {
                     let (index, offset, len) = byte_range(h, input);
                     let payload = vec![input.u8() | 1; (len as usize).min(4096)];
@@ -777,6 +977,11 @@ fuzz_target!(|data: &[u8]| {
         require_durable,
         durable: false,
         epoch,
+        postcopy: false,
+        stale_cursor: 0,
+        resume_ok: false,
+        stale_named: vec![false; n as usize],
+        reported_after_stale: false,
         last_commit_stream: None,
         last_commit_ever: None,
         dead: false,
@@ -787,6 +992,7 @@ fuzz_target!(|data: &[u8]| {
         if input.is_empty() || h.dead {
             break;
         }
+        let pending_before = h.pending.clone();
         match input.u8() % 16 {
             0..=3 => {
                 let f = frame_from_replica(&h, &mut input);
@@ -849,6 +1055,7 @@ fuzz_target!(|data: &[u8]| {
                 if h.state == OwnerState::Streaming {
                     r.expect("begin_handoff in Streaming");
                     h.state = OwnerState::Draining;
+                    h.postcopy = false;
                 } else {
                     assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
                 }
@@ -884,12 +1091,60 @@ fuzz_target!(|data: &[u8]| {
                 h.owner.on_dirty(&d);
                 h.check();
             }
-            _ => {
+            13 => {
                 let mut budget = 4 * n + 64;
                 while budget > 0 && h.poll() {
                     budget -= 1;
                 }
             }
+            14 => {
+                memsync_fuzz::trace!("begin_postcopy");
+                let r = h.owner.begin_postcopy();
+                if h.state == OwnerState::Streaming {
+                    r.expect("begin_postcopy in Streaming");
+                    h.state = OwnerState::Draining;
+                    h.postcopy = true;
+                    h.stale_cursor = 0;
+                    h.reported_after_stale = false;
+                } else {
+                    assert_eq!(r.unwrap_err().code, ErrorCode::ProtocolViolation);
+                }
+                h.check();
+            }
+            _ if input.bool() => {
+                // A restarted old owner lets its OPEN be answered HANDOFF_ACK (§8.10).
+                let r = h.owner.accept_postcopy_resume();
+                memsync_fuzz::trace!("accept_postcopy_resume in {:?} -> {r:?}", h.state);
+                if h.state == OwnerState::Opening {
+                    r.expect("accept_postcopy_resume in Opening");
+                    h.postcopy = true;
+                    h.resume_ok = true;
+                } else {
+                    assert_eq!(r.unwrap_err().code, ErrorCode::Internal);
+                }
+                h.check();
+            }
+            _ => {
+                // The replica ended the stream cleanly (FIN): the end of a post-copy handoff
+                // in Serving, too early anywhere else.
+                let r = h.owner.finish();
+                memsync_fuzz::trace!("finish in {:?} -> {r:?}", h.state);
+                match h.state {
+                    OwnerState::Serving { generation } => {
+                        assert_eq!(r, Some(generation));
+                        h.state = OwnerState::HandedOff;
+                    }
+                    _ => assert_eq!(r, None),
+                }
+                h.check();
+            }
+        }
+        if h.state == OwnerState::Draining
+            && h.postcopy
+            && h.stale_cursor > 0
+            && (0..n as usize).any(|i| h.pending[i] && !pending_before[i])
+        {
+            h.reported_after_stale = true;
         }
     }
 });

@@ -10,7 +10,16 @@
 //! lane (`handle_lane`: CHUNK with or without FETCHED, PART — right or wrong hash, ZERO, inside or
 //! past its chunk, of a requested chunk or not —, and other frames); plus the local API:
 //! `local_state` (Hashes / Empty / Lazy, or a wrong hash count), `fetch` and `fetch_part`. On
-//! `Opened` the harness answers with `local_state` chosen by the input (or defers it).
+//! `Opened` the harness answers with `local_state` chosen by the input (or defers it). Post-copy
+//! (§8.10): STALE (inside the region or past it), HANDOFF{POSTCOPY} (at the committed generation
+//! or not), FETCHED copies of missing chunks, `local_write` and `resume_postcopy`.
+//!
+//! Ops, one byte each (mod 16) followed by their arguments: 0 raw length-prefixed bytes, 1 OPEN,
+//! 2–4 CHUNK, 5 COMMIT, 6 another frame (HANDOFF, ERROR, frames a replica never accepts),
+//! 7 `local_state`, 8 `fetch`, 10 a fetch-lane frame, 11 `fetch_part`, 12 a post-copy frame
+//! (STALE, HANDOFF with or without POSTCOPY, a FETCHED copy of a missing chunk), 13
+//! `local_write`, 14 `resume_postcopy` (a missing set of the OPEN's chunk count or of another),
+//! 9 and 15 check that nothing is queued.
 //!
 //! Asserts, besides no panic:
 //! - each `handle` outcome (event kind, or error code) is the one the model predicts: geometry
@@ -38,6 +47,18 @@
 //!   chunk's bytes, or None for ZERO) or `Part` (the part's range and bytes, inside its chunk);
 //!   nothing from a lane changes the replica's state, makes a chunk present or queues a frame;
 //!   after a lane error the lane is closed and gets no more frames (the region stream goes on);
+//! - post-copy (§8.10): STALE in Receiving makes its chunks missing (an eager replica then
+//!   tracks held chunks), event None, nothing queued; HANDOFF{g, postcopy} is accepted iff
+//!   g = committed and (postcopy or nothing missing), and queues exactly HANDOFF_ACK{g}, then one
+//!   background FETCH per maximal run of missing chunks in increasing order (state PostCopy), or
+//!   nothing more (BecameOwner); in PostCopy, and in BecameOwner reached through it, a FETCHED
+//!   CHUNK is verified (HASH_MISMATCH), dropped (None) when the chunk is held, else written, the
+//!   last missing one making BecameOwner; any other frame there is PROTOCOL_VIOLATION (so a late
+//!   copy never overwrites a chunk the new owner wrote); `local_write(i)` returns true and makes
+//!   i held exactly in PostCopy with i missing (false, no change, for an index past the region),
+//!   queuing nothing; `resume_postcopy` fails with INTERNAL outside AwaitLocal and BAD_GEOMETRY
+//!   for a set of another chunk count, both changing nothing, else sets committed and takes
+//!   ownership as a post-copy HANDOFF does; `fetch` works in PostCopy as for a lazy replica;
 //! - state(), committed(), missing() and is_present() match the model;
 //! - after any error or ERROR frame the harness stops feeding; everything transmitted decodes.
 #![no_main]
@@ -46,7 +67,7 @@ use libfuzzer_sys::fuzz_target;
 use memsync_fuzz::{decode_exact, model, name_from, Input};
 use memsync_protocol::hash::chunk_hash;
 use memsync_protocol::wire::{ErrorCode, Frame, HashList, Hello, MAX_BODY, MIN_MAX_BODY};
-use memsync_protocol::{Geometry, LaneEvent, Local, Replica, ReplicaEvent, ReplicaState};
+use memsync_protocol::{DirtySet, Geometry, LaneEvent, Local, Replica, ReplicaEvent, ReplicaState};
 use xxhash_rust::xxh3::xxh3_64;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +78,8 @@ enum Expect {
     Committed(u64),
     BecameOwner(u64),
     PeerError,
+    /// STALE, or a late FETCHED copy of a chunk held already (§8.10).
+    None,
 }
 
 struct Harness {
@@ -81,6 +104,9 @@ struct Harness {
     stopped: bool,
     /// The fetch lane failed (spec §8.7: the failure closes it); no more lane frames.
     lane_closed: bool,
+    /// Ownership was taken in a post-copy HANDOFF (or `resume_postcopy`) with chunks missing:
+    /// FETCHED copies are accepted in PostCopy and BecameOwner, and dropped once held (§8.10).
+    postcopy: bool,
 }
 
 /// What `handle_lane` must answer.
@@ -141,11 +167,39 @@ impl Harness {
                     Expect::Committed(generation)
                 }
             }
-            (Frame::Handoff { generation }, Receiving) => {
-                if generation == self.committed && self.missing() == 0 {
+            (
+                Frame::Handoff {
+                    generation,
+                    postcopy,
+                },
+                Receiving,
+            ) => {
+                if generation == self.committed && (postcopy || self.missing() == 0) {
                     Expect::BecameOwner(generation)
                 } else {
                     pv
+                }
+            }
+            (Frame::Stale { .. }, Receiving) => Expect::None,
+            // §8.10: after a post-copy handoff only FETCHED copies arrive, verified, dropped when
+            // the chunk is held (a late copy of a chunk this peer wrote or already received).
+            (
+                Frame::Chunk {
+                    index,
+                    hash,
+                    zero,
+                    fetched: true,
+                    payload,
+                },
+                PostCopy | BecameOwner,
+            ) if self.postcopy => {
+                if !zero && xxh3_64(payload) != hash {
+                    Expect::Err(ErrorCode::HashMismatch)
+                } else if self.present.as_ref().expect("post-copy without present")[index as usize]
+                {
+                    Expect::None
+                } else {
+                    Expect::Write
                 }
             }
             _ => pv,
@@ -239,6 +293,9 @@ impl Harness {
                 if let Some(p) = &mut self.present {
                     p[index as usize] = true;
                 }
+                if self.state == ReplicaState::PostCopy && self.missing() == 0 {
+                    self.state = ReplicaState::BecameOwner;
+                }
             }
             ReplicaEvent::Committed { generation } => {
                 assert_eq!(expect, Expect::Committed(generation));
@@ -257,10 +314,161 @@ impl Harness {
             }
             ReplicaEvent::BecameOwner { generation } => {
                 assert_eq!(expect, Expect::BecameOwner(generation));
-                assert_eq!(queued, vec![Frame::HandoffAck { generation }.to_vec()]);
+                self.take_ownership(generation, &queued);
+            }
+            ReplicaEvent::None => {
+                assert_eq!(expect, Expect::None, "{frame:?}");
+                assert!(queued.is_empty(), "frames queued after {frame:?}");
+                if let Frame::Stale { first, count } = frame {
+                    // The chunks become missing (an eager replica gets a present set: all).
+                    let n = self.geom.expect("STALE before OPEN").chunk_count() as usize;
+                    let p = self.present.get_or_insert_with(|| vec![true; n]);
+                    for i in first..first + count as u64 {
+                        p[i as usize] = false;
+                    }
+                    if self.requested.is_empty() {
+                        self.requested = vec![false; n];
+                        self.read_ahead = vec![false; n];
+                    }
+                }
+            }
+        }
+        self.check_state();
+    }
+
+    /// The model of accepting ownership at `generation` (HANDOFF, or `resume_postcopy`), checking
+    /// what it queued: HANDOFF_ACK{generation}, then, with chunks missing (§8.10), one background
+    /// FETCH per maximal run of them in increasing order (asked afresh: the old owner dropped
+    /// its fetch queues on entering Serving), and the state PostCopy; else BecameOwner.
+    fn take_ownership(&mut self, generation: u64, queued: &[Vec<u8>]) {
+        let mut want = vec![Frame::HandoffAck { generation }.to_vec()];
+        if self.missing() == 0 {
+            self.state = ReplicaState::BecameOwner;
+        } else {
+            self.state = ReplicaState::PostCopy;
+            self.postcopy = true;
+            let p = self
+                .present
+                .as_ref()
+                .expect("missing chunks without present");
+            let n = p.len();
+            self.requested.fill(false);
+            let mut i = 0;
+            while i < n {
+                if p[i] {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < n && !p[i] {
+                    self.requested[i] = true;
+                    self.read_ahead[i] = true;
+                    i += 1;
+                }
+                want.push(
+                    Frame::Fetch {
+                        first: start as u64,
+                        count: (i - start) as u32,
+                        urgent: false,
+                    }
+                    .to_vec(),
+                );
+            }
+        }
+        assert_eq!(
+            queued.iter().map(|f| decode_exact(f)).collect::<Vec<_>>(),
+            want.iter().map(|f| decode_exact(f)).collect::<Vec<_>>(),
+            "taking ownership at {generation} queued the wrong frames"
+        );
+    }
+
+    /// `local_write(index)`: in PostCopy, a missing chunk becomes held (true); anything else,
+    /// including an index past the region, changes nothing (false). Nothing is queued.
+    fn local_write(&mut self, input: &mut Input<'_>) {
+        let n = self.geom.map_or(4, |g| g.chunk_count());
+        let mode = input.u8();
+        let index = match mode {
+            0xff => input.u64(),
+            m if m & 1 == 0 => {
+                // The first missing chunk at or after a chosen one, if any.
+                let from = input.below(n);
+                self.present
+                    .as_ref()
+                    .and_then(|p| (from..n).chain(0..from).find(|&i| !p[i as usize]))
+                    .unwrap_or(from)
+            }
+            _ => input.below(n + 1), // n itself is out of range
+        };
+        let want = self.state == ReplicaState::PostCopy
+            && index < n
+            && self.present.as_ref().is_some_and(|p| !p[index as usize]);
+        let got = self.replica.local_write(index);
+        memsync_fuzz::trace!("local_write({index}) in {:?} -> {got}", self.state);
+        assert!(self.drain().is_empty(), "local_write queued frames");
+        assert_eq!(got, want, "local_write({index}) in {:?}", self.state);
+        if want {
+            self.present.as_mut().unwrap()[index as usize] = true;
+            if self.missing() == 0 {
                 self.state = ReplicaState::BecameOwner;
             }
-            ReplicaEvent::None => panic!("the replica never answers None"),
+        }
+        self.check_state();
+    }
+
+    /// `resume_postcopy(generation, missing)`: only in AwaitLocal (else INTERNAL), with a set of
+    /// the OPEN's chunk count (else BAD_GEOMETRY), both queuing nothing and changing nothing;
+    /// then committed = generation, held = all but `missing`, and ownership is taken as for a
+    /// post-copy HANDOFF.
+    fn resume_postcopy(&mut self, input: &mut Input<'_>) {
+        let n = self.geom.map_or(4, |g| g.chunk_count());
+        let generation = match input.u8() % 4 {
+            0 => self.committed,
+            1 => input.u8() as u64,
+            2 => input.u64(),
+            _ => self.committed.wrapping_add(1),
+        };
+        let cap = match input.u8() % 8 {
+            0 => n + 1,
+            1 => n - 1,
+            _ => n,
+        };
+        let mut missing = DirtySet::new(cap);
+        match input.u8() % 4 {
+            0 => {}
+            1 => missing.insert_range(0..cap),
+            2 => {
+                let mask = input.u64();
+                for i in 0..cap {
+                    if mask >> (i % 64) & 1 != 0 {
+                        missing.insert(i);
+                    }
+                }
+            }
+            _ => {
+                let s = input.below(cap + 1);
+                missing.insert_range(s..s + input.below(cap + 1));
+            }
+        }
+        let r = self.replica.resume_postcopy(generation, &missing);
+        let queued = self.drain();
+        memsync_fuzz::trace!(
+            "resume_postcopy({generation}, {} of {cap} missing) in {:?} -> {r:?}",
+            missing.count(),
+            self.state
+        );
+        if self.state != ReplicaState::AwaitLocal {
+            assert_eq!(r.unwrap_err().code, ErrorCode::Internal);
+            assert!(queued.is_empty());
+        } else if cap != n {
+            assert_eq!(r.unwrap_err().code, ErrorCode::BadGeometry);
+            assert!(queued.is_empty());
+        } else {
+            r.expect("resume_postcopy in AwaitLocal");
+            self.committed = generation;
+            self.present = Some((0..n).map(|i| !missing.contains(i)).collect());
+            self.requested = vec![false; n as usize];
+            self.read_ahead = vec![false; n as usize];
+            self.take_ownership(generation, &queued);
         }
         self.check_state();
     }
@@ -381,7 +589,10 @@ impl Harness {
             assert!(queued.is_empty(), "an eager replica fetched");
             return;
         };
-        if self.state != ReplicaState::Receiving && self.state != ReplicaState::BecameOwner {
+        if !matches!(
+            self.state,
+            ReplicaState::Receiving | ReplicaState::PostCopy | ReplicaState::BecameOwner
+        ) {
             assert!(queued.is_empty());
             return;
         }
@@ -700,6 +911,78 @@ fn part(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
     .to_vec()
 }
 
+/// Frames of a post-copy handoff (§8.10): STALE inside the region or anywhere, HANDOFF{POSTCOPY}
+/// at the committed generation, HANDOFF of another generation with or without POSTCOPY, and a
+/// FETCHED copy (right or wrong hash, or ZERO) of a missing chunk.
+fn postcopy_frame(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
+    let g = h
+        .geom
+        .unwrap_or_else(|| Geometry::new(8 * 4096, 12).unwrap());
+    let n = g.chunk_count();
+    match input.u8() % 6 {
+        0 | 1 => {
+            let first = input.below(n);
+            let count = 1 + input.below((n - first).min(16)) as u32;
+            Frame::Stale { first, count }.to_vec()
+        }
+        2 => {
+            let (first, count) = if input.u8() == 0xff {
+                (input.u64(), input.u32().max(1))
+            } else {
+                (input.below(n + 2), 1 + input.below(n + 2) as u32)
+            };
+            Frame::Stale { first, count }.to_vec()
+        }
+        3 => Frame::Handoff {
+            generation: h.committed,
+            postcopy: true,
+        }
+        .to_vec(),
+        4 => Frame::Handoff {
+            generation: match input.u8() % 3 {
+                0 => h.committed.wrapping_sub(1),
+                1 => h.committed.wrapping_add(1),
+                _ => input.u64(),
+            },
+            postcopy: input.bool(),
+        }
+        .to_vec(),
+        _ => {
+            let mode = input.u8();
+            let from = input.below(n);
+            let index = h
+                .present
+                .as_ref()
+                .and_then(|p| (from..n).chain(0..from).find(|&i| !p[i as usize]))
+                .unwrap_or(from);
+            if mode & 1 != 0 {
+                return Frame::Chunk {
+                    index,
+                    hash: 0,
+                    zero: true,
+                    fetched: true,
+                    payload: &[],
+                }
+                .to_vec();
+            }
+            let mut payload = vec![input.u8(); g.chunk_len(index)];
+            payload[0] = input.u8();
+            let mut hash = chunk_hash(&payload);
+            if mode & 2 != 0 {
+                hash ^= 1;
+            }
+            Frame::Chunk {
+                index,
+                hash,
+                zero: false,
+                fetched: true,
+                payload: &payload,
+            }
+            .to_vec()
+        }
+    }
+}
+
 /// A well-formed OPEN with a small geometry.
 fn open(input: &mut Input<'_>) -> Vec<u8> {
     let shift = 12 + input.below(5) as u8;
@@ -811,9 +1094,14 @@ fn other(h: &Harness, input: &mut Input<'_>) -> Vec<u8> {
     match input.u8() % 12 {
         0 => Frame::Handoff {
             generation: h.committed,
+            postcopy: false,
         }
         .to_vec(),
-        1 => Frame::Handoff { generation: g }.to_vec(),
+        1 => Frame::Handoff {
+            generation: g,
+            postcopy: g & 1 != 0,
+        }
+        .to_vec(),
         2 => {
             let reason = name_from(input.bytes(8), 8);
             Frame::Error {
@@ -902,6 +1190,7 @@ fuzz_target!(|data: &[u8]| {
         requested: vec![],
         stopped: false,
         lane_closed: false,
+        postcopy: false,
     };
     let first = h.drain();
     if mount {
@@ -915,7 +1204,7 @@ fuzz_target!(|data: &[u8]| {
         if input.is_empty() || h.stopped {
             break;
         }
-        match input.u8() % 12 {
+        match input.u8() % 16 {
             0 => {
                 let len = input.u16() as usize;
                 let raw = input.bytes(len);
@@ -950,6 +1239,12 @@ fuzz_target!(|data: &[u8]| {
                 h.feed_lane(&f);
             }
             11 => h.fetch_part(&mut input),
+            12 => {
+                let f = postcopy_frame(&h, &mut input);
+                h.feed(&f, &mut input);
+            }
+            13 => h.local_write(&mut input),
+            14 => h.resume_postcopy(&mut input),
             _ => {
                 assert!(h.drain().is_empty(), "frames queued with no cause");
             }

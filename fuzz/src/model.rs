@@ -13,7 +13,7 @@ pub const MAX_SIZE: u64 = 1 << 46;
 pub const MAX_CHUNK_COUNT: u64 = 1 << 24;
 
 /// Every type code of §5 with the flag bits it defines.
-pub const TYPES: [(u8, u16); 15] = [
+pub const TYPES: [(u8, u16); 16] = [
     (0x01, 0),      // HELLO
     (0x02, 0),      // ERROR
     (0x10, 0b1),    // OPEN: EPOCH
@@ -27,8 +27,9 @@ pub const TYPES: [(u8, u16); 15] = [
     (0x23, 0b1),    // PART: ZERO
     (0x30, 0b1),    // FETCH: URGENT
     (0x31, 0),      // FETCH_PART
-    (0x40, 0),      // HANDOFF
+    (0x40, 0b1),    // HANDOFF: POSTCOPY
     (0x41, 0),      // HANDOFF_ACK
+    (0x42, 0),      // STALE
 ];
 
 /// The flag bits §5 defines for `kind`, or `None` for an unknown type.
@@ -172,7 +173,8 @@ pub fn body(kind: u8, flags: u16, b: &[u8]) -> Result<(), ErrorCode> {
         }
         0x21 => exact(20),
         0x14 | 0x22 | 0x40 | 0x41 => exact(8),
-        0x30 => {
+        // FETCH and STALE (§5.19): first u64, count u32 ≥ 1.
+        0x30 | 0x42 => {
             exact(12)?;
             if u32::from_le_bytes(b[8..12].try_into().unwrap()) == 0 {
                 return Err(Malformed);
@@ -262,7 +264,8 @@ pub fn geometry_check(frame: &[u8], size: u64, shift: u8) -> Result<(), ErrorCod
                 _ => Err(ErrorCode::OutOfRange),
             }
         }
-        0x30 => {
+        // FETCH and STALE: chunks first .. first + count (u64 overflow is past the end).
+        0x30 | 0x42 => {
             let first = le64(body);
             let count = u32::from_le_bytes(body[8..12].try_into().unwrap()) as u64;
             match first.checked_add(count) {
