@@ -857,9 +857,14 @@ async fn pump(
             );
         }
         match t {
+            // Control frames join the batch in order: a post-copy drain sends a STALE per run of
+            // dirty chunks, and a write per frame would cost a wake-up of the connection each.
             Some(Transmit::Frame(f)) => {
-                flush_batch(send, &mut batch, &mut batched).await?;
-                send.write_all(&f).await?;
+                batched += f.len();
+                batch.push(Bytes::from(f));
+                if batched >= BATCH_BYTES {
+                    flush_batch(send, &mut batch, &mut batched).await?;
+                }
             }
             Some(Transmit::Chunk { index, fetched }) => {
                 // The gate is held while the bytes are read, so a lane copy is either read

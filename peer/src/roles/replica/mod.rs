@@ -220,14 +220,25 @@ impl Regions {
             .then_some(owned)
     }
 
-    /// Keeps `owned` as taken over here and, with `--nbd-dir`, serves it over NBD; returns the
+    /// Forgets `owned` once it lacks nothing: no old owner's stream has anything left to serve.
+    fn settled(&self, owned: &Arc<OwnedRegion>) {
+        let mut map = self.owned.lock().expect("owned lock");
+        if owned.missing() == 0 && map.get(owned.name()).is_some_and(|o| Arc::ptr_eq(o, owned)) {
+            map.remove(owned.name());
+        }
+    }
+
+    /// Keeps `owned` while it lacks chunks (its old owner's streams find it here) and, with
+    /// `--nbd-dir`, serves it over NBD (the export keeps it as long as serve runs); returns the
     /// export's URI.
     async fn own(&self, owned: Arc<OwnedRegion>, opts: &ServeOptions) -> Option<String> {
         let name = owned.name().to_owned();
-        self.owned
-            .lock()
-            .expect("owned lock")
-            .insert(name.clone(), owned.clone());
+        if owned.missing() > 0 {
+            self.owned
+                .lock()
+                .expect("owned lock")
+                .insert(name.clone(), owned.clone());
+        }
         let dir = opts.nbd_dir.as_ref()?;
         let listen = crate::nbd::Listen::Unix(dir.join(format!("{name}.sock")));
         let server = match crate::nbd::NbdServer::bind(&listen).await {
@@ -534,6 +545,7 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
                     owned.missing()
                 ),
             }
+            s.active.settled(&owned);
         }
         Ok(Next::Done) => {
             let _ = send.finish();

@@ -538,7 +538,10 @@ impl OwnedRegion {
         }
         // What arrived so far need not be fetched again after a restart.
         if let Err(e) = self.checkpoint(&mut inner) {
-            tracing::warn!("region {}: recording the chunks that arrived: {e}", self.name);
+            tracing::warn!(
+                "region {}: recording the chunks that arrived: {e}",
+                self.name
+            );
         }
         drop(inner);
         self.show();
@@ -558,6 +561,8 @@ impl OwnedRegion {
             )
         };
         loop {
+            // Every frame queued goes out in one write (after the handoff, a FETCH per run of
+            // missing chunks: tens of thousands of small frames).
             let (frames, done) = {
                 let mut inner = self.inner.lock().expect("owned lock");
                 let Some((s, replica)) = &mut inner.stream else {
@@ -566,12 +571,12 @@ impl OwnedRegion {
                 if *s != id {
                     return Err(replaced().into());
                 }
-                let frames: Vec<Vec<u8>> = std::iter::from_fn(|| replica.poll_transmit()).collect();
+                let frames: Vec<u8> = std::iter::from_fn(|| replica.poll_transmit())
+                    .flatten()
+                    .collect();
                 (frames, replica.state() == ReplicaState::BecameOwner)
             };
-            for f in frames {
-                send.write_all(&f).await?;
-            }
+            send.write_all(&frames).await?;
             if done {
                 let _ = send.finish();
                 // Copies still on their way are dropped; the old owner ends its side once it
