@@ -115,7 +115,7 @@ impl DirtySet {
     }
 
     /// Smallest non-member at or after `from` (or the bound).
-    fn next_clear(&self, from: u64) -> u64 {
+    pub fn next_clear(&self, from: u64) -> u64 {
         if from >= self.len {
             return self.len;
         }

@@ -764,12 +764,13 @@ impl Owner {
             return None;
         }
         // A run is at most MAX_CHUNKS (2^24) long, so its count fits STALE's u32.
-        if let Some(run) = self.pending.runs().find(|r| r.start >= self.stale_cursor) {
-            self.stale_cursor = run.end;
+        if let Some(first) = self.pending.next_set(self.stale_cursor) {
+            let end = self.pending.next_clear(first);
+            self.stale_cursor = end;
             return Some(Transmit::Frame(
                 Frame::Stale {
-                    first: run.start,
-                    count: (run.end - run.start) as u32,
+                    first,
+                    count: (end - first) as u32,
                 }
                 .to_vec(),
             ));
