@@ -209,7 +209,11 @@ fn main() {
             let rounds: Vec<String> = reports.iter().map(|r| r.rounds.len().to_string()).collect();
             let mut post: Vec<f64> = reports
                 .iter()
-                .map(|r| r.postcopy.as_ref().map_or(0.0, |p| p.bytes as f64 / (1 << 20) as f64))
+                .map(|r| {
+                    r.postcopy
+                        .as_ref()
+                        .map_or(0.0, |p| p.bytes as f64 / (1 << 20) as f64)
+                })
                 .collect();
             let (p50, _, _) = median_range(&mut post);
             let (d50, dmin, dmax) = median_range(&mut down);
