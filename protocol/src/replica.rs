@@ -374,12 +374,7 @@ impl Replica {
                 },
                 ReplicaState::Receiving,
             ) => {
-                if !zero && chunk_hash(payload) != hash {
-                    return Err(WireError::new(
-                        ErrorCode::HashMismatch,
-                        format!("chunk {index} does not match its hash"),
-                    ));
-                }
+                verify(index, hash, zero, payload, "chunk")?;
                 if !fetched {
                     self.summary.add(index, hash);
                 }
@@ -465,12 +460,7 @@ impl Replica {
                 },
                 ReplicaState::PostCopy | ReplicaState::BecameOwner,
             ) if self.postcopy => {
-                if !zero && chunk_hash(payload) != hash {
-                    return Err(WireError::new(
-                        ErrorCode::HashMismatch,
-                        format!("chunk {index} does not match its hash"),
-                    ));
-                }
+                verify(index, hash, zero, payload, "chunk")?;
                 if self.is_present(index) {
                     return Ok(ReplicaEvent::None);
                 }
@@ -538,12 +528,7 @@ impl Replica {
                 format!("lane copy of chunk {index}, which was never fetched"),
             ));
         }
-        if !zero && chunk_hash(payload) != hash {
-            return Err(WireError::new(
-                ErrorCode::HashMismatch,
-                format!("lane copy of chunk {index} does not match its hash"),
-            ));
-        }
+        verify(index, hash, zero, payload, "lane copy of chunk")?;
         if present.contains(index) {
             return Ok(LaneEvent::Discard);
         }
@@ -646,4 +631,16 @@ impl Replica {
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.queued.pop_front()
     }
+}
+
+/// HASH_MISMATCH unless `payload` (of chunk `index`, `what` naming it in the reason) hashes to
+/// `hash`; a ZERO chunk carries no payload to check.
+fn verify(index: u64, hash: u64, zero: bool, payload: &[u8], what: &str) -> Result<(), WireError> {
+    if !zero && chunk_hash(payload) != hash {
+        return Err(WireError::new(
+            ErrorCode::HashMismatch,
+            format!("{what} {index} does not match its hash"),
+        ));
+    }
+    Ok(())
 }
