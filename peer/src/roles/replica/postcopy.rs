@@ -639,3 +639,56 @@ impl OwnedRegion {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handover() -> Handover {
+        Handover {
+            generation: 7,
+            from: Fingerprint::of(b"old owner"),
+            epoch: 3,
+            geometry: Geometry::new(10 * 4096 + 5, 12).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_and_a_damaged_one_is_refused_with_its_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ReplicaDir::open(tmp.path()).unwrap();
+        let h = handover();
+        let mut missing = DirtySet::new(h.geometry.chunk_count());
+        missing.insert_range(2..5);
+        missing.insert(10);
+        let r = Record::create(&dir, "r", &h, &missing).unwrap();
+        r.present(3).unwrap();
+        drop(r);
+        let (_, back, left) = Record::load(&dir, "r").unwrap().unwrap();
+        assert_eq!(back, h);
+        assert_eq!(left.iter().collect::<Vec<_>>(), [2, 4, 10]);
+        assert_eq!(recorded(&dir), ["r"]);
+        assert!(Record::load(&dir, "other").unwrap().is_none());
+
+        let path = tmp.path().join(".r.postcopy");
+        let good = std::fs::read(&path).unwrap();
+        let nl = good.iter().position(|&b| b == b'\n').unwrap();
+        let damaged = |bytes: &[u8], says: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let e = Record::load(&dir, "r").err().expect("refused");
+            assert!(e.contains(says), "{e}");
+        };
+        damaged(&good[..nl + 3], "chunk bytes for 11 chunks");
+        let mut two = good.clone();
+        two[nl + 1] = 2;
+        damaged(&two, "other than 0 or 1");
+        damaged(
+            b"memsync-postcopy 1 generation 7\n",
+            "no size in the header",
+        );
+        damaged(b"something else\n", "not a post-copy record");
+        damaged(b"no newline", "no header line");
+        let text = String::from_utf8_lossy(&good[..nl]).replace("shift 12", "shift 40");
+        damaged(format!("{text}\n").as_bytes(), "");
+    }
+}
