@@ -660,4 +660,28 @@ mod tests {
         let why = m.should_freeze(10 << 20, scan);
         assert_eq!(why.as_deref(), Some("2 rounds were the most allowed"));
     }
+
+    #[test]
+    fn post_copy_as_a_fallback_only_when_pre_copy_did_not_converge() {
+        let scan = Duration::from_millis(5);
+        let fallback = |m: &mut Migration| m.opts.postcopy = Postcopy::Fallback;
+        // Converged: the last changes go before the handoff.
+        let mut m = after_a_round();
+        fallback(&mut m);
+        assert!(m.should_freeze(10 << 20, scan).is_some());
+        assert!(!m.wants_postcopy());
+        // The rounds ran out with too much dirty: post-copy.
+        let mut m = after_a_round();
+        fallback(&mut m);
+        m.opts.max_rounds = 1;
+        assert!(m.should_freeze(500 << 20, scan).is_some());
+        assert!(m.wants_postcopy());
+        // Always and never mean it, converged or not.
+        m.opts.postcopy = Postcopy::Never;
+        assert!(!m.wants_postcopy());
+        let mut m = after_a_round();
+        m.opts.postcopy = Postcopy::Always;
+        assert!(m.should_freeze(0, scan).is_some());
+        assert!(m.wants_postcopy());
+    }
 }
