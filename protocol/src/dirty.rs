@@ -88,6 +88,16 @@ impl DirtySet {
         self.trim();
     }
 
+    /// Every index below the bound that is not in the set.
+    pub fn complement(&self) -> DirtySet {
+        let mut c = DirtySet {
+            words: self.words.iter().map(|w| !w).collect(),
+            len: self.len,
+        };
+        c.trim();
+        c
+    }
+
     /// Moves the whole set out, leaving `self` empty with the same bound.
     pub fn take(&mut self) -> DirtySet {
         let empty = DirtySet::new(self.len);

@@ -717,18 +717,23 @@ impl Owner {
             return Some(self.close_round());
         }
         if self.state == OwnerState::Draining && self.acked == self.generation {
-            self.state = OwnerState::HandingOff {
-                generation: self.generation,
-            };
-            return Some(Transmit::Frame(
-                Frame::Handoff {
-                    generation: self.generation,
-                    postcopy: false,
-                }
-                .to_vec(),
-            ));
+            return Some(self.offer());
         }
         None
+    }
+
+    /// HANDOFF{G} (with POSTCOPY after a post-copy drain) → HandingOff(G).
+    fn offer(&mut self) -> Transmit {
+        self.state = OwnerState::HandingOff {
+            generation: self.generation,
+        };
+        Transmit::Frame(
+            Frame::Handoff {
+                generation: self.generation,
+                postcopy: self.postcopy,
+            }
+            .to_vec(),
+        )
     }
 
     /// Ends the round of generation G with its COMMIT, of the chunks sent in it.
@@ -775,16 +780,7 @@ impl Owner {
                 .to_vec(),
             ));
         }
-        self.state = OwnerState::HandingOff {
-            generation: self.generation,
-        };
-        Some(Transmit::Frame(
-            Frame::Handoff {
-                generation: self.generation,
-                postcopy: true,
-            }
-            .to_vec(),
-        ))
+        Some(self.offer())
     }
 
     /// Records that chunk `index` is sent with bytes `data` (read by the caller just now) and

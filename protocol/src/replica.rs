@@ -189,6 +189,14 @@ impl Replica {
         self.present.as_ref().is_none_or(|p| p.contains(index))
     }
 
+    /// The chunks not held (none when every chunk is, or before OPEN).
+    pub fn missing_set(&self) -> DirtySet {
+        match (&self.present, &self.geom) {
+            (Some(p), _) => p.complement(),
+            (None, g) => DirtySet::new(g.map_or(0, |g| g.chunk_count())),
+        }
+    }
+
     /// Chunks still missing: a lazy replica's not yet received, a post-copy one's stale.
     pub fn missing(&self) -> u64 {
         match (&self.present, &self.geom) {
@@ -558,15 +566,8 @@ impl Replica {
         if let Some(r) = &mut self.requested {
             r.clear();
         }
-        let Some(present) = &self.present else {
-            return;
-        };
-        let mut missing = DirtySet::full(present.capacity());
-        for i in present.iter() {
-            missing.remove(i);
-        }
         // A run is at most MAX_CHUNKS (2^24) long, so its count fits FETCH's u32.
-        for run in missing.runs() {
+        for run in self.missing_set().runs() {
             self.fetch(run.start, (run.end - run.start) as u32, false);
         }
     }
@@ -616,11 +617,7 @@ impl Replica {
                 ),
             ));
         }
-        let mut present = DirtySet::full(n);
-        for i in missing.iter() {
-            present.remove(i);
-        }
-        self.present = Some(present);
+        self.present = Some(missing.complement());
         self.requested = Some(DirtySet::new(n));
         self.committed = generation;
         self.take_ownership(generation);

@@ -159,11 +159,9 @@ fn a_plain_handoff_is_refused_by_a_replica_told_of_stale_chunks() {
 
 #[test]
 fn a_probe_of_a_plain_handoff_refuses_a_post_copy_answer() {
-    let mut p = frozen_with(&[], 0);
-    // Turn it into a plain handoff instead.
-    let geom = p.geom;
-    let a = p.a.clone();
-    p = Pair::new(geom, a.clone(), a, 0, false);
+    let geom = Geometry::new(CHUNKS * 4096, 12).unwrap();
+    let a = vec![7; geom.size() as usize];
+    let mut p = Pair::new(geom, a.clone(), a, 0, false);
     p.settle();
     p.owner.begin_handoff().unwrap();
     while !matches!(p.owner.state(), OwnerState::HandingOff { .. }) {

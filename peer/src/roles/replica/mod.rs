@@ -269,7 +269,7 @@ async fn reopen_owned(dir: &ReplicaDir, active: &Regions, opts: &ServeOptions) {
     }
     for (name, epoch) in handed {
         let metrics = active.slot(&name).metrics(&name);
-        let owned = match OwnedRegion::reopen(dir, &name, opts.tolerance(), metrics) {
+        let owned = match OwnedRegion::reopen(dir, &name, opts.tolerance(), metrics.clone()) {
             Ok(Some(o)) if o.handover().epoch == epoch => o,
             Ok(Some(_)) => {
                 warn!("region {name}: its post-copy record names another epoch than its owners line; not served");
@@ -277,10 +277,16 @@ async fn reopen_owned(dir: &ReplicaDir, active: &Regions, opts: &ServeOptions) {
             }
             Ok(None) if opts.nbd_dir.is_none() => continue,
             // Handed over whole before this start: served as the file it is.
-            Ok(None) => match take_complete(dir, &name, epoch, active, opts) {
-                Some(o) => o,
-                None => continue,
-            },
+            Ok(None) => {
+                let (shift, me) = (MOUNT_CHUNK_SHIFT, active.me);
+                match OwnedRegion::whole(dir, &name, epoch, shift, me, opts.tolerance(), metrics) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        warn!("region {name}: not served over NBD: {e}");
+                        continue;
+                    }
+                }
+            }
             Err(e) => {
                 warn!("region {name}: {e}; not served until an operator repairs or removes the record");
                 continue;
@@ -295,48 +301,6 @@ async fn reopen_owned(dir: &ReplicaDir, active: &Regions, opts: &ServeOptions) {
         }
         active.own(owned, opts).await;
     }
-}
-
-/// Region `name`, handed over here at `epoch` and held whole, to serve over NBD; `None` (with a
-/// warning) when its file cannot be.
-fn take_complete(
-    dir: &ReplicaDir,
-    name: &str,
-    epoch: u64,
-    active: &Regions,
-    opts: &ServeOptions,
-) -> Option<Arc<OwnedRegion>> {
-    let taken = (|| {
-        let size = dir
-            .open_existing(name)?
-            .ok_or_else(|| RegionError::Io {
-                path: dir.display(name),
-                source: std::io::ErrorKind::NotFound.into(),
-            })?
-            .metadata()
-            .map_err(|source| RegionError::Io {
-                path: dir.display(name),
-                source,
-            })?
-            .len();
-        let geometry = memsync_protocol::Geometry::new(size, MOUNT_CHUNK_SHIFT).map_err(|e| {
-            RegionError::Refused {
-                path: dir.display(name),
-                reason: e.to_string(),
-            }
-        })?;
-        let handover = postcopy::Handover {
-            generation: 0,
-            from: active.me,
-            epoch,
-            geometry,
-        };
-        let metrics = active.slot(name).metrics(name);
-        OwnedRegion::whole(dir, name, handover, opts.tolerance(), metrics)
-    })();
-    taken
-        .inspect_err(|e| warn!("region {name}: not served over NBD: {e}"))
-        .ok()
 }
 
 impl Drop for Claim {
@@ -881,37 +845,26 @@ async fn receive(
                 })?;
                 let postcopy = replica.state() == ReplicaState::PostCopy;
                 // Post-copy: what is missing is on stable storage before HANDOFF_ACK (§8.10).
-                let owned = match postcopy || s.opts.nbd_dir.is_some() {
-                    true => {
-                        let handover = postcopy::Handover {
-                            generation,
-                            from: who,
-                            epoch,
-                            geometry: *f.geometry(),
-                        };
-                        let metrics = claim.as_ref().map_or_else(
-                            || RegionMetrics::new(name, Role::Replica),
-                            |c| c.slot.metrics(name),
-                        );
-                        let o = tokio::task::block_in_place(|| {
-                            OwnedRegion::take(
-                                dir,
-                                name,
-                                handover,
-                                replica,
-                                s.opts.tolerance(),
-                                metrics,
-                            )
-                        })
-                        .map_err(|e| {
-                            WireError::new(
-                                ErrorCode::LocalIo,
-                                format!("recording the handoff: {e}"),
-                            )
-                        })?;
-                        Some(o)
-                    }
-                    false => None,
+                let owned = if postcopy || s.opts.nbd_dir.is_some() {
+                    let handover = postcopy::Handover {
+                        generation,
+                        from: who,
+                        epoch,
+                        geometry: *f.geometry(),
+                    };
+                    let metrics = claim.as_ref().map_or_else(
+                        || RegionMetrics::new(name, Role::Replica),
+                        |c| c.slot.metrics(name),
+                    );
+                    let o = tokio::task::block_in_place(|| {
+                        OwnedRegion::take(dir, name, handover, replica, s.opts.tolerance(), metrics)
+                    })
+                    .map_err(|e| {
+                        WireError::new(ErrorCode::LocalIo, format!("recording the handoff: {e}"))
+                    })?;
+                    Some(o)
+                } else {
+                    None
                 };
                 take_over(f, name, generation, epoch, s).await?;
                 // Neither the index nor the journal describes the region from now on.
@@ -952,9 +905,8 @@ async fn receive(
                             info!("region {name}: the on-handoff command runs once post-copy is done (no --nbd-dir)");
                             let (o, cmd, path) = (o.clone(), cmd.clone(), dir.display(name));
                             tokio::spawn(async move {
-                                if o.ensure(0..o.geometry().chunk_count()).await.is_ok() {
-                                    run_on_handoff(&cmd, o.name(), &path, generation, None);
-                                }
+                                o.complete().await;
+                                run_on_handoff(&cmd, o.name(), &path, generation, None);
                             });
                         }
                         _ => run_on_handoff(

@@ -176,6 +176,19 @@ impl Record {
     }
 }
 
+/// DIR/NAME, opened for reading and writing, and its length.
+fn open(dir: &ReplicaDir, name: &str) -> Result<(File, u64), RegionError> {
+    let io = |source| RegionError::Io {
+        path: dir.display(name),
+        source,
+    };
+    let file = dir
+        .open_existing_rw(name)?
+        .ok_or_else(|| io(io::ErrorKind::NotFound.into()))?;
+    let len = file.metadata().map_err(io)?.len();
+    Ok((file, len))
+}
+
 /// The names of the regions of `dir` with a post-copy record.
 pub fn recorded(dir: &ReplicaDir) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir.path()) else {
@@ -196,7 +209,6 @@ pub fn recorded(dir: &ReplicaDir) -> Vec<String> {
 /// its NBD export and its stream to the old owner share.
 pub struct OwnedRegion {
     name: String,
-    geom: Geometry,
     /// DIR/NAME, read and written with pread/pwrite.
     file: File,
     handover: Handover,
@@ -233,11 +245,7 @@ impl OwnedRegion {
         tolerance: Duration,
         metrics: RegionMetrics,
     ) -> Result<Arc<Self>, RegionError> {
-        let n = handover.geometry.chunk_count();
-        let mut missing = DirtySet::new(n);
-        for i in (0..n).filter(|&i| !replica.is_present(i)) {
-            missing.insert(i);
-        }
+        let missing = replica.missing_set();
         let record = match missing.is_empty() {
             true => None,
             false => Some(Record::create(dir, name, &handover, &missing)?),
@@ -245,17 +253,32 @@ impl OwnedRegion {
         Self::new(dir, name, handover, missing, record, tolerance, metrics)
     }
 
-    /// Region `name`, held whole here: nothing to fetch (a handoff that completed before this
-    /// serve started).
+    /// Region `name`, held whole here since a handoff at ownership epoch `epoch` (one that
+    /// completed before this serve started): nothing to fetch, and its chunks are of `shift`.
     pub fn whole(
         dir: &ReplicaDir,
         name: &str,
-        handover: Handover,
+        epoch: u64,
+        shift: u8,
+        me: Fingerprint,
         tolerance: Duration,
         metrics: RegionMetrics,
     ) -> Result<Arc<Self>, RegionError> {
-        let missing = DirtySet::new(handover.geometry.chunk_count());
-        Self::new(dir, name, handover, missing, None, tolerance, metrics)
+        let (file, len) = open(dir, name)?;
+        let geometry = Geometry::new(len, shift).map_err(|e| RegionError::Refused {
+            path: dir.display(name),
+            reason: e.to_string(),
+        })?;
+        let handover = Handover {
+            generation: 0,
+            from: me,
+            epoch,
+            geometry,
+        };
+        let missing = DirtySet::new(geometry.chunk_count());
+        Ok(Self::build(
+            file, name, handover, missing, None, tolerance, metrics,
+        ))
     }
 
     /// The region `name` as its post-copy record left it (a restart of serve): missing chunks
@@ -269,7 +292,7 @@ impl OwnedRegion {
         let Some((record, handover, missing)) = Record::load(dir, name)? else {
             return Ok(None);
         };
-        let r = Self::new(
+        Self::new(
             dir,
             name,
             handover,
@@ -278,11 +301,8 @@ impl OwnedRegion {
             tolerance,
             metrics,
         )
-        .map_err(|e| e.to_string())?;
-        if r.missing() > 0 {
-            r.inner.lock().expect("owned lock").lost_since = Some(Instant::now());
-        }
-        Ok(Some(r))
+        .map(Some)
+        .map_err(|e| e.to_string())
     }
 
     fn new(
@@ -294,40 +314,43 @@ impl OwnedRegion {
         tolerance: Duration,
         metrics: RegionMetrics,
     ) -> Result<Arc<Self>, RegionError> {
-        let path = dir.display(name);
-        let file = dir.open_existing_rw(name)?.ok_or_else(|| RegionError::Io {
-            path: path.clone(),
-            source: io::ErrorKind::NotFound.into(),
-        })?;
-        let len = file
-            .metadata()
-            .map_err(|source| RegionError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+        let (file, len) = open(dir, name)?;
         if len != handover.geometry.size() {
             return Err(RegionError::Refused {
-                path,
+                path: dir.display(name),
                 reason: format!(
                     "holds {len} bytes, and the region taken over {}",
                     handover.geometry.size()
                 ),
             });
         }
+        Ok(Self::build(
+            file, name, handover, missing, record, tolerance, metrics,
+        ))
+    }
+
+    fn build(
+        file: File,
+        name: &str,
+        handover: Handover,
+        missing: DirtySet,
+        record: Option<Record>,
+        tolerance: Duration,
+        metrics: RegionMetrics,
+    ) -> Arc<Self> {
         let n = handover.geometry.chunk_count();
         metrics.lazy(missing.count(), n);
         let r = Arc::new(OwnedRegion {
             name: name.to_owned(),
-            geom: handover.geometry,
             file,
             handover,
             inner: Mutex::new(Inner {
+                // Until a stream of the old owner serves what is missing, it counts as away.
+                lost_since: (!missing.is_empty()).then(Instant::now),
                 missing,
                 record,
                 unmarked: Vec::new(),
                 stream: None,
-                lost_since: None,
             }),
             changed: Notify::new(),
             kick: Notify::new(),
@@ -336,7 +359,7 @@ impl OwnedRegion {
             metrics,
         });
         r.show();
-        Ok(r)
+        r
     }
 
     /// The region's name.
@@ -346,7 +369,7 @@ impl OwnedRegion {
 
     /// The region's geometry.
     pub fn geometry(&self) -> Geometry {
-        self.geom
+        self.handover.geometry
     }
 
     /// How ownership came here.
@@ -402,7 +425,7 @@ impl OwnedRegion {
                     }
                 }
                 if let (false, Some((_, replica))) = (asked, &mut inner.stream) {
-                    let end = chunks.end.min(self.geom.chunk_count());
+                    let end = chunks.end.min(self.handover.geometry.chunk_count());
                     replica.fetch(first, (end - first) as u32, true);
                     asked = true;
                     self.kick.notify_one();
@@ -419,10 +442,28 @@ impl OwnedRegion {
         }
     }
 
+    /// Returns once nothing is missing, asking for nothing (the background fetches bring it)
+    /// and however long the old owner is away.
+    pub async fn complete(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.missing() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Reads `buf.len()` bytes at `offset`, once the chunks under them are present.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.ensure(self.geom.chunks_of_range(offset, buf.len() as u64))
-            .await?;
+        self.ensure(
+            self.handover
+                .geometry
+                .chunks_of_range(offset, buf.len() as u64),
+        )
+        .await?;
         self.file.read_exact_at(buf, offset)
     }
 
@@ -431,12 +472,15 @@ impl OwnedRegion {
     /// the old owner is dropped).
     pub async fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let end = offset + data.len() as u64;
-        let chunks = self.geom.chunks_of_range(offset, data.len() as u64);
+        let chunks = self
+            .handover
+            .geometry
+            .chunks_of_range(offset, data.len() as u64);
         if chunks.is_empty() {
             return Ok(());
         }
         let whole = |i: u64| {
-            let r = self.geom.range(i);
+            let r = self.handover.geometry.range(i);
             offset <= r.start as u64 && r.end as u64 <= end
         };
         for i in [chunks.start, chunks.end - 1] {
@@ -618,7 +662,7 @@ impl OwnedRegion {
                 let local = |e: io::Error| {
                     WireError::new(ErrorCode::LocalIo, format!("writing chunk {index}: {e}"))
                 };
-                let r = self.geom.range(index);
+                let r = self.handover.geometry.range(index);
                 match data {
                     Some(d) => self.file.write_all_at(d, r.start as u64),
                     None => self
