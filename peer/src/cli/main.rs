@@ -258,6 +258,12 @@ enum Cmd {
         /// included, then means "on the replica's disk".
         #[arg(long)]
         require_durable: bool,
+        /// After a handoff, stay the new owner's replica (spec §8.6 step 5): the region's file
+        /// receives its writes on the same stream (after a broken link, on a new one), and a
+        /// migration back (`peer migrate --sync` at the new owner's `peer serve`) makes this
+        /// process the region's owner again, with its detector.
+        #[arg(long)]
+        follow: bool,
         /// Most MiB/s a round may send (like rsync's --bwlimit; or 1GiB, 500MB); default: as fast
         /// as QUIC goes.
         #[arg(long, value_name = "MIB", value_parser = units::mib_per_sec)]
@@ -285,7 +291,9 @@ enum Cmd {
         peer: Option<String>,
         /// Instead of streaming the region itself, ask the running `peer sync` with this control
         /// socket (a path, or its PID) to migrate its region --name to the peer it replicates it
-        /// to: the sync goes on from where its stream is, with no new reconciliation.
+        /// to: the sync goes on from where its stream is, with no new reconciliation. A `peer
+        /// serve` that owns the region since a handoff migrates it back the same way, to the old
+        /// owner following it (`--follow`).
         #[arg(long, value_name = "SOCKET|PID", conflicts_with_all = ["region", "peer", "detector", "nbd_listen", "max_rate"])]
         sync: Option<String>,
         /// The region's name at the peer [default: the file's name].
@@ -338,6 +346,12 @@ enum Cmd {
         nbd_listen: Option<nbd::Listen>,
         #[command(flatten)]
         nbd_limits: NbdLimitArgs,
+        /// After a handoff, stay the new owner's replica (spec §8.6 step 5): the region's file
+        /// receives its writes on the same stream (after a broken link, on a new one), and a
+        /// migration back (`peer migrate --sync` at the new owner's `peer serve`) makes this
+        /// process the region's owner again, with its detector.
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         ops: OpsArgs,
         #[command(flatten)]
@@ -606,6 +620,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             fuse_mount,
             flush_waits_for_replica,
             require_durable,
+            follow,
             max_rate,
             id,
             trust,
@@ -697,6 +712,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                         .with_context(|| format!("opening {}", path.display()))?,
                 };
                 owned_here(&mut region, path, owned);
+                region.follow = follow.then(|| path.clone());
                 opened.push(region.askable());
             }
             if let Some(url) = to {
@@ -818,6 +834,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             nbd_listen,
             nbd_limits,
             sync,
+            follow,
             id,
             trust,
             ops,
@@ -891,6 +908,8 @@ async fn run(cmd: Cmd) -> Result<()> {
             let report = migration.report();
             owned_here(&mut r, &region, owned);
             r.migration = Some(migration);
+            r.follow = follow.then(|| region.clone());
+            let migrated = follow.then(|| r.when_migrated());
             let ep = PeerEndpoint::client_for(addr, &ident, trust)?;
             let opts = SyncOptions {
                 reconnect_for: Duration::from_secs(reconnect_for),
@@ -899,7 +918,28 @@ async fn run(cmd: Cmd) -> Result<()> {
                 ..SyncOptions::default()
             };
             let ran = memsync_peer::roles::owner::run(&ep, addr, vec![r], &opts, Arc::default());
-            match ran.await {
+            tokio::pin!(ran);
+            let ended = match migrated {
+                // Following: the report once the peer owns the region, then this process is its
+                // replica until stopped (or it is handed back, and this process owns it again).
+                Some(migrated) => tokio::select! {
+                    outcome = migrated => match outcome {
+                        Ok(Ok(report)) => {
+                            println!("{name}: {report}");
+                            tracing::info!("{name}: migrated: {report}; following {peer} as its replica until stopped");
+                            return tokio::select! {
+                                r = &mut ran => r.map_err(Into::into),
+                                r = stop_signal() => r.map_err(Into::into),
+                            };
+                        }
+                        // The run says why it failed.
+                        _ => ran.await,
+                    },
+                    r = &mut ran => r,
+                },
+                None => ran.await,
+            };
+            match ended {
                 Ok(()) => {}
                 // The peer owns the region already: an earlier `peer migrate` (killed, or whose
                 // HANDOFF_ACK was lost) handed it over. Nothing moved now, and nothing thaws.
@@ -934,8 +974,16 @@ async fn run(cmd: Cmd) -> Result<()> {
 /// `peer migrate --sync`: asks the running `peer sync` at `sync` (a control socket, or a PID in
 /// the control directory) to migrate its region `name`, and prints the report.
 async fn migrate_running_sync(sync: &str, name: &str, req: &MigrateRequest) -> Result<()> {
+    // A PID names a `peer sync`, or a `peer serve` that owns regions since a handoff.
     let path = match sync.parse::<u32>() {
-        Ok(pid) => memsync_peer::ops::control::dir().join(format!("sync-{pid}.sock")),
+        Ok(pid) => {
+            let dir = memsync_peer::ops::control::dir();
+            let serve = dir.join(format!("serve-{pid}.sock"));
+            match serve.exists() {
+                true => serve,
+                false => dir.join(format!("sync-{pid}.sock")),
+            }
+        }
         Err(_) => PathBuf::from(sync),
     };
     let (region, req, at) = (name.to_owned(), req.clone(), path.clone());

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 /// Whether an owner's export takes writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Writes {
+pub enum Writes {
     /// Writes go through.
     Open,
     /// A migration froze the writers: writes wait (queued, not failed) until it ends.
@@ -53,49 +53,19 @@ impl FileExport {
         })
     }
 
-    /// Holds every write from now on; returns once no write is under way.
-    pub fn hold_writes(&self) {
-        self.set_writes(Writes::Held)
-    }
-
-    /// Lets held and new writes through again.
-    pub fn release_writes(&self) {
-        self.set_writes(Writes::Open)
-    }
-
-    /// Refuses held and new writes with EPERM: the region belongs to another peer now.
-    pub fn refuse_writes(&self) {
-        self.set_writes(Writes::Refused)
-    }
-
-    fn set_writes(&self, w: Writes) {
-        // Under the map's lock, so no write is between its check and its copy.
-        let _map = self.map.lock().expect("map lock");
-        self.writes.send_replace(w);
-    }
-
     /// Runs `f` on bytes `offset..offset + len` of the mapping once writes are let through
     /// (waiting while they are held), and marks them; returns the marks' position. The mark is
     /// made under the map's lock, with the write: a freeze that takes the lock after it finds
     /// the write marked, so the last scan of a migration cannot miss it.
     async fn write_with(&self, offset: u64, len: u64, f: impl Fn(&mut [u8])) -> io::Result<u64> {
-        let mut gate = self.writes.subscribe();
         loop {
-            let state = *gate.borrow_and_update();
-            match state {
-                Writes::Refused => return Err(io::Error::from_raw_os_error(libc::EPERM)),
-                Writes::Held => {
-                    gate.changed().await.map_err(io::Error::other)?;
-                }
-                Writes::Open => {
-                    let mut map = self.map.lock().expect("map lock");
-                    // The gate may have closed between the check and the lock.
-                    if *self.writes.borrow() == Writes::Open {
-                        f(&mut map[offset as usize..(offset + len) as usize]);
-                        self.intact(&map)?;
-                        return Ok(self.marks.mark(offset, len));
-                    }
-                }
+            writes_pass(&self.writes).await?;
+            let mut map = self.map.lock().expect("map lock");
+            // The gate may have closed between the check and the lock.
+            if *self.writes.borrow() == Writes::Open {
+                f(&mut map[offset as usize..(offset + len) as usize]);
+                self.intact(&map)?;
+                return Ok(self.marks.mark(offset, len));
             }
         }
     }
@@ -159,9 +129,37 @@ impl Export for FileExport {
     }
 }
 
+/// An export whose writes a migration holds, lets through or refuses.
+pub trait HoldsWrites: Send + Sync {
+    /// From now on writes go through, wait or fail as `w` says; returns once no write is between
+    /// its check and its copy.
+    fn set_writes(&self, w: Writes);
+}
+
+impl HoldsWrites for FileExport {
+    fn set_writes(&self, w: Writes) {
+        // Under the map's lock, so no write is between its check and its copy.
+        let _map = self.map.lock().expect("map lock");
+        self.writes.send_replace(w);
+    }
+}
+
+/// Waits while `gate` holds writes; EPERM once it refuses them.
+pub async fn writes_pass(gate: &watch::Sender<Writes>) -> io::Result<()> {
+    let mut rx = gate.subscribe();
+    loop {
+        let state = *rx.borrow_and_update();
+        match state {
+            Writes::Refused => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+            Writes::Held => rx.changed().await.map_err(io::Error::other)?,
+            Writes::Open => return Ok(()),
+        }
+    }
+}
+
 /// Freezes the writers of an owner's NBD export for a migration: their writes are held, then
 /// refused (EPERM) once the region was handed over, or let through if the handoff failed.
-pub struct ExportFreezer(pub Arc<FileExport>);
+pub struct ExportFreezer(pub Arc<dyn HoldsWrites>);
 
 impl crate::roles::migrate::Freezer for ExportFreezer {
     fn describe(&self) -> String {
@@ -169,17 +167,22 @@ impl crate::roles::migrate::Freezer for ExportFreezer {
     }
 
     fn freeze(&mut self) -> io::Result<()> {
-        self.0.hold_writes();
+        self.0.set_writes(Writes::Held);
         Ok(())
     }
 
     fn thaw(&mut self) -> io::Result<()> {
-        self.0.release_writes();
+        self.0.set_writes(Writes::Open);
         Ok(())
     }
 
     fn handed_off(&mut self) -> io::Result<()> {
-        self.0.refuse_writes();
+        self.0.set_writes(Writes::Refused);
+        Ok(())
+    }
+
+    fn taken_back(&mut self) -> io::Result<()> {
+        self.0.set_writes(Writes::Open);
         Ok(())
     }
 }
@@ -262,7 +265,7 @@ impl Export for OwnedExport {
     }
 
     fn read_only(&self) -> bool {
-        false
+        self.0.refuses_writes()
     }
 
     fn preferred_block(&self) -> u32 {
@@ -329,7 +332,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn held_writes_wait_then_are_refused_or_released() {
         let (_dir, e) = export();
-        e.hold_writes();
+        e.set_writes(Writes::Held);
         let held = tokio::spawn({
             let e = e.clone();
             async move { e.write(0, &[7; 4096], false).await }
@@ -339,19 +342,19 @@ mod tests {
         let mut b = [0u8; 1];
         e.read(0, &mut b).await.unwrap();
         assert_eq!(b, [0], "reads go on, and see no held write");
-        e.refuse_writes();
+        e.set_writes(Writes::Refused);
         let err = held.await.unwrap().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         assert!(e.read_only());
 
         let (_dir, e) = export();
-        e.hold_writes();
+        e.set_writes(Writes::Held);
         let held = tokio::spawn({
             let e = e.clone();
             async move { e.write(4096, &[9; 4096], false).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        e.release_writes();
+        e.set_writes(Writes::Open);
         held.await.unwrap().unwrap();
         e.read(4096, &mut b).await.unwrap();
         assert_eq!(b, [9]);

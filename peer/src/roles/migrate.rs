@@ -154,6 +154,12 @@ pub trait Freezer: Send {
     fn handed_off(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// The region was handed back to this peer (it followed the new owner, spec §8.6 step 5):
+    /// what [`Freezer::handed_off`] refused may write again. Processes stay stopped: their
+    /// memory is not what the region holds now, and restarting the workload is the operator's.
+    fn taken_back(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A process stopped with SIGSTOP (and SIGCONT on thaw); after a handoff it stays stopped, for
@@ -600,6 +606,15 @@ impl Migration {
             bytes as f64 / (1 << 20) as f64,
             took.unwrap_or_default().as_secs_f64()
         );
+    }
+
+    /// The region was handed back to this peer, which followed its new owner.
+    pub(crate) fn taken_back(&mut self) {
+        for f in &mut self.freezers {
+            if let Err(e) = f.taken_back() {
+                warn!("taking the region back, {}: {e}", f.describe());
+            }
+        }
     }
 
     /// The replica refused the handoff: this peer still owns the region and its writers go on.

@@ -6,7 +6,7 @@
 use crate::detector::{
     ChangeDetector, DetectorError, HashDetector, InotifyDetector, Marks, MarksDetector,
 };
-use crate::net::transport::{PeerEndpoint, Session, StreamError, TransportError};
+use crate::net::transport::{FrameReader, PeerEndpoint, Session, StreamError, TransportError};
 use crate::ops::metrics::{RegionMetrics, Role};
 use crate::region::{Promotion, RegionError, Source, SourceFile};
 use crate::roles::migrate::{Freezer, Migration, MigrationReport, Phase, RoundReport};
@@ -201,6 +201,10 @@ pub struct SyncRegion {
     pub promotion: Option<Promotion>,
     /// The replica's peer takes post-copy handoffs (the POSTCOPY feature, spec §8.10).
     peer_postcopy: bool,
+    /// The region's file, when this peer stays its new owner's replica after a handoff (spec
+    /// §8.6 step 5, [`crate::roles::follow`]): the file then receives the new owner's writes, and
+    /// a handoff back makes this peer the owner again.
+    pub follow: Option<std::path::PathBuf>,
 }
 
 /// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
@@ -280,20 +284,7 @@ impl SyncRegion {
         watch(&marks);
         let detector = Box::new(MarksDetector::replica_writes(marks, source.clone()));
         let known = vec![0; source.geometry().chunk_count() as usize];
-        let owner = Owner::new(source.geometry(), name, known, 0)?;
-        Ok(SyncRegion {
-            source,
-            owner,
-            detector,
-            migration: None,
-            metrics: RegionMetrics::new(name, Role::Owner),
-            asked: Arc::default(),
-            reply: None,
-            freeze_also: None,
-            epoch: memsync_protocol::epoch::FIRST,
-            promotion: None,
-            peer_postcopy: false,
-        })
+        Self::with_known(source, name, detector, known, 0)
     }
 
     /// A region read from `source` whose changes `detector` reports. Hashes the region once: the
@@ -303,10 +294,21 @@ impl SyncRegion {
         name: &str,
         detector: Box<dyn ChangeDetector>,
     ) -> Result<Self, SyncError> {
-        let geom = source.geometry();
         let known = tokio::task::block_in_place(|| source.hashes());
         source.check()?;
-        let owner = Owner::new(geom, name, known, 0)?;
+        Self::with_known(source, name, detector, known, 0)
+    }
+
+    /// A region read from `source` whose chunks hash to `known` (as last hashed or received),
+    /// its last generation `generation`, whose changes `detector` reports.
+    pub fn with_known(
+        source: Arc<dyn Source>,
+        name: &str,
+        detector: Box<dyn ChangeDetector>,
+        known: Vec<u64>,
+        generation: u64,
+    ) -> Result<Self, SyncError> {
+        let owner = Owner::new(source.geometry(), name, known, generation)?;
         Ok(SyncRegion {
             source,
             owner,
@@ -319,6 +321,7 @@ impl SyncRegion {
             epoch: memsync_protocol::epoch::FIRST,
             promotion: None,
             peer_postcopy: false,
+            follow: None,
         })
     }
 
@@ -327,13 +330,44 @@ impl SyncRegion {
         self.owner.name()
     }
 
+    /// The report of the migration set in [`SyncRegion::migration`], once the replica owns the
+    /// region (and, post-copy, holds every chunk), or why it failed.
+    pub fn when_migrated(&mut self) -> tokio::sync::oneshot::Receiver<MigrationOutcome> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.reply = Some(reply);
+        rx
+    }
+
     /// Lets [`ask_migration`] find this region by its name.
     pub fn askable(self) -> Self {
+        self.ask_here();
+        self
+    }
+
+    fn ask_here(&self) {
         askable()
             .lock()
             .expect("askable lock")
             .insert(self.name().to_owned(), Arc::downgrade(&self.asked));
-        self
+    }
+
+    /// The region was handed back at `generation` to this peer, which followed it and holds
+    /// chunks hashing to `known`: it owns the region again at `epoch`, with the detector it had,
+    /// and a migration of it may be asked for again.
+    pub(crate) fn taken_back(
+        &mut self,
+        generation: u64,
+        epoch: u64,
+        known: Vec<u64>,
+    ) -> Result<(), WireError> {
+        self.owner = Owner::new(*self.owner.geometry(), self.owner.name(), known, generation)?;
+        self.epoch = epoch;
+        if let Some(mut m) = self.migration.take() {
+            m.taken_back();
+        }
+        self.ask_here();
+        self.show_state();
+        Ok(())
     }
 
     /// Takes up a migration asked for, if none runs.
@@ -581,10 +615,11 @@ async fn run_session(
     stats: &Arc<SyncStats>,
 ) -> Result<(), SyncError> {
     let mut tasks = tokio::task::JoinSet::new();
-    // A region handed over is done: nothing of it goes on a new connection.
+    // A region handed over is done, unless this peer follows it: on a new connection it asks for
+    // it as a replica.
     let (done, live): (Vec<_>, Vec<_>) = regions
         .drain(..)
-        .partition(|r| r.owner.state() == OwnerState::HandedOff);
+        .partition(|r| r.owner.state() == OwnerState::HandedOff && r.follow.is_none());
     regions.extend(done);
     // The epoch travels in OPEN where the peer knows epochs (spec §8.8).
     let epochs = session.negotiated.features & feature::EPOCH != 0;
@@ -595,8 +630,7 @@ async fn run_session(
         let opts = opts.clone();
         let stats = stats.clone();
         tasks.spawn(async move {
-            let epoch = epochs.then_some(r.epoch);
-            let res = drive(&conn, &mut r, &opts, &stats, epoch).await;
+            let res = drive(&conn, &mut r, &opts, &stats, epochs).await;
             (r, res)
         });
     }
@@ -634,45 +668,74 @@ struct Round {
     bytes: u64,
 }
 
-/// One region's stream, from OPEN until done or failed.
+/// One region's stream, from OPEN until done or failed. After a handoff, a region this peer
+/// follows ([`SyncRegion::follow`]) stays on the stream as the new owner's replica, and becomes
+/// the owner again if it is handed back; on a new connection it asks for the region with MOUNT.
 async fn drive(
     conn: &Connection,
     r: &mut SyncRegion,
     opts: &SyncOptions,
     stats: &SyncStats,
-    epoch: Option<u64>,
+    epochs: bool,
 ) -> Result<(), SyncError> {
-    let (send, recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(SyncError::Stream {
-                region: r.name().to_owned(),
-                source: StreamError::Connection(e),
-            })
-        }
+    let region = r.name().to_owned();
+    let failed = |source| SyncError::Stream {
+        region: region.clone(),
+        source,
     };
-    drive_stream(send, recv, r, opts, stats, None, epoch)
+    let (mut send, recv) = conn
+        .open_bi()
         .await
-        .map_err(|source| SyncError::Stream {
-            region: r.name().to_owned(),
-            source,
-        })
+        .map_err(|e| failed(StreamError::Connection(e)))?;
+    let mut reader = FrameReader::new(recv, MAX_BODY);
+    let mut following = r.owner.state() == OwnerState::HandedOff;
+    loop {
+        if !following {
+            let epoch = epochs.then_some(r.epoch);
+            let turned = drive_stream(send, reader, r, opts, stats, None, epoch)
+                .await
+                .map_err(failed)?;
+            let Some(turned) = turned else {
+                return Ok(());
+            };
+            (send, reader) = turned;
+        }
+        if r.follow.is_none() {
+            // The new owner's OPEN (spec §8.6 step 5) is not answered: it learns at once.
+            let _ = reader.into_inner().stop(VarInt::from_u32(0));
+            let _ = send.finish();
+            return Ok(());
+        }
+        match crate::roles::follow::follow(send, reader, r, following)
+            .await
+            .map_err(failed)?
+        {
+            Some(turned) => (send, reader) = turned,
+            None => return Ok(()),
+        }
+        following = false;
+    }
 }
 
+/// A region stream turned around after a handoff (spec §8.6 step 5): its send side and its reader,
+/// for the role this peer takes next on it.
+pub type Turned = (quinn::SendStream, FrameReader);
+
 /// Runs the owner side of one region on an open stream (sync opens it; serve accepts it for a
-/// MOUNT) until done or failed. Protocol errors are reported to the peer before returning.
-/// With `lane` (a connection whose peer takes fetch lanes), urgent FETCHes are also answered on a
-/// fetch lane (spec §8.7) the moment they are read. OPEN carries `epoch`, the ownership epoch,
-/// where the peer knows epochs (spec §8.8).
+/// MOUNT, or takes it over in a handoff) until done or failed. Protocol errors are reported to the
+/// peer before returning. With `lane` (a connection whose peer takes fetch lanes), urgent FETCHes
+/// are also answered on a fetch lane (spec §8.7) the moment they are read. OPEN carries `epoch`,
+/// the ownership epoch, where the peer knows epochs (spec §8.8). Returns the stream, still open,
+/// once the region was handed off on it: the caller turns it around or ends it.
 pub async fn drive_stream(
     mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    reader: FrameReader,
     r: &mut SyncRegion,
     opts: &SyncOptions,
     stats: &SyncStats,
     lane: Option<Connection>,
     epoch: Option<u64>,
-) -> Result<(), StreamError> {
+) -> Result<Option<Turned>, StreamError> {
     // After a HANDOFF whose answer was lost, this OPEN is a probe: the replica's answer settles
     // who owns the region (spec §8.6).
     r.owner.restart()?;
@@ -699,14 +762,19 @@ pub async fn drive_stream(
         })
     });
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, StreamError>>(64);
+    // After each HANDOFF_ACK the reader waits to be told whether the stream is still this owner's
+    // (post-copy) or turns around (spec §8.6 step 5), and then gives the reader back.
+    let (go, mut go_on) = mpsc::channel::<bool>(1);
     let reader = {
         let mut lane = lane.clone();
+        let mut reader = reader;
         tokio::spawn(async move {
-            let mut reader = crate::net::transport::FrameReader::new(recv, MAX_BODY);
             let mut lane_stream = None;
             loop {
+                let mut acked = false;
                 let (item, urgent) = match reader.next().await {
                     Ok(Some(f)) => {
+                        acked = matches!(f, Frame::HandoffAck { .. });
                         let urgent = match f {
                             Frame::Fetch {
                                 first,
@@ -732,25 +800,40 @@ pub async fn drive_stream(
                 }
                 let stop = item.is_err();
                 if tx.send(item).await.is_err() || stop {
-                    break;
+                    return None;
+                }
+                if acked && !go_on.recv().await.unwrap_or(false) {
+                    return Some(reader);
                 }
             }
         })
     };
-    let result = match pump(r, &mut send, &mut rx, opts, stats, lane.as_deref()).await {
+    let result = match pump(r, &mut send, &mut rx, &go, opts, stats, lane.as_deref()).await {
         // A peer that stops reading tells why in an ERROR frame on its side of the stream.
         Err(e @ StreamError::Write(quinn::WriteError::Stopped(_))) => {
             Err(peer_reason(&mut rx).await.unwrap_or(e))
         }
         result => result,
     };
-    reader.abort();
     match result {
+        Ok(()) if r.owner.state() == OwnerState::HandedOff => {
+            let _ = go.try_send(false);
+            match reader.await {
+                Ok(Some(reader)) => Ok(Some((send, reader))),
+                // The new owner ended the stream (after post-copy).
+                _ => {
+                    let _ = send.finish();
+                    Ok(None)
+                }
+            }
+        }
         Ok(()) => {
+            reader.abort();
             let _ = send.finish();
-            Ok(())
+            Ok(None)
         }
         Err(StreamError::Wire(w)) => {
+            reader.abort();
             let frame = Frame::Error {
                 code: w.code as u32,
                 reason: &w.reason,
@@ -759,7 +842,10 @@ pub async fn drive_stream(
             let _ = send.finish();
             Err(StreamError::Wire(w))
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            reader.abort();
+            Err(e)
+        }
     }
 }
 
@@ -787,6 +873,7 @@ async fn pump(
     r: &mut SyncRegion,
     send: &mut quinn::SendStream,
     rx: &mut mpsc::Receiver<Result<Vec<u8>, StreamError>>,
+    go: &mpsc::Sender<bool>,
     opts: &SyncOptions,
     stats: &SyncStats,
     lane: Option<&Lane>,
@@ -808,10 +895,10 @@ async fn pump(
         // Nothing after HANDOFF_ACK is ours to read: the stream is the new owner's (spec §8.6).
         while r.owner.state() != OwnerState::HandedOff {
             match rx.try_recv() {
-                Ok(item) => received(r, Some(item), &mut rounds, &mut progress, opts, stats)?,
+                Ok(item) => received(r, Some(item), go, &mut rounds, &mut progress, opts, stats)?,
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    received(r, None, &mut rounds, &mut progress, opts, stats)?
+                    received(r, None, go, &mut rounds, &mut progress, opts, stats)?
                 }
             }
         }
@@ -828,7 +915,7 @@ async fn pump(
                 None => {
                     flush_batch(send, &mut batch, &mut batched).await?;
                     tokio::select! {
-                        item = rx.recv() => received(r, item, &mut rounds, &mut progress, opts, stats)?,
+                        item = rx.recv() => received(r, item, go, &mut rounds, &mut progress, opts, stats)?,
                         _ = tokio::time::sleep_until(due) => {}
                     }
                     continue;
@@ -937,7 +1024,7 @@ async fn pump(
                     continue;
                 }
                 tokio::select! {
-                    item = rx.recv() => received(r, item, &mut rounds, &mut progress, opts, stats)?,
+                    item = rx.recv() => received(r, item, go, &mut rounds, &mut progress, opts, stats)?,
                     // A migration scans after each of its rounds instead (`migration_step`).
                     _ = tick.tick(), if streaming && !opts.once && !migrating => detect(r, &mut dirty, &mut last_detect)?,
                     _ = async { wake.as_ref().expect("guarded").notified().await }, if streaming && wake.is_some() && !migrating => {
@@ -1238,13 +1325,20 @@ fn region_failed(e: Option<RegionError>) -> StreamError {
 fn received(
     r: &mut SyncRegion,
     item: Option<Result<Vec<u8>, StreamError>>,
+    go: &mpsc::Sender<bool>,
     rounds: &mut BTreeMap<u64, Round>,
     progress: &mut Option<ProgressBar>,
     opts: &SyncOptions,
     stats: &SyncStats,
 ) -> Result<(), StreamError> {
     match item {
-        Some(Ok(bytes)) => on_frame(r, &bytes, rounds, progress, opts, stats),
+        Some(Ok(bytes)) => {
+            if on_frame(r, &bytes, rounds, progress, opts, stats)? {
+                // The reader reads on only while the stream is still this owner's.
+                let _ = go.try_send(r.owner.state() != OwnerState::HandedOff);
+            }
+            Ok(())
+        }
         Some(Err(StreamError::Truncated)) | None => {
             let Some(generation) = r.owner.finish() else {
                 return Err(StreamError::Truncated);
@@ -1273,8 +1367,9 @@ fn on_frame(
     progress: &mut Option<ProgressBar>,
     opts: &SyncOptions,
     stats: &SyncStats,
-) -> Result<(), StreamError> {
+) -> Result<bool, StreamError> {
     let (frame, _) = Frame::decode(bytes, MAX_BODY)?.ok_or(StreamError::Truncated)?;
+    let acked = matches!(frame, Frame::HandoffAck { .. });
     let probing = matches!(r.owner.state(), OwnerState::Probing { .. });
     let event = r.owner.handle(&frame)?;
     r.show_state();
@@ -1413,7 +1508,7 @@ fn on_frame(
                 ),
             }
             let Some(m) = &mut r.migration else {
-                return Ok(());
+                return Ok(acked);
             };
             if m.phase() == Phase::PreCopy {
                 // A restarted `peer migrate` learns that the new owner took the region in a
@@ -1431,7 +1526,7 @@ fn on_frame(
             }
         }
     }
-    Ok(())
+    Ok(acked)
 }
 
 /// Formats a byte count with a binary unit.

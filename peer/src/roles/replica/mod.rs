@@ -3,6 +3,7 @@
 //! lets each peer own or mount it.
 
 pub mod archive;
+mod lead;
 pub mod policy;
 pub mod postcopy;
 
@@ -37,6 +38,8 @@ struct Regions {
     /// The regions this peer took over in a handoff while it runs: post-copy ones fetch what
     /// they lack from the old owner, and with `--nbd-dir` each is served over NBD.
     owned: Mutex<HashMap<String, Arc<OwnedRegion>>>,
+    /// Those served over NBD (`--nbd-dir`), whose writes a migration of them holds.
+    exported: Mutex<HashMap<String, Arc<OwnedRegion>>>,
 }
 
 /// How a stream holding a region is asked to stop, and what it tells its owner then.
@@ -250,8 +253,23 @@ impl Regions {
         };
         let uri = server.uri(&name);
         info!("region {name}: served over NBD at {uri}");
+        self.exported
+            .lock()
+            .expect("owned lock")
+            .insert(name.clone(), owned.clone());
         tokio::spawn(server.serve(name, Arc::new(crate::nbd::OwnedExport(owned))));
         Some(uri)
+    }
+
+    /// The NBD export of region `name`, owned here, if it has one.
+    fn owned_export(&self, name: &str) -> Option<Arc<OwnedRegion>> {
+        self.exported.lock().expect("owned lock").get(name).cloned()
+    }
+
+    /// Forgets region `name` as owned here: it was handed on (its export refuses writes now).
+    fn handed_on(&self, name: &str) {
+        self.owned.lock().expect("owned lock").remove(name);
+        self.exported.lock().expect("owned lock").remove(name);
     }
 }
 
@@ -388,6 +406,7 @@ pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts
         me: ep.fingerprint(),
         slots: Mutex::default(),
         owned: Mutex::default(),
+        exported: Mutex::default(),
     });
     let dir = Arc::new(dir);
     reopen_owned(&dir, &active, &opts).await;
@@ -455,6 +474,7 @@ async fn serve_session(
                     && session.negotiated.features & feature::DURABLE != 0;
                 let stream = Stream {
                     durable,
+                    epochs: session.negotiated.features & feature::EPOCH != 0,
                     dir,
                     active,
                     who,
@@ -485,19 +505,44 @@ struct Stream {
     opts: Arc<ServeOptions>,
     /// Each ACK waits for stable storage.
     durable: bool,
+    /// The peer knows ownership epochs (spec §8.8).
+    epochs: bool,
 }
 
-async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s: Stream) {
-    let mut reader = FrameReader::new(recv, MAX_BODY);
+/// Serves one region stream: the replica role, or the owner role of a region owned here (a lazy
+/// mount, or the stream turned around after a handoff, spec §8.6 step 5), as often as the region
+/// changes hands on it.
+async fn replica_stream(send: quinn::SendStream, recv: quinn::RecvStream, s: Stream) {
+    let mut stream = (send, FrameReader::new(recv, MAX_BODY));
+    loop {
+        let (send, reader) = stream;
+        let Some((l, send, reader)) = replica_role(send, reader, &s).await else {
+            return;
+        };
+        match lead::lead(send, reader, l, &s).await {
+            Some(turned) => stream = turned,
+            None => return,
+        }
+    }
+}
+
+/// The replica role on a stream, until it ends or this peer leads the region on it.
+async fn replica_role(
+    mut send: quinn::SendStream,
+    mut reader: FrameReader,
+    s: &Stream,
+) -> Option<(lead::Lead, quinn::SendStream, FrameReader)> {
     let mut claim = None;
     let mut replica = Replica::new(0);
     // HASHES frames must fit the body size the owner accepts.
     replica.set_max_body(s.max_body);
     replica.set_durable(s.durable);
-    match receive(&mut send, &mut reader, &mut replica, &s, &mut claim).await {
+    match receive(&mut send, &mut reader, &mut replica, s, &mut claim).await {
+        Ok(Next::Lead(l)) => return Some((l, send, reader)),
         Ok(Next::Mount(mount)) => {
             let slot = s.active.slot(&mount);
-            serve_mount(send, reader, &s.dir, &mount, &slot, s.lane, &s.opts.mounts).await
+            let lane = s.lane.clone();
+            serve_mount(send, reader, &s.dir, &mount, &slot, lane, &s.opts.mounts).await
         }
         Ok(Next::Fetch(owned)) => {
             let name = owned.name().to_owned();
@@ -520,6 +565,7 @@ async fn replica_stream(mut send: quinn::SendStream, recv: quinn::RecvStream, s:
         }
         Err(e) => info!("region stream ended: {e}"),
     }
+    None
 }
 
 /// Serves a lazy mount of the replica DIR/NAME: this peer takes the owner role on the stream,
@@ -562,19 +608,9 @@ async fn serve_mount(
     };
     info!("region {name}: serving a lazy mount");
     let stats = SyncStats::default();
-    match drive_stream(
-        send,
-        reader.into_inner(),
-        &mut region,
-        opts,
-        &stats,
-        lane,
-        None,
-    )
-    .await
-    {
-        Ok(()) => {}
-        Err(e) => info!("mount of {name} ended: {e}"),
+    // A mount is never handed over: its stream ends with it.
+    if let Err(e) = drive_stream(send, reader, &mut region, opts, &stats, lane, None).await {
+        info!("mount of {name} ended: {e}");
     }
 }
 
@@ -669,6 +705,9 @@ enum Next {
     /// This peer took the region over in a post-copy handoff and fetches what it lacks from the
     /// old owner on this stream ([`OwnedRegion::fetch_on`]).
     Fetch(Arc<OwnedRegion>),
+    /// This peer owns the region and streams it as its owner on this stream: the old owner's,
+    /// turned around after a plain handoff, or a MOUNT of it.
+    Lead(lead::Lead),
 }
 
 async fn receive(
@@ -710,6 +749,15 @@ async fn receive(
                 .policy
                 .may_mount(name, &who)
                 .inspect_err(|e| warn!("{e}"))?;
+            // Owned here since a handoff: its writes are this peer's, found by hashing.
+            if let Some(epoch) = active.policy.owned_here(name) {
+                return Ok(Next::Lead(lead::Lead {
+                    name: (*name).to_owned(),
+                    epoch,
+                    geometry: None,
+                    handed: None,
+                }));
+            }
             return Ok(Next::Mount((*name).to_owned()));
         }
         match replica.handle(&frame)? {
@@ -866,6 +914,8 @@ async fn receive(
                 } else {
                     None
                 };
+                // The hashes of what it holds, for the owner role (before the index is dropped).
+                let handed = (f.hashes().to_vec(), generation);
                 take_over(f, name, generation, epoch, s).await?;
                 // Neither the index nor the journal describes the region from now on.
                 if let Some(j) = &mut journal {
@@ -926,8 +976,13 @@ async fn receive(
                 while let Some(f) = replica.poll_transmit() {
                     send.write_all(&f).await?;
                 }
-                // The old owner ends the stream; replicating from here is a new sync's job.
-                return Ok(Next::Done);
+                // Step 5: the stream turns around, and the old owner may follow as a replica.
+                return Ok(Next::Lead(lead::Lead {
+                    name: name.clone(),
+                    epoch: epoch + 1,
+                    geometry: Some(*f.geometry()),
+                    handed: Some(handed),
+                }));
             }
             ReplicaEvent::PeerError { code, reason } => {
                 return Err(StreamError::Peer {

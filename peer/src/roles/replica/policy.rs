@@ -363,6 +363,32 @@ impl Policy {
             .collect()
     }
 
+    /// The epoch this peer owns `name` at since a handoff to it, if it does.
+    pub fn owned_here(&self, name: &str) -> Option<u64> {
+        let owners = self.owners.lock().expect("owners lock");
+        owners
+            .get(name)
+            .filter(|r| r.holder == Holder::Here)
+            .map(|r| r.epoch)
+    }
+
+    /// This peer, the owner of `name` at `epoch`, handed it to `to` (which acknowledged): `to`
+    /// owns it at the next epoch, and this peer's OPENs of older epochs are fenced.
+    pub fn handed_away(&self, name: &str, to: &Fingerprint, epoch: u64) -> Result<(), WireError> {
+        let epoch = epoch.checked_add(1).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::ProtocolViolation,
+                "no ownership epoch after this one",
+            )
+        })?;
+        let record = Record {
+            holder: Holder::Peer(*to),
+            epoch,
+        };
+        let mut owners = self.owners.lock().expect("owners lock");
+        self.record(&mut owners, name, record).map_err(remembering)
+    }
+
     /// Lets `who` mount `name`: its owner, or a peer the mount rules grant it to.
     pub fn may_mount(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
         let owner = self

@@ -26,7 +26,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use crate::nbd::exports::{writes_pass, HoldsWrites, Writes};
+use tokio::sync::{watch, Notify};
 use tracing::info;
 
 /// What `DIR/.NAME.postcopy` says besides its bitmap.
@@ -221,6 +222,9 @@ pub struct OwnedRegion {
     tolerance: Duration,
     next_stream: AtomicU64,
     metrics: RegionMetrics,
+    /// Whether writes go through: a migration back to the old owner holds them, and refuses them
+    /// once it handed the region over.
+    writes: watch::Sender<Writes>,
 }
 
 struct Inner {
@@ -357,9 +361,15 @@ impl OwnedRegion {
             tolerance,
             next_stream: AtomicU64::new(0),
             metrics,
+            writes: watch::Sender::new(Writes::Open),
         });
         r.show();
         r
+    }
+
+    /// Whether writes are refused: the region was handed back.
+    pub fn refuses_writes(&self) -> bool {
+        *self.writes.borrow() == Writes::Refused
     }
 
     /// The region's name.
@@ -488,7 +498,14 @@ impl OwnedRegion {
                 self.ensure(i..i + 1).await?;
             }
         }
-        let mut inner = self.inner.lock().expect("owned lock");
+        let mut inner = loop {
+            writes_pass(&self.writes).await?;
+            let inner = self.inner.lock().expect("owned lock");
+            // The gate may have closed between the check and the lock.
+            if *self.writes.borrow() == Writes::Open {
+                break inner;
+            }
+        };
         self.file.write_all_at(data, offset)?;
         let now_present: Vec<u64> = chunks
             .filter(|&i| whole(i) && inner.missing.contains(i))
@@ -681,6 +698,14 @@ impl OwnedRegion {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+impl HoldsWrites for OwnedRegion {
+    fn set_writes(&self, w: Writes) {
+        // Under the lock writes take, so no write is between its check and its copy.
+        let _inner = self.inner.lock().expect("owned lock");
+        self.writes.send_replace(w);
     }
 }
 

@@ -1,0 +1,115 @@
+//! The owner role of a region `peer serve` owns since a handoff (spec §8.6 step 5): on the stream
+//! the handoff came on, where the old owner becomes its replica, or on a stream a peer opened with
+//! MOUNT (a follower back after a broken link, or a lazy mount). Changes are found by hashing
+//! DIR/NAME (the workload started by `--on-handoff` writes it, directly or through the region's
+//! NBD export). A migration of it is asked for through serve's control socket, like a `peer
+//! sync`'s.
+//!
+//! Rule: once this peer handed the region on, it records the new owner at the next epoch and never
+//! writes DIR/NAME again but as that owner's replica.
+
+use super::{Stream, MOUNT_CHUNK_SHIFT};
+use crate::detector::HashDetector;
+use crate::net::transport::{fail_stream, FrameReader};
+use crate::region::{Source, SourceFile};
+use crate::roles::owner::{drive_stream, SyncRegion, SyncStats, Turned};
+use memsync_protocol::wire::{ErrorCode, WireError};
+use memsync_protocol::Geometry;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// A region owned here, to stream as its owner.
+pub(super) struct Lead {
+    pub name: String,
+    /// The ownership epoch this peer owns it at.
+    pub epoch: u64,
+    /// Its chunks; `None`: those of its NBD export, else 64 KiB.
+    pub geometry: Option<Geometry>,
+    /// Its chunks' hashes and generation as handed over here; `None`: hashed now, generation 0
+    /// (the replica's STATE says which it holds).
+    pub handed: Option<(Vec<u64>, u64)>,
+}
+
+/// Streams region `lead` as its owner on `send`/`reader` until the stream ends, or until it was
+/// handed on: then the stream, for this peer's replica role.
+pub(super) async fn lead(
+    mut send: quinn::SendStream,
+    mut reader: FrameReader,
+    lead: Lead,
+    s: &Stream,
+) -> Option<Turned> {
+    let name = lead.name.clone();
+    let owned = s.active.owned_export(&name);
+    let mut region = match region(&lead, owned.as_ref().map(|o| o.geometry()), s) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("region {name}: {e}");
+            fail_stream(&mut send, &mut reader, &e).await;
+            return None;
+        }
+    };
+    region.epoch = lead.epoch;
+    if let Some(o) = owned {
+        // A migration holds, then refuses, the writes of the region's NBD export.
+        region.freeze_also = Some(Arc::new(move || {
+            Box::new(crate::nbd::ExportFreezer(o.clone())) as Box<dyn crate::roles::migrate::Freezer>
+        }));
+    }
+    let mut region = region.askable();
+    info!(
+        "region {name}: streaming it as its owner to peer {} (epoch {})",
+        s.who, lead.epoch
+    );
+    let stats = SyncStats::default();
+    let epoch = s.epochs.then_some(lead.epoch);
+    let lane = s.lane.clone();
+    match drive_stream(send, reader, &mut region, &s.opts.mounts, &stats, lane, epoch).await {
+        Ok(Some(turned)) => {
+            // The peer owns it now: no OPEN of this peer's epoch may write it again.
+            if let Err(e) = s.active.policy.handed_away(&name, &s.who, lead.epoch) {
+                warn!("region {name}: recording its new owner: {e}");
+            }
+            s.active.handed_on(&name);
+            info!(
+                "region {name}: handed to peer {}; this peer replicates it from there",
+                s.who
+            );
+            Some(turned)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            info!("region {name}: the stream to peer {} ended: {e}", s.who);
+            None
+        }
+    }
+}
+
+/// DIR/NAME, read for the owner role, with the hash detector.
+fn region(lead: &Lead, export: Option<Geometry>, s: &Stream) -> Result<SyncRegion, WireError> {
+    let local = |e: &dyn std::fmt::Display| WireError::new(ErrorCode::LocalIo, e.to_string());
+    let file = s
+        .dir
+        .open_existing(&lead.name)
+        .map_err(|e| local(&e))?
+        .ok_or_else(|| {
+            WireError::new(
+                ErrorCode::NotFound,
+                format!("no region named {} here", lead.name),
+            )
+        })?;
+    let shift = lead
+        .geometry
+        .or(export)
+        .map_or(MOUNT_CHUNK_SHIFT, |g| g.shift());
+    let path = s.dir.display(&lead.name);
+    let source: Arc<dyn Source> =
+        Arc::new(SourceFile::from_file(file, &path, shift).map_err(|e| local(&e))?);
+    let detector = Box::new(HashDetector::new(source.clone()));
+    match &lead.handed {
+        Some((known, generation)) => {
+            SyncRegion::with_known(source, &lead.name, detector, known.clone(), *generation)
+        }
+        None => SyncRegion::new(source, &lead.name, detector),
+    }
+    .map_err(|e| local(&e))
+}
