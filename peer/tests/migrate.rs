@@ -1450,3 +1450,162 @@ fn a_new_owner_killed_during_post_copy_resumes_the_fetches_after_its_restart() {
 fn an_old_owner_killed_during_post_copy_serves_the_rest_when_migrate_runs_again() {
     post_copy_cut(Kill::A);
 }
+
+/// Waits until `cond` holds, up to `secs` seconds, saying `what` when it never does.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A region moved A → B with `peer migrate --follow` to B's serve (through a relay, if
+/// `relayed`) while the counter writer writes it at A.
+struct Followed {
+    w: World,
+    /// B's serve, its control socket in `ctl`.
+    b: Proc,
+    /// A's `peer migrate --follow`, following B.
+    a: Proc,
+    /// A's region file.
+    file: PathBuf,
+    /// The counters A's writer last wrote.
+    at_handoff: Vec<u64>,
+    ctl: PathBuf,
+    relay: Option<Relay>,
+}
+
+fn followed_move(relayed: bool) -> Followed {
+    let w = World::new();
+    let ctl = w.path("ctl");
+    let b = Proc::spawn(
+        Command::new(BIN)
+            .args(["serve", "--listen", &w.addr(), "--dir"])
+            .arg(w.path("replicas"))
+            .args(["--identity", w.path("replica-id").to_str().unwrap()])
+            .args(["--trust", &w.owner_fp])
+            .env("MEMSYNC_CONTROL_DIR", &ctl),
+    );
+    b.wait_for("serving replicas", Duration::from_secs(20));
+    let relay = relayed.then(|| Relay::new(&w.addr()));
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let writer = CounterWriter::start(&w, &file, "mmap", "at-a");
+    wait_more(&file, 0);
+    let stop = writer.stop_hook();
+    let to = relay.as_ref().map_or_else(|| w.addr(), |r| r.addr.clone());
+    let a = Proc::spawn(
+        migrate_cmd(&file, &to, &w.path("owner-id"), &w.replica_fp, &[])
+            .args(["--before-freeze", &stop, "--follow"])
+            .env("MEMSYNC_CONTROL_DIR", &ctl),
+    );
+    let at_handoff = writer.last_written(&[0; PAGES]);
+    a.wait_for(
+        "following its new owner as its replica",
+        Duration::from_secs(60),
+    );
+    Followed {
+        w,
+        b,
+        a,
+        file,
+        at_handoff,
+        ctl,
+        relay,
+    }
+}
+
+/// Spec §8.6 step 5 between real peers: after the move A → B, B streams the region as its owner on
+/// the stream the handoff came on and A, which follows, receives B's writes; the region then moves
+/// back B → A on that same stream (asked through B's serve's control socket), and A streams it to
+/// B again. No page is lost or stale at any step, and no stream is opened but the first.
+#[test]
+fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_back() {
+    let Followed {
+        w,
+        b,
+        a,
+        file,
+        at_handoff,
+        ctl,
+        ..
+    } = followed_move(false);
+    let b_copy = w.replica("mem");
+    assert_eq!(counters(&b_copy), at_handoff, "B lacks writes A's writer made");
+    assert!(owned_at_b(&w, "mem"));
+    b.wait_for("streaming it as its owner", Duration::from_secs(10));
+
+    // The workload goes on at B, and A's file follows it.
+    let at_b = CounterWriter::start(&w, &b_copy, "mmap", "at-b");
+    let before: u64 = at_handoff.iter().sum();
+    eventually(60, "A receives B's writes", || {
+        counters(&file).iter().sum::<u64>() > before
+    });
+
+    // Back to A, on the same stream.
+    let out = Command::new(BIN)
+        .args(["migrate", "--sync", &b.child.id().to_string(), "--name", "mem"])
+        .args(["--before-freeze", &at_b.stop_hook(), "--downtime-ms", "50"])
+        .env("MEMSYNC_CONTROL_DIR", &ctl)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("downtime"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = at_b.last_written(&at_handoff);
+    a.wait_for("this peer owns it again", Duration::from_secs(10));
+    assert_eq!(counters(&file), back, "A lacks writes B's writer made");
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&b_copy).unwrap());
+    let stale: Vec<_> = (0..PAGES).filter(|&p| back[p] < at_handoff[p]).take(8).collect();
+    assert!(stale.is_empty(), "pages went back at B: {stale:?}");
+    // B recorded A as the owner, at the epoch after its own.
+    let owners = std::fs::read_to_string(w.path("replicas/.memsync/owners")).unwrap();
+    assert!(owners.contains(&format!("mem {} 3", w.owner_fp)), "{owners}");
+
+    // A owns it again and streams it to B: B, a replica once more, receives A's writes.
+    let again = CounterWriter::start(&w, &file, "mmap", "again");
+    let sum: u64 = back.iter().sum();
+    eventually(60, "B receives A's writes", || {
+        counters(&b_copy).iter().sum::<u64>() > sum
+    });
+    drop(again);
+    // One stream carried all of it: A reconciled once as owner, and never reconnected.
+    assert_eq!(a.all_with("replica reconciled").len(), 2, "{}", a.output());
+    assert!(!a.output().contains("reconnected"), "{}", a.output());
+}
+
+/// A following old owner whose link to the new owner broke asks for the region again on a new
+/// connection (MOUNT, then its hashes): the new owner's writes of the outage reach it.
+#[test]
+fn a_following_old_owner_catches_up_after_a_broken_link() {
+    let Followed {
+        w,
+        b: _b,
+        a,
+        file,
+        at_handoff,
+        relay,
+        ..
+    } = followed_move(true);
+    let relay = relay.expect("relayed");
+    let b_copy = w.replica("mem");
+    assert_eq!(counters(&b_copy), at_handoff);
+    let at_b = CounterWriter::start(&w, &b_copy, "mmap", "at-b");
+    relay.cut(true);
+    // Longer than QUIC's idle timeout: the connection is lost, and B's writes go on.
+    std::thread::sleep(Duration::from_secs(7));
+    relay.cut(false);
+    a.wait_for("reconnected", Duration::from_secs(60));
+    let hook = at_b.stop_hook();
+    assert!(Command::new("sh").args(["-c", &hook]).status().unwrap().success());
+    let last = at_b.last_written(&at_handoff);
+    eventually(60, "A catches up with B", || counters(&file) == last);
+    wait_identical(&file, &b_copy, Duration::from_secs(30));
+}

@@ -117,6 +117,9 @@ async fn receive(
                     Some(e) => e,
                     None => r.epoch + 1,
                 };
+                // After a broken link, the generation followed last (the new owner's next round
+                // is past it).
+                replica.set_committed(r.followed.max(replica.committed()))?;
                 replica.local_state(Local::Hashes(&known))?;
                 info!("{name}: following its new owner as its replica (epoch {epoch})");
             }
@@ -136,6 +139,7 @@ async fn receive(
             }
             ReplicaEvent::Committed { generation } => {
                 debug!("{name}: generation {generation} of the new owner applied");
+                r.followed = generation;
             }
             ReplicaEvent::BecameOwner { generation } => {
                 if replica.state() == ReplicaState::PostCopy {

@@ -205,6 +205,8 @@ pub struct SyncRegion {
     /// §8.6 step 5, [`crate::roles::follow`]): the file then receives the new owner's writes, and
     /// a handoff back makes this peer the owner again.
     pub follow: Option<std::path::PathBuf>,
+    /// The new owner's last generation applied here while following.
+    pub(crate) followed: u64,
 }
 
 /// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
@@ -322,6 +324,7 @@ impl SyncRegion {
             promotion: None,
             peer_postcopy: false,
             follow: None,
+            followed: 0,
         })
     }
 
