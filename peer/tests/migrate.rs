@@ -1535,7 +1535,11 @@ fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_bac
         ..
     } = followed_move(false);
     let b_copy = w.replica("mem");
-    assert_eq!(counters(&b_copy), at_handoff, "B lacks writes A's writer made");
+    assert_eq!(
+        counters(&b_copy),
+        at_handoff,
+        "B lacks writes A's writer made"
+    );
     assert!(owned_at_b(&w, "mem"));
     b.wait_for("streaming it as its owner", Duration::from_secs(10));
 
@@ -1548,7 +1552,13 @@ fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_bac
 
     // Back to A, on the same stream.
     let out = Command::new(BIN)
-        .args(["migrate", "--sync", &b.child.id().to_string(), "--name", "mem"])
+        .args([
+            "migrate",
+            "--sync",
+            &b.child.id().to_string(),
+            "--name",
+            "mem",
+        ])
         .args(["--before-freeze", &at_b.stop_hook(), "--downtime-ms", "50"])
         .env("MEMSYNC_CONTROL_DIR", &ctl)
         .output()
@@ -1562,12 +1572,21 @@ fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_bac
     let back = at_b.last_written(&at_handoff);
     a.wait_for("this peer owns it again", Duration::from_secs(10));
     assert_eq!(counters(&file), back, "A lacks writes B's writer made");
-    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&b_copy).unwrap());
-    let stale: Vec<_> = (0..PAGES).filter(|&p| back[p] < at_handoff[p]).take(8).collect();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
+    let stale: Vec<_> = (0..PAGES)
+        .filter(|&p| back[p] < at_handoff[p])
+        .take(8)
+        .collect();
     assert!(stale.is_empty(), "pages went back at B: {stale:?}");
     // B recorded A as the owner, at the epoch after its own.
     let owners = std::fs::read_to_string(w.path("replicas/.memsync/owners")).unwrap();
-    assert!(owners.contains(&format!("mem {} 3", w.owner_fp)), "{owners}");
+    assert!(
+        owners.contains(&format!("mem {} 3", w.owner_fp)),
+        "{owners}"
+    );
 
     // A owns it again and streams it to B: B, a replica once more, receives A's writes.
     let again = CounterWriter::start(&w, &file, "mmap", "again");
@@ -1604,7 +1623,11 @@ fn a_following_old_owner_catches_up_after_a_broken_link() {
     relay.cut(false);
     a.wait_for("reconnected", Duration::from_secs(60));
     let hook = at_b.stop_hook();
-    assert!(Command::new("sh").args(["-c", &hook]).status().unwrap().success());
+    assert!(Command::new("sh")
+        .args(["-c", &hook])
+        .status()
+        .unwrap()
+        .success());
     let last = at_b.last_written(&at_handoff);
     eventually(60, "A catches up with B", || counters(&file) == last);
     wait_identical(&file, &b_copy, Duration::from_secs(30));

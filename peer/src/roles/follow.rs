@@ -61,7 +61,11 @@ async fn receive(
     if size != geom.size() {
         return Err(WireError::new(
             ErrorCode::Resized,
-            format!("{} is {size} bytes, not the {} handed over", path.display(), geom.size()),
+            format!(
+                "{} is {size} bytes, not the {} handed over",
+                path.display(),
+                geom.size()
+            ),
         )
         .into());
     }

@@ -686,22 +686,31 @@ async fn drive(
         region: region.clone(),
         source,
     };
-    let (mut send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| failed(StreamError::Connection(e)))?;
-    let mut reader = FrameReader::new(recv, MAX_BODY);
-    let mut following = r.owner.state() == OwnerState::HandedOff;
+    let open = || async {
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| failed(StreamError::Connection(e)))?;
+        Ok::<_, SyncError>((send, FrameReader::new(recv, MAX_BODY)))
+    };
+    let (mut send, mut reader) = open().await?;
+    // Handed over before this stream: follow it by asking for it (MOUNT).
+    let mut mount = r.owner.state() == OwnerState::HandedOff;
     loop {
-        if !following {
+        if !mount {
             let epoch = epochs.then_some(r.epoch);
-            let turned = drive_stream(send, reader, r, opts, stats, None, epoch)
+            match drive_stream(send, reader, r, opts, stats, None, epoch)
                 .await
-                .map_err(failed)?;
-            let Some(turned) = turned else {
-                return Ok(());
-            };
-            (send, reader) = turned;
+                .map_err(failed)?
+            {
+                Some(turned) => (send, reader) = turned,
+                // After post-copy the new owner ended the stream: a follower asks anew.
+                None if r.follow.is_some() && r.owner.state() == OwnerState::HandedOff => {
+                    (send, reader) = open().await?;
+                    mount = true;
+                }
+                None => return Ok(()),
+            }
         }
         if r.follow.is_none() {
             // The new owner's OPEN (spec §8.6 step 5) is not answered: it learns at once.
@@ -709,14 +718,14 @@ async fn drive(
             let _ = send.finish();
             return Ok(());
         }
-        match crate::roles::follow::follow(send, reader, r, following)
+        match crate::roles::follow::follow(send, reader, r, mount)
             .await
             .map_err(failed)?
         {
             Some(turned) => (send, reader) = turned,
             None => return Ok(()),
         }
-        following = false;
+        mount = false;
     }
 }
 

@@ -52,7 +52,8 @@ pub(super) async fn lead(
     if let Some(o) = owned {
         // A migration holds, then refuses, the writes of the region's NBD export.
         region.freeze_also = Some(Arc::new(move || {
-            Box::new(crate::nbd::ExportFreezer(o.clone())) as Box<dyn crate::roles::migrate::Freezer>
+            Box::new(crate::nbd::ExportFreezer(o.clone()))
+                as Box<dyn crate::roles::migrate::Freezer>
         }));
     }
     let mut region = region.askable();
@@ -63,7 +64,17 @@ pub(super) async fn lead(
     let stats = SyncStats::default();
     let epoch = s.epochs.then_some(lead.epoch);
     let lane = s.lane.clone();
-    match drive_stream(send, reader, &mut region, &s.opts.mounts, &stats, lane, epoch).await {
+    match drive_stream(
+        send,
+        reader,
+        &mut region,
+        &s.opts.mounts,
+        &stats,
+        lane,
+        epoch,
+    )
+    .await
+    {
         Ok(Some(turned)) => {
             // The peer owns it now: no OPEN of this peer's epoch may write it again.
             if let Err(e) = s.active.policy.handed_away(&name, &s.who, lead.epoch) {

@@ -13,6 +13,7 @@
 //! old owner is unreachable, waiting reads and writes fail once the outage tolerance has passed
 //! (EIO, never zeros); they succeed again when it returns.
 
+use crate::nbd::exports::{writes_pass, HoldsWrites, Writes};
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{FrameReader, StreamError};
 use crate::ops::metrics::RegionMetrics;
@@ -26,7 +27,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use crate::nbd::exports::{writes_pass, HoldsWrites, Writes};
 use tokio::sync::{watch, Notify};
 use tracing::info;
 
