@@ -240,6 +240,18 @@ impl CounterWriter {
     }
 }
 
+/// A's region `mem`, which the counter writer (`at-a`) is writing.
+fn written_at_a(w: &World) -> (PathBuf, CounterWriter) {
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let writer = CounterWriter::start(w, &file, "mmap", "at-a");
+    wait_more(&file, 0);
+    (file, writer)
+}
+
 /// Waits until the counters of `file` sum to more than `than` (python can take a while to start
 /// on a busy machine, and a migration of an unwritten region is over at once).
 fn wait_more(file: &Path, than: u64) {
@@ -1164,13 +1176,7 @@ fn a_post_copy_migration_hands_over_at_the_freeze_and_the_workload_goes_on_at_b(
     let hook = w.path("handed-over");
     let on_handoff = format!("echo $MEMSYNC_NBD > {}", hook.display());
     let _b = w.serve_with(&["--nbd-dir", &nbd, "--on-handoff", &on_handoff]);
-    let file = w.path("mem");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len((PAGES * 4096) as u64)
-        .unwrap();
-    let writer = CounterWriter::start(&w, &file, "mmap", "at-a");
-    wait_more(&file, 0);
+    let (file, writer) = written_at_a(&w);
     // One pre-copy round while the writer writes, then the freeze: what it wrote meanwhile is
     // stale at B, and moves after the handoff.
     let stop = writer.stop_hook();
@@ -1489,13 +1495,7 @@ fn followed_move(relayed: bool) -> Followed {
     );
     b.wait_for("serving replicas", Duration::from_secs(20));
     let relay = relayed.then(|| Relay::new(&w.addr()));
-    let file = w.path("mem");
-    std::fs::File::create(&file)
-        .unwrap()
-        .set_len((PAGES * 4096) as u64)
-        .unwrap();
-    let writer = CounterWriter::start(&w, &file, "mmap", "at-a");
-    wait_more(&file, 0);
+    let (file, writer) = written_at_a(&w);
     let stop = writer.stop_hook();
     let to = relay.as_ref().map_or_else(|| w.addr(), |r| r.addr.clone());
     let a = Proc::spawn(
@@ -1569,6 +1569,7 @@ fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_bac
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("back: {said}");
     let back = at_b.last_written(&at_handoff);
     a.wait_for("this peer owns it again", Duration::from_secs(10));
     assert_eq!(counters(&file), back, "A lacks writes B's writer made");
