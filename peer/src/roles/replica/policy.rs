@@ -642,4 +642,28 @@ mod tests {
             Err(PolicyError::BadOwnerLine { line: 1, .. })
         ));
     }
+
+    #[test]
+    fn a_region_handed_here_and_back_fences_this_peers_epoch_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, a) = (fp(9), fp(1));
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        p.claim("x", &me, &a, 1).unwrap();
+        assert_eq!(p.owned_here("x"), None);
+        // A hands it here: this peer owns it at epoch 2.
+        assert!(p.may_take_over("x", &a, 1));
+        p.became_owner("x", 1).unwrap();
+        assert_eq!(p.owned_here("x"), Some(2));
+        // And back to A, at epoch 3: A's OPEN of epoch 3 is the recorded owner's, epoch 2 is fenced.
+        p.handed_away("x", &a, 2).unwrap();
+        drop(p);
+        let p = Policy::load(dir.path(), vec![], vec![]).unwrap();
+        assert_eq!(p.owned_here("x"), None);
+        p.claim("x", &me, &a, 3).unwrap();
+        assert_eq!(
+            p.claim("x", &me, &a, 2).unwrap_err().code,
+            ErrorCode::Fenced
+        );
+        assert!(p.may_take_over("x", &a, 3));
+    }
 }
