@@ -1482,18 +1482,44 @@ struct Followed {
     relay: Option<Relay>,
 }
 
-fn followed_move(relayed: bool) -> Followed {
-    let w = World::new();
-    let ctl = w.path("ctl");
+/// B's serve, with its control socket in `ctl`.
+fn serve_controlled(w: &World, ctl: &Path) -> Proc {
     let b = Proc::spawn(
         Command::new(BIN)
             .args(["serve", "--listen", &w.addr(), "--dir"])
             .arg(w.path("replicas"))
             .args(["--identity", w.path("replica-id").to_str().unwrap()])
             .args(["--trust", &w.owner_fp])
-            .env("MEMSYNC_CONTROL_DIR", &ctl),
+            .env("MEMSYNC_CONTROL_DIR", ctl),
     );
     b.wait_for("serving replicas", Duration::from_secs(20));
+    b
+}
+
+/// `peer migrate --sync PID --name mem` with `extra` flags, through the control sockets in `ctl`:
+/// its report.
+fn migrate_through_socket(ctl: &Path, pid: u32, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["migrate", "--sync", &pid.to_string(), "--name", "mem"])
+        .args(["--downtime-ms", "50"])
+        .args(extra)
+        .env("MEMSYNC_CONTROL_DIR", ctl)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && said.contains("downtime"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("migrated: {said}");
+    said
+}
+
+fn followed_move(relayed: bool) -> Followed {
+    let w = World::new();
+    let ctl = w.path("ctl");
+    let b = serve_controlled(&w, &ctl);
     let relay = relayed.then(|| Relay::new(&w.addr()));
     let (file, writer) = written_at_a(&w);
     let stop = writer.stop_hook();
@@ -1551,25 +1577,7 @@ fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_bac
     });
 
     // Back to A, on the same stream.
-    let out = Command::new(BIN)
-        .args([
-            "migrate",
-            "--sync",
-            &b.child.id().to_string(),
-            "--name",
-            "mem",
-        ])
-        .args(["--before-freeze", &at_b.stop_hook(), "--downtime-ms", "50"])
-        .env("MEMSYNC_CONTROL_DIR", &ctl)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("downtime"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("back: {said}");
+    migrate_through_socket(&ctl, b.child.id(), &["--before-freeze", &at_b.stop_hook()]);
     let back = at_b.last_written(&at_handoff);
     a.wait_for("this peer owns it again", Duration::from_secs(10));
     assert_eq!(counters(&file), back, "A lacks writes B's writer made");
@@ -1632,4 +1640,79 @@ fn a_following_old_owner_catches_up_after_a_broken_link() {
     let last = at_b.last_written(&at_handoff);
     eventually(60, "A catches up with B", || counters(&file) == last);
     wait_identical(&file, &b_copy, Duration::from_secs(30));
+}
+
+/// qemu-io's `cmd` on the NBD export at `uri` (read-only with `ro`), run to its end: (success,
+/// output).
+fn qemu_io_at(uri: &str, cmd: &str, ro: bool) -> (bool, String) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    if ro {
+        c.arg("-r");
+    }
+    let out = c.args(["-c", cmd, uri]).output().expect("qemu-io");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && !said.contains("failed"), said)
+}
+
+/// `--follow` with the NBD detector: once B owns the region, A's export refuses writes and serves
+/// B's writes read-only as A follows; handed back, it takes writes again and B receives them.
+#[test]
+fn a_following_nbd_export_serves_the_new_owners_bytes_and_takes_writes_when_handed_back() {
+    use std::os::unix::fs::FileExt;
+    let w = World::new();
+    let ctl = w.path("ctl");
+    let b = serve_controlled(&w, &ctl);
+    let file = w.path("mem");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len((PAGES * 4096) as u64)
+        .unwrap();
+    let port = free_tcp_port();
+    let a = Proc::spawn(
+        Command::new(BIN)
+            .args(["sync", "--region", file.to_str().unwrap()])
+            .args(w.owner_args())
+            .args(["--interval", "100", "--detector", "nbd", "--follow"])
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")])
+            .env("MEMSYNC_CONTROL_DIR", &ctl),
+    );
+    a.wait_for("acknowledged", Duration::from_secs(30));
+    let uri = format!("nbd://127.0.0.1:{port}/mem");
+    let (ok, said) = qemu_io_at(&uri, "write -P 0x11 0 64k", false);
+    assert!(ok, "{said}");
+    migrate_through_socket(&ctl, a.child.id(), &[]);
+    a.wait_for(
+        "following its new owner as its replica",
+        Duration::from_secs(30),
+    );
+    let b_copy = w.replica("mem");
+    assert_eq!(std::fs::read(&b_copy).unwrap()[..65536], [0x11; 65536]);
+    // A's export refuses writes now, and serves what B writes.
+    let (ok, said) = qemu_io_at(&uri, "write -P 0x12 0 64k", false);
+    assert!(!ok, "a write at A went through after the handoff: {said}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&b_copy)
+        .unwrap();
+    f.write_all_at(&[0x22; 65536], 65536).unwrap();
+    eventually(60, "A's export serves B's write", || {
+        qemu_io_at(&uri, "read -P 0x22 64k 64k", true).0
+    });
+    // Handed back: A's export takes writes again, and B, its replica again, receives them.
+    migrate_through_socket(&ctl, b.child.id(), &[]);
+    a.wait_for("this peer owns it again", Duration::from_secs(30));
+    let (ok, said) = qemu_io_at(&uri, "write -P 0x33 128k 64k", false);
+    assert!(ok, "{said}");
+    eventually(60, "B receives A's write through its export", || {
+        std::fs::read(&b_copy).unwrap()[131072..196608] == [0x33; 65536]
+    });
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(&b_copy).unwrap()
+    );
 }
