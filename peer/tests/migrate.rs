@@ -1716,3 +1716,43 @@ fn a_following_nbd_export_serves_the_new_owners_bytes_and_takes_writes_when_hand
         std::fs::read(&b_copy).unwrap()
     );
 }
+
+/// After a post-copy handoff the new owner ends the stream once it holds everything; an old owner
+/// that follows asks for the region again (MOUNT) and receives what the new owner writes.
+#[test]
+fn a_following_old_owner_asks_for_the_region_again_once_post_copy_is_done() {
+    let w = World::new();
+    let nbd = nbd_dir(&w);
+    let _b = w.serve_with(&["--nbd-dir", &nbd]);
+    let (file, writer) = written_at_a(&w);
+    let stop = writer.stop_hook();
+    let flags = [
+        "--before-freeze",
+        &stop,
+        "--postcopy",
+        "--max-rounds",
+        "1",
+        "--follow",
+    ];
+    let id = w.path("owner-id");
+    let a = Proc::spawn(&mut migrate_cmd(
+        &file,
+        &w.addr(),
+        &id,
+        &w.replica_fp,
+        &flags,
+    ));
+    let at_handoff = writer.last_written(&[0; PAGES]);
+    a.wait_for("post-copy done", Duration::from_secs(60));
+    a.wait_for(
+        "following its new owner as its replica",
+        Duration::from_secs(30),
+    );
+    assert_eq!(counters(&w.replica("mem")), at_handoff);
+    // B's workload writes through B's export; A's file follows.
+    let (ok, said) = qemu_io_at(&export_uri(&w), "write -P 0x44 0 4k", false);
+    assert!(ok, "{said}");
+    eventually(60, "A receives B's write", || {
+        std::fs::read(&file).unwrap()[..4096] == [0x44; 4096]
+    });
+}
