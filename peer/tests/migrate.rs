@@ -1756,3 +1756,54 @@ fn a_following_old_owner_asks_for_the_region_again_once_post_copy_is_done() {
         std::fs::read(&file).unwrap()[..4096] == [0x44; 4096]
     });
 }
+
+/// Writes `byte` over the first 4 KiB of page `page` of B's copy (B's workload) and waits until
+/// A's `file` holds it: A follows B.
+fn b_writes_and_a_follows(w: &World, file: &Path, page: u64, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let b_copy = std::fs::OpenOptions::new()
+        .write(true)
+        .open(w.replica("mem"))
+        .unwrap();
+    b_copy.write_all_at(&[byte; 4096], page * 4096).unwrap();
+    let range = (page * 4096) as usize..(page * 4096 + 4096) as usize;
+    eventually(60, "A follows B's write", || {
+        std::fs::read(file).unwrap()[range.clone()] == [byte; 4096]
+    });
+}
+
+/// kill -9 of either side while the old owner follows: a restarted new owner is asked for the
+/// region again (it owns it, by its records), and a restarted `peer sync --follow` at the old owner
+/// hears that the peer owns the region and follows it. Never two owners: B's records name it the
+/// owner throughout.
+#[test]
+fn either_side_killed_while_the_old_owner_follows_rejoins_with_one_owner() {
+    let Followed {
+        w,
+        mut b,
+        mut a,
+        file,
+        ctl,
+        ..
+    } = followed_move(false);
+    b_writes_and_a_follows(&w, &file, 1, 0xb1);
+    // B killed: its restarted serve owns the region by its records, and A asks for it again.
+    b.kill9();
+    let _b = serve_controlled(&w, &ctl);
+    a.wait_for("reconnected", Duration::from_secs(60));
+    b_writes_and_a_follows(&w, &file, 2, 0xb2);
+    // A killed: a restarted sync of the file with --follow learns that B owns it and follows.
+    a.kill9();
+    let a = w.sync(&file, &["--follow", "--interval", "100"]);
+    a.wait_for(
+        "following its owner as its replica",
+        Duration::from_secs(30),
+    );
+    b_writes_and_a_follows(&w, &file, 3, 0xb3);
+    assert!(owned_at_b(&w, "mem"));
+    assert!(
+        !a.output().contains("acknowledged"),
+        "A streamed as an owner: {}",
+        a.output()
+    );
+}

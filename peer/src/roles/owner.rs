@@ -207,6 +207,8 @@ pub struct SyncRegion {
     pub follow: Option<std::path::PathBuf>,
     /// The new owner's last generation applied here while following.
     pub(crate) followed: u64,
+    /// The peer said it owns the region (HANDED_OVER, FENCED) and this peer follows it.
+    following: bool,
 }
 
 /// The outcome of a migration asked for through [`ask_migration`]: its report, or why it failed.
@@ -325,6 +327,7 @@ impl SyncRegion {
             peer_postcopy: false,
             follow: None,
             followed: 0,
+            following: false,
         })
     }
 
@@ -365,6 +368,7 @@ impl SyncRegion {
     ) -> Result<(), WireError> {
         self.owner = Owner::new(*self.owner.geometry(), self.owner.name(), known, generation)?;
         self.epoch = epoch;
+        self.following = false;
         if let Some(mut m) = self.migration.take() {
             m.taken_back();
         }
@@ -695,21 +699,34 @@ async fn drive(
     };
     let (mut send, mut reader) = open().await?;
     // Handed over before this stream: follow it by asking for it (MOUNT).
-    let mut mount = r.owner.state() == OwnerState::HandedOff;
+    let mut mount = r.owner.state() == OwnerState::HandedOff || r.following;
     loop {
         if !mount {
             let epoch = epochs.then_some(r.epoch);
-            match drive_stream(send, reader, r, opts, stats, None, epoch)
-                .await
-                .map_err(failed)?
-            {
-                Some(turned) => (send, reader) = turned,
+            match drive_stream(send, reader, r, opts, stats, None, epoch).await {
+                Ok(Some(turned)) => (send, reader) = turned,
                 // After post-copy the new owner ended the stream: a follower asks anew.
-                None if r.follow.is_some() && r.owner.state() == OwnerState::HandedOff => {
+                Ok(None) if r.follow.is_some() && r.owner.state() == OwnerState::HandedOff => {
                     (send, reader) = open().await?;
                     mount = true;
                 }
-                None => return Ok(()),
+                Ok(None) => return Ok(()),
+                // The peer owns the region (a handoff this process does not remember, e.g. it
+                // was restarted) and nothing is frozen here: a follower follows it.
+                Err(StreamError::Peer { code, reason })
+                    if r.follow.is_some()
+                        && (code == ErrorCode::HandedOver as u32
+                            || code == ErrorCode::Fenced as u32)
+                        && r.migration
+                            .as_ref()
+                            .is_none_or(|m| m.phase() == Phase::PreCopy) =>
+                {
+                    info!("{region}: {reason}; following its owner as its replica (--follow)");
+                    r.following = true;
+                    (send, reader) = open().await?;
+                    mount = true;
+                }
+                Err(e) => return Err(failed(e)),
             }
         }
         if r.follow.is_none() {
