@@ -1,8 +1,8 @@
 //! An exhaustive model check of the protocol: one owner, two replicas (one lazy), connection
 //! losses, owner writes racing sync rounds under both detectors, lazy fetches and an ownership
-//! handoff (plain or post-copy), explored with `stateright` while the real [`memsync_protocol::Owner`] and
-//! [`memsync_protocol::Replica`] check every step. `spec/MODEL.md` describes the model, the
-//! properties and the results.
+//! handoff (plain or post-copy, and a plain one back), explored with `stateright` while the real
+//! [`memsync_protocol::Owner`] and [`memsync_protocol::Replica`] check every step.
+//! `spec/MODEL.md` describes the model, the properties and the results.
 
 pub mod fencing;
 pub mod mirror;

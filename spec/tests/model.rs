@@ -10,9 +10,11 @@ use memsync_spec::model::system::{
     Action, A, B, LIVENESS, P_ACK_HOLDS_SENT, P_ACK_QUIET_SNAPSHOT, P_HANDOFF_COMPLETE,
     P_HANDOFF_GENERATION_FINAL, P_HANDOFF_REPLICA_HOLDS_FINAL, P_NO_STREAM_ERROR, P_ONE_OWNER,
     P_POSTCOPY_COMPLETE, P_POSTCOPY_NO_OVERWRITE, P_POSTCOPY_READ, P_WRITES_IN_REGION, SAFETY,
-    SEEN, SEEN_POSTCOPY_CUT, SEEN_POSTCOPY_DONE, SEEN_POSTCOPY_DONE_AFTER_LOSS,
-    SEEN_POSTCOPY_LATE_COPY, SEEN_POSTCOPY_LOCAL_WRITE, SEEN_POSTCOPY_READ_WAITED,
-    SEEN_POSTCOPY_RESUMED, SEEN_POSTCOPY_STALE, SEEN_POSTCOPY_TAKEN,
+    SEEN, SEEN_HANDBACK_ACCEPTED, SEEN_HANDBACK_ACKED, SEEN_HANDBACK_PROBE_FOUND_REPLICA,
+    SEEN_HANDBACK_TAKEN_ON_RECONNECT, SEEN_HANDBACK_WRITE_REACHED_B, SEEN_POSTCOPY_CUT,
+    SEEN_POSTCOPY_DONE, SEEN_POSTCOPY_DONE_AFTER_LOSS, SEEN_POSTCOPY_LATE_COPY,
+    SEEN_POSTCOPY_LOCAL_WRITE, SEEN_POSTCOPY_READ_WAITED, SEEN_POSTCOPY_RESUMED,
+    SEEN_POSTCOPY_STALE, SEEN_POSTCOPY_TAKEN,
 };
 use memsync_spec::model::{
     check, check_until, replay, Config, Detector, Report, Validation, Variant,
@@ -494,6 +496,7 @@ fn explore() {
     cfg.owner_crashes = env("CRASHES", 0);
     cfg.handoff = env("HANDOFF", 1) == 1;
     cfg.postcopy = env("POSTCOPY", 0) == 1;
+    cfg.handback = env("HANDBACK", 0) == 1;
     cfg.replica_fetches = env("REPLICA_FETCHES", 1) == 1;
     cfg.lazy_replica = env("LAZY_C", 1) == 1;
     cfg.lazy_target = env("LAZY_B", 0) == 1;
@@ -720,4 +723,106 @@ fn postcopy_with_reads_fetching_before_the_handoff() {
         assert_holds(&r);
         assert_seen(&r, &POSTCOPY_SEEN);
     }
+}
+
+// The hand-back (spec §8.6: a handoff back from B to A on the turned stream).
+
+/// A and an eager B: A hands the region to B, and B, once streaming as owner on the turned
+/// stream, hands it back to A (once); two writes (A's, B's or A's again), one connection loss.
+fn handback(detector: Detector) -> Config {
+    Config {
+        handback: true,
+        owner_crashes: 0,
+        ..pair(detector)
+    }
+}
+
+/// Everything a hand-back goes through: A accepts B's HANDOFF, B turns replica on HANDOFF_ACK,
+/// A's writes reach B again, and a connection lost during the hand-back is settled by B's probe
+/// either way (A took the region, or A is still a replica).
+const HANDBACK_SEEN: [usize; 5] = [
+    SEEN_HANDBACK_ACCEPTED,
+    SEEN_HANDBACK_ACKED,
+    SEEN_HANDBACK_TAKEN_ON_RECONNECT,
+    SEEN_HANDBACK_PROBE_FOUND_REPLICA,
+    SEEN_HANDBACK_WRITE_REACHED_B,
+];
+
+/// Every property holds across the handoff A→B and the hand-back B→A: at most one writer at any
+/// instant, A accepts holding B's frozen bytes (P5 with the roles swapped), and every quiescent
+/// continuation completes the hand-back (A owner of a synced stream to B), also after the link
+/// broke during it (B's probe).
+#[test]
+fn pair_handback_precise_detector() {
+    let r = run(handback(Detector::Precise));
+    assert_holds(&r);
+    assert_seen(&r, &CORE);
+    assert_seen(&r, &[8, 9, 11]);
+    assert_seen(&r, &HANDBACK_SEEN);
+}
+
+/// Every step of every explored edge of a handoff and its hand-back on the real machines, with
+/// either detector (the hash detector's: B's final scan before the hand-back); one write: A's
+/// before the handoff, B's before the hand-back or A's after it.
+#[test]
+fn handback_every_edge_checked_on_the_real_machines() {
+    for detector in [Detector::Precise, Detector::HashScan] {
+        let r = run(Config {
+            writes: 1,
+            validation: Validation::Every,
+            ..handback(detector)
+        });
+        assert_holds(&r);
+        assert_seen(&r, &CORE);
+        assert_seen(&r, &HANDBACK_SEEN);
+    }
+}
+
+/// Larger hand-back bounds: an owner restart (A's, or B's while it owns), two losses on A–B, or
+/// two writes under the hash detector.
+#[test]
+#[ignore]
+fn full_pair_handback() {
+    for cfg in [
+        Config {
+            owner_crashes: 1,
+            ..handback(Detector::Precise)
+        },
+        Config {
+            drops: 2,
+            drops_per_link: 2,
+            ..handback(Detector::Precise)
+        },
+        handback(Detector::HashScan),
+    ] {
+        let r = run(cfg);
+        assert_holds(&r);
+        assert_seen(&r, &HANDBACK_SEEN);
+    }
+}
+
+/// B keeps writing after it handed the region back: A's acceptance makes two writers.
+#[test]
+fn broken_handback_keep_writing_is_caught() {
+    expect_counterexample(
+        Config {
+            variant: Variant::KeepWritingAfterHandBack,
+            writes: 1,
+            ..handback(Detector::Precise)
+        },
+        name(P_ONE_OWNER),
+    );
+}
+
+/// B hands the region back without a final scan: A accepts without B's last write.
+#[test]
+fn broken_handback_without_final_scan_is_caught() {
+    expect_counterexample(
+        Config {
+            variant: Variant::HandBackWithoutFinalScan,
+            writes: 1,
+            ..handback(Detector::HashScan)
+        },
+        name(P_HANDOFF_COMPLETE),
+    );
 }

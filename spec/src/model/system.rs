@@ -1,6 +1,7 @@
 //! The whole system as a `stateright` model: three peers, their memories, the role machines on
 //! each link, the frames in flight, and the harness around them (detector, lazy reads, handoff —
-//! plain or post-copy —, connection loss). MODEL.md describes it in prose.
+//! plain or post-copy —, the hand-back from B to A, connection loss). MODEL.md describes it in
+//! prose.
 
 use super::mirror::{self, Local, Mask, Mem, Msg, OwnerState, ReplicaState, ALL, GARBAGE, N};
 use super::real::{
@@ -74,6 +75,10 @@ pub enum Variant {
     IgnoreStale,
     /// Post-copy: the new owner's reader reads a chunk it misses without waiting for it.
     ReadWithoutWaiting,
+    /// Hand-back: B does not stop its writers when it hands the region back to A.
+    KeepWritingAfterHandBack,
+    /// Hand-back: B begins the hand-back without a final scan after stopping its writers.
+    HandBackWithoutFinalScan,
 }
 
 /// How much of the real machines' behaviour is compared with the mirrors.
@@ -110,6 +115,10 @@ pub struct Config {
     pub owner_crashes: u8,
     /// Whether A may hand ownership to B (once).
     pub handoff: bool,
+    /// Whether B, once it owns the region after that handoff, may hand it back to A on the
+    /// turned stream (once; a plain handoff with the roles swapped, spec §8.6). Only in pair
+    /// configurations with a plain handoff (no C, no post-copy).
+    pub handback: bool,
     /// Whether that handoff is a post-copy one (`begin_postcopy` instead of `begin_handoff`,
     /// spec §8.10): B takes ownership with the pending chunks named STALE and fetches them from
     /// A, which serves them until B ends the stream.
@@ -139,6 +148,7 @@ impl Config {
             fetch_parts: false,
             owner_crashes: 0,
             handoff: true,
+            handback: false,
             postcopy: false,
             lazy_replica: true,
             lazy_target: false,
@@ -154,7 +164,7 @@ impl Config {
         format!(
             "{} chunks; peers A (owner), B ({}){}; detector {:?}; writes ≤ {} of values {:?}; \
              connection losses ≤ {} (≤ {} per link); owner restarts ≤ {}; fetches ≤ {}{}; \
-             handoff A→B: {}; \
+             handoff A→B: {}{}; \
              variant {:?}; validation {:?}",
             N,
             if self.lazy_target { "lazy" } else { "eager" },
@@ -175,6 +185,11 @@ impl Config {
                 (false, _) => "no",
                 (true, false) => "once",
                 (true, true) => "once, post-copy",
+            },
+            if self.handback {
+                "; hand-back B→A: once"
+            } else {
+                ""
             },
             self.variant,
             self.validation
@@ -240,7 +255,7 @@ pub const LIVENESS: &str =
     "every quiescent continuation ends, within a bound, with every replica equal to the owner";
 
 /// Things the checker saw happen at least once (reported, to show the bounds reach them).
-pub const SEEN: [&str; 24] = [
+pub const SEEN: [&str; 29] = [
     "a round committed and acknowledged",
     "a chunk was reconciled as already held",
     "a FETCH was answered with a FETCHED chunk",
@@ -265,6 +280,11 @@ pub const SEEN: [&str; 24] = [
     "post-copy: the handoff completed (B held every chunk, A HandedOff)",
     "post-copy: the probe after a broken link was answered with resume_postcopy",
     "post-copy: the handoff completed after a broken link",
+    "hand-back: the region was handed back to A (A accepted B's HANDOFF)",
+    "hand-back: B received HANDOFF_ACK and turned replica",
+    "hand-back: A took the region back on reconnect after the connection was lost in B's HandingOff",
+    "hand-back: the connection was lost before A saw B's HANDOFF: B's probe found A a replica",
+    "hand-back: a write by A, owner again, reached B",
 ];
 
 /// Seen bits of the post-copy handoff, for the tests.
@@ -277,6 +297,13 @@ pub const SEEN_POSTCOPY_READ_WAITED: usize = 20;
 pub const SEEN_POSTCOPY_DONE: usize = 21;
 pub const SEEN_POSTCOPY_RESUMED: usize = 22;
 pub const SEEN_POSTCOPY_DONE_AFTER_LOSS: usize = 23;
+
+/// Seen bits of the hand-back (B hands the region back to A), for the tests.
+pub const SEEN_HANDBACK_ACCEPTED: usize = 24;
+pub const SEEN_HANDBACK_ACKED: usize = 25;
+pub const SEEN_HANDBACK_TAKEN_ON_RECONNECT: usize = 26;
+pub const SEEN_HANDBACK_PROBE_FOUND_REPLICA: usize = 27;
+pub const SEEN_HANDBACK_WRITE_REACHED_B: usize = 28;
 
 /// State of one link.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -459,12 +486,15 @@ impl Link {
     }
 }
 
+/// The progress of one handoff: A's to B ([`Sys::handoff`]), or B's back to A
+/// ([`Sys::handback`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Handoff {
     NotAsked,
-    /// A stopped its writers and asked for the handoff.
+    /// The owner stopped its writers and asked for the handoff.
     Asked,
-    /// A gave the handoff up after a reconnect (its probe found B a replica) and writes again.
+    /// The owner gave the handoff up after a reconnect (its probe found the other peer a
+    /// replica) and writes again.
     Abandoned,
 }
 
@@ -498,6 +528,8 @@ pub struct Sys {
     pub crashes_left: u8,
     pub fetches_left: u8,
     pub handoff: Handoff,
+    /// The hand-back from B to A on the turned A–B stream ([`Config::handback`]).
+    pub handback: Handoff,
     /// Shared until changed: most steps touch one link.
     pub links: [Arc<Link>; 3],
     /// The post-copy handoff under way (from B's acceptance to A's `finish`).
@@ -591,6 +623,14 @@ pub enum Action {
     /// After a reconnect while draining or handing off, A gives the handoff up once streaming
     /// again and lets its writers write (spec §8.6: a probe answered with STATE allows it).
     AbandonHandoff,
+    /// B, owner since the handoff, stops its writers, reports their last changes and calls
+    /// `begin_handoff` on its owner role on the turned A–B stream: the hand-back.
+    HandBack,
+    /// After a reconnect while B drains or hands back, B calls `begin_handoff` again once
+    /// streaming.
+    ResumeHandBack,
+    /// In the same states, B gives the hand-back up and lets its writers write again.
+    AbandonHandBack,
     /// A read of chunk `chunk` on a lazy replica asks for it (`fetch(chunk, 1, urgent)`).
     Fetch { peer: u8, chunk: u64, urgent: bool },
     /// With FETCH_PARTS, a read of the last byte of chunk `chunk` on a lazy replica asks for it
@@ -617,6 +657,7 @@ impl Action {
                 | Action::Send { .. }
                 | Action::Deliver { .. }
                 | Action::ResumeHandoff
+                | Action::ResumeHandBack
                 | Action::Connect
         )
     }
@@ -1059,7 +1100,11 @@ impl Run<'_> {
                 match self.owner(l, to, OwnerInput::Handle(msg)) {
                     OwnerOutput::Event(Err(_)) => self.violate(P_NO_STREAM_ERROR),
                     OwnerOutput::Event(Ok(mirror::OwnerEvent::HandedOff { generation })) => {
-                        see(self.model, 7);
+                        if Sys::peer(l, to) == B {
+                            see(self.model, SEEN_HANDBACK_ACKED);
+                        } else {
+                            see(self.model, 7);
+                        }
                         let serving = self.s.links[l].ends[to]
                             .owner()
                             .is_some_and(|m| matches!(m.state, OwnerState::Serving { .. }));
@@ -1173,6 +1218,9 @@ impl Run<'_> {
                 if self.s.may_write[B] && Sys::peer(l, 1 - e) == B {
                     see(self.model, 11);
                 }
+                if self.s.handback == Handoff::Asked && self.s.may_write[A] && p == B {
+                    see(self.model, SEEN_HANDBACK_WRITE_REACHED_B);
+                }
                 if new_owner_fetching && self.s.postcopy.unwrap().written & 1 << index != 0 {
                     self.violate(P_POSTCOPY_NO_OVERWRITE);
                 }
@@ -1225,6 +1273,9 @@ impl Run<'_> {
                 let old = Sys::peer(l, 1 - e);
                 if self.s.mem[p] != self.s.mem[old] {
                     self.violate(P_HANDOFF_COMPLETE);
+                }
+                if p == A {
+                    see(self.model, SEEN_HANDBACK_ACCEPTED);
                 }
                 let link = Arc::make_mut(&mut self.s.links[l]);
                 link.ends[e] = End::new_owner(self.s.mem[p], generation);
@@ -1303,7 +1354,14 @@ impl Run<'_> {
                 else {
                     unreachable!()
                 };
-                see(self.model, 8);
+                see(
+                    self.model,
+                    if p == B {
+                        SEEN_HANDBACK_TAKEN_ON_RECONNECT
+                    } else {
+                        8
+                    },
+                );
                 self.become_replica(l, e, g);
                 renewed.push(e);
                 continue;
@@ -1336,7 +1394,14 @@ impl Run<'_> {
             if let (OwnerState::HandingOff { generation: g }, None) = (state, self.s.postcopy) {
                 // The other side never saw HANDOFF: the restart is a probe (OPEN), which the
                 // replica below answers as a replica, with STATE.
-                see(self.model, 9);
+                see(
+                    self.model,
+                    if p == B {
+                        SEEN_HANDBACK_PROBE_FOUND_REPLICA
+                    } else {
+                        9
+                    },
+                );
                 if self.cfg().variant == Variant::LateHandoffAfterProbe {
                     // Delivered after the probe's OPEN (see `send`).
                     Arc::make_mut(&mut self.s.links[l]).late_handoff = Some(Msg::Handoff {
@@ -1364,11 +1429,16 @@ impl Run<'_> {
         }
     }
 
-    fn begin_handoff(&mut self) {
-        if self.cfg().detector == Detector::HashScan
-            && self.cfg().variant != Variant::HandoffWithoutFinalScan
-        {
-            for (l, e) in self.owner_ends(A) {
+    /// The owner `p` (A handing off, or B handing back) reports its writers' last changes (hash
+    /// detector: one more scan of every stream it serves) and calls `begin_handoff` (A in the
+    /// post-copy configurations: `begin_postcopy`) on its end of A–B.
+    fn begin_handoff(&mut self, p: usize) {
+        let skip_scan = match p {
+            A => Variant::HandoffWithoutFinalScan,
+            _ => Variant::HandBackWithoutFinalScan,
+        };
+        if self.cfg().detector == Detector::HashScan && self.cfg().variant != skip_scan {
+            for (l, e) in self.owner_ends(p) {
                 self.scan(l, e);
             }
         }
@@ -1377,7 +1447,8 @@ impl Run<'_> {
         } else {
             OwnerInput::BeginHandoff
         };
-        let out = self.owner(0, 0, input);
+        // A is end 0 of A–B, B end 1.
+        let out = self.owner(0, p, input);
         assert_eq!(out, OwnerOutput::Unit(Ok(())), "begin_handoff in Streaming");
     }
 
@@ -1407,12 +1478,24 @@ impl Run<'_> {
             Action::BeginHandoff => {
                 self.s.may_write[A] = false;
                 self.s.handoff = Handoff::Asked;
-                self.begin_handoff();
+                self.begin_handoff(A);
             }
-            Action::ResumeHandoff => self.begin_handoff(),
+            Action::ResumeHandoff => self.begin_handoff(A),
             Action::AbandonHandoff => {
                 self.s.may_write[A] = true;
                 self.s.handoff = Handoff::Abandoned;
+            }
+            Action::HandBack => {
+                if self.cfg().variant != Variant::KeepWritingAfterHandBack {
+                    self.s.may_write[B] = false;
+                }
+                self.s.handback = Handoff::Asked;
+                self.begin_handoff(B);
+            }
+            Action::ResumeHandBack => self.begin_handoff(B),
+            Action::AbandonHandBack => {
+                self.s.may_write[B] = true;
+                self.s.handback = Handoff::Abandoned;
             }
             Action::Fetch {
                 peer,
@@ -1487,6 +1570,10 @@ impl Run<'_> {
 
 impl MemsyncModel {
     pub fn new(cfg: Config) -> MemsyncModel {
+        assert!(
+            !cfg.handback || (cfg.handoff && !cfg.postcopy && !cfg.lazy_replica),
+            "the hand-back is modelled after a plain handoff, without C"
+        );
         MemsyncModel {
             cfg,
             validated: Mutex::new(HashSet::new()),
@@ -1516,6 +1603,7 @@ impl MemsyncModel {
             crashes_left: self.cfg.owner_crashes,
             fetches_left: self.cfg.fetches,
             handoff: Handoff::NotAsked,
+            handback: Handoff::NotAsked,
             links: [
                 Arc::new(Link::new(
                     Status::Up,
@@ -1630,9 +1718,20 @@ impl MemsyncModel {
         if cfg.handoff && s.handoff == Handoff::NotAsked && s.may_write[A] && a_streaming {
             out.push(Action::BeginHandoff);
         }
-        if s.handoff == Handoff::Asked && a_streaming {
+        // (Once B hands the region back, A streams as owner again: the handoff's own
+        // resumption is over.)
+        if s.handoff == Handoff::Asked && s.handback == Handoff::NotAsked && a_streaming {
             out.push(Action::ResumeHandoff);
             out.push(Action::AbandonHandoff);
+        }
+        let b_streaming = s.links[0].status == Status::Up
+            && s.links[0].ends[1].owner().map(|m| m.state) == Some(OwnerState::Streaming);
+        if cfg.handback && s.handback == Handoff::NotAsked && s.may_write[B] && b_streaming {
+            out.push(Action::HandBack);
+        }
+        if s.handback == Handoff::Asked && b_streaming {
+            out.push(Action::ResumeHandBack);
+            out.push(Action::AbandonHandBack);
         }
         if s.fetches_left > 0 {
             let run = Run {
@@ -1936,6 +2035,13 @@ fn describe_action(before: &Sys, action: &Action, after: &Sys) -> String {
         Action::ResumeHandoff => "A calls begin_handoff again after the reconnect".into(),
         Action::AbandonHandoff => {
             "A gives the handoff up after the reconnect and writes again".into()
+        }
+        Action::HandBack => {
+            "B stops writers, reports last changes, begin_handoff (hand-back)".into()
+        }
+        Action::ResumeHandBack => "B calls begin_handoff again after the reconnect".into(),
+        Action::AbandonHandBack => {
+            "B gives the hand-back up after the reconnect and writes again".into()
         }
         Action::Fetch {
             peer,
