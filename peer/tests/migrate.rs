@@ -1807,3 +1807,21 @@ fn either_side_killed_while_the_old_owner_follows_rejoins_with_one_owner() {
         a.output()
     );
 }
+
+/// A post-copy handoff that finds nothing stale (no writer) is still one: the new owner ends the
+/// stream at once instead of turning it around, and `peer migrate` reports it done.
+#[test]
+fn a_post_copy_handoff_with_nothing_stale_completes() {
+    let w = World::new();
+    let _b = w.serve();
+    let file = w.random_file("mem", PAGES * 4096);
+    let (id, trust) = (w.path("owner-id"), &w.replica_fp);
+    let (ok, stdout, stderr) = migrate_run(&file, &w.addr(), &id, trust, &["--postcopy"]);
+    assert!(ok, "{stderr}{stdout}");
+    assert!(stdout.contains("post-copy: 0 stale chunks"), "{stdout}");
+    assert!(owned_at_b(&w, "mem"));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+}

@@ -760,6 +760,8 @@ async fn receive(
             }
             return Ok(Next::Mount((*name).to_owned()));
         }
+        // A post-copy HANDOFF ends with the stream, even with nothing missing (spec §8.10).
+        let postcopy_handoff = matches!(frame, Frame::Handoff { postcopy: true, .. });
         match replica.handle(&frame)? {
             ReplicaEvent::None => {}
             ReplicaEvent::Opened {
@@ -975,6 +977,11 @@ async fn receive(
                 // HANDOFF_ACK: from now on this peer owns the region (spec §8.6 step 4).
                 while let Some(f) = replica.poll_transmit() {
                     send.write_all(&f).await?;
+                }
+                // After a post-copy HANDOFF the old owner serves fetches until this peer ends
+                // the stream, which it does at once: nothing is missing (§8.10).
+                if postcopy_handoff {
+                    return Ok(Next::Done);
                 }
                 // Step 5: the stream turns around, and the old owner may follow as a replica.
                 return Ok(Next::Lead(lead::Lead {
