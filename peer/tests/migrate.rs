@@ -321,24 +321,7 @@ fn move_written(w: &World, leg: &Leg, detector: &str, tag: &str) -> Vec<u64> {
     let (_fuse, mnt, through) = nbdfuse(w, &format!("nbd://127.0.0.1:{port}/mem"), size, tag);
     let writer = CounterWriter::start(w, &through, "pwrite", tag);
     wait_more(leg.file, before.iter().sum());
-    let out = Command::new(BIN)
-        .args([
-            "migrate",
-            "--sync",
-            &sync.child.id().to_string(),
-            "--name",
-            "mem",
-        ])
-        .args(["--downtime-ms", "50"])
-        .env("MEMSYNC_CONTROL_DIR", &ctl)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && said.contains("downtime"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = migrate_through_socket(&ctl, sync.child.id(), &[]);
     eprintln!("{tag}: {said}");
     let last = writer.last_written(&before);
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
