@@ -1808,3 +1808,35 @@ fn a_post_copy_handoff_with_nothing_stale_completes() {
         std::fs::read(w.replica("mem")).unwrap()
     );
 }
+
+/// `serve --owned-detector nbd`: a region owned here learns its changes from the writes through
+/// its `--nbd-dir` export (nothing is scanned), and the old owner following it receives them.
+#[test]
+fn a_region_owned_here_streams_the_writes_of_its_nbd_export_to_its_follower() {
+    let w = World::new();
+    let nbd = nbd_dir(&w);
+    let b = w.serve_with(&["--nbd-dir", &nbd, "--owned-detector", "nbd"]);
+    let file = w.random_file("mem", PAGES * 4096);
+    let id = w.path("owner-id");
+    let a = Proc::spawn(&mut migrate_cmd(
+        &file,
+        &w.addr(),
+        &id,
+        &w.replica_fp,
+        &["--follow"],
+    ));
+    a.wait_for(
+        "following its new owner as its replica",
+        Duration::from_secs(60),
+    );
+    b.wait_for("detector nbd", Duration::from_secs(10));
+    let (ok, said) = qemu_io_at(&export_uri(&w), "write -P 0x55 8k 4k", false);
+    assert!(ok, "{said}");
+    eventually(60, "A receives the write through B's export", || {
+        std::fs::read(&file).unwrap()[8192..12288] == [0x55; 4096]
+    });
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(w.replica("mem")).unwrap()
+    );
+}

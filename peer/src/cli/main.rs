@@ -158,6 +158,12 @@ enum Cmd {
         /// postcopy-paused; or 30s, 5m).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         outage_tolerance: Duration,
+        /// How a region owned here since a handoff finds its changes while this peer streams it
+        /// to the old owner following it (or to a mount): `hash` scans DIR/NAME every second;
+        /// `nbd` marks the writes through its --nbd-dir export, which must then be its only
+        /// writer.
+        #[arg(long, value_enum, default_value = "hash", value_name = "DETECTOR")]
+        owned_detector: memsync_peer::roles::replica::OwnedDetector,
         /// When an ACK goes to the owner: `none` once a generation is applied (in the page
         /// cache), `fsync` once it is on stable storage here (fdatasync first; survives a power
         /// loss of this machine). Owners with --require-durable refuse `none`.
@@ -536,6 +542,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             on_handoff,
             nbd_dir,
             outage_tolerance,
+            owned_detector,
             durability,
             consistent,
             to,
@@ -572,7 +579,13 @@ async fn run(cmd: Cmd) -> Result<()> {
                 archive,
                 nbd_dir,
                 outage_tolerance: Some(outage_tolerance),
+                owned_detector,
             };
+            if opts.owned_detector == memsync_peer::roles::replica::OwnedDetector::Nbd
+                && opts.nbd_dir.is_none()
+            {
+                bail!("--owned-detector nbd needs --nbd-dir: it marks the writes of that export");
+            }
             let trust = trust_set(&trust)?;
             let dir = memsync_peer::region::ReplicaDir::open(&dir).context("replica directory")?;
             let policy =

@@ -2,14 +2,14 @@
 //! the handoff came on, where the old owner becomes its replica, or on a stream a peer opened with
 //! MOUNT (a follower back after a broken link, or a lazy mount). Changes are found by hashing
 //! DIR/NAME (the workload started by `--on-handoff` writes it, directly or through the region's
-//! NBD export). A migration of it is asked for through serve's control socket, like a `peer
-//! sync`'s.
+//! NBD export), or with `--owned-detector nbd` from the writes through that export alone. A
+//! migration of it is asked for through serve's control socket, like a `peer sync`'s.
 //!
 //! Rule: once this peer handed the region on, it records the new owner at the next epoch and never
 //! writes DIR/NAME again but as that owner's replica.
 
-use super::{Stream, MOUNT_CHUNK_SHIFT};
-use crate::detector::HashDetector;
+use super::{OwnedDetector, OwnedRegion, Stream, MOUNT_CHUNK_SHIFT};
+use crate::detector::{ChangeDetector, HashDetector, Marks, MarksDetector};
 use crate::net::transport::{fail_stream, FrameReader};
 use crate::region::{Source, SourceFile};
 use crate::roles::owner::{drive_stream, SyncRegion, SyncStats, Turned};
@@ -40,7 +40,7 @@ pub(super) async fn lead(
 ) -> Option<Turned> {
     let name = lead.name.clone();
     let owned = s.active.owned_export(&name);
-    let mut region = match region(&lead, owned.as_ref().map(|o| o.geometry()), s) {
+    let mut region = match region(&lead, owned.as_ref(), s) {
         Ok(r) => r,
         Err(e) => {
             warn!("region {name}: {e}");
@@ -58,8 +58,10 @@ pub(super) async fn lead(
     }
     let mut region = region.askable();
     info!(
-        "region {name}: streaming it as its owner to peer {} (epoch {})",
-        s.who, lead.epoch
+        "region {name}: streaming it as its owner to peer {} (epoch {}, detector {})",
+        s.who,
+        lead.epoch,
+        region.detector.name()
     );
     let stats = SyncStats::default();
     let epoch = s.epochs.then_some(lead.epoch);
@@ -95,8 +97,13 @@ pub(super) async fn lead(
     }
 }
 
-/// DIR/NAME, read for the owner role, with the hash detector.
-fn region(lead: &Lead, export: Option<Geometry>, s: &Stream) -> Result<SyncRegion, WireError> {
+/// DIR/NAME, read for the owner role: its changes found by hashing it, or (`--owned-detector
+/// nbd`) from the writes through its NBD export `export`.
+fn region(
+    lead: &Lead,
+    export: Option<&Arc<OwnedRegion>>,
+    s: &Stream,
+) -> Result<SyncRegion, WireError> {
     let local = |e: &dyn std::fmt::Display| WireError::new(ErrorCode::LocalIo, e.to_string());
     let file = s
         .dir
@@ -110,12 +117,21 @@ fn region(lead: &Lead, export: Option<Geometry>, s: &Stream) -> Result<SyncRegio
         })?;
     let shift = lead
         .geometry
-        .or(export)
+        .or(export.map(|o| o.geometry()))
         .map_or(MOUNT_CHUNK_SHIFT, |g| g.shift());
     let path = s.dir.display(&lead.name);
     let source: Arc<dyn Source> =
         Arc::new(SourceFile::from_file(file, &path, shift).map_err(|e| local(&e))?);
-    let detector = Box::new(HashDetector::new(source.clone()));
+    let detector: Box<dyn ChangeDetector> = match (s.opts.owned_detector, export) {
+        (OwnedDetector::Nbd, Some(o)) => {
+            // Watched before anything is read: a write is in the file when its chunk is read,
+            // or marked for sending again.
+            let marks = Marks::new(source.geometry());
+            o.watch(&marks);
+            Box::new(MarksDetector::nbd(marks, source.clone()))
+        }
+        _ => Box::new(HashDetector::new(source.clone())),
+    };
     match &lead.handed {
         Some((known, generation)) => {
             SyncRegion::with_known(source, &lead.name, detector, known.clone(), *generation)

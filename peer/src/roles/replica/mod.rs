@@ -364,6 +364,19 @@ pub struct ServeOptions {
     /// How long a read or write of a chunk still missing after a post-copy handoff waits while
     /// the old owner is unreachable, before it fails ([`DEFAULT_OUTAGE_TOLERANCE`] if `None`).
     pub outage_tolerance: Option<std::time::Duration>,
+    /// How a region owned here finds its changes while it streams them (spec §8.6 step 5).
+    pub owned_detector: OwnedDetector,
+}
+
+/// How `peer serve` finds the changes of a region it owns since a handoff.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OwnedDetector {
+    /// Hash DIR/NAME every interval: sees every writer of the file.
+    #[default]
+    Hash,
+    /// Mark the writes made through the region's NBD export (`--nbd-dir`): precise, nothing is
+    /// scanned, and the export must be the region's only writer.
+    Nbd,
 }
 
 /// How long reads of chunks still missing after a post-copy handoff wait out an unreachable old

@@ -13,6 +13,7 @@
 //! old owner is unreachable, waiting reads and writes fail once the outage tolerance has passed
 //! (EIO, never zeros); they succeed again when it returns.
 
+use crate::detector::Marks;
 use crate::nbd::exports::{writes_pass, HoldsWrites, Writes};
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{FrameReader, StreamError};
@@ -225,6 +226,8 @@ pub struct OwnedRegion {
     /// Whether writes go through: a migration back to the old owner holds them, and refuses them
     /// once it handed the region over.
     writes: watch::Sender<Writes>,
+    /// The marks of the owner streams that learn the region's changes from its writes here.
+    watchers: Mutex<Vec<std::sync::Weak<Marks>>>,
 }
 
 struct Inner {
@@ -362,9 +365,18 @@ impl OwnedRegion {
             next_stream: AtomicU64::new(0),
             metrics,
             writes: watch::Sender::new(Writes::Open),
+            watchers: Mutex::default(),
         });
         r.show();
         r
+    }
+
+    /// Marks of an owner stream, to be told of every write made here from now on.
+    pub fn watch(&self, marks: &Arc<Marks>) {
+        self.watchers
+            .lock()
+            .expect("owned lock")
+            .push(Arc::downgrade(marks));
     }
 
     /// Whether writes are refused: the region was handed back.
@@ -507,6 +519,12 @@ impl OwnedRegion {
             }
         };
         self.file.write_all_at(data, offset)?;
+        // Marked with the write, under the lock a freeze takes: its last collection sees it.
+        self.watchers.lock().expect("owned lock").retain(|w| {
+            w.upgrade()
+                .map(|m| m.mark(offset, data.len() as u64))
+                .is_some()
+        });
         let now_present: Vec<u64> = chunks
             .filter(|&i| whole(i) && inner.missing.contains(i))
             .collect();
