@@ -1840,3 +1840,29 @@ fn a_region_owned_here_streams_the_writes_of_its_nbd_export_to_its_follower() {
         std::fs::read(w.replica("mem")).unwrap()
     );
 }
+
+/// While a post-copy handoff still fetches chunks, B's file holds stale ones: a mount of the
+/// region from B is refused, saying why, instead of being served stale chunks.
+#[test]
+fn a_mount_of_a_region_still_arriving_in_post_copy_is_refused() {
+    let p = post_copying(&[]);
+    assert!(!missing_at_b(&p.w).is_empty());
+    let port = free_tcp_port();
+    let mut mount = Proc::spawn(
+        Command::new(BIN)
+            .args(["mount", "--peer", &p.w.addr(), "--name", "mem"])
+            .args(["--identity", p.w.path("owner-id").to_str().unwrap()])
+            .args(["--trust", &p.w.replica_fp])
+            .args(["--nbd-listen", &format!("127.0.0.1:{port}")]),
+    );
+    assert!(!mount.wait(Duration::from_secs(30)).success());
+    assert!(
+        mount.output().contains("still arriving from its old owner"),
+        "{}",
+        mount.output()
+    );
+    p.relay.delay(false, Duration::ZERO);
+    p.relay.cut(false);
+    let mut m = p.m;
+    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+}

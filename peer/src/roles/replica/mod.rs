@@ -261,6 +261,12 @@ impl Regions {
         Some(uri)
     }
 
+    /// The chunks region `name` still lacks after a post-copy handoff, if any.
+    fn still_missing(&self, name: &str) -> Option<u64> {
+        let owned = self.owned.lock().expect("owned lock");
+        owned.get(name).map(|o| o.missing()).filter(|&n| n > 0)
+    }
+
     /// The NBD export of region `name`, owned here, if it has one.
     fn owned_export(&self, name: &str) -> Option<Arc<OwnedRegion>> {
         self.exported.lock().expect("owned lock").get(name).cloned()
@@ -762,7 +768,19 @@ async fn receive(
                 .policy
                 .may_mount(name, &who)
                 .inspect_err(|e| warn!("{e}"))?;
-            // Owned here since a handoff: its writes are this peer's, found by hashing.
+            // Owned here since a handoff: its writes are this peer's, found by hashing. While a
+            // post-copy handoff still fetches chunks, DIR/NAME holds stale ones: not mounted.
+            if let Some(n) = active.still_missing(name) {
+                let e = WireError::new(
+                    ErrorCode::RegionBusy,
+                    format!(
+                        "region {name} is still arriving from its old owner (post-copy, {n} \
+                         chunks missing); mount it once they are here"
+                    ),
+                );
+                warn!("{e}");
+                return Err(e.into());
+            }
             if let Some(epoch) = active.policy.owned_here(name) {
                 return Ok(Next::Lead(lead::Lead {
                     name: (*name).to_owned(),
