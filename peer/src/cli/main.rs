@@ -882,9 +882,14 @@ async fn run(cmd: Cmd) -> Result<()> {
             let (mut r, export) = match (detector, &nbd_listen) {
                 (Detector::Nbd, Some(listen)) => {
                     let limits = nbd_limits.limits();
-                    let (r, export) =
+                    let (mut r, export) =
                         serve_nbd_region(&region, &name, shift, listen, limits, false).await?;
                     migration.freeze_also(Box::new(nbd::ExportFreezer(export.clone())));
+                    // A later migration (after a handback, with --follow) holds it too.
+                    let e = export.clone();
+                    r.freeze_also = Some(Arc::new(move || {
+                        Box::new(nbd::ExportFreezer(e.clone())) as Box<dyn Freezer>
+                    }));
                     (r, Some(export))
                 }
                 (Detector::Nbd, None) => bail!("--detector nbd needs --nbd-listen ADDR|unix:PATH"),

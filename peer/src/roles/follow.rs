@@ -23,12 +23,13 @@ pub(crate) async fn follow(
     mut reader: FrameReader,
     r: &mut SyncRegion,
     mount: bool,
+    epochs: bool,
 ) -> Result<Option<Turned>, StreamError> {
     let mut replica = match mount {
         true => Replica::mount(r.name())?,
         false => Replica::new(r.owner.generation()),
     };
-    let followed = receive(&mut send, &mut reader, r, &mut replica, mount).await;
+    let followed = receive(&mut send, &mut reader, r, &mut replica, mount, epochs).await;
     match followed {
         Ok(true) => Ok(Some((send, reader))),
         Ok(false) => {
@@ -50,6 +51,7 @@ async fn receive(
     r: &mut SyncRegion,
     replica: &mut Replica,
     mount: bool,
+    epochs: bool,
 ) -> Result<bool, StreamError> {
     let local = |what: &str, e: std::io::Error| {
         WireError::new(ErrorCode::LocalIo, format!("{what} the region's file: {e}"))
@@ -119,6 +121,15 @@ async fn receive(
                         .into())
                     }
                     Some(e) => e,
+                    // Where epochs are known, only an owner's OPEN carries one (a peer serving
+                    // its replica copy does not): this peer follows owners only.
+                    None if epochs => {
+                        return Err(WireError::new(
+                            ErrorCode::Forbidden,
+                            format!("the peer does not own {name} (its OPEN names no epoch)"),
+                        )
+                        .into())
+                    }
                     None => r.epoch + 1,
                 };
                 // After a broken link, the generation followed last (the new owner's next round

@@ -9,7 +9,9 @@ use crate::detector::{
 use crate::net::transport::{FrameReader, PeerEndpoint, Session, StreamError, TransportError};
 use crate::ops::metrics::{RegionMetrics, Role};
 use crate::region::{Promotion, RegionError, Source, SourceFile};
-use crate::roles::migrate::{Freezer, Migration, MigrationReport, Phase, RoundReport};
+use crate::roles::migrate::{
+    Freezer, MigrateOptions, Migration, MigrationReport, Phase, RoundReport,
+};
 use bytes::{Bytes, BytesMut};
 use indicatif::{ProgressBar, ProgressStyle};
 use memsync_protocol::lane::LaneGate;
@@ -377,6 +379,27 @@ impl SyncRegion {
         Ok(())
     }
 
+    /// The peer owns the region, which this process learns only now (`why`): the writers it
+    /// knows of stop for good, as after a handoff (a migration's freezers, the export's writes),
+    /// since their file is the owner's replica from now on.
+    fn stop_writers_for_good(&mut self, why: &str) -> Result<(), StreamError> {
+        let mut m = match self.migration.take() {
+            Some(m) => m,
+            None => Migration::new(MigrateOptions::default(), Vec::new()),
+        };
+        if let Some(f) = &self.freeze_also {
+            m.freeze_also(f());
+        }
+        tokio::task::block_in_place(|| m.freeze(why.to_owned(), 0))
+            .map_err(|e| WireError::new(ErrorCode::LocalIo, e.to_string()))?;
+        m.handed_off(0, None, 0);
+        self.migration = Some(m);
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(format!("nothing moved: {why}")));
+        }
+        Ok(())
+    }
+
     /// Takes up a migration asked for, if none runs.
     fn take_asked(&mut self) {
         if self.migration.is_some() {
@@ -712,15 +735,16 @@ async fn drive(
                 }
                 Ok(None) => return Ok(()),
                 // The peer owns the region (a handoff this process does not remember, e.g. it
-                // was restarted) and nothing is frozen here: a follower follows it.
+                // was restarted) and nothing is frozen here: a follower stops the writers it
+                // knows of for good, as after a handoff, and follows it.
                 Err(StreamError::Peer { code, reason })
                     if r.follow.is_some()
-                        && (code == ErrorCode::HandedOver as u32
-                            || code == ErrorCode::Fenced as u32)
+                        && code == ErrorCode::HandedOver as u32
                         && r.migration
                             .as_ref()
                             .is_none_or(|m| m.phase() == Phase::PreCopy) =>
                 {
+                    r.stop_writers_for_good(&reason).map_err(failed)?;
                     info!("{region}: {reason}; following its owner as its replica (--follow)");
                     r.following = true;
                     (send, reader) = open().await?;
@@ -735,7 +759,7 @@ async fn drive(
             let _ = send.finish();
             return Ok(());
         }
-        match crate::roles::follow::follow(send, reader, r, mount)
+        match crate::roles::follow::follow(send, reader, r, mount, epochs)
             .await
             .map_err(failed)?
         {

@@ -122,17 +122,20 @@ fn region(
     let path = s.dir.display(&lead.name);
     let source: Arc<dyn Source> =
         Arc::new(SourceFile::from_file(file, &path, shift).map_err(|e| local(&e))?);
-    let detector: Box<dyn ChangeDetector> = match (s.opts.owned_detector, export) {
+    let (detector, handed): (Box<dyn ChangeDetector>, _) = match (s.opts.owned_detector, export) {
         (OwnedDetector::Nbd, Some(o)) => {
-            // Watched before anything is read: a write is in the file when its chunk is read,
-            // or marked for sending again.
+            // Watched before the region is hashed: a write is in the hashes or marked. The
+            // hashes of the handover would miss what the export wrote before this watch.
             let marks = Marks::new(source.geometry());
             o.watch(&marks);
-            Box::new(MarksDetector::nbd(marks, source.clone()))
+            (Box::new(MarksDetector::nbd(marks, source.clone())), None)
         }
-        _ => Box::new(HashDetector::new(source.clone())),
+        _ => (
+            Box::new(HashDetector::new(source.clone())),
+            lead.handed.as_ref(),
+        ),
     };
-    match &lead.handed {
+    match handed {
         Some((known, generation)) => {
             SyncRegion::with_known(source, &lead.name, detector, known.clone(), *generation)
         }
