@@ -1467,12 +1467,18 @@ struct Followed {
 
 /// B's serve, with its control socket in `ctl`.
 fn serve_controlled(w: &World, ctl: &Path) -> Proc {
+    serve_controlled_with(w, ctl, &[])
+}
+
+/// [`serve_controlled`] with `extra` arguments.
+fn serve_controlled_with(w: &World, ctl: &Path, extra: &[&str]) -> Proc {
     let b = Proc::spawn(
         Command::new(BIN)
             .args(["serve", "--listen", &w.addr(), "--dir"])
             .arg(w.path("replicas"))
             .args(["--identity", w.path("replica-id").to_str().unwrap()])
             .args(["--trust", &w.owner_fp])
+            .args(extra)
             .env("MEMSYNC_CONTROL_DIR", ctl),
     );
     b.wait_for("serving replicas", Duration::from_secs(20));
@@ -1500,9 +1506,16 @@ fn migrate_through_socket(ctl: &Path, pid: u32, extra: &[&str]) -> String {
 }
 
 fn followed_move(relayed: bool) -> Followed {
+    followed_move_with(relayed, |_| Vec::new())
+}
+
+/// [`followed_move`] with the arguments `extra` makes to B's serve.
+fn followed_move_with(relayed: bool, extra: impl Fn(&World) -> Vec<String>) -> Followed {
     let w = World::new();
     let ctl = w.path("ctl");
-    let b = serve_controlled(&w, &ctl);
+    let args = extra(&w);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = serve_controlled_with(&w, &ctl, &args);
     let relay = relayed.then(|| Relay::new(&w.addr()));
     let (file, writer) = written_at_a(&w);
     let stop = writer.stop_hook();
@@ -1865,4 +1878,66 @@ fn a_mount_of_a_region_still_arriving_in_post_copy_is_refused() {
     p.relay.cut(false);
     let mut m = p.m;
     assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+}
+
+/// A handback whose HANDOFF is lost with the link, and B killed then: B's restarted serve holds
+/// its export's writes (A may own the region now), until A asks for the region as a replica
+/// (MOUNT: it did not take it), when they go on; A follows them.
+#[test]
+fn a_handback_lost_with_the_link_holds_the_new_owners_writes_until_it_is_settled() {
+    let Followed {
+        w,
+        mut b,
+        a,
+        file,
+        ctl,
+        relay,
+        ..
+    } = followed_move_with(true, |w| vec!["--nbd-dir".into(), nbd_dir(w)]);
+    let relay = relay.expect("relayed");
+    let (frozen, go) = (w.path("b-frozen"), w.path("b-go"));
+    let hook = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.01; done",
+        frozen.display(),
+        go.display()
+    );
+    let back = Command::new(BIN)
+        .args([
+            "migrate",
+            "--sync",
+            &b.child.id().to_string(),
+            "--name",
+            "mem",
+        ])
+        .args(["--before-freeze", &hook])
+        .env("MEMSYNC_CONTROL_DIR", &ctl)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _back = Killed(back);
+    wait_file(&frozen, Duration::from_secs(60));
+    relay.cut(true);
+    std::fs::write(&go, "").unwrap();
+    b.wait_for("offering ownership", Duration::from_secs(30));
+    assert!(w.path("replicas/.mem.handing").exists());
+    b.kill9();
+    let b = serve_controlled_with(&w, &ctl, &["--nbd-dir", &nbd_dir(&w)]);
+    b.wait_for("its writes are held", Duration::from_secs(10));
+    let write = qemu_io(&w, "write -P 0x66 0 4k");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut write = write;
+    assert!(
+        write.try_wait().unwrap().is_none(),
+        "a write went through while held"
+    );
+    relay.cut(false);
+    a.wait_for("reconnected", Duration::from_secs(60));
+    let (ok, out) = finished(write, Duration::from_secs(60));
+    assert!(ok && !out.contains("failed"), "{out}");
+    b.wait_for("did not happen; writes go on here", Duration::from_secs(10));
+    assert!(!w.path("replicas/.mem.handing").exists());
+    eventually(60, "A follows B's write", || {
+        std::fs::read(&file).unwrap()[..4096] == [0x66; 4096]
+    });
 }

@@ -10,6 +10,7 @@
 use crate::net::transport::{fail_stream, FrameReader, StreamError};
 use crate::region::{hash_all, open_region};
 use crate::roles::owner::{SyncRegion, Turned};
+use crate::roles::replica::policy::record_owned_here;
 use memsync_protocol::hash::chunk_hash;
 use memsync_protocol::wire::{ErrorCode, WireError};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
@@ -165,9 +166,14 @@ async fn receive(
                     )
                     .into());
                 }
-                // What this peer holds is on stable storage before HANDOFF_ACK (spec §8.6).
+                // What this peer holds, and that it owns it, are on stable storage before
+                // HANDOFF_ACK (spec §8.6, §8.8): restarted, it opens at its own epoch.
                 tokio::task::block_in_place(|| file.sync_data())
                     .map_err(|e| local("syncing", e))?;
+                tokio::task::block_in_place(|| record_owned_here(&path, &name, epoch + 1))
+                    .map_err(|e| {
+                        WireError::new(ErrorCode::LocalIo, format!("recording the handback: {e}"))
+                    })?;
                 while let Some(f) = replica.poll_transmit() {
                     send.write_all(&f).await?;
                 }

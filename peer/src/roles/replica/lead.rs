@@ -10,11 +10,15 @@
 
 use super::{OwnedDetector, OwnedRegion, Stream, MOUNT_CHUNK_SHIFT};
 use crate::detector::{ChangeDetector, HashDetector, Marks, MarksDetector};
+use crate::nbd::exports::{HoldsWrites, Writes};
 use crate::net::transport::{fail_stream, FrameReader};
+use crate::region::ReplicaDir;
 use crate::region::{Source, SourceFile};
+use crate::roles::migrate::Freezer;
 use crate::roles::owner::{drive_stream, SyncRegion, SyncStats, Turned};
 use memsync_protocol::wire::{ErrorCode, WireError};
 use memsync_protocol::Geometry;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -49,13 +53,30 @@ pub(super) async fn lead(
         }
     };
     region.epoch = lead.epoch;
-    if let Some(o) = owned {
-        // A migration holds, then refuses, the writes of the region's NBD export.
-        region.freeze_also = Some(Arc::new(move || {
-            Box::new(crate::nbd::ExportFreezer(o.clone()))
-                as Box<dyn crate::roles::migrate::Freezer>
-        }));
+    // The peer asks for the region as a replica: it did not take a handoff back that was in
+    // flight when a stream broke (it records that before it acknowledges, §8.8), so this peer
+    // still owns it and its export's writes go on.
+    if handing(&s.dir, &name).exists() {
+        info!(
+            "region {name}: the handoff to peer {} did not happen; writes go on here",
+            s.who
+        );
+        if let Some(o) = &owned {
+            o.set_writes(Writes::Open);
+        }
+        settled(&s.dir, &name);
     }
+    let (dir, at) = (s.dir.clone(), name.clone());
+    let export = owned.clone();
+    // A migration records that a handoff is in flight (so a restart holds the export's writes
+    // until it is settled), then holds and refuses the export's writes.
+    region.freeze_also = Some(Arc::new(move || {
+        Box::new(Handing {
+            dir: dir.clone(),
+            name: at.clone(),
+            export: export.clone(),
+        }) as Box<dyn Freezer>
+    }));
     let mut region = region.askable();
     info!(
         "region {name}: streaming it as its owner to peer {} (epoch {}, detector {})",
@@ -83,6 +104,7 @@ pub(super) async fn lead(
                 warn!("region {name}: recording its new owner: {e}");
             }
             s.active.handed_on(&name);
+            settled(&s.dir, &name);
             info!(
                 "region {name}: handed to peer {}; this peer replicates it from there",
                 s.who
@@ -142,4 +164,56 @@ fn region(
         None => SyncRegion::new(source, &lead.name, detector),
     }
     .map_err(|e| local(&e))
+}
+
+/// `DIR/.NAME.handing`: a handoff of region NAME from this peer is in flight (it exists from the
+/// freeze until the handoff is settled).
+pub(super) fn handing(dir: &ReplicaDir, name: &str) -> PathBuf {
+    dir.path().join(format!(".{name}.handing"))
+}
+
+/// Forgets that a handoff of `name` was in flight.
+pub(super) fn settled(dir: &ReplicaDir, name: &str) {
+    let _ = std::fs::remove_file(handing(dir, name));
+}
+
+/// The freezer of a region this peer hands on: records the handoff in flight (on stable storage),
+/// and holds, then refuses, the writes of its NBD export.
+struct Handing {
+    dir: Arc<ReplicaDir>,
+    name: String,
+    export: Option<Arc<OwnedRegion>>,
+}
+
+impl Freezer for Handing {
+    fn describe(&self) -> String {
+        format!(
+            "region {} handed on (and its NBD export's writes)",
+            self.name
+        )
+    }
+
+    fn freeze(&mut self) -> std::io::Result<()> {
+        if let Some(o) = &self.export {
+            o.set_writes(Writes::Held);
+        }
+        let f = std::fs::File::create(handing(&self.dir, &self.name))?;
+        f.sync_all()?;
+        self.dir.sync().map_err(std::io::Error::other)
+    }
+
+    fn thaw(&mut self) -> std::io::Result<()> {
+        settled(&self.dir, &self.name);
+        if let Some(o) = &self.export {
+            o.set_writes(Writes::Open);
+        }
+        Ok(())
+    }
+
+    fn handed_off(&mut self) -> std::io::Result<()> {
+        if let Some(o) = &self.export {
+            o.set_writes(Writes::Refused);
+        }
+        Ok(())
+    }
 }

@@ -323,6 +323,15 @@ async fn reopen_owned(dir: &ReplicaDir, active: &Regions, opts: &ServeOptions) {
                 owned.handover().from
             );
         }
+        // A handoff of it was in flight when serve stopped: the peer may own it now. Its
+        // writes wait until that peer reconnects and settles it (as owner, or asking for it).
+        if lead::handing(dir, &name).exists() {
+            info!("region {name}: a handoff of it was in flight; its writes are held until its peer reconnects");
+            crate::nbd::exports::HoldsWrites::set_writes(
+                &*owned,
+                crate::nbd::exports::Writes::Held,
+            );
+        }
         active.own(owned, opts).await;
     }
 }
@@ -819,6 +828,17 @@ async fn receive(
                         .await
                         .inspect_err(|e| warn!("{e}"))?,
                 );
+                // Another peer owns the region now (a newer epoch): an export of it from when
+                // this peer owned it refuses writes (it may have been left holding them by a
+                // handoff whose answer was lost).
+                lead::settled(dir, name);
+                if let Some(o) = active.owned_export(name) {
+                    crate::nbd::exports::HoldsWrites::set_writes(
+                        &*o,
+                        crate::nbd::exports::Writes::Refused,
+                    );
+                    active.handed_on(name);
+                }
                 // `name` passed check_name in the decoder (no separators, no leading dot), and
                 // the replica directory opens it without following links.
                 let (f, j) = tokio::task::block_in_place(|| {

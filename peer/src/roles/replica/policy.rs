@@ -456,6 +456,21 @@ fn read_owners(file: &Path) -> Result<BTreeMap<String, Owner>, PolicyError> {
     Ok(owners)
 }
 
+/// Records that this peer owns region `name` (in file `path`) at `epoch`, taken back in a
+/// handoff, in the records beside the file (`DIR/.memsync/owners`), where [`owned_at`] finds it
+/// after a restart: the peer that handed it back fences its own older epoch from then on.
+/// Refused while another process (a `peer serve` of that directory) holds them.
+pub fn record_owned_here(path: &Path, name: &str, epoch: u64) -> Result<(), PolicyError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let p = Policy::load(dir, Vec::new(), Vec::new())?;
+    let mut owners = p.owners.lock().expect("owners lock");
+    let record = Record {
+        holder: Holder::Here,
+        epoch,
+    };
+    p.record(&mut owners, name, record)
+}
+
 /// How this peer owns a region file it replicates from (spec §8.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owned {
