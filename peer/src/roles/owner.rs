@@ -763,10 +763,17 @@ async fn drive(
             .await
             .map_err(failed)?
         {
-            Some(turned) => (send, reader) = turned,
-            None => return Ok(()),
+            Some(turned) => {
+                (send, reader) = turned;
+                mount = false;
+            }
+            // The owner ended the stream: a follower asks for the region again.
+            None => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                (send, reader) = open().await?;
+                mount = true;
+            }
         }
-        mount = false;
     }
 }
 
