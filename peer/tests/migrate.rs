@@ -352,6 +352,26 @@ fn nbdfuse(w: &World, uri: &str, size: u64, tag: &str) -> (Killed, PathBuf, Path
     (fuse, mnt, through)
 }
 
+/// After a move back: `to` holds exactly the counters `last` the writer left, equals `from`, and
+/// no page is below what it held at the first handoff (`first`).
+fn assert_no_page_lost_or_stale(to: &Path, from: &Path, first: &[u64], last: &[u64]) {
+    assert_eq!(
+        counters(to),
+        last,
+        "the region lacks writes the writer made"
+    );
+    assert_eq!(std::fs::read(to).unwrap(), std::fs::read(from).unwrap());
+    let stale: Vec<_> = (0..PAGES)
+        .filter(|&p| last[p] < first[p])
+        .map(|p| (p, first[p], last[p]))
+        .take(8)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "pages went back (page, at the first handoff, at the end): {stale:?}"
+    );
+}
+
 /// The there-and-back test with `detector` at both ends: A → B while the writer runs at A, the
 /// writer continues at B on B's copy, B → A. Every page holds what the writer last wrote, at both
 /// ends of both moves: none lost, none stale.
@@ -418,21 +438,8 @@ fn there_and_back(detector: &str) {
     };
     let at_end = move_written(&w, &back, detector, "at-b");
     let a_copy = w.path("back").join("mem");
-    assert_eq!(counters(&a_copy), at_end, "A lacks writes B's writer made");
-    assert_eq!(
-        std::fs::read(&b_copy).unwrap(),
-        std::fs::read(&a_copy).unwrap()
-    );
     // B's writer went on from A's last counters: no page went back.
-    let stale: Vec<_> = (0..PAGES)
-        .filter(|&p| at_end[p] < at_handoff[p])
-        .map(|p| (p, at_handoff[p], at_end[p]))
-        .take(8)
-        .collect();
-    assert!(
-        stale.is_empty(),
-        "pages went back (page, at A, at B): {stale:?}"
-    );
+    assert_no_page_lost_or_stale(&a_copy, &b_copy, &at_handoff, &at_end);
     assert!(at_end.iter().sum::<u64>() > at_handoff.iter().sum::<u64>());
 }
 
@@ -1576,16 +1583,7 @@ fn the_old_owner_follows_the_new_one_on_the_same_stream_and_takes_the_region_bac
     migrate_through_socket(&ctl, b.child.id(), &["--before-freeze", &at_b.stop_hook()]);
     let back = at_b.last_written(&at_handoff);
     a.wait_for("this peer owns it again", Duration::from_secs(10));
-    assert_eq!(counters(&file), back, "A lacks writes B's writer made");
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        std::fs::read(&b_copy).unwrap()
-    );
-    let stale: Vec<_> = (0..PAGES)
-        .filter(|&p| back[p] < at_handoff[p])
-        .take(8)
-        .collect();
-    assert!(stale.is_empty(), "pages went back at B: {stale:?}");
+    assert_no_page_lost_or_stale(&file, &b_copy, &at_handoff, &back);
     // B recorded A as the owner, at the epoch after its own.
     let owners = std::fs::read_to_string(w.path("replicas/.memsync/owners")).unwrap();
     assert!(
