@@ -1252,6 +1252,16 @@ struct PostCopying {
     _at_a: Killed,
 }
 
+impl PostCopying {
+    /// Brings the link back at full speed and waits until `peer migrate` finished the post-copy.
+    fn link_returns(&mut self) {
+        self.relay.delay(false, Duration::ZERO);
+        self.relay.cut(false);
+        let m = &mut self.m;
+        assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    }
+}
+
 /// Starts a post-copy migration (one pre-copy round while A's writer writes, so every chunk it
 /// wrote meanwhile is stale at B) through a relay whose link to B is slow from the freeze on
 /// (1.5 s one way), and cuts the link once B owns the region: B then lacks its stale chunks for
@@ -1282,7 +1292,7 @@ fn post_copying(serve_extra: &[&str]) -> PostCopying {
 
 #[test]
 fn post_copy_reads_fail_with_eio_once_an_outage_outlasts_the_tolerance_and_work_again_after() {
-    let p = post_copying(&["--outage-tolerance", "2s"]);
+    let mut p = post_copying(&["--outage-tolerance", "2s"]);
     let stale = missing_at_b(&p.w);
     let at = (stale[0] * CHUNK).to_string();
     let started = std::time::Instant::now();
@@ -1302,10 +1312,7 @@ fn post_copy_reads_fail_with_eio_once_an_outage_outlasts_the_tolerance_and_work_
         "{:?}",
         started.elapsed()
     );
-    p.relay.delay(false, Duration::ZERO);
-    p.relay.cut(false);
-    let mut m = p.m;
-    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    p.link_returns();
     let (ok, out) = finished(
         qemu_io(&p.w, &format!("read -v {at} 16")),
         Duration::from_secs(30),
@@ -1856,7 +1863,7 @@ fn a_region_owned_here_streams_the_writes_of_its_nbd_export_to_its_follower() {
 /// region from B is refused, saying why, instead of being served stale chunks.
 #[test]
 fn a_mount_of_a_region_still_arriving_in_post_copy_is_refused() {
-    let p = post_copying(&[]);
+    let mut p = post_copying(&[]);
     assert!(!missing_at_b(&p.w).is_empty());
     let port = free_tcp_port();
     let mut mount = Proc::spawn(
@@ -1872,10 +1879,7 @@ fn a_mount_of_a_region_still_arriving_in_post_copy_is_refused() {
         "{}",
         mount.output()
     );
-    p.relay.delay(false, Duration::ZERO);
-    p.relay.cut(false);
-    let mut m = p.m;
-    assert!(m.wait(Duration::from_secs(90)).success(), "{}", m.output());
+    p.link_returns();
 }
 
 /// A handback whose HANDOFF is lost with the link, and B killed then: B's restarted serve holds
