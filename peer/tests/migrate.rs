@@ -67,6 +67,12 @@ fn migrate_cmd(file: &Path, addr: &str, id: &Path, trust: &str, extra: &[&str]) 
     c
 }
 
+/// `peer migrate` of `file` to the world's serve, as A, with `extra` arguments, left running.
+fn migrating(w: &World, file: &Path, extra: &[&str]) -> Proc {
+    let id = w.path("owner-id");
+    Proc::spawn(&mut migrate_cmd(file, &w.addr(), &id, &w.replica_fp, extra))
+}
+
 /// Runs `peer migrate` to its end: (success, stdout, stderr).
 fn migrate_run(
     file: &Path,
@@ -1735,14 +1741,7 @@ fn a_following_old_owner_asks_for_the_region_again_once_post_copy_is_done() {
         "1",
         "--follow",
     ];
-    let id = w.path("owner-id");
-    let a = Proc::spawn(&mut migrate_cmd(
-        &file,
-        &w.addr(),
-        &id,
-        &w.replica_fp,
-        &flags,
-    ));
+    let a = migrating(&w, &file, &flags);
     let at_handoff = writer.last_written(&[0; PAGES]);
     a.wait_for("post-copy done", Duration::from_secs(60));
     a.wait_for(
@@ -1835,14 +1834,7 @@ fn a_region_owned_here_streams_the_writes_of_its_nbd_export_to_its_follower() {
     let nbd = nbd_dir(&w);
     let b = w.serve_with(&["--nbd-dir", &nbd, "--owned-detector", "nbd"]);
     let file = w.random_file("mem", PAGES * 4096);
-    let id = w.path("owner-id");
-    let a = Proc::spawn(&mut migrate_cmd(
-        &file,
-        &w.addr(),
-        &id,
-        &w.replica_fp,
-        &["--follow"],
-    ));
+    let a = migrating(&w, &file, &["--follow"]);
     a.wait_for(
         "following its new owner as its replica",
         Duration::from_secs(60),
