@@ -464,28 +464,23 @@ def owner_seeds(vectors):
 
     # HANDOFF{POSTCOPY} lost: the probe is answered ERROR HANDED_OVER (done), or STATE (not taken:
     # owner again, a plain handoff this time).
-    s = OwnerScript(4)
-    s.state(generation=0)
-    s.hashes_all()
-    s.poll_all()
-    s.ack(sel=1)
-    s.mark(1, 2)
-    s.begin_postcopy()
-    s.poll_all()  # STALE{1, 2}, HANDOFF
-    s.restart()
-    s.poll_all()
+    def postcopy_probed():
+        s = OwnerScript(4)
+        s.state(generation=0)
+        s.hashes_all()
+        s.poll_all()
+        s.ack(sel=1)
+        s.mark(1, 2)
+        s.begin_postcopy()
+        s.poll_all()  # STALE{1, 2}, HANDOFF
+        s.restart()
+        s.poll_all()
+        return s
+
+    s = postcopy_probed()
     s.handed_over()
     write("owner_machine", "postcopy_probe_handed_over", bytes(s.b))
-    s = OwnerScript(4)
-    s.state(generation=0)
-    s.hashes_all()
-    s.poll_all()
-    s.ack(sel=1)
-    s.mark(1, 2)
-    s.begin_postcopy()
-    s.poll_all()
-    s.restart()
-    s.poll_all()
+    s = postcopy_probed()
     s.state(generation=1)
     s.hashes_all()
     s.begin_handoff()
