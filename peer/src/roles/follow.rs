@@ -76,6 +76,8 @@ async fn receive(
     // on this stream, or hashed again (after following before, or in other chunks).
     let mut known = Vec::new();
     let mut chunks = geom;
+    // A ZERO chunk's bytes, one chunk long.
+    let mut zeros = Vec::new();
     let name = r.name().to_owned();
     r.metrics.set_state("following the new owner (replica)");
     let mut epoch = r.epoch;
@@ -108,6 +110,7 @@ async fn receive(
                     .into());
                 }
                 chunks = geometry;
+                zeros = vec![0; chunks.chunk_size() as usize];
                 known = match (mount, geometry == geom) {
                     (false, true) => r.owner.known_hashes().to_vec(),
                     _ => tokio::task::block_in_place(|| hash_all(&chunks, r.source.bytes())),
@@ -141,14 +144,7 @@ async fn receive(
             }
             ReplicaEvent::Write { index, data } => {
                 let range = chunks.range(index);
-                let zeros;
-                let bytes = match data {
-                    Some(d) => d,
-                    None => {
-                        zeros = vec![0; range.len()];
-                        &zeros
-                    }
-                };
+                let bytes = data.unwrap_or(&zeros[..range.len()]);
                 tokio::task::block_in_place(|| file.write_all_at(bytes, range.start as u64))
                     .map_err(|e| local("writing", e))?;
                 known[index as usize] = chunk_hash(bytes);

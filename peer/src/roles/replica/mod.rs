@@ -12,6 +12,7 @@ pub use policy::{Policy, PolicyError, Rule};
 pub use postcopy::OwnedRegion;
 
 use crate::detector::Marks;
+use crate::nbd::exports::{HoldsWrites, Writes};
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
 use crate::ops::metrics::{RegionMetrics, Role};
@@ -331,10 +332,7 @@ async fn reopen_owned(dir: &ReplicaDir, active: &Regions, opts: &ServeOptions) {
         // writes wait until that peer reconnects and settles it (as owner, or asking for it).
         if lead::handing(dir, &name).exists() {
             info!("region {name}: a handoff of it was in flight; its writes are held until its peer reconnects");
-            crate::nbd::exports::HoldsWrites::set_writes(
-                &*owned,
-                crate::nbd::exports::Writes::Held,
-            );
+            owned.set_writes(Writes::Held);
         }
         active.own(owned, opts).await;
     }
@@ -841,10 +839,7 @@ async fn receive(
                 // handoff whose answer was lost).
                 lead::settled(dir, name);
                 if let Some(o) = active.owned_export(name) {
-                    crate::nbd::exports::HoldsWrites::set_writes(
-                        &*o,
-                        crate::nbd::exports::Writes::Refused,
-                    );
+                    o.set_writes(Writes::Refused);
                     active.handed_on(name);
                 }
                 // `name` passed check_name in the decoder (no separators, no leading dot), and
