@@ -43,9 +43,9 @@ pub async fn raw_quinn(size: u64, a: &Identity, b: &Identity) -> Result<(Duratio
     raw_quinn_into(size, a, b, None).await
 }
 
-/// [`raw_quinn`], the receiver writing what it receives at its offset into a new file `into`
-/// (pwrite(2), as a replica lands chunks) instead of discarding it: the floor of any transfer
-/// that keeps a copy in a file there.
+/// [`raw_quinn`], the receiver writing what it receives into a new file `into` instead of
+/// discarding it, 1 MiB per pwrite(2) (as a replica lands a run of chunks): the floor of any
+/// transfer that keeps a copy in a file there.
 pub async fn raw_quinn_into(
     size: u64,
     a: &Identity,
@@ -60,12 +60,19 @@ pub async fn raw_quinn_into(
         let incoming = server.endpoint.accept().await.context("no connection")?;
         let session = PeerEndpoint::accept(incoming).await?;
         let (mut send, mut recv) = session.conn.accept_bi().await?;
-        let mut n = 0u64;
+        let (mut n, mut held) = (0u64, Vec::with_capacity(1 << 20));
         while let Some(c) = recv.read_chunk(usize::MAX, true).await? {
             if let Some(f) = &file {
-                f.write_all_at(&c.bytes, c.offset)?;
+                held.extend_from_slice(&c.bytes);
+                if held.len() >= 1 << 20 {
+                    f.write_all_at(&held, n + c.bytes.len() as u64 - held.len() as u64)?;
+                    held.clear();
+                }
             }
             n += c.bytes.len() as u64;
+        }
+        if let Some(f) = &file {
+            f.write_all_at(&held, n - held.len() as u64)?;
         }
         send.write_all(&[1]).await?;
         send.finish()?;

@@ -3,13 +3,14 @@
 
 use crate::net::identity::{Fingerprint, Identity, TrustSet};
 use crate::net::tls::{client_config, server_config, PinnedVerifier};
+use bytes::Bytes;
 use memsync_protocol::wire::{
     feature, ErrorCode, Frame, Header, Negotiated, WireError, HEADER_LEN, MAX_BODY,
 };
 use memsync_protocol::Hello;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -400,7 +401,7 @@ async fn route_lanes(conn: Connection, routes: Arc<LaneRoutes>) {
         let routes = routes.clone();
         tokio::spawn(async move {
             // The first frame is read with the LANE body's size as the limit, so a stream that
-            // starts otherwise costs no chunk-sized buffer.
+            // starts otherwise is refused before a body buffer is made for it.
             let mut first = FrameReader::new(recv, LANE_BODY_LEN);
             let stream = match first.next().await {
                 Ok(Some(Frame::Lane { stream })) => Some(stream),
@@ -409,7 +410,7 @@ async fn route_lanes(conn: Connection, routes: Arc<LaneRoutes>) {
             let to = stream.and_then(|s| routes.waiting.lock().expect("lane routes").remove(&s));
             match to {
                 Some(to) => {
-                    let lane = FrameReader::new(first.into_inner(), MAX_BODY);
+                    let lane = first.with_max_body(MAX_BODY);
                     if let Err(mut lane) = to.send(lane) {
                         lane.stop(ErrorCode::Shutdown);
                     }
@@ -447,73 +448,141 @@ impl Session {
     }
 }
 
-/// Reads whole frames from a stream into a buffer it reuses; a body is never read before its
-/// header's length passed the limit check. [`FrameReader::next`] is cancel-safe: a partly read
-/// frame stays in the reader, so it can sit in a `select!` beside other events.
+/// Reads whole frames from a stream; a body is never read before its header's length passed the
+/// limit check. It takes what quinn has received a batch of segments at a time (`read_chunks`,
+/// one lock of the connection for many packets' worth) and copies each body once, into a buffer
+/// it reuses. [`FrameReader::next`] is cancel-safe: what was read stays in the reader, so it can
+/// sit in a `select!` beside other events.
 pub struct FrameReader {
     recv: RecvStream,
-    header: [u8; HEADER_LEN],
-    header_filled: usize,
-    /// The parsed header once complete, while its body is read into `buf`.
-    pending: Option<Header>,
+    /// Bytes received and not yet returned in a frame, in stream order.
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// Where `read_chunks` puts the segments it takes.
+    slots: Vec<Bytes>,
     buf: Vec<u8>,
-    body_filled: usize,
     max_body: u32,
+    /// The stream's read error, kept: quinn reads a reset stream as finished after reporting it
+    /// once, and a reset must not pass for a clean end.
+    failed: Option<quinn::ReadError>,
 }
+
+/// Segments taken from quinn per read (each what one packet carried, or what quinn merged).
+const READ_SEGMENTS: usize = 32;
 
 impl FrameReader {
     /// Reads frames from `recv`, refusing bodies over `max_body` bytes before reading them.
     pub fn new(recv: RecvStream, max_body: u32) -> Self {
         FrameReader {
             recv,
-            header: [0; HEADER_LEN],
-            header_filled: 0,
-            pending: None,
+            queue: VecDeque::new(),
+            queued: 0,
+            slots: vec![Bytes::new(); READ_SEGMENTS],
             buf: Vec::new(),
-            body_filled: 0,
             max_body,
+            failed: None,
         }
+    }
+
+    /// The same stream, with what was read past the last frame, and a new body limit.
+    pub fn with_max_body(mut self, max_body: u32) -> Self {
+        self.max_body = max_body;
+        self
     }
 
     /// The next frame, or `None` when the peer finished the stream between frames.
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, StreamError> {
-        let read_err = |e| StreamError::Read(quinn::ReadExactError::ReadError(e));
-        while self.pending.is_none() {
-            match self
-                .recv
-                .read(&mut self.header[self.header_filled..])
-                .await
-                .map_err(read_err)?
-            {
-                None if self.header_filled == 0 => return Ok(None),
-                None => return Err(StreamError::Truncated),
-                Some(n) => self.header_filled += n,
-            }
-            if self.header_filled == HEADER_LEN {
-                let header = Header::parse(&self.header, self.max_body)?;
-                self.buf.resize(header.len as usize, 0);
-                self.body_filled = 0;
-                self.pending = Some(header);
-            }
-        }
-        while self.body_filled < self.buf.len() {
-            match self
-                .recv
-                .read(&mut self.buf[self.body_filled..])
-                .await
-                .map_err(read_err)?
-            {
-                None => return Err(StreamError::Truncated),
-                Some(n) => self.body_filled += n,
-            }
-        }
-        let header = self.pending.take().expect("header parsed above");
-        self.header_filled = 0;
+        let Some(header) = self.whole_frame().await? else {
+            return Ok(None);
+        };
+        self.consume(HEADER_LEN, None);
+        let mut body = std::mem::take(&mut self.buf);
+        body.resize(header.len as usize, 0);
+        self.consume(body.len(), Some(&mut body));
+        self.buf = body;
         Ok(Some(Frame::decode_body(header, &self.buf)?))
     }
 
-    /// The stream, for handing it to a driver that reads frames its own way. Nothing is buffered
-    /// past the last frame returned (when no `next` was cancelled midway), so no bytes are lost.
+    /// Waits until a whole frame (or the stream's end) is here, without taking it: after it, the
+    /// next [`FrameReader::next`] does not wait. Cancel-safe.
+    pub async fn ready(&mut self) -> Result<(), StreamError> {
+        self.whole_frame().await.map(drop)
+    }
+
+    /// Reads until a whole frame is queued and returns its header, or `None` at the stream's end
+    /// between frames.
+    async fn whole_frame(&mut self) -> Result<Option<Header>, StreamError> {
+        if !self.fill(HEADER_LEN).await? {
+            return match self.queued {
+                0 => Ok(None),
+                _ => Err(StreamError::Truncated),
+            };
+        }
+        let mut h = [0u8; HEADER_LEN];
+        self.peek(&mut h);
+        let header = Header::parse(&h, self.max_body)?;
+        if !self.fill(HEADER_LEN + header.len as usize).await? {
+            return Err(StreamError::Truncated);
+        }
+        Ok(Some(header))
+    }
+
+    /// Reads until `want` bytes are queued; false if the stream ended first.
+    async fn fill(&mut self, want: usize) -> Result<bool, StreamError> {
+        let failed = |e| StreamError::Read(quinn::ReadExactError::ReadError(e));
+        while self.queued < want {
+            if let Some(e) = &self.failed {
+                return Err(failed(e.clone()));
+            }
+            let read = self.recv.read_chunks(&mut self.slots).await;
+            match read
+                .inspect_err(|e| self.failed = Some(e.clone()))
+                .map_err(failed)?
+            {
+                None => return Ok(false),
+                Some(n) => {
+                    for b in &mut self.slots[..n] {
+                        self.queued += b.len();
+                        self.queue.push_back(std::mem::take(b));
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Copies the first `out.len()` queued bytes (there are that many) into `out`.
+    fn peek(&self, out: &mut [u8]) {
+        let mut at = 0;
+        for b in &self.queue {
+            let n = b.len().min(out.len() - at);
+            out[at..at + n].copy_from_slice(&b[..n]);
+            at += n;
+            if at == out.len() {
+                break;
+            }
+        }
+    }
+
+    /// Takes `n` queued bytes (there are that many), copying them into `out` if given.
+    fn consume(&mut self, n: usize, mut out: Option<&mut Vec<u8>>) {
+        let mut at = 0;
+        while at < n {
+            let front = self.queue.front_mut().expect("that many bytes are queued");
+            let k = front.len().min(n - at);
+            if let Some(out) = &mut out {
+                out[at..at + k].copy_from_slice(&front[..k]);
+            }
+            bytes::Buf::advance(front, k);
+            if front.is_empty() {
+                self.queue.pop_front();
+            }
+            at += k;
+        }
+        self.queued -= n;
+    }
+
+    /// The stream, to stop it. What was read past the last frame is dropped with the reader.
     pub fn into_inner(self) -> RecvStream {
         self.recv
     }

@@ -139,13 +139,8 @@ impl Journal {
 
     /// Makes the open round generation `g` and applies it to `replica`: the commit record on
     /// stable storage, then every chunk written (readers holding a shared flock(2) of the replica
-    /// wait meanwhile) and synced, then the journal emptied. `applied` hears of each chunk.
-    pub fn apply(
-        &mut self,
-        g: u64,
-        replica: &mut ReplicaFile,
-        mut applied: impl FnMut(u64),
-    ) -> std::io::Result<u64> {
+    /// wait meanwhile) and synced, then the journal emptied.
+    pub fn apply(&mut self, g: u64, replica: &mut ReplicaFile) -> std::io::Result<u64> {
         let count = self.staged.len() as u64;
         if count > 0 {
             let digest = self.digest.digest();
@@ -155,7 +150,7 @@ impl Journal {
             )?;
             self.file.sync_data()?;
             let staged = std::mem::take(&mut self.staged);
-            replay(&self.file, &self.geom, &staged, replica, &mut applied)?;
+            replay(&self.file, &self.geom, &staged, replica)?;
             // Not synced: if a crash brings this round back, replaying it writes the same bytes,
             // and the next round's commit record is synced over it before that round applies.
             self.file.set_len(0)?;
@@ -182,7 +177,6 @@ fn replay(
     geom: &Geometry,
     staged: &[Staged],
     replica: &mut ReplicaFile,
-    applied: &mut impl FnMut(u64),
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; geom.chunk_size() as usize];
     let _readers = replica.lock_readers()?;
@@ -196,7 +190,6 @@ fn replay(
             None => None,
         };
         replica.write_chunk(s.index, data)?;
-        applied(s.index);
     }
     replica.sync()
 }
@@ -286,7 +279,7 @@ pub fn recover(
     let chunks = staged.len() as u64;
     let done = match committed {
         Some(generation) => {
-            replay(&file, &geom, &staged, replica, &mut |_| {}).map_err(io(&path))?;
+            replay(&file, &geom, &staged, replica).map_err(io(&path))?;
             if generation > replica.committed() {
                 replica.commit(generation).map_err(io(&path))?;
             }
@@ -360,9 +353,11 @@ mod tests {
         let mut j = Journal::create(&dir, "r", geom()).unwrap();
         stage_2(&mut j);
         assert!(holds_1(&f));
-        let mut seen = Vec::new();
-        assert_eq!(j.apply(2, &mut f, |i| seen.push(i)).unwrap(), 3);
-        assert_eq!(seen, [3, 5, 9]);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heard = seen.clone();
+        f.on_landed(move |chunks| heard.lock().unwrap().push(chunks));
+        assert_eq!(j.apply(2, &mut f).unwrap(), 3);
+        assert_eq!(*seen.lock().unwrap(), [3..4, 5..6, 9..10]);
         assert!(holds_2(&f));
         assert_eq!(recover(&dir, "r", &mut f).unwrap(), Recovered::Nothing);
     }

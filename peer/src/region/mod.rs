@@ -298,7 +298,8 @@ impl Source for SourceFile {
 
 /// A replica's copy of a region, DIR/NAME. Chunks are written with `pwrite` (one copy into the
 /// page cache, no page faults, which a writable mapping would take on every page of a new
-/// file), and read through a shared read-only mapping; local readers see each update as it lands.
+/// file), a run of consecutive ones at a time, and read through a shared read-only mapping;
+/// local readers see each run as it lands, and [`ReplicaFile::on_landed`] hears of it.
 pub struct ReplicaFile {
     file: File,
     map: MappedFile<Mmap>,
@@ -306,7 +307,26 @@ pub struct ReplicaFile {
     zeros: Vec<u8>,
     index: ReplicaIndex,
     loaded: Loaded,
+    landing: Landing,
+    on_landed: Option<OnLanded>,
 }
+
+/// Told of each run of chunks (their indices, never none) once it is in the file.
+type OnLanded = Box<dyn Fn(std::ops::Range<u64>) + Send + Sync>;
+
+/// Consecutive chunks written to a [`ReplicaFile`] and not yet in the file: one pwrite(2) of up
+/// to [`LANDING_BYTES`] instead of one per chunk (a new tmpfs file takes 1 GiB in 4 KiB writes
+/// in 0.72 s here, in 1 MiB writes in 0.46 s).
+#[derive(Default)]
+struct Landing {
+    /// The chunks held, `first .. first + count`.
+    first: u64,
+    count: u64,
+    bytes: Vec<u8>,
+}
+
+/// The most bytes a [`Landing`] holds before they go to the file.
+const LANDING_BYTES: usize = 1 << 20;
 
 impl ReplicaFile {
     /// Opens replica `name` of `dir`, creating it, with exactly the region's size (an existing
@@ -341,6 +361,8 @@ impl ReplicaFile {
             zeros: Vec::new(),
             index,
             loaded,
+            landing: Landing::default(),
+            on_landed: None,
         })
     }
 
@@ -352,7 +374,8 @@ impl ReplicaFile {
     /// An exclusive flock(2) of the replica, held until the guard drops: local readers that take
     /// a shared one (`flock -s DIR/NAME …`) wait meanwhile, so they never see a generation half
     /// applied (`serve --consistent`).
-    pub fn lock_readers(&self) -> std::io::Result<ReadersLocked> {
+    pub fn lock_readers(&mut self) -> std::io::Result<ReadersLocked> {
+        self.land()?;
         let f = self.file.try_clone()?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
         Ok(ReadersLocked(f))
@@ -371,6 +394,7 @@ impl ReplicaFile {
     /// Generation `g` is applied and acknowledged: recorded in the index, which is checkpointed
     /// when one is due (so that a crash leaves little to rehash).
     pub fn commit(&mut self, g: u64) -> std::io::Result<()> {
+        self.land()?;
         self.index.set_committed(g)?;
         if self.index.checkpoint_due() {
             let r = self.index.checkpoint(&self.file, false);
@@ -393,22 +417,25 @@ impl ReplicaFile {
         self.index.forget("the region is owned here now");
     }
 
-    /// The replica's bytes, through its read-only mapping.
+    /// The replica's bytes, through its read-only mapping: the chunks that landed.
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }
 
     /// fsync(2): every chunk written so far is on stable storage once it returns.
-    pub fn sync(&self) -> std::io::Result<()> {
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.land()?;
         self.failed(self.file.sync_data())
     }
 
     /// Starts writing back what was written so far, without waiting (sync_file_range(2) with
     /// SYNC_FILE_RANGE_WRITE): a later [`ReplicaFile::sync`] then has little left to wait for.
-    pub fn start_writeback(&self) {
+    pub fn start_writeback(&mut self) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
+        self.land()?;
         // SAFETY: sync_file_range on an open descriptor; it only schedules I/O.
         unsafe { libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        Ok(())
     }
 
     /// The hash of every chunk.
@@ -416,24 +443,71 @@ impl ReplicaFile {
         self.index.hashes()
     }
 
+    /// Calls `f` with each run of chunks written from here on, once it is in the file (the
+    /// replica's mounts learn of its changes so, never before they can read them).
+    pub fn on_landed(&mut self, f: impl Fn(std::ops::Range<u64>) + Send + Sync + 'static) {
+        self.on_landed = Some(Box::new(f));
+    }
+
     /// Writes chunk `index`: `data`, or zeros (skipped when the chunk already reads as zeros, so
-    /// sparse files stay sparse).
+    /// sparse files stay sparse). Data is held while the chunks written follow one another, and
+    /// lands in the file with the run: when the next chunk does not follow, when the run holds
+    /// [`LANDING_BYTES`], at [`ReplicaFile::land`], or before anything reads or syncs the file.
     pub fn write_chunk(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
         let r = self.write(index, data);
         self.failed(r)
     }
 
-    fn write(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
+    /// Whether chunks written are held, not yet in the file.
+    pub fn holding(&self) -> bool {
+        self.landing.count > 0
+    }
+
+    /// Writes the chunks held back by [`ReplicaFile::write_chunk`].
+    pub fn land(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let offset = self.geom.offset(index);
+        let l = &mut self.landing;
+        if l.count == 0 {
+            return Ok(());
+        }
+        let r = self.file.write_all_at(&l.bytes, self.geom.offset(l.first));
+        let landed = l.first..l.first + l.count;
+        l.bytes.clear();
+        l.count = 0;
+        self.failed(r)?;
+        if let Some(f) = &self.on_landed {
+            f(landed);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, index: u64, data: Option<&[u8]>) -> std::io::Result<()> {
         self.index.before_write(index)?;
-        match data {
-            Some(d) => self.file.write_all_at(d, offset)?,
-            None if is_zero(&self.map[self.geom.range(index)]) => {}
+        let len = data.map_or_else(|| self.geom.chunk_len(index), <[u8]>::len);
+        let l = &self.landing;
+        let follows =
+            l.count > 0 && index == l.first + l.count && l.bytes.len() + len <= LANDING_BYTES;
+        if !follows {
+            self.land()?;
+        }
+        // Zeros over a chunk that reads as zeros change nothing: not written, so sparse files
+        // stay sparse (the chunk is not held, so it is not in the run either).
+        let bytes = match data {
+            Some(d) => Some(d),
+            None if is_zero(&self.map[self.geom.range(index)]) => None,
             None => {
-                self.zeros.resize(self.geom.chunk_len(index), 0);
-                self.file.write_all_at(&self.zeros, offset)?
+                self.zeros.resize(len, 0);
+                Some(&self.zeros[..])
             }
+        };
+        if let Some(d) = bytes {
+            let l = &mut self.landing;
+            if l.count == 0 {
+                l.first = index;
+                l.bytes.reserve(LANDING_BYTES);
+            }
+            l.bytes.extend_from_slice(d);
+            l.count += 1;
         }
         self.index.written(index, data);
         Ok(())
@@ -452,7 +526,8 @@ impl Drop for ReadersLocked {
 impl Drop for ReplicaFile {
     /// A clean stop: the replica and its index on stable storage, no extent left to rehash.
     fn drop(&mut self) {
-        if let Err(e) = self.index.checkpoint(&self.file, true) {
+        let landed = self.land();
+        if let Err(e) = landed.and_then(|()| self.index.checkpoint(&self.file, true)) {
             tracing::warn!("{}: checkpoint: {e}", self.index.path().display());
         }
     }

@@ -20,6 +20,7 @@ use crate::region::{
     pending_journals, Journal, Loaded, Recovered, RegionError, ReplicaDir, ReplicaFile,
 };
 use crate::roles::owner::{drive_stream, SyncOptions, SyncRegion, SyncStats};
+use futures::FutureExt;
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;
@@ -649,7 +650,7 @@ async fn serve_mount(
 /// with the replica's bytes on stable storage, and recorded as owned here (so no peer's OPEN writes
 /// it again, across restarts too).
 async fn take_over(
-    file: &ReplicaFile,
+    file: &mut ReplicaFile,
     name: &str,
     generation: u64,
     epoch: u64,
@@ -675,7 +676,7 @@ async fn take_over(
 
 /// Puts every chunk written to `file` so far on stable storage (before a durable ACK, and before
 /// HANDOFF_ACK).
-fn sync(file: &ReplicaFile) -> Result<(), WireError> {
+fn sync(file: &mut ReplicaFile) -> Result<(), WireError> {
     tokio::task::block_in_place(|| file.sync())
         .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("syncing the replica: {e}")))
 }
@@ -765,6 +766,13 @@ async fn receive(
     }
     let mut shown = Shown(None);
     loop {
+        // Chunks held for one write with the next ones land before the stream is waited on.
+        if let Some((f, _)) = file.as_mut().filter(|(f, _)| f.holding()) {
+            if reader.ready().now_or_never().is_none() {
+                f.land()
+                    .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("writing: {e}")))?;
+            }
+        }
         let next = match claim.as_ref().map(|c| c.cancel.clone()) {
             Some(cancel) => tokio::select! {
                 next = reader.next() => next?,
@@ -844,8 +852,16 @@ async fn receive(
                 }
                 // `name` passed check_name in the decoder (no separators, no leading dot), and
                 // the replica directory opens it without following links.
+                // Mounts of the region learn of each run of chunks once it is in the file.
+                let slot = claim.as_ref().map(|c| c.slot.clone());
                 let (f, j) = tokio::task::block_in_place(|| {
                     let mut f = ReplicaFile::open(dir, name, geometry, s.durable)?;
+                    if let Some(slot) = slot {
+                        f.on_landed(move |chunks| {
+                            let (first, last) = (chunks.start, chunks.end - 1);
+                            slot.written(geometry.range(first).start..geometry.range(last).end);
+                        });
+                    }
                     report_recovery(name, &crate::region::recover(dir, name, &mut f)?);
                     let j = s
                         .opts
@@ -902,9 +918,6 @@ async fn receive(
                     j.stage(index, data).map_err(local)?;
                 } else {
                     f.write_chunk(index, data).map_err(local)?;
-                    if let Some(c) = claim {
-                        c.slot.written(f.geometry().range(index));
-                    }
                 }
             }
             ReplicaEvent::Committed { generation } => {
@@ -918,16 +931,7 @@ async fn receive(
                 // handoff (which waits for stable storage) finds little left to write.
                 if let Some((f, _)) = &mut file {
                     if let Some(j) = &mut journal {
-                        let geom = *f.geometry();
-                        let slot = claim.as_ref().map(|c| &c.slot);
-                        tokio::task::block_in_place(|| {
-                            j.apply(generation, f, |i| {
-                                if let Some(slot) = slot {
-                                    slot.written(geom.range(i));
-                                }
-                            })
-                        })
-                        .map_err(|e| {
+                        tokio::task::block_in_place(|| j.apply(generation, f)).map_err(|e| {
                             WireError::new(
                                 ErrorCode::LocalIo,
                                 format!("applying generation {generation}: {e}"),
@@ -936,7 +940,9 @@ async fn receive(
                     } else if s.durable {
                         sync(f)?;
                     } else {
-                        f.start_writeback();
+                        tokio::task::block_in_place(|| f.start_writeback()).map_err(|e| {
+                            WireError::new(ErrorCode::LocalIo, format!("writing: {e}"))
+                        })?;
                     }
                     tokio::task::block_in_place(|| f.commit(generation)).map_err(|e| {
                         WireError::new(ErrorCode::LocalIo, format!("recording the commit: {e}"))
@@ -944,7 +950,7 @@ async fn receive(
                 }
             }
             ReplicaEvent::BecameOwner { generation } => {
-                let (f, name) = file.as_ref().ok_or_else(|| {
+                let (f, name) = file.as_mut().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "handoff before the region opened")
                 })?;
                 let postcopy = replica.state() == ReplicaState::PostCopy;
