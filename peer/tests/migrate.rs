@@ -117,7 +117,7 @@ fn owned_at_b(w: &World, name: &str) -> bool {
     std::fs::read_to_string(w.path("replicas/.memsync/owners"))
         .unwrap_or_default()
         .lines()
-        .any(|l| l == format!("{name} self 2"))
+        .any(|l| l.starts_with(&format!("{name} self 2 from:")))
 }
 
 /// The move is complete: B alone owns `mem` and holds A's final bytes of `file`, and A's writer
@@ -1776,7 +1776,7 @@ fn b_writes_and_a_follows(w: &World, file: &Path, page: u64, byte: u8) {
 /// kill -9 of either side while the old owner follows: a restarted new owner is asked for the
 /// region again (it owns it, by its records), and a restarted `peer sync --follow` at the old owner
 /// hears that the peer owns the region and follows it. Never two owners: B's records name it the
-/// owner throughout.
+/// owner throughout. B's mount rules name another region only: its records let A ask.
 #[test]
 fn either_side_killed_while_the_old_owner_follows_rejoins_with_one_owner() {
     let Followed {
@@ -1786,11 +1786,12 @@ fn either_side_killed_while_the_old_owner_follows_rejoins_with_one_owner() {
         file,
         ctl,
         ..
-    } = followed_move(false);
+    } = followed_move_with(false, |_| vec!["--allow-mount".into(), "other=*".into()]);
     b_writes_and_a_follows(&w, &file, 1, 0xb1);
-    // B killed: its restarted serve owns the region by its records, and A asks for it again.
+    // B killed: its restarted serve owns the region by its records, which also name A as the
+    // peer it came from, so A may ask for it again though no mount rule names it.
     b.kill9();
-    let _b = serve_controlled(&w, &ctl);
+    let _b = serve_controlled_with(&w, &ctl, &["--allow-mount", "other=*"]);
     a.wait_for("reconnected", Duration::from_secs(60));
     b_writes_and_a_follows(&w, &file, 2, 0xb2);
     // A killed: a restarted sync of the file with --follow learns that B owns it and follows.

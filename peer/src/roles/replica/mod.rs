@@ -42,9 +42,6 @@ struct Regions {
     owned: Mutex<HashMap<String, Arc<OwnedRegion>>>,
     /// Those served over NBD (`--nbd-dir`), whose writes a migration of them holds.
     exported: Mutex<HashMap<String, Arc<OwnedRegion>>>,
-    /// The peer each region owned here was handed over from, while serve runs: it may ask for
-    /// the region again as its follower whatever the mount rules say.
-    handed_from: Mutex<HashMap<String, Fingerprint>>,
 }
 
 /// How a stream holding a region is asked to stop, and what it tells its owner then.
@@ -281,7 +278,6 @@ impl Regions {
     fn handed_on(&self, name: &str) {
         self.owned.lock().expect("owned lock").remove(name);
         self.exported.lock().expect("owned lock").remove(name);
-        self.handed_from.lock().expect("owned lock").remove(name);
     }
 }
 
@@ -438,7 +434,6 @@ pub async fn serve_with(ep: &PeerEndpoint, dir: ReplicaDir, policy: Policy, opts
         slots: Mutex::default(),
         owned: Mutex::default(),
         exported: Mutex::default(),
-        handed_from: Mutex::default(),
     });
     let dir = Arc::new(dir);
     reopen_owned(&dir, &active, &opts).await;
@@ -666,7 +661,7 @@ async fn take_over(
         ));
     }
     sync(file)?;
-    s.active.policy.became_owner(name, epoch)?;
+    s.active.policy.became_owner(name, epoch, &s.who)?;
     debug!(
         "region {name}: taking it over at generation {generation}, epoch {}",
         epoch + 1
@@ -784,13 +779,10 @@ async fn receive(
             return Ok(Next::Done);
         };
         if let (Frame::Mount { name }, ReplicaState::AwaitOpen) = (&frame, replica.state()) {
-            let follower = active.handed_from.lock().expect("owned lock").get(*name) == Some(&who);
-            if !follower {
-                active
-                    .policy
-                    .may_mount(name, &who)
-                    .inspect_err(|e| warn!("{e}"))?;
-            }
+            active
+                .policy
+                .may_mount(name, &who)
+                .inspect_err(|e| warn!("{e}"))?;
             // Owned here since a handoff: its writes are this peer's, found by hashing. While a
             // post-copy handoff still fetches chunks, DIR/NAME holds stale ones: not mounted.
             if let Some(n) = active.still_missing(name) {
@@ -979,11 +971,6 @@ async fn receive(
                 // The hashes of what it holds, for the owner role (before the index is dropped).
                 let handed = (f.hashes().to_vec(), generation);
                 take_over(f, name, generation, epoch, s).await?;
-                active
-                    .handed_from
-                    .lock()
-                    .expect("owned lock")
-                    .insert(name.clone(), who);
                 // Neither the index nor the journal describes the region from now on.
                 if let Some(j) = &mut journal {
                     tokio::task::block_in_place(|| j.clear()).map_err(|e| {

@@ -45,8 +45,8 @@ pub enum PolicyError {
         /// What failed underneath.
         source: IdentityError,
     },
-    /// Reported as "{path}, line {line}: expected NAME OWNER [EPOCH]".
-    #[error("{path}, line {line}: expected NAME OWNER [EPOCH]")]
+    /// Reported as "{path}, line {line}: expected NAME OWNER [EPOCH [from:FP]]".
+    #[error("{path}, line {line}: expected NAME OWNER [EPOCH [from:FP]]")]
     BadOwnerLine {
         /// The file or directory concerned.
         path: PathBuf,
@@ -131,6 +131,9 @@ pub struct Policy {
     owner_rules: Vec<Rule>,
     mount_rules: Vec<Rule>,
     owners: Mutex<BTreeMap<String, Owner>>,
+    /// The peer each region owned here since a handoff came from: it may ask for the region
+    /// again (MOUNT, as its follower) whatever the mount rules say. Locked after `owners`.
+    handed_from: Mutex<HandedFrom>,
     /// `DIR/.memsync/owners`.
     file: PathBuf,
     /// `DIR/.memsync/lock`, flocked for as long as this policy lives.
@@ -139,6 +142,9 @@ pub struct Policy {
 
 /// Who owns a region this peer holds, at which epoch.
 type Owner = Record<Fingerprint>;
+
+/// The peer each region owned here since a handoff was handed over from.
+type HandedFrom = BTreeMap<String, Fingerprint>;
 
 /// A line of the owners file after its name: `OWNER [EPOCH]`, where OWNER is a fingerprint,
 /// `self` or `promoted:FP`, and EPOCH is 1 when absent (files written before epochs).
@@ -169,6 +175,8 @@ fn show_owner(o: &Owner) -> String {
 const HERE: &str = "self";
 /// How the owners file names this peer after a promotion, before the fenced owner's fingerprint.
 const PROMOTED: &str = "promoted:";
+/// Before the fingerprint of the peer a region owned here was handed over from.
+const FROM: &str = "from:";
 
 const STATE_DIR: &str = ".memsync";
 const OWNERS_FILE: &str = "owners";
@@ -202,11 +210,12 @@ impl Policy {
             },
         )?;
         let file = state.join(OWNERS_FILE);
-        let owners = read_owners(&file)?;
+        let (owners, handed_from) = read_owners(&file)?;
         Ok(Policy {
             owner_rules,
             mount_rules,
             owners: Mutex::new(owners),
+            handed_from: Mutex::new(handed_from),
             file,
             _lock: lock,
         })
@@ -237,7 +246,9 @@ impl Policy {
     ) -> Result<(), WireError> {
         let mut owners = self.owners.lock().expect("owners lock");
         match self.admission(&owners, name, me, who, epoch)? {
-            Some(record) => self.record(&mut owners, name, record).map_err(remembering),
+            Some(record) => self
+                .record(&mut owners, name, record, None)
+                .map_err(remembering),
             None => Ok(()),
         }
     }
@@ -301,9 +312,14 @@ impl Policy {
             })
     }
 
-    /// This peer owns `name` from now on, at the epoch after `epoch` (it accepted a handoff of
-    /// the stream of that epoch).
-    pub fn became_owner(&self, name: &str, epoch: u64) -> Result<(), WireError> {
+    /// This peer owns `name` from now on, at the epoch after `epoch`: it accepted a handoff of
+    /// the stream of that epoch from `from`, which may ask for the region again.
+    pub fn became_owner(
+        &self,
+        name: &str,
+        epoch: u64,
+        from: &Fingerprint,
+    ) -> Result<(), WireError> {
         let record = epoch::handed_over(epoch).ok_or_else(|| {
             WireError::new(
                 ErrorCode::ProtocolViolation,
@@ -311,7 +327,8 @@ impl Policy {
             )
         })?;
         let mut owners = self.owners.lock().expect("owners lock");
-        self.record(&mut owners, name, record).map_err(remembering)
+        self.record(&mut owners, name, record, Some(*from))
+            .map_err(remembering)
     }
 
     /// Makes this peer the owner of `name`, whose recorded owner was lost (an operator's decision,
@@ -329,25 +346,36 @@ impl Policy {
                 )))
             }
         };
-        self.record(&mut owners, name, record)?;
+        self.record(&mut owners, name, record, None)?;
         let Holder::Promoted { lost } = record.holder else {
             unreachable!("a promotion records a promoted holder")
         };
         Ok((lost, record.epoch))
     }
 
-    /// Records `owner` of `name` and writes the file, or leaves both as they were.
+    /// Records `owner` of `name`, handed over `from` that peer if given, and writes the file, or
+    /// leaves both as they were.
     fn record(
         &self,
         owners: &mut BTreeMap<String, Owner>,
         name: &str,
         owner: Owner,
+        from: Option<Fingerprint>,
     ) -> Result<(), PolicyError> {
+        let mut handed_from = self.handed_from.lock().expect("owners lock");
         let before = owners.insert(name.to_owned(), owner);
-        self.save(owners).inspect_err(|_| {
+        let from_before = match from {
+            Some(f) => handed_from.insert(name.to_owned(), f),
+            None => handed_from.remove(name),
+        };
+        self.save(owners, &handed_from).inspect_err(|_| {
             match before {
                 Some(b) => owners.insert(name.to_owned(), b),
                 None => owners.remove(name),
+            };
+            match from_before {
+                Some(f) => handed_from.insert(name.to_owned(), f),
+                None => handed_from.remove(name),
             };
         })
     }
@@ -386,10 +414,12 @@ impl Policy {
             epoch,
         };
         let mut owners = self.owners.lock().expect("owners lock");
-        self.record(&mut owners, name, record).map_err(remembering)
+        self.record(&mut owners, name, record, None)
+            .map_err(remembering)
     }
 
-    /// Lets `who` mount `name`: its owner, or a peer the mount rules grant it to.
+    /// Lets `who` mount `name`: its owner, the peer it was handed here from (its follower), or a
+    /// peer the mount rules grant it to.
     pub fn may_mount(&self, name: &str, who: &Fingerprint) -> Result<(), WireError> {
         let owner = self
             .owners
@@ -397,7 +427,16 @@ impl Policy {
             .expect("owners lock")
             .get(name)
             .map(|r| r.holder);
-        if owner == Some(Holder::Peer(*who)) || granted(&self.mount_rules, name, who) {
+        let from = self
+            .handed_from
+            .lock()
+            .expect("owners lock")
+            .get(name)
+            .copied();
+        if owner == Some(Holder::Peer(*who))
+            || (owner == Some(Holder::Here) && from == Some(*who))
+            || granted(&self.mount_rules, name, who)
+        {
             return Ok(());
         }
         Err(forbidden(format!(
@@ -406,17 +445,26 @@ impl Policy {
     }
 
     /// Writes the owners file anew: a temporary file, synced, renamed over the old one.
-    fn save(&self, owners: &BTreeMap<String, Owner>) -> Result<(), PolicyError> {
+    fn save(
+        &self,
+        owners: &BTreeMap<String, Owner>,
+        handed_from: &HandedFrom,
+    ) -> Result<(), PolicyError> {
         let dir = self
             .file
             .parent()
             .expect("the owners file is in a directory");
         let tmp = dir.join(format!("{OWNERS_FILE}.tmp"));
         let mut text = String::from(
-            "# region owner epoch (owner: a fingerprint; self after a handoff; promoted:FP after a promotion, FP fenced; epoch: grows at every handoff and promotion, older ones are fenced; remove a line to let another peer own the region)\n",
+            "# region owner epoch [from:FP] (owner: a fingerprint; self after a handoff, from peer FP, which may mount it; promoted:FP after a promotion, FP fenced; epoch: grows at every handoff and promotion, older ones are fenced; remove a line to let another peer own the region)\n",
         );
         for (name, owner) in owners {
-            text.push_str(&format!("{name} {}\n", show_owner(owner)));
+            let from = handed_from.get(name).map(|f| format!(" {FROM}{f}"));
+            text.push_str(&format!(
+                "{name} {}{}\n",
+                show_owner(owner),
+                from.unwrap_or_default()
+            ));
         }
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(text.as_bytes()).map_err(io(&tmp))?;
@@ -428,12 +476,13 @@ impl Policy {
     }
 }
 
-/// The owners file at `file`, or nothing if there is none.
-fn read_owners(file: &Path) -> Result<BTreeMap<String, Owner>, PolicyError> {
-    let mut owners = BTreeMap::new();
+/// The owners file at `file` (nothing if there is none): each region's owner, and the peer each
+/// region owned here was handed over from.
+fn read_owners(file: &Path) -> Result<(BTreeMap<String, Owner>, HandedFrom), PolicyError> {
+    let (mut owners, mut handed_from) = (BTreeMap::new(), BTreeMap::new());
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(owners),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((owners, handed_from)),
         Err(source) => return Err(io(file)(source)),
     };
     for (i, line) in text.lines().enumerate() {
@@ -446,14 +495,28 @@ fn read_owners(file: &Path) -> Result<BTreeMap<String, Owner>, PolicyError> {
             line: i + 1,
         };
         let mut words = line.split_whitespace();
-        let (Some(name), Some(owner), epoch, None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
+        let (Some(name), Some(owner), epoch, from, None) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
             return Err(bad());
         };
-        owners.insert(name.to_owned(), parse_owner(owner, epoch).ok_or_else(bad)?);
+        let owner = parse_owner(owner, epoch).ok_or_else(bad)?;
+        if let Some(from) = from {
+            let from = from
+                .strip_prefix(FROM)
+                .and_then(|f| Fingerprint::parse(f).ok());
+            match (owner.holder, from) {
+                (Holder::Here, Some(f)) => handed_from.insert(name.to_owned(), f),
+                _ => return Err(bad()),
+            };
+        }
+        owners.insert(name.to_owned(), owner);
     }
-    Ok(owners)
+    Ok((owners, handed_from))
 }
 
 /// Records that this peer owns region `name` (in file `path`) at `epoch`, taken back in a
@@ -468,7 +531,7 @@ pub fn record_owned_here(path: &Path, name: &str, epoch: u64) -> Result<(), Poli
         holder: Holder::Here,
         epoch,
     };
-    p.record(&mut owners, name, record)
+    p.record(&mut owners, name, record, None)
 }
 
 /// How this peer owns a region file it replicates from (spec §8.8).
@@ -488,7 +551,7 @@ pub struct Owned {
 pub fn owned_at(path: &Path, name: &str) -> Result<Owned, PolicyError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let record = dir.join(STATE_DIR).join(OWNERS_FILE);
-    match read_owners(&record)?.get(name) {
+    match read_owners(&record)?.0.get(name) {
         None => Ok(Owned {
             epoch: epoch::FIRST,
             promoted_from: None,
@@ -624,7 +687,7 @@ mod tests {
         assert!(e.reason.contains(&b.to_string()), "{e}");
         // A handoff from B here: owned here at 3; B's own probe at 2 hears HANDED_OVER.
         assert!(p.may_take_over("x", &b, 2));
-        p.became_owner("x", 2).unwrap();
+        p.became_owner("x", 2, &b).unwrap();
         assert_eq!(
             p.claim("x", &fp(9), &b, 2).unwrap_err().code,
             ErrorCode::HandedOver
@@ -634,7 +697,7 @@ mod tests {
                 .unwrap()
                 .lines()
                 .last(),
-            Some("x self 3")
+            Some(format!("x self 3 from:{b}").as_str())
         );
         // A sync of the region owned here runs at its epoch; a replica's region is not owned.
         let file = dir.path().join("x");
@@ -667,7 +730,7 @@ mod tests {
         assert_eq!(p.owned_here("x"), None);
         // A hands it here: this peer owns it at epoch 2.
         assert!(p.may_take_over("x", &a, 1));
-        p.became_owner("x", 1).unwrap();
+        p.became_owner("x", 1, &a).unwrap();
         assert_eq!(p.owned_here("x"), Some(2));
         // And back to A, at epoch 3: A's OPEN of epoch 3 is the recorded owner's, epoch 2 is fenced.
         p.handed_away("x", &a, 2).unwrap();
@@ -680,5 +743,33 @@ mod tests {
             ErrorCode::Fenced
         );
         assert!(p.may_take_over("x", &a, 3));
+    }
+
+    #[test]
+    fn the_peer_a_region_was_handed_over_from_may_mount_it_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, a, c) = (fp(9), fp(1), fp(3));
+        let rules = || vec!["other=*".parse::<Rule>().unwrap()];
+        let p = Policy::load(dir.path(), vec![], rules()).unwrap();
+        p.claim("x", &me, &a, 1).unwrap();
+        p.became_owner("x", 1, &a).unwrap();
+        drop(p);
+        // Restarted: A follows the region it handed here, though no mount rule names it.
+        let p = Policy::load(dir.path(), vec![], rules()).unwrap();
+        p.may_mount("x", &a).unwrap();
+        assert_eq!(p.may_mount("x", &c).unwrap_err().code, ErrorCode::Forbidden);
+        // C owns it at a newer epoch (the region moved on): A is nobody's follower here now.
+        p.claim("x", &me, &c, 3).unwrap();
+        drop(p);
+        let p = Policy::load(dir.path(), vec![], rules()).unwrap();
+        assert_eq!(p.may_mount("x", &a).unwrap_err().code, ErrorCode::Forbidden);
+        drop(p);
+        // `from:` belongs to regions owned here only.
+        let owners = dir.path().join(".memsync/owners");
+        std::fs::write(&owners, format!("x {a} 2 from:{c}\n")).unwrap();
+        assert!(matches!(
+            Policy::load(dir.path(), vec![], vec![]),
+            Err(PolicyError::BadOwnerLine { line: 1, .. })
+        ));
     }
 }
