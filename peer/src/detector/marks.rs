@@ -66,6 +66,37 @@ impl Marks {
     }
 }
 
+/// The marks of the streams that learn a file's changes from the one process writing it (the
+/// mounts of a replica, the owner streams of a region owned here): each write marks them all.
+/// Held weakly: a stream that ended is forgotten at the next write.
+#[derive(Default)]
+pub struct Watchers(Mutex<Vec<std::sync::Weak<Marks>>>);
+
+impl Watchers {
+    /// `marks` is told of every write from now on.
+    pub fn watch(&self, marks: &Arc<Marks>) {
+        self.0
+            .lock()
+            .expect("watchers lock")
+            .push(Arc::downgrade(marks));
+    }
+
+    /// Calls `f` with the marks of every live watcher.
+    pub fn each(&self, mut f: impl FnMut(&Marks)) {
+        self.0
+            .lock()
+            .expect("watchers lock")
+            .retain(|w| w.upgrade().map(|m| f(&m)).is_some());
+    }
+
+    /// Marks the bytes `offset..offset+len` written for every live watcher.
+    pub fn mark(&self, offset: u64, len: u64) {
+        self.each(|m| {
+            m.mark(offset, len);
+        });
+    }
+}
+
 /// The detector side of [`Marks`].
 pub struct MarksDetector {
     marks: Arc<Marks>,

@@ -8,7 +8,7 @@ mod uffd;
 
 pub use hash::HashDetector;
 pub use inotify::InotifyDetector;
-pub use marks::{Marks, MarksDetector};
+pub use marks::{Marks, MarksDetector, Watchers};
 pub use uffd::UffdDetector;
 
 use memsync_protocol::DirtySet;

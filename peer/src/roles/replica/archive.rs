@@ -110,7 +110,7 @@ async fn keep(archive: &Archive, slot: &Slot, dir: &ReplicaDir, name: &str, geom
     loop {
         // Marks first: a write is either in the file when its chunk is read or marked.
         let marks = Marks::new(geometry);
-        slot.watch(&marks);
+        slot.mounts.watch(&marks);
         let source = match open(dir, name, geometry) {
             Ok(s) => s,
             Err(e) => return warn!("region {name}: not archived to {url}: {e}"),

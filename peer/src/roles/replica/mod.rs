@@ -11,7 +11,7 @@ pub use archive::Archive;
 pub use policy::{Policy, PolicyError, Rule};
 pub use postcopy::OwnedRegion;
 
-use crate::detector::Marks;
+use crate::detector::{Marks, Watchers};
 use crate::nbd::exports::{HoldsWrites, Writes};
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{fail_stream, FrameReader, PeerEndpoint, Session, StreamError};
@@ -24,7 +24,7 @@ use futures::FutureExt;
 use memsync_protocol::wire::{feature, ErrorCode, Frame, WireError, MAX_BODY};
 use memsync_protocol::{Local, Replica, ReplicaEvent, ReplicaState};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -80,7 +80,7 @@ struct Slot {
     holder: Mutex<Option<(Fingerprint, Arc<Cancel>)>>,
     /// The write marks of the mounts served from the replica file: the stream writing it marks
     /// every write there, which is how those mounts learn what changed (nothing is scanned).
-    mounts: Mutex<Vec<Weak<Marks>>>,
+    mounts: Watchers,
     /// The replica's figures, kept across its streams (`peer status` lists it while serve runs).
     metrics: Mutex<Option<RegionMetrics>>,
     /// Its upload to an object store (`serve --to`), across its streams.
@@ -95,14 +95,6 @@ impl Slot {
             .expect("slot lock")
             .get_or_insert_with(|| RegionMetrics::new(name, Role::Replica))
             .clone()
-    }
-
-    /// Marks of a new mount of this region, to be told of every write from now on.
-    fn watch(&self, marks: &Arc<Marks>) {
-        self.mounts
-            .lock()
-            .expect("slot lock")
-            .push(Arc::downgrade(marks));
     }
 
     /// Archives the replica (of `geometry`) with `archive`, unless that already runs.
@@ -126,28 +118,6 @@ impl Slot {
                 geometry,
             ));
         }
-    }
-
-    /// Tells every mount of this region that the replica's bytes `range` were written.
-    fn written(&self, range: std::ops::Range<usize>) {
-        let (offset, len) = (range.start as u64, (range.end - range.start) as u64);
-        self.each_mount(|m| {
-            m.mark(offset, len);
-        });
-    }
-
-    /// Calls `f` with the marks of every live mount, forgetting the ended ones.
-    fn each_mount(&self, mut f: impl FnMut(&Marks)) {
-        self.mounts
-            .lock()
-            .expect("slot lock")
-            .retain(|w| match w.upgrade() {
-                Some(m) => {
-                    f(&m);
-                    true
-                }
-                None => false,
-            });
     }
 }
 
@@ -623,7 +593,7 @@ async fn serve_mount(
     };
     // Marks are taken from before the first chunk is read: a write is either in the file when
     // its chunk is read or marked for sending again.
-    let watch = |marks: &Arc<Marks>| slot.watch(marks);
+    let watch = |marks: &Arc<Marks>| slot.mounts.watch(marks);
     let path = dir.display(name);
     let mut region = match SyncRegion::for_mount(file, &path, name, MOUNT_CHUNK_SHIFT, watch) {
         Ok(r) => r,
@@ -760,12 +730,12 @@ async fn receive(
         }
     }
     let mut shown = Shown(None);
+    let writing = |e: std::io::Error| WireError::new(ErrorCode::LocalIo, format!("writing: {e}"));
     loop {
         // Chunks held for one write with the next ones land before the stream is waited on.
         if let Some((f, _)) = file.as_mut().filter(|(f, _)| f.holding()) {
             if reader.ready().now_or_never().is_none() {
-                f.land()
-                    .map_err(|e| WireError::new(ErrorCode::LocalIo, format!("writing: {e}")))?;
+                f.land().map_err(writing)?;
             }
         }
         let next = match claim.as_ref().map(|c| c.cancel.clone()) {
@@ -842,16 +812,17 @@ async fn receive(
                     o.set_writes(Writes::Refused);
                     active.handed_on(name);
                 }
-                // `name` passed check_name in the decoder (no separators, no leading dot), and
-                // the replica directory opens it without following links.
                 // Mounts of the region learn of each run of chunks once it is in the file.
                 let slot = claim.as_ref().map(|c| c.slot.clone());
+                // `name` passed check_name in the decoder (no separators, no leading dot), and
+                // the replica directory opens it without following links.
                 let (f, j) = tokio::task::block_in_place(|| {
                     let mut f = ReplicaFile::open(dir, name, geometry, s.durable)?;
                     if let Some(slot) = slot {
                         f.on_landed(move |chunks| {
-                            let (first, last) = (chunks.start, chunks.end - 1);
-                            slot.written(geometry.range(first).start..geometry.range(last).end);
+                            let start = geometry.offset(chunks.start);
+                            let end = geometry.range(chunks.end - 1).end as u64;
+                            slot.mounts.mark(start, end - start);
                         });
                     }
                     report_recovery(name, &crate::region::recover(dir, name, &mut f)?);
@@ -869,7 +840,7 @@ async fn receive(
                 journal = j;
                 // Mounts of the region check its (possibly new) size.
                 if let Some(c) = claim {
-                    c.slot.each_mount(Marks::wake);
+                    c.slot.mounts.each(Marks::wake);
                     if let Some(a) = &s.opts.archive {
                         c.slot.archive(a, &s.dir, name, geometry);
                     }
@@ -900,16 +871,14 @@ async fn receive(
                 let (f, _) = file.as_mut().ok_or_else(|| {
                     WireError::new(ErrorCode::Internal, "write before the region opened")
                 })?;
-                let local =
-                    |e: std::io::Error| WireError::new(ErrorCode::LocalIo, format!("writing: {e}"));
                 if let Some(m) = &shown.0 {
                     m.received(data.map_or(0, |d| d.len() as u64));
                 }
                 if let Some(j) = &mut journal {
                     // Applied, and shown to mounts, at COMMIT.
-                    j.stage(index, data).map_err(local)?;
+                    j.stage(index, data).map_err(writing)?;
                 } else {
-                    f.write_chunk(index, data).map_err(local)?;
+                    f.write_chunk(index, data).map_err(writing)?;
                 }
             }
             ReplicaEvent::Committed { generation } => {
@@ -932,9 +901,7 @@ async fn receive(
                     } else if s.durable {
                         sync(f)?;
                     } else {
-                        tokio::task::block_in_place(|| f.start_writeback()).map_err(|e| {
-                            WireError::new(ErrorCode::LocalIo, format!("writing: {e}"))
-                        })?;
+                        tokio::task::block_in_place(|| f.start_writeback()).map_err(writing)?;
                     }
                     tokio::task::block_in_place(|| f.commit(generation)).map_err(|e| {
                         WireError::new(ErrorCode::LocalIo, format!("recording the commit: {e}"))

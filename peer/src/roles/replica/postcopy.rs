@@ -13,7 +13,7 @@
 //! old owner is unreachable, waiting reads and writes fail once the outage tolerance has passed
 //! (EIO, never zeros); they succeed again when it returns.
 
-use crate::detector::Marks;
+use crate::detector::{Marks, Watchers};
 use crate::nbd::exports::{writes_pass, HoldsWrites, Writes};
 use crate::net::identity::Fingerprint;
 use crate::net::transport::{FrameReader, StreamError};
@@ -227,7 +227,7 @@ pub struct OwnedRegion {
     /// once it handed the region over.
     writes: watch::Sender<Writes>,
     /// The marks of the owner streams that learn the region's changes from its writes here.
-    watchers: Mutex<Vec<std::sync::Weak<Marks>>>,
+    watchers: Watchers,
 }
 
 struct Inner {
@@ -365,7 +365,7 @@ impl OwnedRegion {
             next_stream: AtomicU64::new(0),
             metrics,
             writes: watch::Sender::new(Writes::Open),
-            watchers: Mutex::default(),
+            watchers: Watchers::default(),
         });
         r.show();
         r
@@ -373,10 +373,7 @@ impl OwnedRegion {
 
     /// Marks of an owner stream, to be told of every write made here from now on.
     pub fn watch(&self, marks: &Arc<Marks>) {
-        self.watchers
-            .lock()
-            .expect("owned lock")
-            .push(Arc::downgrade(marks));
+        self.watchers.watch(marks);
     }
 
     /// Whether writes are refused: the region was handed back.
@@ -520,11 +517,7 @@ impl OwnedRegion {
         };
         self.file.write_all_at(data, offset)?;
         // Marked with the write, under the lock a freeze takes: its last collection sees it.
-        self.watchers.lock().expect("owned lock").retain(|w| {
-            w.upgrade()
-                .map(|m| m.mark(offset, data.len() as u64))
-                .is_some()
-        });
+        self.watchers.mark(offset, data.len() as u64);
         let now_present: Vec<u64> = chunks
             .filter(|&i| whole(i) && inner.missing.contains(i))
             .collect();
